@@ -1,0 +1,1 @@
+"""immunomon: gating."""

@@ -1,0 +1,165 @@
+"""Panel definitions and the resolution of markers to the channels of one file.
+
+Real files name the same marker in many ways ("CD19", "CD19 PE-Cy7", "PE-Cy7-CD19",
+"CD19-PECy7", "HLADR"), in $PnS or only in $PnN. A label is cut into words at spaces and
+punctuation other than hyphens; hyphen-joined pieces are re-joined in every contiguous run, so
+"HLA-DR-BV605" offers "HLADR" and "PE-Cy7-CD19" offers "CD19", while "CD45RA" never offers
+"CD45". A marker must match exactly one channel, from $PnS first, else from $PnN.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from panels.fcs import FcsHeader
+
+SCATTER_ALIASES: dict[str, tuple[str, ...]] = {
+    "FSC-A": ("FSC-A", "FS-A", "FSC_A", "FSC-AREA", "FS INT", "FSC"),
+    "FSC-H": ("FSC-H", "FS-H", "FSC_H", "FSC-HEIGHT", "FS PEAK"),
+    "SSC-A": ("SSC-A", "SS-A", "SSC_A", "SSC-AREA", "SS INT", "SSC"),
+}
+TIME_ALIASES = ("TIME", "HDR-T", "TIME-A", "CLOCK")
+
+
+class PanelError(Exception):
+    """A file whose channels do not fit its panel; ``reason`` names the markers."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A staining panel: its markers (with spellings), transform parameters and strategy."""
+
+    name: str
+    title: str
+    markers: dict[str, tuple[str, ...]]
+    logicle_w: float = 0.5
+    logicle_m: float = 4.5
+    logicle_a: float = 0.0
+    strategy: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ResolvedPanel:
+    """A panel bound to one file: marker -> $PnN, plus scatter and time channels."""
+
+    panel: Panel
+    marker_channels: dict[str, str]
+    scatter_channels: dict[str, str]
+    time_channel: str | None
+    notes: list[str] = field(default_factory=list)
+
+    def channel(self, dimension: str) -> str:
+        """The file's $PnN for a marker name or a scatter role (FSC-A, FSC-H, SSC-A)."""
+        if dimension in self.marker_channels:
+            return self.marker_channels[dimension]
+        if dimension in self.scatter_channels:
+            return self.scatter_channels[dimension]
+        raise KeyError(f"{dimension} is neither a marker of panel {self.panel.name} nor scatter")
+
+
+def _builtin_panel_path(name: str) -> Path | None:
+    candidate = resources.files("panels") / f"{name}.yaml"
+    return Path(str(candidate)) if candidate.is_file() else None
+
+
+def load_panel(name_or_path: str, base_dir: Path | None = None) -> Panel:
+    """Load a built-in panel by name ('bcell', 'treg') or a panel YAML file by path."""
+    path = _builtin_panel_path(name_or_path)
+    if path is None:
+        path = Path(name_or_path)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if not path.is_file():
+            raise PanelError(
+                f"panel {name_or_path!r} is neither a built-in panel (bcell, treg) nor a file"
+            )
+    try:
+        doc = yaml.safe_load(path.read_text())
+        markers = {str(k): tuple(str(a) for a in (v or [k])) for k, v in doc["markers"].items()}
+        logicle = doc.get("logicle", {}) or {}
+        return Panel(
+            name=str(doc["name"]),
+            title=str(doc.get("title", doc["name"])),
+            markers=markers,
+            logicle_w=float(logicle.get("w", 0.5)),
+            logicle_m=float(logicle.get("m", 4.5)),
+            logicle_a=float(logicle.get("a", 0.0)),
+            strategy=str(doc.get("strategy", doc["name"])),
+            source=str(path),
+        )
+    except (KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
+        raise PanelError(f"panel file {path}: missing or malformed entry ({exc})") from None
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"[^0-9A-Z]", "", text.upper())
+
+
+def label_words(label: str) -> set[str]:
+    """Every normalised word a channel label offers as a marker name."""
+    words: set[str] = set()
+    for chunk in re.split(r"[\s/_:;,()\[\]]+", label):
+        pieces = [_normalise(p) for p in chunk.split("-") if _normalise(p)]
+        for i in range(len(pieces)):
+            for j in range(i + 1, len(pieces) + 1):
+                words.add("".join(pieces[i:j]))
+    return words
+
+
+def _find(aliases: tuple[str, ...], labels: list[str]) -> list[int]:
+    wanted = {_normalise(a) for a in aliases}
+    return [j for j, label in enumerate(labels) if wanted & label_words(label)]
+
+
+def resolve_panel(panel: Panel, header: FcsHeader) -> ResolvedPanel:
+    """Bind a panel to a file's channels, or raise PanelError naming what is missing."""
+    missing, ambiguous = [], []
+    marker_channels: dict[str, str] = {}
+    for marker, aliases in panel.markers.items():
+        hits = _find(aliases, header.pns)
+        if not hits:
+            hits = _find(aliases, header.pnn)
+        if len(hits) == 1:
+            marker_channels[marker] = header.pnn[hits[0]]
+        elif not hits:
+            missing.append(marker)
+        else:
+            names = ", ".join(f"{header.pnn[j]} ({header.pns[j] or 'no $PnS'})" for j in hits)
+            ambiguous.append(f"{marker} matches {names}")
+    scatter: dict[str, str] = {}
+    upper_pnn = [n.upper() for n in header.pnn]
+    for role, aliases in SCATTER_ALIASES.items():
+        hit = next((header.pnn[upper_pnn.index(a)] for a in aliases if a in upper_pnn), None)
+        if hit is None:
+            missing.append(role)
+        else:
+            scatter[role] = hit
+    time_channel = next(
+        (header.pnn[upper_pnn.index(a)] for a in TIME_ALIASES if a in upper_pnn), None
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing marker(s) {', '.join(missing)}")
+    if ambiguous:
+        problems.append("ambiguous marker(s): " + "; ".join(ambiguous))
+    if problems:
+        written = ", ".join(
+            f"{n}={s}" if s else n for n, s in zip(header.pnn, header.pns, strict=True)
+        )
+        raise PanelError(
+            f"the file does not fit panel {panel.name!r}: {' and '.join(problems)}. "
+            f"Its channels are: {written}. Check the tube's staining and the $PnS labels "
+            "in the acquisition template, or the panel token in the file name"
+        )
+    notes = [] if time_channel else ["no Time channel: time-based QC skipped"]
+    return ResolvedPanel(panel, marker_channels, scatter, time_channel, notes)
