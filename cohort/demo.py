@@ -452,9 +452,9 @@ def _write_bad_files(root: Path, rng: np.random.Generator) -> None:
         "BCELL", _frequencies("BCELL", "child", "BL", rng, rng), 5000, rng
     )
     write_fcs(inbox / "P02_M2_BCELL.fcs", events, pnn)
-    # A copy interrupted half-way.
+    # A copy interrupted half-way (P03 missed M9, so the name is free).
     whole = (inbox / "P01_BL_BCELL.fcs").read_bytes()
-    (inbox / "P01_M12_TREG_partial.fcs").write_bytes(whole[: len(whole) // 2])
+    (inbox / "P03_M9_BCELL.fcs").write_bytes(whole[: len(whole) // 2])
     # Not an FCS file at all.
     (inbox / "P05_M3_TREG.FCS").write_text("Exported workspace notes, not cytometry data\n")
 

@@ -1,1 +1,1 @@
-"""immunomon: flows."""
+"""Orchestration: Prefect flows and tasks over the domain packages, and the CLI."""

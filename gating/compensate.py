@@ -13,6 +13,9 @@ class CompensationError(Exception):
         self.reason = reason
         super().__init__(reason)
 
+    def __reduce__(self):  # picklable, so a worker process can report it
+        return (type(self), (self.reason,))
+
 
 def compensate(
     events: np.ndarray, pnn: list[str], spill_channels: list[str], spill: np.ndarray

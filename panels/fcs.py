@@ -26,6 +26,9 @@ class FcsReadError(Exception):
         self.reason = reason
         super().__init__(f"{self.path.name}: {reason}")
 
+    def __reduce__(self):  # picklable, so a worker process can report it
+        return (type(self), (self.path, self.reason))
+
 
 class FcsTruncatedError(FcsReadError):
     """The file is shorter than its TEXT segment declares: usually a copy still in progress."""
@@ -197,6 +200,13 @@ def scan_header(path: str | os.PathLike) -> FcsHeader:
         )
     expected = n_events * sum(pnb) // 8
     start, end = _locate_data_segment(path, head, kw, expected, file_size, notes)
+    if start >= file_size:
+        raise FcsTruncatedError(
+            path,
+            "the file holds a header but no event data (its DATA segment would start at byte "
+            f"{start}, past the end of the {file_size}-byte file): if it is still being copied, "
+            "wait for the copy to finish; otherwise export it again from the instrument software",
+        )
     if start + expected > file_size:
         raise FcsTruncatedError(
             path,
@@ -355,7 +365,8 @@ def _apply_scaling(events: np.ndarray, h: FcsHeader) -> None:
             gain = float(kw.get(f"$P{j + 1}G", "1").strip() or 1)
         except ValueError:
             gain = 1.0
-        if gain not in (0.0, 1.0):
+        # Time is scaled by $TIMESTEP only; its $PnG is not an amplifier gain (as flowkit).
+        if gain not in (0.0, 1.0) and j != time_index:
             events[:, j] /= gain
 
 

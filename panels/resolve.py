@@ -33,6 +33,9 @@ class PanelError(Exception):
         self.reason = reason
         super().__init__(reason)
 
+    def __reduce__(self):  # picklable, so a worker process can report it
+        return (type(self), (self.reason,))
+
 
 @dataclass(frozen=True)
 class Panel:

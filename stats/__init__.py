@@ -1,1 +1,1 @@
-"""immunomon: stats."""
+"""Statistics: tidy frames in, tidy frames of tests out. Never reads FCS files."""

@@ -1,0 +1,130 @@
+"""Intake: identify each inbox file, check its header against its panel, quarantine the rest.
+
+Nothing here reads events: the header scan (~0.1 ms) decides whether a file is worth
+processing, and every rejection carries a reason a lab scientist can act on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from cohort.study import SampleName, Study
+from panels.fcs import FcsReadError, scan_header
+from panels.resolve import PanelError, resolve_panel
+
+
+@dataclass(frozen=True)
+class IntakeDecision:
+    """What intake concluded about one inbox file."""
+
+    path: Path
+    sha256: str
+    name: SampleName | None
+    ready: bool
+    reason: str = ""
+    events: int = 0
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def examine_file(study: Study, path: Path, sha256: str) -> IntakeDecision:
+    """Decide whether one file can be processed, reading its name and header only."""
+    parsed = study.parse_name(path.name)
+    if isinstance(parsed, str):
+        return IntakeDecision(path, sha256, None, False, parsed)
+    try:
+        header = scan_header(path)
+    except FcsReadError as exc:
+        return IntakeDecision(path, sha256, parsed, False, exc.reason)
+    try:
+        resolve_panel(study.panels[parsed.panel_token], header)
+    except PanelError as exc:
+        return IntakeDecision(path, sha256, parsed, False, exc.reason, header.n_events)
+    return IntakeDecision(path, sha256, parsed, True, "", header.n_events)
+
+
+def quarantine_copy(study: Study, path: Path, reason: str) -> Path:
+    """Copy a rejected file to quarantine/ with NAME.reason.txt beside it. inbox/ is untouched."""
+    study.quarantine_dir.mkdir(parents=True, exist_ok=True)
+    target = study.quarantine_dir / path.name
+    if not target.exists() or target.stat().st_size != path.stat().st_size:
+        shutil.copy2(path, target)
+    note = study.quarantine_dir / f"{path.name}.reason.txt"
+    note.write_text(f"{path.name}\n\n{reason}\n")
+    return target
+
+
+@dataclass
+class IntakePlan:
+    """The outcome of intake over the whole inbox for one run."""
+
+    ready: list[IntakeDecision]
+    unchanged: list[Path]
+    quarantined: list[IntakeDecision]
+
+    @property
+    def seen(self) -> int:
+        return len(self.ready) + len(self.unchanged) + len(self.quarantined)
+
+
+def plan_intake(study: Study, store, current_keys: dict[str, str]) -> IntakePlan:
+    """Walk inbox/: skip files already processed with the current strategy, quarantine the
+    ones that cannot be processed (recording why), and list the rest for processing.
+
+    ``current_keys`` maps panel token -> the strategy/pipeline part of a sample key, so a file
+    processed under an older strategy is processed again.
+    """
+    from cohort.store import sample_key  # the store owns key identity
+
+    plan = IntakePlan([], [], [])
+    shas_this_run: dict[str, str] = {}
+    for path in study.inbox_files():
+        stat = path.stat()
+        sha = store.known_sha256(path.name, stat.st_size, stat.st_mtime_ns) or sha256_of(path)
+        record = store.file_record(path.name, sha)
+        parsed = study.parse_name(path.name)
+        if record is not None and record["status"] == "processed" and not isinstance(parsed, str):
+            strategy_sha, version = current_keys[parsed.panel_token]
+            if record["sample_key"] == sample_key(sha, strategy_sha, version):
+                store.touch_file(path.name, sha, stat.st_size, stat.st_mtime_ns)
+                plan.unchanged.append(path)
+                continue
+        reason = ""
+        earlier = store.processed_under_other_name(path.name, sha) or shas_this_run.get(sha)
+        if earlier and earlier != path.name:
+            reason = (
+                f"identical content (same sha256) to {earlier}, which is already processed: "
+                "the same acquisition was exported twice; remove the extra copy"
+            )
+        elif not isinstance(parsed, str) and (
+            other := store.processed_name_with_other_content(path.name, sha)
+        ):
+            reason = (
+                f"a different file with this name was processed before (sha256 {other[:12]}...): "
+                "results are not overwritten silently. If this is a new acquisition, give it a "
+                "new name; if it replaces a bad file, ask the data manager to retire the old one"
+            )
+        if reason:
+            decision = IntakeDecision(path, sha, None if isinstance(parsed, str) else parsed,
+                                      False, reason)
+        else:
+            decision = examine_file(study, path, sha)
+        if decision.ready:
+            shas_this_run[sha] = path.name
+            plan.ready.append(decision)
+            continue
+        quarantine_copy(study, path, decision.reason)
+        store.record_rejection(
+            path.name, sha, stat.st_size, stat.st_mtime_ns, "quarantined", decision.reason
+        )
+        plan.quarantined.append(decision)
+    return plan

@@ -1,0 +1,251 @@
+"""The study's SQLite store: the source of truth for files, samples, QC, gates and runs.
+
+Only the flow process writes here (workers return results). Each sample's results go in one
+transaction, so a run killed at any point leaves either all of a sample's rows or none.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    file_name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER, mtime_ns INTEGER,
+    status TEXT NOT NULL,             -- processed | quarantined | failed
+    reason TEXT NOT NULL DEFAULT '',
+    sample_key TEXT,
+    first_seen TEXT NOT NULL, last_seen TEXT NOT NULL,
+    PRIMARY KEY (file_name, sha256)
+);
+CREATE TABLE IF NOT EXISTS samples (
+    sample_key TEXT PRIMARY KEY,      -- sha256:strategy_sha256:pipeline_version
+    sample_id TEXT NOT NULL, file_name TEXT NOT NULL, sha256 TEXT NOT NULL,
+    patient_id TEXT, visit TEXT, panel TEXT,
+    events INTEGER, qc_flags TEXT NOT NULL DEFAULT '',
+    strategy_sha256 TEXT NOT NULL, pipeline_version TEXT NOT NULL,
+    processed_at TEXT NOT NULL, run_id TEXT,
+    superseded_by TEXT
+);
+CREATE TABLE IF NOT EXISTS populations (
+    sample_key TEXT NOT NULL, population TEXT NOT NULL, parent TEXT NOT NULL,
+    count INTEGER NOT NULL, parent_count INTEGER NOT NULL,
+    PRIMARY KEY (sample_key, population)
+);
+CREATE TABLE IF NOT EXISTS qc_steps (
+    sample_key TEXT NOT NULL, step TEXT NOT NULL, events_in INTEGER, removed INTEGER, detail TEXT
+);
+CREATE TABLE IF NOT EXISTS gates (
+    sample_key TEXT NOT NULL, gate TEXT NOT NULL, parent TEXT, kind TEXT, dimensions TEXT,
+    parameters TEXT, from_data INTEGER, note TEXT
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, started_at TEXT, finished_at TEXT, files_seen INTEGER,
+    processed INTEGER, quarantined INTEGER, failed INTEGER, status TEXT, message TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One processed sample as the store keeps it; plain data, cheap to send between processes."""
+
+    sample_id: str
+    sha256: str
+    patient_id: str
+    visit: str
+    panel: str
+    events: int
+    strategy_sha256: str
+    pipeline_version: str
+    populations: list[dict] = field(default_factory=list)
+    qc_steps: list[dict] = field(default_factory=list)
+    gates: list[dict] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def sample_key(self) -> str:
+        return sample_key(self.sha256, self.strategy_sha256, self.pipeline_version)
+
+
+def sample_key(sha256: str, strategy_sha256: str, pipeline_version: str) -> str:
+    """A result's identity: the file's content, the strategy and the pipeline version."""
+    return f"{sha256[:16]}:{strategy_sha256[:12]}:v{pipeline_version}"
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+
+
+class Store:
+    """Thin typed access to the study database."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.conn = sqlite3.connect(self.path, timeout=60)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # files ---------------------------------------------------------------------------------
+    def known_sha256(self, file_name: str, size: int, mtime_ns: int) -> str | None:
+        """The hash recorded for an unchanged file (same name, size and mtime), if any."""
+        row = self.conn.execute(
+            "SELECT sha256 FROM files WHERE file_name=? AND size=? AND mtime_ns=? "
+            "ORDER BY last_seen DESC LIMIT 1",
+            (file_name, size, mtime_ns),
+        ).fetchone()
+        return row[0] if row else None
+
+    def file_record(self, file_name: str, sha256: str) -> sqlite3.Row | None:
+        self.conn.row_factory = sqlite3.Row
+        try:
+            return self.conn.execute(
+                "SELECT * FROM files WHERE file_name=? AND sha256=?", (file_name, sha256)
+            ).fetchone()
+        finally:
+            self.conn.row_factory = None
+
+    def processed_under_other_name(self, file_name: str, sha256: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT file_name FROM files WHERE sha256=? AND file_name<>? AND status='processed' "
+            "ORDER BY first_seen LIMIT 1",
+            (sha256, file_name),
+        ).fetchone()
+        return row[0] if row else None
+
+    def processed_name_with_other_content(self, file_name: str, sha256: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT sha256 FROM files WHERE file_name=? AND sha256<>? AND status='processed' "
+            "ORDER BY first_seen LIMIT 1",
+            (file_name, sha256),
+        ).fetchone()
+        return row[0] if row else None
+
+    def _upsert_file(self, file_name, sha256, size, mtime_ns, status, reason, sample_key) -> None:
+        stamp = now()
+        self.conn.execute(
+            "INSERT INTO files VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(file_name, sha256) DO UPDATE "
+            "SET size=excluded.size, mtime_ns=excluded.mtime_ns, status=excluded.status, "
+            "reason=excluded.reason, sample_key=excluded.sample_key, last_seen=excluded.last_seen",
+            (file_name, sha256, size, mtime_ns, status, reason, sample_key, stamp, stamp),
+        )
+
+    def record_rejection(
+        self, file_name: str, sha256: str, size: int, mtime_ns: int, status: str, reason: str
+    ) -> None:
+        with self.conn:
+            self._upsert_file(file_name, sha256, size, mtime_ns, status, reason, None)
+
+    def touch_file(self, file_name: str, sha256: str, size: int, mtime_ns: int) -> None:
+        with self.conn:
+            self.conn.execute(
+                "UPDATE files SET size=?, mtime_ns=?, last_seen=? WHERE file_name=? AND sha256=?",
+                (size, mtime_ns, now(), file_name, sha256),
+            )
+
+    # samples -------------------------------------------------------------------------------
+    def has_sample(self, sample_key: str) -> bool:
+        return self.conn.execute(
+            "SELECT 1 FROM samples WHERE sample_key=?", (sample_key,)
+        ).fetchone() is not None
+
+    def record_sample(
+        self, *, file_name: str, size: int, mtime_ns: int, result: SampleRecord, run_id: str
+    ) -> None:
+        """Write one processed sample (file row, sample, populations, QC, gates) atomically."""
+        key = result.sample_key
+        with self.conn:
+            self.conn.execute("DELETE FROM populations WHERE sample_key=?", (key,))
+            self.conn.execute("DELETE FROM qc_steps WHERE sample_key=?", (key,))
+            self.conn.execute("DELETE FROM gates WHERE sample_key=?", (key,))
+            self.conn.execute(
+                "INSERT OR REPLACE INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,NULL)",
+                (key, result.sample_id, file_name, result.sha256, result.patient_id,
+                 result.visit, result.panel, result.events, ";".join(result.flags),
+                 result.strategy_sha256, result.pipeline_version, now(), run_id),
+            )
+            # Older results of the same acquisition stay, marked superseded.
+            self.conn.execute(
+                "UPDATE samples SET superseded_by=? WHERE sha256=? AND sample_key<>? "
+                "AND superseded_by IS NULL",
+                (key, result.sha256, key),
+            )
+            self.conn.executemany(
+                "INSERT INTO populations VALUES (?,?,?,?,?)",
+                [(key, p["population"], p["parent"], p["count"], p["parent_count"])
+                 for p in result.populations],
+            )
+            self.conn.executemany(
+                "INSERT INTO qc_steps VALUES (?,?,?,?,?)",
+                [(key, q["name"], q["events_in"], q["removed"], q["detail"])
+                 for q in result.qc_steps],
+            )
+            self.conn.executemany(
+                "INSERT INTO gates VALUES (?,?,?,?,?,?,?,?)",
+                [(key, g["name"], g["parent"], g["kind"], json.dumps(g["dimensions"]),
+                  json.dumps(g["parameters"]), int(g["from_data"]), g["note"])
+                 for g in result.gates],
+            )
+            self._upsert_file(file_name, result.sha256, size, mtime_ns, "processed", "", key)
+
+    # runs ----------------------------------------------------------------------------------
+    def start_run(self, run_id: str) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO runs (run_id, started_at, status) VALUES (?,?,?)",
+                (run_id, now(), "running"),
+            )
+
+    def finish_run(self, run_id: str, counts: dict[str, int], status: str, message: str = ""):
+        with self.conn:
+            self.conn.execute(
+                "UPDATE runs SET finished_at=?, files_seen=?, processed=?, quarantined=?, "
+                "failed=?, status=?, message=? WHERE run_id=?",
+                (now(), counts.get("seen", 0), counts.get("processed", 0),
+                 counts.get("quarantined", 0), counts.get("failed", 0), status, message, run_id),
+            )
+
+    # exports -------------------------------------------------------------------------------
+    def files_frame(self) -> pd.DataFrame:
+        return pd.read_sql_query(
+            "SELECT f.file_name AS file, f.sha256, s.sample_id, s.patient_id, s.visit, s.panel, "
+            "f.status, f.reason, s.events, s.processed_at, s.qc_flags, f.first_seen "
+            "FROM files f LEFT JOIN samples s ON s.sample_key=f.sample_key "
+            "ORDER BY f.file_name, f.first_seen",
+            self.conn,
+        )
+
+    def current_populations(self) -> pd.DataFrame:
+        """Population counts of current (not superseded) results of processed files."""
+        return pd.read_sql_query(
+            "SELECT s.sample_key, s.sample_id, s.patient_id, s.visit, s.panel, s.qc_flags, "
+            "s.strategy_sha256, p.population, p.parent, p.count, p.parent_count "
+            "FROM samples s JOIN populations p ON p.sample_key=s.sample_key "
+            "JOIN files f ON f.sample_key=s.sample_key AND f.status='processed' "
+            "WHERE s.superseded_by IS NULL ORDER BY s.sample_id, p.rowid",
+            self.conn,
+        )
+
+    def qc_steps(self, sample_key: str | None = None) -> pd.DataFrame:
+        query = "SELECT * FROM qc_steps" + (" WHERE sample_key=?" if sample_key else "")
+        return pd.read_sql_query(query, self.conn, params=(sample_key,) if sample_key else None)
+
+    def gates(self, sample_key: str) -> pd.DataFrame:
+        return pd.read_sql_query(
+            "SELECT * FROM gates WHERE sample_key=?", self.conn, params=(sample_key,)
+        )
+
+    def runs(self) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT * FROM runs ORDER BY started_at", self.conn)
+

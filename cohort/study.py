@@ -1,0 +1,137 @@
+"""The study folder: study.yaml, its sub-folders, and how a file name identifies a sample."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ValidationError, field_validator, model_validator
+
+from gating.strategy import Strategy, load_strategy
+from panels.resolve import Panel, load_panel
+
+
+class StudyError(Exception):
+    """study.yaml or the study folder is not usable; the message says what to fix."""
+
+
+class StudyConfig(BaseModel):
+    """The contents of study.yaml."""
+
+    study: str
+    visits: dict[str, float]
+    baseline: str
+    filename_pattern: str
+    panels: dict[str, str]
+    absolute_counts: Literal["dual_platform", "beads", "none"] = "dual_platform"
+    schedule: str = "0 2 * * *"
+    timezone: str = "UTC"
+
+    @field_validator("filename_pattern")
+    @classmethod
+    def _pattern_has_groups(cls, value: str) -> str:
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression ({exc})") from None
+        missing = {"patient", "visit", "panel"} - set(compiled.groupindex)
+        if missing:
+            raise ValueError(f"needs named groups (?P<...>) for: {', '.join(sorted(missing))}")
+        return value
+
+    @model_validator(mode="after")
+    def _baseline_is_a_visit(self) -> StudyConfig:
+        if self.baseline not in self.visits:
+            raise ValueError(f"baseline {self.baseline!r} is not one of the visits")
+        return self
+
+
+@dataclass(frozen=True)
+class SampleName:
+    """What a file name says: patient, visit and panel token."""
+
+    patient_id: str
+    visit: str
+    panel_token: str
+
+    @property
+    def sample_id(self) -> str:
+        return f"{self.patient_id}_{self.visit}_{self.panel_token}"
+
+
+class Study:
+    """A study folder on disk. Creates its output folders; never writes to inbox/."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        path = self.root / "study.yaml"
+        if not path.is_file():
+            raise StudyError(f"{path} not found: is {self.root} a study folder?")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+            self.config = StudyConfig.model_validate(raw)
+        except yaml.YAMLError as exc:
+            raise StudyError(f"{path}: not valid YAML ({exc})") from None
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in exc.errors()
+            )
+            raise StudyError(f"{path}: {problems}") from None
+        self._pattern = re.compile(self.config.filename_pattern)
+
+    inbox = property(lambda self: self.root / "inbox")
+    clinical_dir = property(lambda self: self.root / "clinical")
+    quarantine_dir = property(lambda self: self.root / "quarantine")
+    results_dir = property(lambda self: self.root / "results")
+    reports_dir = property(lambda self: self.root / "reports")
+    db_path = property(lambda self: self.root / "immunomon.db")
+
+    def ensure_output_folders(self) -> None:
+        for folder in (self.quarantine_dir, self.results_dir, self.reports_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def inbox_files(self) -> list[Path]:
+        """Regular files in inbox/, sorted by name (hidden and partial-copy files skipped)."""
+        if not self.inbox.is_dir():
+            raise StudyError(f"{self.inbox} does not exist: create it and drop FCS files there")
+        return sorted(
+            p for p in self.inbox.iterdir() if p.is_file() and not p.name.startswith(".")
+        )
+
+    def parse_name(self, file_name: str) -> SampleName | str:
+        """The sample a file name identifies, or the reason it does not identify one."""
+        match = self._pattern.match(file_name)
+        if not match:
+            return (
+                f"the file name does not match the study's pattern "
+                f"{self.config.filename_pattern!r} (e.g. P01_M3_BCELL.fcs): rename the file"
+            )
+        name = SampleName(match["patient"], match["visit"], match["panel"])
+        if name.visit not in self.config.visits:
+            return (
+                f"visit {name.visit!r} is not in study.yaml (visits: "
+                f"{', '.join(self.config.visits)}): fix the file name or add the visit"
+            )
+        if name.panel_token not in self.config.panels:
+            return (
+                f"panel token {name.panel_token!r} is not in study.yaml (panels: "
+                f"{', '.join(self.config.panels)}): fix the file name or add the panel"
+            )
+        return name
+
+    @cached_property
+    def panels(self) -> dict[str, Panel]:
+        """Panel token -> panel definition."""
+        return {t: load_panel(ref, self.root) for t, ref in self.config.panels.items()}
+
+    @cached_property
+    def strategies(self) -> dict[str, Strategy]:
+        """Panel token -> gating strategy."""
+        return {t: load_strategy(p.strategy, self.root) for t, p in self.panels.items()}
+
+    def visit_month(self, visit: str) -> float:
+        return float(self.config.visits[visit])

@@ -1,0 +1,185 @@
+"""The immunomon command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from cohort.demo import DemoOptions, write_demo_study
+
+    root = Path(args.study)
+    if (root / "study.yaml").exists() and not args.force:
+        print(f"{root} already holds a study; use --force to write the demo over it",
+              file=sys.stderr)
+        return 2
+    events = 1_000_000 if args.large else args.events
+    started = time.perf_counter()
+    write_demo_study(root, DemoOptions(events_per_file=events, seed=args.seed))
+    n_files = len(list((root / "inbox").iterdir()))
+    print(f"demo study written to {root} ({n_files} inbox files, "
+          f"{events} events per file) in {time.perf_counter() - started:.1f} s")
+    if args.no_run:
+        return 0
+    return _run(root, args.workers)
+
+
+def _run(root: Path, workers: int | None) -> int:
+    from flows.nightly import run_study
+
+    started = time.perf_counter()
+    summary = run_study(root, workers)
+    print(
+        f"run {summary.run_id}: {summary.seen} files seen, {summary.processed} processed, "
+        f"{summary.unchanged} unchanged, {summary.quarantined} quarantined, "
+        f"{summary.failed} failed in {time.perf_counter() - started:.1f} s"
+    )
+    if summary.quarantined:
+        print(f"  reasons: {root / 'quarantine'}/*.reason.txt")
+    if summary.cohort_error:
+        print(f"cohort step stopped: {summary.cohort_error}", file=sys.stderr)
+        return 1
+    print(f"  results: {root / 'results'}  report: {root / 'reports' / 'cohort_report.pdf'}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    return _run(Path(args.study), args.workers)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from cohort.store import Store
+    from cohort.study import Study
+    from flows.nightly import update_outputs
+
+    study = Study(args.study)
+    store = Store(study.db_path)
+    error = update_outputs(study, store)
+    store.close()
+    if error:
+        print(f"cohort step stopped: {error}", file=sys.stderr)
+        return 1
+    print(f"report written: {study.reports_dir / 'cohort_report.pdf'}")
+    return 0
+
+
+def _cmd_process(args: argparse.Namespace) -> int:
+    from gating.pipeline import gate_sample
+    from gating.strategy import load_strategy
+    from panels.fcs import FcsReadError, read_events
+    from panels.resolve import PanelError, load_panel, resolve_panel
+
+    try:
+        panel = load_panel(args.panel)
+        data = read_events(args.file)
+        resolved = resolve_panel(panel, data.header)
+        gating = gate_sample(data, resolved, load_strategy(panel.strategy))
+    except (FcsReadError, PanelError) as exc:
+        print(f"{args.file}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({
+            "file": str(args.file), "events": gating.n_events, "flags": gating.flags,
+            "populations": [
+                {"population": p.population, "parent": p.parent, "count": p.count,
+                 "parent_count": p.parent_count, "pct_parent": round(p.pct_parent, 4)}
+                for p in gating.populations
+            ],
+            "qc": [{"step": q.name, "events_in": q.events_in, "removed": q.removed}
+                   for q in gating.qc_steps],
+        }, indent=2))
+        return 0
+    print(f"{args.file}: {gating.n_events} events, panel {panel.name}")
+    for q in gating.qc_steps:
+        print(f"  QC {q.name:15} removed {q.removed:8d} of {q.events_in:8d}  {q.detail}")
+    print(f"  {'population':20} {'parent':14} {'count':>8} {'% parent':>9}")
+    for p in gating.populations:
+        print(f"  {p.population:20} {p.parent:14} {p.count:8d} {p.pct_parent:9.2f}")
+    if gating.flags:
+        print("  flags: " + "; ".join(gating.flags))
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from panels.fcs import FcsReadError, scan_header
+
+    try:
+        h = scan_header(args.file)
+    except FcsReadError as exc:
+        print(f"{args.file}: rejected: {exc.reason}", file=sys.stderr)
+        return 2
+    print(f"file: {h.path}\nFCS version: {h.version}\ninstrument ($CYT): {h.instrument or '-'}")
+    print(f"events: {h.n_events}\nchannels: {h.n_channels}\ndatatype: {h.datatype} "
+          f"({'big' if h.byteorder == '>' else 'little'}-endian)")
+    spill = h.spillover()
+    print(f"spillover: {'%d x %d' % spill[1].shape if spill else 'none'}")
+    for j, (n, s) in enumerate(zip(h.pnn, h.pns, strict=True), start=1):
+        print(f"  P{j:<3} {n:24} {s:28} bits={h.pnb[j - 1]:<3} range={h.pnr[j - 1]:g}")
+    for note in h.notes:
+        print(f"repair: {note}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="immunomon",
+        description="Flow-cytometry immunomonitoring for clinical trials: FCS files in a study "
+        "folder's inbox/ become population counts, statistics and PDF reports.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="write a realistic demo study and run the pipeline on it")
+    demo.add_argument("study", help="folder to create the demo study in")
+    demo.add_argument("--events", type=int, default=30000, help="events per file (default 30000)")
+    demo.add_argument("--large", action="store_true", help="1,000,000 events per file")
+    demo.add_argument("--seed", type=int, default=20261125, help="random seed")
+    demo.add_argument("--no-run", action="store_true", help="only write the study")
+    demo.add_argument("--force", action="store_true", help="write over an existing study")
+    demo.add_argument("--workers", type=int, default=None, help="parallel workers (default: cores)")
+    demo.set_defaults(func=_cmd_demo)
+
+    run = sub.add_parser("run", help="one pass of the nightly flow over a study folder")
+    run.add_argument("--study", required=True, help="study folder (holds study.yaml)")
+    run.add_argument("--workers", type=int, default=None, help="parallel workers (default: cores)")
+    run.set_defaults(func=_cmd_run)
+
+    report = sub.add_parser("report", help="rewrite results and reports without reprocessing")
+    report.add_argument("--study", required=True, help="study folder")
+    report.set_defaults(func=_cmd_report)
+
+    process = sub.add_parser("process", help="gate one FCS file outside any study")
+    process.add_argument("file", help="FCS file")
+    process.add_argument("--panel", required=True, help="panel name (bcell, treg) or panel file")
+    process.add_argument("--json", action="store_true", help="print JSON")
+    process.set_defaults(func=_cmd_process)
+
+    inspect = sub.add_parser("inspect", help="show what an FCS file's header declares")
+    inspect.add_argument("file", help="FCS file")
+    inspect.set_defaults(func=_cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `immunomon` console script."""
+    # Before Prefect is imported: quiet logs, and no telemetry from a machine that is offline.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Exception as exc:  # a clear last word instead of a traceback for known errors
+        from cohort.study import StudyError
+
+        if isinstance(exc, StudyError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""The nightly flow: intake, one task per new sample file, then results, statistics, report."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow, get_run_logger
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from cohort.clinical import ClinicalData, ClinicalDataError, load_clinical
+from cohort.exports import populations_table, samples_table, write_csv
+from cohort.intake import plan_intake
+from cohort.store import Store
+from cohort.study import Study
+from flows.tasks import process_sample_task, sample_worker_pool
+from gating.pipeline import PIPELINE_VERSION
+from reports.cohort_report import ReportContext, write_cohort_report
+from stats.immuno import wilcoxon_vs_baseline
+from stats.tests import STATISTICS_COLUMNS
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    seen: int
+    processed: int
+    unchanged: int
+    quarantined: int
+    failed: int
+    cohort_error: str = ""
+
+
+def software_version() -> str:
+    """immunomon's version and, when run from a git checkout, the commit."""
+    try:
+        version = metadata.version("immunomon")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "no git"
+    return f"immunomon {version} (commit {commit}, pipeline v{PIPELINE_VERSION})"
+
+
+def update_outputs(study: Study, store: Store) -> str:
+    """Write results/*.csv, statistics and the cohort report from the store.
+
+    Returns an error message when the clinical data stop the cohort step (the store and
+    samples.csv are still written), else ''.
+    """
+    study.ensure_output_folders()
+    samples = samples_table(store)
+    write_csv(samples, study.results_dir / "samples.csv")
+    try:
+        clinical: ClinicalData | None = load_clinical(study.clinical_dir,
+                                                      list(study.config.visits))
+        error = ""
+    except ClinicalDataError as exc:
+        clinical, error = None, str(exc)
+    populations = populations_table(store, study, clinical)
+    write_csv(populations, study.results_dir / "populations.csv")
+    if clinical is None:
+        return error
+    groups = clinical.group_of()
+    visits = list(study.config.visits)
+    statistics = wilcoxon_vs_baseline(populations, groups, study.config.baseline, visits)
+    write_csv(statistics[STATISTICS_COLUMNS], study.results_dir / "statistics.csv")
+    write_cohort_report(
+        study.reports_dir / "cohort_report.pdf",
+        report_context(study, store, clinical, populations),
+        store.files_frame(),
+        populations,
+        statistics,
+        groups,
+    )
+    return ""
+
+
+def report_context(study: Study, store: Store, clinical: ClinicalData,
+                   populations: pd.DataFrame) -> ReportContext:
+    files = store.files_frame()
+    stamps = pd.concat([files.first_seen.dropna(), files.processed_at.dropna()])
+    clinical_dates = [clinical.visits.visit_date.max(), clinical.relapses.relapse_date.max(),
+                      clinical.patients.last_follow_up_date.max()]
+    known = set(clinical.patients.patient_id)
+    unknown = sorted(set(populations.patient_id) - known)
+    cfg = study.config
+    return ReportContext(
+        study=cfg.study,
+        visits=list(cfg.visits),
+        baseline=cfg.baseline,
+        panels={t: p.title for t, p in study.panels.items()},
+        strategy_hashes={t: s.sha256 for t, s in study.strategies.items()},
+        software=software_version(),
+        data_as_of=stamps.max() if not stamps.empty else "no data",
+        clinical_cut=str(max(d for d in clinical_dates if pd.notna(d)).date()),
+        unknown_patients=unknown,
+        methods=methods_text(study),
+    )
+
+
+def methods_text(study: Study) -> list[str]:
+    cfg = study.config
+    lines = [
+        "Processing of each FCS file (one Prefect task per file):",
+        "  - events read from the DATA segment as the TEXT keywords declare; compensation with",
+        "    the file's own $SPILLOVER/$SPILL matrix; logicle transform (T = channel $PnR, W, M,",
+        "    A from the panel) for markers, scatter scaled to its range;",
+        "  - QC: saturated (margin) events, time bins whose flow rate or mean signal jumps",
+        "    (robust z-score), doublets (FSC-A/FSC-H ratio at the density valley), debris",
+        "    (FSC-A at the density valley);",
+        "  - gates placed per sample within the bounds of the panel's strategy: thresholds at",
+        "    density valleys, lymphocytes by a Gaussian mixture on FSC-A/SSC-A; where the data",
+        "    show no valley the strategy's default is used and the sample is flagged.",
+        "",
+        "Measures: % of parent; % of lymphocytes; cells/µL = % of lymphocytes x the visit's",
+        f"lymphocyte count from clinical/visits.csv ({cfg.absolute_counts}).",
+        "",
+        f"Statistics: each visit against baseline ({cfg.baseline}) with a two-sided paired",
+        "Wilcoxon signed-rank test (scipy.stats.wilcoxon defaults: zero differences dropped,",
+        "no continuity correction; exact distribution for n <= 50 without ties, else normal",
+        "approximation), on patients with both samples. Benjamini-Hochberg adjustment over all",
+        "tests of one group and one measure. Groups: all patients, children, adults.",
+        "Samples of patients missing from patients.csv are excluded from statistics.",
+    ]
+    for token, strategy in study.strategies.items():
+        lines.append(f"Strategy {token}: {strategy.source} (sha256 {strategy.sha256[:12]}).")
+    return lines
+
+
+@flow(name="immunomon-nightly", log_prints=True)
+def nightly_flow(study_root: str, workers: int = 1) -> RunSummary:
+    """One pass over a study: intake, process new samples, write results and the report."""
+    logger = get_run_logger()
+    study = Study(study_root)
+    study.ensure_output_folders()
+    store = Store(study.db_path)
+    run_id = uuid.uuid4().hex[:12]
+    store.start_run(run_id)
+    current = {t: (s.sha256, PIPELINE_VERSION) for t, s in study.strategies.items()}
+    plan = plan_intake(study, store, current)
+    logger.info(
+        "%d files in inbox: %d to process, %d unchanged, %d quarantined",
+        plan.seen, len(plan.ready), len(plan.unchanged), len(plan.quarantined),
+    )
+    with sample_worker_pool(workers if len(plan.ready) > 1 else 1):
+        processed, failed = _process_ready(plan.ready, study, store, run_id, logger)
+    error = update_outputs(study, store)
+    if error:
+        logger.error("cohort step stopped: %s", error)
+    counts = {"seen": plan.seen, "processed": processed, "quarantined": len(plan.quarantined),
+              "failed": failed}
+    store.finish_run(run_id, counts, "error" if error else "ok", error)
+    store.close()
+    return RunSummary(run_id, plan.seen, processed, len(plan.unchanged), len(plan.quarantined),
+                      failed, error)
+
+
+def _process_ready(ready, study: Study, store: Store, run_id: str, logger) -> tuple[int, int]:
+    """Submit one task per file; store each result, in its own transaction, as it completes."""
+    futures = {
+        process_sample_task.submit(
+            str(d.path), d.sha256, d.name, study.panels[d.name.panel_token],
+            study.strategies[d.name.panel_token],
+        ): d
+        for d in ready
+    }
+    processed = failed = 0
+    for done, future in enumerate(as_completed(list(futures)), start=1):
+        decision = futures[future]
+        stat = decision.path.stat()
+        try:
+            record = future.result()
+        except Exception as exc:  # one bad file never stops the others
+            failed += 1
+            reason = f"processing failed: {type(exc).__name__}: {exc}. It will be retried next run"
+            store.record_rejection(decision.path.name, decision.sha256, stat.st_size,
+                                   stat.st_mtime_ns, "failed", reason)
+            logger.error("%s: %s", decision.path.name, reason)
+            continue
+        store.record_sample(file_name=decision.path.name, size=stat.st_size,
+                            mtime_ns=stat.st_mtime_ns, result=record, run_id=run_id)
+        processed += 1
+        print(f"processed {done}/{len(futures)} {decision.path.name}")
+    return processed, failed
+
+
+def run_study(study_root: str | Path, workers: int | None = None) -> RunSummary:
+    """Run the nightly flow once with a task runner sized to the machine."""
+    workers = workers or os.cpu_count() or 1
+    configured = nightly_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+    return configured(str(Path(study_root).resolve()), workers)

@@ -1,0 +1,102 @@
+"""Figures for the reports: plain matplotlib functions over tidy frames, print-ready."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+# Okabe-Ito: distinguishable with the common colour-vision deficiencies.
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+GROUP_LABEL = {"all": "All patients", "child": "Children", "adult": "Adults"}
+
+plt.rcParams.update(
+    {
+        "pdf.fonttype": 42,  # TrueType: text stays text (searchable, extractable)
+        "font.size": 8,
+        "axes.titlesize": 9,
+        "axes.labelsize": 8,
+        "figure.dpi": 100,
+        "savefig.dpi": 300,
+    }
+)
+
+A4_PORTRAIT = (8.27, 11.69)
+A4_LANDSCAPE = (11.69, 8.27)
+
+
+def significance_stars(p: float) -> str:
+    """'**' for p < 0.01, '*' for p < 0.05, '' otherwise (as in the trial's figures)."""
+    if not np.isfinite(p):
+        return ""
+    return "**" if p < 0.01 else "*" if p < 0.05 else ""
+
+
+def boxplot_by_visit(
+    ax,
+    values: pd.DataFrame,
+    visits: list[str],
+    measure: str,
+    p_by_visit: dict[str, float],
+    ylabel: str,
+    colour: str,
+) -> None:
+    """Box-and-whisker per visit (median, quartiles, whiskers to the range), the n under each
+    box, each patient as a faint line, and stars against baseline."""
+    data = [values.loc[values.visit == v, measure].dropna().to_numpy() for v in visits]
+    positions = np.arange(len(visits))
+    wide = values.pivot_table(index="patient_id", columns="visit", values=measure)
+    for _, row in wide.reindex(columns=visits).iterrows():
+        ax.plot(positions, row.to_numpy(), color="0.75", lw=0.5, zorder=1)
+    non_empty = [i for i, d in enumerate(data) if d.size]
+    if non_empty:
+        ax.boxplot(
+            [data[i] for i in non_empty],
+            positions=positions[non_empty],
+            whis=(0, 100),
+            widths=0.55,
+            patch_artist=True,
+            boxprops={"facecolor": colour, "alpha": 0.45},
+            medianprops={"color": "black", "lw": 1.2},
+            zorder=2,
+        )
+    top = max((d.max() for d in data if d.size), default=1.0)
+    for i, visit in enumerate(visits):
+        stars = significance_stars(p_by_visit.get(visit, np.nan))
+        if stars:
+            ax.text(i, top * 1.04, stars, ha="center", va="bottom", fontsize=10)
+    ax.set_xticks(positions, [f"{v}\nn={d.size}" for v, d in zip(visits, data, strict=True)])
+    ax.set_ylim(bottom=0, top=top * 1.15 if top > 0 else 1)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", color="0.9", lw=0.5)
+    ax.set_axisbelow(True)
+
+
+def completeness_matrix(ax, status: pd.DataFrame, visits: list[str], panels: list[str]) -> None:
+    """Patients x (visit, panel) coloured by status: processed, flagged, quarantined, missing."""
+    codes = {"processed": 0, "qc_flagged": 1, "quarantined": 2, "failed": 3, "missing": 4}
+    colours = ["#009E73", "#F0E442", "#D55E00", "#CC79A7", "#FFFFFF"]
+    patients = sorted(status.patient_id.dropna().unique())
+    columns = [(v, p) for v in visits for p in panels]
+    grid = np.full((len(patients), len(columns)), codes["missing"])
+    lookup = {(r.patient_id, r.visit, r.panel): r.state for r in status.itertuples()}
+    for i, patient in enumerate(patients):
+        for j, (visit, panel) in enumerate(columns):
+            grid[i, j] = codes[lookup.get((patient, visit, panel), "missing")]
+    cmap = matplotlib.colors.ListedColormap(colours)
+    ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=4.5, aspect="auto")
+    ax.set_xticks(range(len(columns)), [f"{v}\n{p}" for v, p in columns], fontsize=6)
+    ax.set_yticks(range(len(patients)), patients, fontsize=7)
+    ax.set_xticks(np.arange(-0.5, len(columns)), minor=True)
+    ax.set_yticks(np.arange(-0.5, len(patients)), minor=True)
+    ax.grid(which="minor", color="0.6", lw=0.4)
+    ax.tick_params(which="minor", length=0)
+    handles = [
+        matplotlib.patches.Patch(facecolor=c, edgecolor="0.5", label=k.replace("_", " "))
+        for k, c in zip(codes, colours, strict=True)
+    ]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=5,
+              frameon=False)

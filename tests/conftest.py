@@ -1,0 +1,66 @@
+"""Shared fixtures: small simulated samples, a demo study run once per session, Prefect."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+from cohort.demo import PANEL_CHANNELS, _frequencies, _labels_for, simulate_sample  # noqa: E402
+from panels.fcs import write_fcs  # noqa: E402
+
+
+def write_simulated(path: Path, panel: str, group: str = "child", visit: str = "BL",
+                    n_events: int = 20000, seed: int = 1, style: str = "marker_fluor",
+                    **write_options) -> tuple[Path, np.ndarray]:
+    """Write one simulated tube with its $SPILLOVER; returns the path and event labels."""
+    rng = np.random.default_rng(seed)
+    shares = _frequencies(panel, group, visit, rng, rng)
+    events, pnn, labels, spill = simulate_sample(panel, shares, n_events, rng)
+    channels = PANEL_CHANNELS[panel]
+    pns = ["", "", "", *[_labels_for(style, m, f) for _, f, m in channels], ""]
+    spill_text = ",".join(
+        [str(len(channels)), *pnn[3 : 3 + len(channels)], *(f"{v:.6g}" for v in spill.ravel())]
+    )
+    write_fcs(path, events, pnn, pns, {"$SPILLOVER": spill_text, "$CYT": "test"},
+              **write_options)
+    return path, labels
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, prefect_harness):
+    """A full demo study (small files) processed once; tests read its outputs."""
+    from cohort.demo import DemoOptions, write_demo_study
+    from flows.nightly import run_study
+
+    root = tmp_path_factory.mktemp("demo") / "study"
+    write_demo_study(root, DemoOptions(events_per_file=6000))
+    inbox_before = {p.name: p.read_bytes() for p in (root / "inbox").iterdir()}
+    first = run_study(root, workers=2)
+    return root, first, inbox_before
+
+
+@pytest.fixture()
+def study_copy(tmp_path):
+    """An empty study folder with the demo's study.yaml and clinical CSVs."""
+    from cohort.demo import DemoOptions, write_demo_study
+
+    root = tmp_path / "study"
+    write_demo_study(root, DemoOptions(events_per_file=3000, include_bad_files=False))
+    shutil.rmtree(root / "inbox")
+    (root / "inbox").mkdir()
+    return root

@@ -1,0 +1,108 @@
+"""The FCS reader: exact round trips, agreement with flowkit, and clear rejections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import flowkit as fk
+import numpy as np
+import pytest
+
+from panels.fcs import FcsReadError, FcsTruncatedError, read_events, scan_header, write_fcs
+
+LAYOUTS = [("F", "<", 32), ("F", ">", 32), ("D", "<", 64), ("I", "<", 16), ("I", ">", 16),
+           ("I", ">", 32), ("I", "<", 24), ("I", ">", 24)]
+
+
+@pytest.mark.parametrize(("datatype", "byteorder", "bits"), LAYOUTS)
+def test_round_trip_every_layout(tmp_path, datatype, byteorder, bits):
+    rng = np.random.default_rng(3)
+    events = rng.uniform(0, 60000, (500, 5))
+    path = write_fcs(tmp_path / "x.fcs", events, ["FSC-A", "FSC-H", "SSC-A", "PE-A", "Time"],
+                     datatype=datatype, byteorder=byteorder, bits=bits, pnr=[65536] * 5)
+    data = read_events(path)
+    expected = {"F": events.astype(np.float32), "D": events, "I": np.rint(events)}[datatype]
+    np.testing.assert_array_equal(data.events, expected.astype(np.float64))
+
+
+@pytest.mark.parametrize(("datatype", "byteorder", "bits"), [l for l in LAYOUTS if l[2] != 24])
+def test_events_equal_flowkit(tmp_path, datatype, byteorder, bits):
+    rng = np.random.default_rng(4)
+    events = rng.uniform(0, 60000, (400, 4))
+    path = write_fcs(tmp_path / "x.fcs", events, ["FSC-A", "FSC-H", "CD19", "Time"],
+                     datatype=datatype, byteorder=byteorder, bits=bits, pnr=[65536] * 4)
+    ours = read_events(path).events
+    theirs = fk.Sample(str(path)).get_events(source="raw")
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_offsets_only_in_text_segment(tmp_path):
+    events = np.arange(40, dtype=float).reshape(10, 4)
+    path = write_fcs(tmp_path / "x.fcs", events, ["A", "B", "C", "D"], offsets_in_header=False)
+    np.testing.assert_array_equal(read_events(path).events, events)
+
+
+def test_truncated_copy_is_named_as_such(tmp_path):
+    path = write_fcs(tmp_path / "x.fcs", np.ones((1000, 4)), ["A", "B", "C", "D"])
+    whole = path.read_bytes()
+    cut = tmp_path / "cut.fcs"
+    cut.write_bytes(whole[: len(whole) - 100])
+    with pytest.raises(FcsTruncatedError) as err:
+        scan_header(cut)
+    assert "truncated" in err.value.reason and "copy the file again" in err.value.reason
+
+
+def test_not_fcs_and_zero_events(tmp_path):
+    text = tmp_path / "notes.fcs"
+    text.write_text("hello")
+    with pytest.raises(FcsReadError, match="not an FCS file"):
+        scan_header(text)
+    empty = write_fcs(tmp_path / "empty.fcs", np.zeros((0, 3)), ["A", "B", "C"])
+    with pytest.raises(FcsReadError, match="no events"):
+        scan_header(empty)
+
+
+def test_spillover_keyword_parsed(tmp_path):
+    spill = "2,PE-A,FITC-A,1,0.1,0.02,1"
+    path = write_fcs(tmp_path / "s.fcs", np.ones((5, 3)), ["FITC-A", "PE-A", "Time"],
+                     keywords={"$SPILLOVER": spill})
+    names, matrix = scan_header(path).spillover()
+    assert names == ["PE-A", "FITC-A"]
+    np.testing.assert_allclose(matrix, [[1, 0.1], [0.02, 1]])
+
+
+def _instrument_files() -> list[Path]:
+    fcsparser = pytest.importorskip("fcsparser")
+    root = Path(fcsparser.__file__).parent / "tests" / "data" / "FlowCytometers"
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() == ".fcs")
+
+
+def test_real_instrument_files_load_or_are_rejected_with_a_reason():
+    files = _instrument_files()
+    assert len(files) >= 12
+    outcomes = {}
+    for path in files:
+        try:
+            data = read_events(path)
+            assert data.events.shape == (data.header.n_events, data.header.n_channels)
+            assert np.isfinite(data.events).all()
+            outcomes[path.name] = "loaded"
+        except FcsReadError as exc:
+            assert len(exc.reason) > 30, exc.reason
+            outcomes[path.name] = exc.reason
+    loaded = [k for k, v in outcomes.items() if v == "loaded"]
+    assert len(loaded) >= 11, outcomes
+    assert "no event data" in outcomes["sample_header.fcs"]
+
+
+def test_real_files_equal_flowkit_where_flowkit_loads():
+    compared = 0
+    for path in _instrument_files():
+        try:
+            theirs = fk.Sample(str(path), ignore_offset_error=True).get_events(source="raw")
+        except Exception:
+            continue
+        ours = read_events(path).events
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=0, err_msg=path.name)
+        compared += 1
+    assert compared >= 10
