@@ -9,7 +9,12 @@ import pandas as pd
 
 REQUIRED = {
     "patients.csv": [
-        "patient_id", "group", "sex", "birth_date", "first_infusion_date", "last_follow_up_date",
+        "patient_id",
+        "group",
+        "sex",
+        "birth_date",
+        "first_infusion_date",
+        "last_follow_up_date",
     ],
     "visits.csv": ["patient_id", "visit", "visit_date", "lymphocytes_per_ul"],
     "relapses.csv": ["patient_id", "relapse_date"],
@@ -43,7 +48,9 @@ class ClinicalData:
 def _read(folder: Path, name: str) -> pd.DataFrame:
     path = folder / name
     if not path.is_file():
-        raise ClinicalDataError(f"{path}: file not found (columns needed: {', '.join(REQUIRED[name])})")
+        raise ClinicalDataError(
+            f"{path}: file not found (columns needed: {', '.join(REQUIRED[name])})"
+        )
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -101,8 +108,11 @@ def load_clinical(folder: str | Path, visit_labels: list[str] | None = None) -> 
             f"{p_path}, line {row + 2}, column last_follow_up_date: before first_infusion_date"
         )
     known = set(patients.patient_id)
-    for name, frame in (("visits.csv", visits), ("relapses.csv", relapses),
-                        ("medications.csv", medications)):
+    for name, frame in (
+        ("visits.csv", visits),
+        ("relapses.csv", relapses),
+        ("medications.csv", medications),
+    ):
         unknown = ~frame.patient_id.isin(known)
         if unknown.any():
             row = int(unknown.to_numpy().nonzero()[0][0])
@@ -116,7 +126,8 @@ def load_clinical(folder: str | Path, visit_labels: list[str] | None = None) -> 
             row = int(outside.to_numpy().nonzero()[0][0])
             raise ClinicalDataError(
                 f"{folder / 'visits.csv'}, line {row + 2}, column visit: "
-                f"{visits.visit.iloc[row]!r} is not in the study schedule ({', '.join(visit_labels)})"
+                f"{visits.visit.iloc[row]!r} is not in the study schedule "
+                f"({', '.join(visit_labels)})"
             )
     lymph = pd.to_numeric(visits.lymphocytes_per_ul.replace("", None), errors="coerce")
     bad = lymph.isna() & (visits.lymphocytes_per_ul != "")

@@ -82,36 +82,68 @@ SCATTER = {  # FSC-A median, FSC-A sd, SSC-A median, SSC log10 sd
 B_TYPES: dict[str, tuple[str, dict[str, float]]] = {
     "monocyte": ("mono", {"CD45": 9000, "CD38": 2500}),
     "non_b_lymphocyte": ("lymph", {"CD45": 20000, "CD38": 1200, "CD27": 1500}),
-    "transitional": ("lymph", {"CD45": 20000, "CD19": 15000, "CD24": 40000, "CD38": 22000,
-                               "IgD": 15000, "IgM": 30000}),
-    "naive": ("lymph", {"CD45": 20000, "CD19": 14000, "CD24": 9000, "CD38": 2500,
-                        "IgD": 16000, "IgM": 9000}),
-    "igm_memory": ("lymph", {"CD45": 20000, "CD19": 15000, "CD24": 20000, "CD38": 700,
-                             "CD27": 9000, "IgD": 7000, "IgM": 20000}),
-    "switched_memory": ("lymph", {"CD45": 20000, "CD19": 15000, "CD24": 18000, "CD38": 700,
-                                  "CD27": 9000}),
-    "other_memory": ("lymph", {"CD45": 20000, "CD19": 15000, "CD24": 18000, "CD38": 700,
-                               "CD27": 9000, "IgM": 20000}),
+    "transitional": (
+        "lymph",
+        {"CD45": 20000, "CD19": 15000, "CD24": 40000, "CD38": 22000, "IgD": 15000, "IgM": 30000},
+    ),
+    "naive": (
+        "lymph",
+        {"CD45": 20000, "CD19": 14000, "CD24": 9000, "CD38": 2500, "IgD": 16000, "IgM": 9000},
+    ),
+    "igm_memory": (
+        "lymph",
+        {
+            "CD45": 20000,
+            "CD19": 15000,
+            "CD24": 20000,
+            "CD38": 700,
+            "CD27": 9000,
+            "IgD": 7000,
+            "IgM": 20000,
+        },
+    ),
+    "switched_memory": (
+        "lymph",
+        {"CD45": 20000, "CD19": 15000, "CD24": 18000, "CD38": 700, "CD27": 9000},
+    ),
+    "other_memory": (
+        "lymph",
+        {"CD45": 20000, "CD19": 15000, "CD24": 18000, "CD38": 700, "CD27": 9000, "IgM": 20000},
+    ),
     "double_negative": ("lymph", {"CD45": 20000, "CD19": 15000, "CD24": 9000, "CD38": 1000}),
-    "plasmablast": ("lymph", {"CD45": 15000, "CD19": 6000, "CD38": 90000, "CD27": 35000,
-                              "IgM": 400}),
+    "plasmablast": (
+        "lymph",
+        {"CD45": 15000, "CD19": 6000, "CD38": 90000, "CD27": 35000, "IgM": 400},
+    ),
 }
 T_TYPES: dict[str, tuple[str, dict[str, float]]] = {
     "monocyte": ("mono", {"CD45": 9000, "CD4": 1500, "HLA-DR": 20000}),
     "non_t_lymphocyte": ("lymph", {"CD45": 20000, "HLA-DR": 8000, "CD45RA": 12000}),
     "cd8_t": ("lymph", {"CD45": 20000, "CD3": 15000, "CD127": 4000, "CD45RA": 9000}),
-    "cd4_naive_conv": ("lymph", {"CD45": 20000, "CD3": 15000, "CD4": 12000, "CD25": 200,
-                                 "CD127": 7000, "CD45RA": 15000}),
-    "cd4_memory_conv": ("lymph", {"CD45": 20000, "CD3": 15000, "CD4": 12000, "CD25": 900,
-                                  "CD127": 6000}),
-    "cd4_activated_cd127lo": ("lymph", {"CD45": 20000, "CD3": 15000, "CD4": 12000,
-                                        "CD25": 150, "CD127": 300, "HLA-DR": 3000}),
-    "treg_naive": ("lymph", {"CD45": 20000, "CD3": 15000, "CD4": 12000, "CD25": 9000,
-                             "CD127": 350, "CD45RA": 12000}),
-    "treg_memory_hladr_neg": ("lymph", {"CD45": 20000, "CD3": 15000, "CD4": 12000,
-                                        "CD25": 11000, "CD127": 350}),
-    "treg_memory_hladr_pos": ("lymph", {"CD45": 20000, "CD3": 15000, "CD4": 12000,
-                                        "CD25": 12000, "CD127": 350, "HLA-DR": 6000}),
+    "cd4_naive_conv": (
+        "lymph",
+        {"CD45": 20000, "CD3": 15000, "CD4": 12000, "CD25": 200, "CD127": 7000, "CD45RA": 15000},
+    ),
+    "cd4_memory_conv": (
+        "lymph",
+        {"CD45": 20000, "CD3": 15000, "CD4": 12000, "CD25": 900, "CD127": 6000},
+    ),
+    "cd4_activated_cd127lo": (
+        "lymph",
+        {"CD45": 20000, "CD3": 15000, "CD4": 12000, "CD25": 150, "CD127": 300, "HLA-DR": 3000},
+    ),
+    "treg_naive": (
+        "lymph",
+        {"CD45": 20000, "CD3": 15000, "CD4": 12000, "CD25": 9000, "CD127": 350, "CD45RA": 12000},
+    ),
+    "treg_memory_hladr_neg": (
+        "lymph",
+        {"CD45": 20000, "CD3": 15000, "CD4": 12000, "CD25": 11000, "CD127": 350},
+    ),
+    "treg_memory_hladr_pos": (
+        "lymph",
+        {"CD45": 20000, "CD3": 15000, "CD4": 12000, "CD25": 12000, "CD127": 350, "HLA-DR": 6000},
+    ),
 }
 # Canonical population -> (parent, cell types that truly belong to it).
 B_TRUTH: dict[str, tuple[str, set[str]]] = {
@@ -141,6 +173,7 @@ CHILD_MEMORY_EFFECT = {"BL": 1.0, "M1": 0.55, "M3": 0.6, "M6": 0.85, "M9": 0.95,
 CHILD_TREG_EFFECT = {"BL": 1.0, "M1": 1.6, "M3": 1.5, "M6": 1.3, "M9": 1.1, "M12": 1.0}
 MISSED_VISITS = {("P03", "M9"), ("P07", "M6"), ("P12", "M1")}
 LOST_PATIENT, LOST_AFTER_MONTHS = "P14", 8
+FILENAME_PATTERN = r"^(?P<patient>P[0-9]+)_(?P<visit>[A-Z0-9]+)_(?P<panel>[A-Z]+)\.[fF][cC][sS]$"
 
 
 @dataclass(frozen=True)
@@ -243,9 +276,7 @@ def simulate_sample(
     cell_p = np.array([shares[k] for k in cell_names])
     cell_p /= cell_p.sum()
     # Singlets keep the exact multinomial counts; each doublet joins two cells of the mixture.
-    singles = np.concatenate(
-        [np.full(counts[names.index(k)], i) for i, k in enumerate(cell_names)]
-    )
+    singles = np.concatenate([np.full(counts[names.index(k)], i) for i, k in enumerate(cell_names)])
     partners = rng.choice(len(cell_names), size=2 * n_doublets, p=cell_p)
 
     def cells(code_array: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -361,7 +392,7 @@ def write_demo_study(root: str | Path, options: DemoOptions = DemoOptions()) -> 
         "study": "MSC-INS phase I (demo)",
         "visits": VISITS,
         "baseline": "BL",
-        "filename_pattern": r"^(?P<patient>P[0-9]+)_(?P<visit>[A-Z0-9]+)_(?P<panel>[A-Z]+)\.[fF][cC][sS]$",
+        "filename_pattern": FILENAME_PATTERN,
         "panels": {"BCELL": "bcell", "TREG": "treg"},
         "absolute_counts": "dual_platform",
         "schedule": "0 2 * * *",
@@ -390,9 +421,7 @@ def write_demo_study(root: str | Path, options: DemoOptions = DemoOptions()) -> 
                 )
                 shares = _frequencies(panel, group_of[patient_id], visit, patient_rng, visit_rng)
                 sample_id = f"{patient_id}_{visit}_{panel}"
-                row = _write_sample(
-                    root, sample_id, panel, shares, options, visit_rng, file_index
-                )
+                row = _write_sample(root, sample_id, panel, shares, options, visit_rng, file_index)
                 truth_rows.extend(row)
                 file_index += 1
     pd.DataFrame(truth_rows).to_csv(root / "truth" / "populations.csv", index=False)
@@ -412,20 +441,20 @@ def _write_sample(root, sample_id, panel, shares, options, rng, file_index) -> l
     )
     style = options.naming_styles[file_index % len(options.naming_styles)]
     vendor = options.vendors[file_index % len(options.vendors)]
-    detectors = [
-        VENDOR_DETECTORS[f] if vendor == "cytek" else d for d, f, _ in channels
-    ]
+    detectors = [VENDOR_DETECTORS[f] if vendor == "cytek" else d for d, f, _ in channels]
     pnn = ["FSC-A", "FSC-H", "SSC-A", *detectors, "Time"]
     pns = ["", "", "", *[_labels_for(style, m, f) for _, f, m in channels], ""]
     if style == "pnn":  # marker only in $PnN, as some exports do
         pnn = ["FSC-A", "FSC-H", "SSC-A", *[m for _, _, m in channels], "Time"]
     n_fl = len(channels)
-    spill_text = ",".join(
-        [str(n_fl), *pnn[3 : 3 + n_fl], *(f"{v:.6g}" for v in spill.ravel())]
-    )
-    keywords = {"$CYT": "Demo LSRFortessa" if vendor == "bd" else "Demo Aurora",
-                "$SPILLOVER": spill_text, "$TIMESTEP": "0.01", "$SRC": sample_id,
-                "$FIL": f"{sample_id}.fcs"}
+    spill_text = ",".join([str(n_fl), *pnn[3 : 3 + n_fl], *(f"{v:.6g}" for v in spill.ravel())])
+    keywords = {
+        "$CYT": "Demo LSRFortessa" if vendor == "bd" else "Demo Aurora",
+        "$SPILLOVER": spill_text,
+        "$TIMESTEP": "0.01",
+        "$SRC": sample_id,
+        "$FIL": f"{sample_id}.fcs",
+    }
     datatype, bits, pnr, byteorder = "F", 32, [RANGE] * len(pnn), "<"
     if options.big_endian_share and rng.uniform() < options.big_endian_share:
         byteorder = ">"
@@ -436,11 +465,19 @@ def _write_sample(root, sample_id, panel, shares, options, rng, file_index) -> l
         events[:, -1] = np.clip(events[:, -1], 0, 65535)
         datatype, bits, pnr = "I", 16, [65536.0] * len(pnn)
     write_fcs(
-        root / "inbox" / f"{sample_id}.fcs", events, pnn, pns, keywords,
-        datatype=datatype, bits=bits, pnr=pnr, byteorder=byteorder,
+        root / "inbox" / f"{sample_id}.fcs",
+        events,
+        pnn,
+        pns,
+        keywords,
+        datatype=datatype,
+        bits=bits,
+        pnr=pnr,
+        byteorder=byteorder,
     )
-    np.savez_compressed(root / "truth" / f"{sample_id}.npz", labels=labels,
-                        label_names=np.array(LABELS))
+    np.savez_compressed(
+        root / "truth" / f"{sample_id}.npz", labels=labels, label_names=np.array(LABELS)
+    )
     return [{"sample_id": sample_id, "panel": panel, **r} for r in truth_counts(panel, labels)]
 
 
@@ -471,39 +508,57 @@ def _clinical_tables(rng: np.random.Generator):
         birth = infusion - dt.timedelta(days=365 * age_years + int(rng.integers(0, 300)))
         follow_up_months = LOST_AFTER_MONTHS if pid == LOST_PATIENT else 12
         last = infusion + dt.timedelta(days=int(30.44 * follow_up_months) + 10)
-        weight = round(float(rng.normal(15 + 3.2 * age_years, 3)) if child else
-                       float(rng.normal(68, 9)), 1)
+        weight = round(
+            float(rng.normal(15 + 3.2 * age_years, 3)) if child else float(rng.normal(68, 9)), 1
+        )
         patients.append(
-            {"patient_id": pid, "group": "child" if child else "adult",
-             "sex": "F" if rng.uniform() < 0.45 else "M", "birth_date": birth.isoformat(),
-             "first_infusion_date": infusion.isoformat(), "last_follow_up_date": last.isoformat(),
-             "weight_kg": weight}
+            {
+                "patient_id": pid,
+                "group": "child" if child else "adult",
+                "sex": "F" if rng.uniform() < 0.45 else "M",
+                "birth_date": birth.isoformat(),
+                "first_infusion_date": infusion.isoformat(),
+                "last_follow_up_date": last.isoformat(),
+                "weight_kg": weight,
+            }
         )
         for visit, month in VISITS.items():
             if (pid, visit) in MISSED_VISITS or (pid == LOST_PATIENT and month > follow_up_months):
                 continue
             day = infusion + dt.timedelta(days=int(round(30.44 * month)) + int(rng.integers(-4, 5)))
             lymph = rng.normal(2300 if child else 1700, 350)
-            visits.append({"patient_id": pid, "visit": visit, "visit_date": day.isoformat(),
-                           "lymphocytes_per_ul": round(float(lymph))})
+            visits.append(
+                {
+                    "patient_id": pid,
+                    "visit": visit,
+                    "visit_date": day.isoformat(),
+                    "lymphocytes_per_ul": round(float(lymph)),
+                }
+            )
         # Relapse rates per year: children improve after infusion, adults do not.
         rate_before = rng.uniform(2.0, 4.0)
         rate_after = rate_before * (0.3 if child else 1.0)
         window_after = (last - infusion).days
         relapse_dates = []
-        for start, length, rate in ((infusion - dt.timedelta(days=365), 365, rate_before),
-                                    (infusion + dt.timedelta(days=20), window_after - 20,
-                                     rate_after)):
+        for start, length, rate in (
+            (infusion - dt.timedelta(days=365), 365, rate_before),
+            (infusion + dt.timedelta(days=20), window_after - 20, rate_after),
+        ):
             n = rng.poisson(rate * length / 365)
-            days = np.sort(rng.choice(np.arange(5, max(length - 5, 6)), size=min(n, 6),
-                                      replace=False))
+            days = np.sort(
+                rng.choice(np.arange(5, max(length - 5, 6)), size=min(n, 6), replace=False)
+            )
             # Relapses closer than 45 days apart are one relapse clinically.
             kept = [d for k, d in enumerate(days) if k == 0 or d - days[k - 1] >= 45]
             relapse_dates.extend(start + dt.timedelta(days=int(d)) for d in kept)
         relapses.extend({"patient_id": pid, "relapse_date": d.isoformat()} for d in relapse_dates)
         meds.extend(_medications(pid, child, infusion, last, relapse_dates, weight, rng))
-    return (pd.DataFrame(patients), pd.DataFrame(visits),
-            pd.DataFrame(relapses, columns=["patient_id", "relapse_date"]), pd.DataFrame(meds))
+    return (
+        pd.DataFrame(patients),
+        pd.DataFrame(visits),
+        pd.DataFrame(relapses, columns=["patient_id", "relapse_date"]),
+        pd.DataFrame(meds),
+    )
 
 
 def _medications(pid, child, infusion, last, relapse_dates, weight, rng) -> list[dict]:
@@ -529,16 +584,35 @@ def _medications(pid, child, infusion, last, relapse_dates, weight, rng) -> list
         while j + 1 < days and dose[j + 1] == dose[k]:
             j += 1
         if dose[k] > 0:
-            rows.append({"patient_id": pid, "drug": "prednisone",
-                         "start_date": (start + dt.timedelta(days=k)).isoformat(),
-                         "end_date": (start + dt.timedelta(days=j)).isoformat(),
-                         "daily_dose_mg": float(dose[k])})
+            rows.append(
+                {
+                    "patient_id": pid,
+                    "drug": "prednisone",
+                    "start_date": (start + dt.timedelta(days=k)).isoformat(),
+                    "end_date": (start + dt.timedelta(days=j)).isoformat(),
+                    "daily_dose_mg": float(dose[k]),
+                }
+            )
         k = j + 1
     mmf_end = infusion + dt.timedelta(days=int(rng.integers(60, 200))) if child else end
-    rows.append({"patient_id": pid, "drug": "mmf", "start_date": start.isoformat(),
-                 "end_date": mmf_end.isoformat(), "daily_dose_mg": 1200.0 if child else 2000.0})
+    rows.append(
+        {
+            "patient_id": pid,
+            "drug": "mmf",
+            "start_date": start.isoformat(),
+            "end_date": mmf_end.isoformat(),
+            "daily_dose_mg": 1200.0 if child else 2000.0,
+        }
+    )
     if rng.uniform() < (0.6 if child else 0.5):
         cni_end = infusion + dt.timedelta(days=int(rng.integers(30, 120))) if child else end
-        rows.append({"patient_id": pid, "drug": "tacrolimus", "start_date": start.isoformat(),
-                     "end_date": cni_end.isoformat(), "daily_dose_mg": 4.0})
+        rows.append(
+            {
+                "patient_id": pid,
+                "drug": "tacrolimus",
+                "start_date": start.isoformat(),
+                "end_date": cni_end.isoformat(),
+                "daily_dose_mg": 4.0,
+            }
+        )
     return rows

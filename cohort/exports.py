@@ -10,11 +10,30 @@ from cohort.store import Store
 from cohort.study import Study
 
 POPULATION_COLUMNS = [
-    "sample_id", "patient_id", "visit", "month", "panel", "population", "parent", "count",
-    "parent_count", "pct_parent", "pct_lymphocytes", "cells_per_ul", "qc_flags",
+    "sample_id",
+    "patient_id",
+    "visit",
+    "month",
+    "panel",
+    "population",
+    "parent",
+    "count",
+    "parent_count",
+    "pct_parent",
+    "pct_lymphocytes",
+    "cells_per_ul",
+    "qc_flags",
 ]
 SAMPLE_COLUMNS = [
-    "file", "sha256", "sample_id", "patient_id", "visit", "panel", "status", "reason", "events",
+    "file",
+    "sha256",
+    "sample_id",
+    "patient_id",
+    "visit",
+    "panel",
+    "status",
+    "reason",
+    "events",
     "processed_at",
 ]
 
@@ -24,9 +43,7 @@ def samples_table(store: Store) -> pd.DataFrame:
     return store.files_frame()[SAMPLE_COLUMNS]
 
 
-def populations_table(
-    store: Store, study: Study, clinical: ClinicalData | None
-) -> pd.DataFrame:
+def populations_table(store: Store, study: Study, clinical: ClinicalData | None) -> pd.DataFrame:
     """Counts and percentages per sample and population; absolute counts when clinical
     lymphocyte counts are known (dual platform)."""
     pops = store.current_populations()

@@ -100,22 +100,23 @@ def plan_intake(study: Study, store, current_keys: dict[str, str]) -> IntakePlan
                 continue
         reason = ""
         earlier = store.processed_under_other_name(path.name, sha) or shas_this_run.get(sha)
-        if earlier and earlier != path.name:
+        if isinstance(parsed, str):
+            reason = parsed  # the name is the first thing the lab has to fix
+        elif earlier and earlier != path.name:
             reason = (
                 f"identical content (same sha256) to {earlier}, which is already processed: "
                 "the same acquisition was exported twice; remove the extra copy"
             )
-        elif not isinstance(parsed, str) and (
-            other := store.processed_name_with_other_content(path.name, sha)
-        ):
+        elif other := store.processed_name_with_other_content(path.name, sha):
             reason = (
                 f"a different file with this name was processed before (sha256 {other[:12]}...): "
                 "results are not overwritten silently. If this is a new acquisition, give it a "
                 "new name; if it replaces a bad file, ask the data manager to retire the old one"
             )
         if reason:
-            decision = IntakeDecision(path, sha, None if isinstance(parsed, str) else parsed,
-                                      False, reason)
+            decision = IntakeDecision(
+                path, sha, None if isinstance(parsed, str) else parsed, False, reason
+            )
         else:
             decision = examine_file(study, path, sha)
         if decision.ready:

@@ -156,9 +156,10 @@ class Store:
 
     # samples -------------------------------------------------------------------------------
     def has_sample(self, sample_key: str) -> bool:
-        return self.conn.execute(
-            "SELECT 1 FROM samples WHERE sample_key=?", (sample_key,)
-        ).fetchone() is not None
+        return (
+            self.conn.execute("SELECT 1 FROM samples WHERE sample_key=?", (sample_key,)).fetchone()
+            is not None
+        )
 
     def record_sample(
         self, *, file_name: str, size: int, mtime_ns: int, result: SampleRecord, run_id: str
@@ -171,9 +172,21 @@ class Store:
             self.conn.execute("DELETE FROM gates WHERE sample_key=?", (key,))
             self.conn.execute(
                 "INSERT OR REPLACE INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,NULL)",
-                (key, result.sample_id, file_name, result.sha256, result.patient_id,
-                 result.visit, result.panel, result.events, ";".join(result.flags),
-                 result.strategy_sha256, result.pipeline_version, now(), run_id),
+                (
+                    key,
+                    result.sample_id,
+                    file_name,
+                    result.sha256,
+                    result.patient_id,
+                    result.visit,
+                    result.panel,
+                    result.events,
+                    ";".join(result.flags),
+                    result.strategy_sha256,
+                    result.pipeline_version,
+                    now(),
+                    run_id,
+                ),
             )
             # Older results of the same acquisition stay, marked superseded.
             self.conn.execute(
@@ -183,19 +196,33 @@ class Store:
             )
             self.conn.executemany(
                 "INSERT INTO populations VALUES (?,?,?,?,?)",
-                [(key, p["population"], p["parent"], p["count"], p["parent_count"])
-                 for p in result.populations],
+                [
+                    (key, p["population"], p["parent"], p["count"], p["parent_count"])
+                    for p in result.populations
+                ],
             )
             self.conn.executemany(
                 "INSERT INTO qc_steps VALUES (?,?,?,?,?)",
-                [(key, q["name"], q["events_in"], q["removed"], q["detail"])
-                 for q in result.qc_steps],
+                [
+                    (key, q["name"], q["events_in"], q["removed"], q["detail"])
+                    for q in result.qc_steps
+                ],
             )
             self.conn.executemany(
                 "INSERT INTO gates VALUES (?,?,?,?,?,?,?,?)",
-                [(key, g["name"], g["parent"], g["kind"], json.dumps(g["dimensions"]),
-                  json.dumps(g["parameters"]), int(g["from_data"]), g["note"])
-                 for g in result.gates],
+                [
+                    (
+                        key,
+                        g["name"],
+                        g["parent"],
+                        g["kind"],
+                        json.dumps(g["dimensions"]),
+                        json.dumps(g["parameters"]),
+                        int(g["from_data"]),
+                        g["note"],
+                    )
+                    for g in result.gates
+                ],
             )
             self._upsert_file(file_name, result.sha256, size, mtime_ns, "processed", "", key)
 
@@ -212,8 +239,16 @@ class Store:
             self.conn.execute(
                 "UPDATE runs SET finished_at=?, files_seen=?, processed=?, quarantined=?, "
                 "failed=?, status=?, message=? WHERE run_id=?",
-                (now(), counts.get("seen", 0), counts.get("processed", 0),
-                 counts.get("quarantined", 0), counts.get("failed", 0), status, message, run_id),
+                (
+                    now(),
+                    counts.get("seen", 0),
+                    counts.get("processed", 0),
+                    counts.get("quarantined", 0),
+                    counts.get("failed", 0),
+                    status,
+                    message,
+                    run_id,
+                ),
             )
 
     # exports -------------------------------------------------------------------------------
@@ -248,4 +283,3 @@ class Store:
 
     def runs(self) -> pd.DataFrame:
         return pd.read_sql_query("SELECT * FROM runs ORDER BY started_at", self.conn)
-

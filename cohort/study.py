@@ -98,9 +98,7 @@ class Study:
         """Regular files in inbox/, sorted by name (hidden and partial-copy files skipped)."""
         if not self.inbox.is_dir():
             raise StudyError(f"{self.inbox} does not exist: create it and drop FCS files there")
-        return sorted(
-            p for p in self.inbox.iterdir() if p.is_file() and not p.name.startswith(".")
-        )
+        return sorted(p for p in self.inbox.iterdir() if p.is_file() and not p.name.startswith("."))
 
     def parse_name(self, file_name: str) -> SampleName | str:
         """The sample a file name identifies, or the reason it does not identify one."""

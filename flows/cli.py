@@ -15,15 +15,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     root = Path(args.study)
     if (root / "study.yaml").exists() and not args.force:
-        print(f"{root} already holds a study; use --force to write the demo over it",
-              file=sys.stderr)
+        print(
+            f"{root} already holds a study; use --force to write the demo over it", file=sys.stderr
+        )
         return 2
     events = 1_000_000 if args.large else args.events
     started = time.perf_counter()
     write_demo_study(root, DemoOptions(events_per_file=events, seed=args.seed))
     n_files = len(list((root / "inbox").iterdir()))
-    print(f"demo study written to {root} ({n_files} inbox files, "
-          f"{events} events per file) in {time.perf_counter() - started:.1f} s")
+    print(
+        f"demo study written to {root} ({n_files} inbox files, "
+        f"{events} events per file) in {time.perf_counter() - started:.1f} s"
+    )
     if args.no_run:
         return 0
     return _run(root, args.workers)
@@ -83,16 +86,30 @@ def _cmd_process(args: argparse.Namespace) -> int:
         print(f"{args.file}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({
-            "file": str(args.file), "events": gating.n_events, "flags": gating.flags,
-            "populations": [
-                {"population": p.population, "parent": p.parent, "count": p.count,
-                 "parent_count": p.parent_count, "pct_parent": round(p.pct_parent, 4)}
-                for p in gating.populations
-            ],
-            "qc": [{"step": q.name, "events_in": q.events_in, "removed": q.removed}
-                   for q in gating.qc_steps],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "file": str(args.file),
+                    "events": gating.n_events,
+                    "flags": gating.flags,
+                    "populations": [
+                        {
+                            "population": p.population,
+                            "parent": p.parent,
+                            "count": p.count,
+                            "parent_count": p.parent_count,
+                            "pct_parent": round(p.pct_parent, 4),
+                        }
+                        for p in gating.populations
+                    ],
+                    "qc": [
+                        {"step": q.name, "events_in": q.events_in, "removed": q.removed}
+                        for q in gating.qc_steps
+                    ],
+                },
+                indent=2,
+            )
+        )
         return 0
     print(f"{args.file}: {gating.n_events} events, panel {panel.name}")
     for q in gating.qc_steps:
@@ -114,10 +131,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(f"{args.file}: rejected: {exc.reason}", file=sys.stderr)
         return 2
     print(f"file: {h.path}\nFCS version: {h.version}\ninstrument ($CYT): {h.instrument or '-'}")
-    print(f"events: {h.n_events}\nchannels: {h.n_channels}\ndatatype: {h.datatype} "
-          f"({'big' if h.byteorder == '>' else 'little'}-endian)")
+    print(
+        f"events: {h.n_events}\nchannels: {h.n_channels}\ndatatype: {h.datatype} "
+        f"({'big' if h.byteorder == '>' else 'little'}-endian)"
+    )
     spill = h.spillover()
-    print(f"spillover: {'%d x %d' % spill[1].shape if spill else 'none'}")
+    print(f"spillover: {f'{spill[1].shape[0]} x {spill[1].shape[1]}' if spill else 'none'}")
     for j, (n, s) in enumerate(zip(h.pnn, h.pns, strict=True), start=1):
         print(f"  P{j:<3} {n:24} {s:28} bits={h.pnb[j - 1]:<3} range={h.pnr[j - 1]:g}")
     for note in h.notes:

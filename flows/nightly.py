@@ -45,8 +45,12 @@ def software_version() -> str:
         version = "unknown"
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
-            capture_output=True, text=True, timeout=5, check=True,
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = "no git"
@@ -63,8 +67,7 @@ def update_outputs(study: Study, store: Store) -> str:
     samples = samples_table(store)
     write_csv(samples, study.results_dir / "samples.csv")
     try:
-        clinical: ClinicalData | None = load_clinical(study.clinical_dir,
-                                                      list(study.config.visits))
+        clinical: ClinicalData | None = load_clinical(study.clinical_dir, list(study.config.visits))
         error = ""
     except ClinicalDataError as exc:
         clinical, error = None, str(exc)
@@ -87,12 +90,16 @@ def update_outputs(study: Study, store: Store) -> str:
     return ""
 
 
-def report_context(study: Study, store: Store, clinical: ClinicalData,
-                   populations: pd.DataFrame) -> ReportContext:
+def report_context(
+    study: Study, store: Store, clinical: ClinicalData, populations: pd.DataFrame
+) -> ReportContext:
     files = store.files_frame()
     stamps = pd.concat([files.first_seen.dropna(), files.processed_at.dropna()])
-    clinical_dates = [clinical.visits.visit_date.max(), clinical.relapses.relapse_date.max(),
-                      clinical.patients.last_follow_up_date.max()]
+    clinical_dates = [
+        clinical.visits.visit_date.max(),
+        clinical.relapses.relapse_date.max(),
+        clinical.patients.last_follow_up_date.max(),
+    ]
     known = set(clinical.patients.patient_id)
     unknown = sorted(set(populations.patient_id) - known)
     cfg = study.config
@@ -152,26 +159,37 @@ def nightly_flow(study_root: str, workers: int = 1) -> RunSummary:
     plan = plan_intake(study, store, current)
     logger.info(
         "%d files in inbox: %d to process, %d unchanged, %d quarantined",
-        plan.seen, len(plan.ready), len(plan.unchanged), len(plan.quarantined),
+        plan.seen,
+        len(plan.ready),
+        len(plan.unchanged),
+        len(plan.quarantined),
     )
     with sample_worker_pool(workers if len(plan.ready) > 1 else 1):
         processed, failed = _process_ready(plan.ready, study, store, run_id, logger)
     error = update_outputs(study, store)
     if error:
         logger.error("cohort step stopped: %s", error)
-    counts = {"seen": plan.seen, "processed": processed, "quarantined": len(plan.quarantined),
-              "failed": failed}
+    counts = {
+        "seen": plan.seen,
+        "processed": processed,
+        "quarantined": len(plan.quarantined),
+        "failed": failed,
+    }
     store.finish_run(run_id, counts, "error" if error else "ok", error)
     store.close()
-    return RunSummary(run_id, plan.seen, processed, len(plan.unchanged), len(plan.quarantined),
-                      failed, error)
+    return RunSummary(
+        run_id, plan.seen, processed, len(plan.unchanged), len(plan.quarantined), failed, error
+    )
 
 
 def _process_ready(ready, study: Study, store: Store, run_id: str, logger) -> tuple[int, int]:
     """Submit one task per file; store each result, in its own transaction, as it completes."""
     futures = {
         process_sample_task.submit(
-            str(d.path), d.sha256, d.name, study.panels[d.name.panel_token],
+            str(d.path),
+            d.sha256,
+            d.name,
+            study.panels[d.name.panel_token],
             study.strategies[d.name.panel_token],
         ): d
         for d in ready
@@ -185,12 +203,23 @@ def _process_ready(ready, study: Study, store: Store, run_id: str, logger) -> tu
         except Exception as exc:  # one bad file never stops the others
             failed += 1
             reason = f"processing failed: {type(exc).__name__}: {exc}. It will be retried next run"
-            store.record_rejection(decision.path.name, decision.sha256, stat.st_size,
-                                   stat.st_mtime_ns, "failed", reason)
+            store.record_rejection(
+                decision.path.name,
+                decision.sha256,
+                stat.st_size,
+                stat.st_mtime_ns,
+                "failed",
+                reason,
+            )
             logger.error("%s: %s", decision.path.name, reason)
             continue
-        store.record_sample(file_name=decision.path.name, size=stat.st_size,
-                            mtime_ns=stat.st_mtime_ns, result=record, run_id=run_id)
+        store.record_sample(
+            file_name=decision.path.name,
+            size=stat.st_size,
+            mtime_ns=stat.st_mtime_ns,
+            result=record,
+            run_id=run_id,
+        )
         processed += 1
         print(f"processed {done}/{len(futures)} {decision.path.name}")
     return processed, failed

@@ -44,8 +44,12 @@ def process_sample_file(
         strategy_sha256=strategy.sha256,
         pipeline_version=PIPELINE_VERSION,
         populations=[
-            {"population": p.population, "parent": p.parent, "count": p.count,
-             "parent_count": p.parent_count}
+            {
+                "population": p.population,
+                "parent": p.parent,
+                "count": p.count,
+                "parent_count": p.parent_count,
+            }
             for p in gating.populations
         ],
         qc_steps=[asdict(q) for q in gating.qc_steps],
@@ -73,7 +77,9 @@ def sample_worker_pool(workers: int) -> Iterator[None]:
         return
     # 'spawn': forking a process that runs Prefect's event-loop threads can deadlock.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread_per_worker) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_one_thread_per_worker
+    ) as pool:
         _pool = pool
         try:
             yield

@@ -112,9 +112,7 @@ def place_ellipse_by_mixture(
     gmm.fit(fit_on)
     (x_lo, x_hi), (y_lo, y_hi) = pick_box
     inside = [
-        i
-        for i, (mx, my) in enumerate(gmm.means_)
-        if x_lo <= mx <= x_hi and y_lo <= my <= y_hi
+        i for i, (mx, my) in enumerate(gmm.means_) if x_lo <= mx <= x_hi and y_lo <= my <= y_hi
     ]
     if not inside:
         return default

@@ -123,8 +123,13 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
     record("doublets", full, f"FSC-A/FSC-H <= {singlet_place.value:.3f} ({singlet_place.note})")
     gates.append(
         AppliedGate(
-            "singlets", "time_ok", "ratio_max", ("FSC-A", "FSC-H"),
-            {"max_ratio": singlet_place.value}, singlet_place.from_data, singlet_place.note,
+            "singlets",
+            "time_ok",
+            "ratio_max",
+            ("FSC-A", "FSC-H"),
+            {"max_ratio": singlet_place.value},
+            singlet_place.from_data,
+            singlet_place.note,
         )
     )
     # Placed on the events still kept, applied to all.
@@ -134,8 +139,13 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
     record("debris", dims["FSC-A"] > debris_place.value, f"FSC-A > {debris_place.value:.3f}")
     gates.append(
         AppliedGate(
-            "non_debris", "singlets", "rectangle", ("FSC-A",),
-            {"FSC-A": [debris_place.value, None]}, debris_place.from_data, debris_place.note,
+            "non_debris",
+            "singlets",
+            "rectangle",
+            ("FSC-A",),
+            {"FSC-A": [debris_place.value, None]},
+            debris_place.from_data,
+            debris_place.note,
         )
     )
     for place, label in ((singlet_place, "singlets"), (debris_place, "non_debris")):
@@ -161,9 +171,15 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
             if not place.from_data:
                 flags.append(f"default_threshold:{ref}")
             gates.append(
-                AppliedGate(ref, spec.within, "threshold", (spec.dimension,),
-                            {"value": place.value, "bounds": list(spec.bounds)},
-                            place.from_data, place.note)
+                AppliedGate(
+                    ref,
+                    spec.within,
+                    "threshold",
+                    (spec.dimension,),
+                    {"value": place.value, "bounds": list(spec.bounds)},
+                    place.from_data,
+                    place.note,
+                )
             )
         return thresholds[ref]
 
@@ -192,15 +208,27 @@ def _apply_gate(gate: GateSpec, masks, dims, threshold, gates, flags) -> np.ndar
             if hi is not None:
                 mask &= dims[dim] <= hi
             applied[dim] = [lo, hi]
-        gates.append(AppliedGate(gate.name, gate.parent, "rectangle", tuple(gate.limits),
-                                 applied, True, "limits from thresholds"))
+        gates.append(
+            AppliedGate(
+                gate.name,
+                gate.parent,
+                "rectangle",
+                tuple(gate.limits),
+                applied,
+                True,
+                "limits from thresholds",
+            )
+        )
         return mask
     if gate.kind == "boolean":
         parts = [~masks[name] if negated else masks[name] for name, negated in gate.refs]
         combined = np.logical_and.reduce(parts) if gate.op == "and" else np.logical_or.reduce(parts)
         refs = [("not " if neg else "") + name for name, neg in gate.refs]
-        gates.append(AppliedGate(gate.name, gate.parent, "boolean", (), {"op": gate.op,
-                                 "refs": refs}, True, ""))
+        gates.append(
+            AppliedGate(
+                gate.name, gate.parent, "boolean", (), {"op": gate.op, "refs": refs}, True, ""
+            )
+        )
         return parent & combined
     if gate.kind == "scatter_cluster":
         o = gate.options
@@ -215,10 +243,20 @@ def _apply_gate(gate: GateSpec, masks, dims, threshold, gates, flags) -> np.ndar
         )
         if not place.from_data:
             flags.append(f"default_gate:{gate.name}")
-        gates.append(AppliedGate(gate.name, gate.parent, "ellipse", gate.dimensions,
-                                 {"mean": place.mean.tolist(),
-                                  "covariance": place.covariance.tolist(),
-                                  "distance_square": place.distance_square},
-                                 place.from_data, place.note))
+        gates.append(
+            AppliedGate(
+                gate.name,
+                gate.parent,
+                "ellipse",
+                gate.dimensions,
+                {
+                    "mean": place.mean.tolist(),
+                    "covariance": place.covariance.tolist(),
+                    "distance_square": place.distance_square,
+                },
+                place.from_data,
+                place.note,
+            )
+        )
         return parent & place.contains(xy)
     raise ValueError(f"unknown gate kind {gate.kind}")

@@ -166,5 +166,11 @@ def _build(doc: dict, path: Path, text: str) -> Strategy:
     canonical = json.dumps(doc, sort_keys=True, default=str)
     digest = hashlib.sha256(canonical.encode()).hexdigest()
     return Strategy(
-        str(doc["name"]), int(doc.get("version", 1)), qc, thresholds, tuple(gates), digest, str(path)
+        str(doc["name"]),
+        int(doc.get("version", 1)),
+        qc,
+        thresholds,
+        tuple(gates),
+        digest,
+        str(path),
     )

@@ -46,8 +46,15 @@ class ReportContext:
     methods: list[str] = field(default_factory=list)
 
 
-def _text_pages(pdf: PdfPages, title: str, lines: list[str], *, size: float = 7.0,
-                per_page: int = 70, landscape: bool = False) -> None:
+def _text_pages(
+    pdf: PdfPages,
+    title: str,
+    lines: list[str],
+    *,
+    size: float = 7.0,
+    per_page: int = 70,
+    landscape: bool = False,
+) -> None:
     """Monospaced text over as many pages as needed, title repeated."""
     pages = [lines[i : i + per_page] for i in range(0, max(len(lines), 1), per_page)] or [[]]
     for k, chunk in enumerate(pages, start=1):
@@ -75,8 +82,14 @@ def write_cohort_report(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with PdfPages(tmp, metadata={"Title": f"{context.study}: cohort report",
-                                 "Creator": context.software, "CreationDate": None}) as pdf:
+    with PdfPages(
+        tmp,
+        metadata={
+            "Title": f"{context.study}: cohort report",
+            "Creator": context.software,
+            "CreationDate": None,
+        },
+    ) as pdf:
         _title_page(pdf, context, samples)
         _completeness_page(pdf, context, samples)
         wilcox = statistics[statistics.analysis == "wilcoxon_vs_baseline"]
@@ -110,11 +123,23 @@ def _title_page(pdf: PdfPages, ctx: ReportContext, samples: pd.DataFrame) -> Non
             "out of all statistics: " + ", ".join(sorted(ctx.unknown_patients)),
         ]
     fig = plt.figure(figsize=A4_PORTRAIT)
-    fig.text(0.08, 0.9, f"{ctx.study}\nCohort immunomonitoring report", fontsize=18,
-             weight="bold", va="top")
+    fig.text(
+        0.08,
+        0.9,
+        f"{ctx.study}\nCohort immunomonitoring report",
+        fontsize=18,
+        weight="bold",
+        va="top",
+    )
     fig.text(0.08, 0.78, "\n".join(lines), fontsize=9, va="top", linespacing=1.6)
-    fig.text(0.08, 0.05, "Patient identifiers are study pseudonyms. Every number in this "
-             "report is a row of results/*.csv.", fontsize=7, color="0.3")
+    fig.text(
+        0.08,
+        0.05,
+        "Patient identifiers are study pseudonyms. Every number in this "
+        "report is a row of results/*.csv.",
+        fontsize=7,
+        color="0.3",
+    )
     pdf.savefig(fig)
     plt.close(fig)
 
@@ -122,9 +147,7 @@ def _title_page(pdf: PdfPages, ctx: ReportContext, samples: pd.DataFrame) -> Non
 def _sample_states(samples: pd.DataFrame) -> pd.DataFrame:
     frame = samples.dropna(subset=["patient_id"]).copy()
     flagged = frame.qc_flags.fillna("").str.contains("qc_removed|low_count|default_gate")
-    frame["state"] = np.where(
-        (frame.status == "processed") & flagged, "qc_flagged", frame.status
-    )
+    frame["state"] = np.where((frame.status == "processed") & flagged, "qc_flagged", frame.status)
     return frame
 
 
@@ -149,16 +172,32 @@ def _population_pages(pdf, ctx, populations, wilcox, groups) -> None:
             for col, group in enumerate(("all", "child", "adult")):
                 ax = axes[row, col]
                 values = block if group == "all" else block[block.group == group]
-                tests = wilcox[(wilcox.group == group) & (wilcox.panel == panel)
-                               & (wilcox.population == population) & (wilcox.measure == measure)]
+                tests = wilcox[
+                    (wilcox.group == group)
+                    & (wilcox.panel == panel)
+                    & (wilcox.population == population)
+                    & (wilcox.measure == measure)
+                ]
                 p_by_visit = dict(zip(tests.visit, tests.p_value, strict=True))
-                boxplot_by_visit(ax, values, ctx.visits, measure, p_by_visit,
-                                 MEASURE_LABEL[measure], OKABE_ITO[col])
+                boxplot_by_visit(
+                    ax,
+                    values,
+                    ctx.visits,
+                    measure,
+                    p_by_visit,
+                    MEASURE_LABEL[measure],
+                    OKABE_ITO[col],
+                )
                 ax.set_title(f"{GROUP_LABEL[group]}: {MEASURE_LABEL[measure]}")
                 ax.set_xlabel("visit (months after first infusion)")
-        fig.text(0.07, 0.015, "Boxes: median and quartiles; whiskers: range; grey lines: "
-                 "patients. * p<0.05, ** p<0.01, paired Wilcoxon signed-rank vs baseline "
-                 "(unadjusted; adjusted p in the table).", fontsize=7)
+        fig.text(
+            0.07,
+            0.015,
+            "Boxes: median and quartiles; whiskers: range; grey lines: "
+            "patients. * p<0.05, ** p<0.01, paired Wilcoxon signed-rank vs baseline "
+            "(unadjusted; adjusted p in the table).",
+            fontsize=7,
+        )
         pdf.savefig(fig)
         plt.close(fig)
 
@@ -166,9 +205,11 @@ def _population_pages(pdf, ctx, populations, wilcox, groups) -> None:
 def _wilcoxon_tables(pdf, ctx, populations, wilcox, groups) -> None:
     data = populations[populations.patient_id.isin(groups)].copy()
     data["group"] = data.patient_id.map(groups)
-    header = (f"{'group':6} {'panel':6} {'population':18} {'measure':15} {'visit':5} "
-              f"{'n':>3} {'baseline median [IQR]':>24} {'visit median [IQR]':>24} "
-              f"{'median diff':>11} {'p':>9} {'p (BH)':>9}")
+    header = (
+        f"{'group':6} {'panel':6} {'population':18} {'measure':15} {'visit':5} "
+        f"{'n':>3} {'baseline median [IQR]':>24} {'visit median [IQR]':>24} "
+        f"{'median diff':>11} {'p':>9} {'p (BH)':>9}"
+    )
     lines = [header, "-" * len(header)]
     for r in wilcox.itertuples():
         sel = data if r.group == "all" else data[data.group == r.group]
@@ -186,8 +227,14 @@ def _wilcoxon_tables(pdf, ctx, populations, wilcox, groups) -> None:
             f"{summary(ctx.baseline):>24} {summary(r.visit):>24} {r.effect:>11.4g} "
             f"{_fmt_p(r.p_value):>9} {_fmt_p(r.p_adjusted):>9}"
         )
-    _text_pages(pdf, "Paired Wilcoxon signed-rank tests against baseline", lines, size=6.2,
-                per_page=62, landscape=True)
+    _text_pages(
+        pdf,
+        "Paired Wilcoxon signed-rank tests against baseline",
+        lines,
+        size=6.2,
+        per_page=62,
+        landscape=True,
+    )
 
 
 def _appendix(pdf: PdfPages, samples: pd.DataFrame) -> None:
@@ -202,5 +249,10 @@ def _appendix(pdf: PdfPages, samples: pd.DataFrame) -> None:
                     line = "           "
                 line += " " + w
             lines.append(line)
-    _text_pages(pdf, "Appendix: input files (name, status, sha256) and quarantine reasons",
-                lines, size=6.5, per_page=80)
+    _text_pages(
+        pdf,
+        "Appendix: input files (name, status, sha256) and quarantine reasons",
+        lines,
+        size=6.5,
+        per_page=80,
+    )

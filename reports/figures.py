@@ -98,5 +98,6 @@ def completeness_matrix(ax, status: pd.DataFrame, visits: list[str], panels: lis
         matplotlib.patches.Patch(facecolor=c, edgecolor="0.5", label=k.replace("_", " "))
         for k, c in zip(codes, colours, strict=True)
     ]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=5,
-              frameon=False)
+    ax.legend(
+        handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=5, frameon=False
+    )

@@ -30,8 +30,11 @@ def wilcoxon_vs_baseline(
         for measure in MEASURES:
             family = []
             for (panel, population), block in in_group.groupby(["panel", "population"], sort=False):
-                wide = block.pivot_table(index="patient_id", columns="visit", values=measure,
-                                         aggfunc="first")
+                if population == "lymphocytes" and measure == "pct_lymphocytes":
+                    continue  # 100% by definition
+                wide = block.pivot_table(
+                    index="patient_id", columns="visit", values=measure, aggfunc="first"
+                )
                 if baseline not in wide:
                     continue
                 for visit in visits:
@@ -41,14 +44,24 @@ def wilcoxon_vs_baseline(
                     if pair.empty:
                         continue
                     res = paired_wilcoxon(pair[baseline].to_numpy(), pair[visit].to_numpy())
-                    family.append({
-                        "analysis": "wilcoxon_vs_baseline", "group": group,
-                        "population": population, "measure": measure, "visit": visit,
-                        "n": res.n, "statistic": res.statistic, "p_value": res.p_value,
-                        "effect": res.effect, "ci_low": float("nan"), "ci_high": float("nan"),
-                        "method": f"{res.method}; effect = median({visit} - {baseline}); "
-                        f"BH over {group}/{measure}", "panel": panel,
-                    })
+                    family.append(
+                        {
+                            "analysis": "wilcoxon_vs_baseline",
+                            "group": group,
+                            "population": population,
+                            "measure": measure,
+                            "visit": visit,
+                            "n": res.n,
+                            "statistic": res.statistic,
+                            "p_value": res.p_value,
+                            "effect": res.effect,
+                            "ci_low": float("nan"),
+                            "ci_high": float("nan"),
+                            "method": f"{res.method}; effect = median({visit} - {baseline}); "
+                            f"BH over {group}/{measure}",
+                            "panel": panel,
+                        }
+                    )
             adjusted = benjamini_hochberg([r["p_value"] for r in family])
             for r, p_adj in zip(family, adjusted, strict=True):
                 r["p_adjusted"] = p_adj

@@ -8,8 +8,20 @@ import numpy as np
 from scipy import stats
 
 STATISTICS_COLUMNS = [
-    "analysis", "group", "panel", "population", "measure", "visit", "n", "statistic", "p_value",
-    "p_adjusted", "effect", "ci_low", "ci_high", "method",
+    "analysis",
+    "group",
+    "panel",
+    "population",
+    "measure",
+    "visit",
+    "n",
+    "statistic",
+    "p_value",
+    "p_adjusted",
+    "effect",
+    "ci_low",
+    "ci_high",
+    "method",
 ]
 
 

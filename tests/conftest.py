@@ -16,9 +16,16 @@ from cohort.demo import PANEL_CHANNELS, _frequencies, _labels_for, simulate_samp
 from panels.fcs import write_fcs  # noqa: E402
 
 
-def write_simulated(path: Path, panel: str, group: str = "child", visit: str = "BL",
-                    n_events: int = 20000, seed: int = 1, style: str = "marker_fluor",
-                    **write_options) -> tuple[Path, np.ndarray]:
+def write_simulated(
+    path: Path,
+    panel: str,
+    group: str = "child",
+    visit: str = "BL",
+    n_events: int = 20000,
+    seed: int = 1,
+    style: str = "marker_fluor",
+    **write_options,
+) -> tuple[Path, np.ndarray]:
     """Write one simulated tube with its $SPILLOVER; returns the path and event labels."""
     rng = np.random.default_rng(seed)
     shares = _frequencies(panel, group, visit, rng, rng)
@@ -28,8 +35,7 @@ def write_simulated(path: Path, panel: str, group: str = "child", visit: str = "
     spill_text = ",".join(
         [str(len(channels)), *pnn[3 : 3 + len(channels)], *(f"{v:.6g}" for v in spill.ravel())]
     )
-    write_fcs(path, events, pnn, pns, {"$SPILLOVER": spill_text, "$CYT": "test"},
-              **write_options)
+    write_fcs(path, events, pnn, pns, {"$SPILLOVER": spill_text, "$CYT": "test"}, **write_options)
     return path, labels
 
 

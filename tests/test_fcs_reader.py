@@ -10,27 +10,51 @@ import pytest
 
 from panels.fcs import FcsReadError, FcsTruncatedError, read_events, scan_header, write_fcs
 
-LAYOUTS = [("F", "<", 32), ("F", ">", 32), ("D", "<", 64), ("I", "<", 16), ("I", ">", 16),
-           ("I", ">", 32), ("I", "<", 24), ("I", ">", 24)]
+LAYOUTS = [
+    ("F", "<", 32),
+    ("F", ">", 32),
+    ("D", "<", 64),
+    ("I", "<", 16),
+    ("I", ">", 16),
+    ("I", ">", 32),
+    ("I", "<", 24),
+    ("I", ">", 24),
+]
 
 
 @pytest.mark.parametrize(("datatype", "byteorder", "bits"), LAYOUTS)
 def test_round_trip_every_layout(tmp_path, datatype, byteorder, bits):
     rng = np.random.default_rng(3)
     events = rng.uniform(0, 60000, (500, 5))
-    path = write_fcs(tmp_path / "x.fcs", events, ["FSC-A", "FSC-H", "SSC-A", "PE-A", "Time"],
-                     datatype=datatype, byteorder=byteorder, bits=bits, pnr=[65536] * 5)
+    path = write_fcs(
+        tmp_path / "x.fcs",
+        events,
+        ["FSC-A", "FSC-H", "SSC-A", "PE-A", "Time"],
+        datatype=datatype,
+        byteorder=byteorder,
+        bits=bits,
+        pnr=[65536] * 5,
+    )
     data = read_events(path)
     expected = {"F": events.astype(np.float32), "D": events, "I": np.rint(events)}[datatype]
     np.testing.assert_array_equal(data.events, expected.astype(np.float64))
 
 
-@pytest.mark.parametrize(("datatype", "byteorder", "bits"), [l for l in LAYOUTS if l[2] != 24])
+@pytest.mark.parametrize(
+    ("datatype", "byteorder", "bits"), [layout for layout in LAYOUTS if layout[2] != 24]
+)
 def test_events_equal_flowkit(tmp_path, datatype, byteorder, bits):
     rng = np.random.default_rng(4)
     events = rng.uniform(0, 60000, (400, 4))
-    path = write_fcs(tmp_path / "x.fcs", events, ["FSC-A", "FSC-H", "CD19", "Time"],
-                     datatype=datatype, byteorder=byteorder, bits=bits, pnr=[65536] * 4)
+    path = write_fcs(
+        tmp_path / "x.fcs",
+        events,
+        ["FSC-A", "FSC-H", "CD19", "Time"],
+        datatype=datatype,
+        byteorder=byteorder,
+        bits=bits,
+        pnr=[65536] * 4,
+    )
     ours = read_events(path).events
     theirs = fk.Sample(str(path)).get_events(source="raw")
     np.testing.assert_array_equal(ours, theirs)
@@ -64,8 +88,12 @@ def test_not_fcs_and_zero_events(tmp_path):
 
 def test_spillover_keyword_parsed(tmp_path):
     spill = "2,PE-A,FITC-A,1,0.1,0.02,1"
-    path = write_fcs(tmp_path / "s.fcs", np.ones((5, 3)), ["FITC-A", "PE-A", "Time"],
-                     keywords={"$SPILLOVER": spill})
+    path = write_fcs(
+        tmp_path / "s.fcs",
+        np.ones((5, 3)),
+        ["FITC-A", "PE-A", "Time"],
+        keywords={"$SPILLOVER": spill},
+    )
     names, matrix = scan_header(path).spillover()
     assert names == ["PE-A", "FITC-A"]
     np.testing.assert_allclose(matrix, [[1, 0.1], [0.02, 1]])

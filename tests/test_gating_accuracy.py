@@ -1,0 +1,80 @@
+"""Gating against per-event ground truth from the simulator (not against our own output)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cohort.demo import B_TRUTH, LABELS, T_TRUTH
+from gating.pipeline import gate_sample
+from gating.strategy import load_strategy
+from panels.fcs import read_events
+from panels.resolve import load_panel, resolve_panel
+from tests.conftest import write_simulated
+
+CASES = [
+    ("BCELL", "bcell", "child", "BL"),
+    ("BCELL", "bcell", "adult", "BL"),
+    ("BCELL", "bcell", "child", "M1"),
+    ("TREG", "treg", "child", "M3"),
+    ("TREG", "treg", "adult", "BL"),
+]
+
+
+@pytest.mark.parametrize(("panel", "name", "group", "visit"), CASES)
+def test_populations_match_truth(tmp_path, panel, name, group, visit):
+    path, labels = write_simulated(tmp_path / "s.fcs", panel, group, visit, n_events=30000, seed=11)
+    data = read_events(path)
+    gating = gate_sample(data, resolve_panel(load_panel(name), data.header), load_strategy(name))
+    truth = B_TRUTH if panel == "BCELL" else T_TRUTH
+    kinds = np.array(LABELS)[labels]
+    member = {"qc_passed": ~np.isin(kinds, ["debris", "doublet"])}
+    for population, (parent, types) in truth.items():
+        member[population] = np.isin(kinds, sorted(types))
+        true_pct = 100 * member[population].sum() / member[parent].sum()
+        got = next(p for p in gating.populations if p.population == population)
+        tolerance = 2.0 if population == "lymphocytes" else 1.5
+        assert abs(got.pct_parent - true_pct) < tolerance, (population, got.pct_parent, true_pct)
+        if member[population].sum() >= 200:
+            predicted = gating.masks[population]
+            tp = np.sum(predicted & member[population])
+            f1 = 2 * tp / (predicted.sum() + member[population].sum())
+            assert f1 > 0.9, (population, f1)
+
+
+def test_sixteen_bit_integer_file_gates_like_float(tmp_path):
+    """A 16-bit instrument writes the same cells on a 0..65535 integer scale."""
+    path, labels = write_simulated(tmp_path / "f.fcs", "TREG", "child", "M1", seed=5)
+    data = read_events(path)
+    events = data.events.copy()
+    events[:, :-1] = np.clip(events[:, :-1] / 4.0, 0, 65535)
+    from panels.fcs import write_fcs
+
+    int_path = write_fcs(
+        tmp_path / "i.fcs",
+        events,
+        data.header.pnn,
+        data.header.pns,
+        {"$SPILLOVER": data.header.keywords["$SPILLOVER"]},
+        datatype="I",
+        bits=16,
+        pnr=[65536.0] * len(data.header.pnn),
+    )
+    results = {}
+    for p in (path, int_path):
+        d = read_events(p)
+        g = gate_sample(d, resolve_panel(load_panel("treg"), d.header), load_strategy("treg"))
+        results[p.name] = {x.population: x.pct_parent for x in g.populations}
+    for population, pct in results["f.fcs"].items():
+        assert abs(results["i.fcs"][population] - pct) < 1.5, population
+
+
+def test_no_spillover_keyword_is_flagged(tmp_path):
+    from panels.fcs import write_fcs
+
+    path, _ = write_simulated(tmp_path / "s.fcs", "BCELL", n_events=5000)
+    data = read_events(path)
+    bare = write_fcs(tmp_path / "bare.fcs", data.events, data.header.pnn, data.header.pns)
+    d = read_events(bare)
+    g = gate_sample(d, resolve_panel(load_panel("bcell"), d.header), load_strategy("bcell"))
+    assert "no_spillover_keyword:uncompensated" in g.flags

@@ -1,0 +1,154 @@
+"""The whole path on the demo study: inbox -> store -> CSVs -> statistics -> PDF, twice."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+pytestmark = pytest.mark.slow
+
+
+def test_first_run_processes_every_good_file_and_explains_the_rest(demo_run):
+    root, summary, _ = demo_run
+    samples = pd.read_csv(root / "results" / "samples.csv")
+    assert summary.failed == 0 and summary.cohort_error == ""
+    assert summary.processed == (samples.status == "processed").sum() == 182
+    quarantined = samples[samples.status == "quarantined"].set_index("file").reason
+    assert "truncated" in quarantined["P03_M9_BCELL.fcs"]
+    assert "visit 'M2' is not in study.yaml" in quarantined["P02_M2_BCELL.fcs"]
+    assert "not an FCS file" in quarantined["P05_M3_TREG.FCS"]
+    for name in quarantined.index:
+        assert (root / "quarantine" / f"{name}.reason.txt").is_file()
+
+
+def test_inbox_is_never_modified(demo_run):
+    root, _, before = demo_run
+    assert {p.name: p.read_bytes() for p in (root / "inbox").iterdir()} == before
+
+
+def test_populations_agree_with_ground_truth(demo_run):
+    root, _, _ = demo_run
+    got = pd.read_csv(root / "results" / "populations.csv")
+    truth = pd.read_csv(root / "truth" / "populations.csv")
+    merged = got.merge(truth, on=["sample_id", "population"], suffixes=("", "_true"))
+    assert len(merged) == len(got)
+    error = (merged.pct_parent - merged.pct_parent_true).abs().groupby(merged.population).median()
+    assert (error <= 3.0).all(), error.to_dict()
+    # Tighter than the spine's 3 points on the populations that have the events for it.
+    assert error.drop(["lymphocytes"]).max() <= 1.0, error.to_dict()
+
+
+def test_statistics_reproduced_independently(demo_run):
+    """Every Wilcoxon p-value from populations.csv and patients.csv, with scipy directly."""
+    root, _, _ = demo_run
+    pops = pd.read_csv(root / "results" / "populations.csv")
+    patients = pd.read_csv(root / "clinical" / "patients.csv")
+    table = pd.read_csv(root / "results" / "statistics.csv")
+    rows = table[table.analysis == "wilcoxon_vs_baseline"]
+    assert len(rows) == 3 * 5 * (14 + 12 + 14)  # no lymphocytes as % of lymphocytes
+    group = dict(zip(patients.patient_id, patients.group, strict=True))
+    pops["group"] = pops.patient_id.map(group)
+    for r in rows.sample(60, random_state=0).itertuples():
+        sel = pops if r.group == "all" else pops[pops.group == r.group]
+        sel = sel[(sel.panel == r.panel) & (sel.population == r.population)]
+        wide = sel.pivot(index="patient_id", columns="visit", values=r.measure)
+        pair = wide[["BL", r.visit]].dropna()
+        assert len(pair) == r.n
+        expected = stats.wilcoxon(pair[r.visit], pair["BL"]).pvalue
+        assert abs(expected - r.p_value) < 1e-6 * max(1, expected)
+    # The designed effect: children lose B cells at M1.
+    child_b = rows[
+        (rows.group == "child")
+        & (rows.population == "cd19_b")
+        & (rows.measure == "pct_parent")
+        & (rows.visit == "M1")
+    ].iloc[0]
+    assert child_b.p_value < 0.01 and child_b.effect < 0
+
+
+def test_second_run_changes_nothing(demo_run):
+    from flows.nightly import run_study
+
+    root, _, _ = demo_run
+    before = {
+        n: (root / "results" / n).read_bytes()
+        for n in ("samples.csv", "populations.csv", "statistics.csv")
+    }
+    report_before = _pdf_text(root / "reports" / "cohort_report.pdf")
+    summary = run_study(root, workers=2)
+    assert summary.processed == 0 and summary.unchanged == 182
+    for name, content in before.items():
+        assert (root / "results" / name).read_bytes() == content, name
+    assert _pdf_text(root / "reports" / "cohort_report.pdf") == report_before
+
+
+def _pdf_text(path) -> str:
+    from pypdf import PdfReader
+
+    return "\n".join(page.extract_text() for page in PdfReader(path).pages)
+
+
+def test_report_has_sections_and_the_p_values(demo_run):
+    root, _, _ = demo_run
+    text = _pdf_text(root / "reports" / "cohort_report.pdf")
+    for section in (
+        "Cohort immunomonitoring report",
+        "Data completeness",
+        "Paired Wilcoxon signed-rank tests against baseline",
+        "Methods",
+        "Appendix: input files",
+        "BCELL: cd19_b",
+        "TREG: treg",
+    ):
+        assert section in text, section
+    stats_table = pd.read_csv(root / "results" / "statistics.csv")
+    for p in stats_table.p_value.dropna().sample(25, random_state=1):
+        assert f"{p:.4g}" in text
+    sha = pd.read_csv(root / "results" / "samples.csv").sha256.iloc[0]
+    assert sha in text
+
+
+@pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="pdftoppm not installed")
+def test_report_pages_are_not_blank(demo_run, tmp_path):
+    root, _, _ = demo_run
+    subprocess.run(
+        [
+            "pdftoppm",
+            "-r",
+            "30",
+            "-gray",
+            str(root / "reports" / "cohort_report.pdf"),
+            str(tmp_path / "page"),
+        ],
+        check=True,
+    )
+    pages = sorted(tmp_path.glob("page*.pgm"))
+    assert len(pages) > 10
+    for page in pages:
+        pixels = np.frombuffer(page.read_bytes().split(b"\n", 3)[3], dtype=np.uint8)
+        assert (pixels < 200).sum() > 300, page.name  # a blank page has none
+
+
+def test_cli_process_one_file(demo_run, capsys):
+    from flows.cli import main
+
+    root, _, _ = demo_run
+    assert (
+        main(["process", str(root / "inbox" / "P01_BL_TREG.fcs"), "--panel", "treg", "--json"]) == 0
+    )
+    import json
+
+    out = json.loads(capsys.readouterr().out)
+    assert [p["population"] for p in out["populations"]] == [
+        "lymphocytes",
+        "t_cells",
+        "cd4_t",
+        "treg",
+        "memory_treg",
+        "hladr_memory_treg",
+    ]
