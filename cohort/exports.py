@@ -54,6 +54,13 @@ def populations_table(store: Store, study: Study, clinical: ClinicalData | None)
     lymph = pops[pops.population == "lymphocytes"].set_index("sample_key")["count"]
     pops["pct_lymphocytes"] = 100.0 * pops["count"] / pops.sample_key.map(lymph).replace(0, np.nan)
     pops["cells_per_ul"] = np.nan
+    if clinical is not None:
+        # Clinical data often lag acquisitions: keep the sample, flag it, leave it out of stats.
+        unknown = ~pops.patient_id.isin(clinical.patients.patient_id)
+        pops.loc[unknown, "qc_flags"] = [
+            ";".join(filter(None, [flags, "patient_not_in_patients_csv"]))
+            for flags in pops.loc[unknown, "qc_flags"]
+        ]
     if clinical is not None and study.config.absolute_counts == "dual_platform":
         per_ul = clinical.visits.set_index(["patient_id", "visit"])["lymphocytes_per_ul"]
         keys = list(zip(pops.patient_id, pops.visit, strict=True))

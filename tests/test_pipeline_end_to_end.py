@@ -152,3 +152,47 @@ def test_cli_process_one_file(demo_run, capsys):
         "memory_treg",
         "hladr_memory_treg",
     ]
+
+
+def test_clinical_error_stops_cohort_step_but_keeps_samples(demo_run, tmp_path):
+    from cohort.store import Store
+    from cohort.study import Study
+    from flows.nightly import update_outputs
+
+    root, _, _ = demo_run
+    copy = tmp_path / "study"
+    shutil.copytree(root, copy)
+    visits = copy / "clinical" / "visits.csv"
+    lines = visits.read_text().splitlines()
+    lines[4] = lines[4].replace("-", "/", 2)
+    visits.write_text("\n".join(lines) + "\n")
+    study = Study(copy)
+    store = Store(study.db_path)
+    error = update_outputs(study, store)
+    assert "visits.csv, line 5, column visit_date" in error
+    assert (pd.read_csv(copy / "results" / "samples.csv").status == "processed").sum() == 182
+    store.close()
+
+
+def test_patient_missing_from_clinical_data_is_processed_flagged_and_left_out(demo_run, tmp_path):
+    from flows.nightly import run_study
+
+    root, _, _ = demo_run
+    copy = tmp_path / "study"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("quarantine", "truth"))
+    shutil.copy(root / "inbox" / "P01_BL_TREG.fcs", copy / "inbox" / "P17_BL_TREG.fcs")
+    # Same bytes as P01_BL_TREG would be a duplicate: change one TEXT keyword's value.
+    data = (copy / "inbox" / "P17_BL_TREG.fcs").read_bytes()
+    (copy / "inbox" / "P17_BL_TREG.fcs").write_bytes(data.replace(b"P01_BL_TREG", b"P17_BL_TREG"))
+    summary = run_study(copy, workers=1)
+    assert summary.processed == 1 and summary.cohort_error == ""
+    pops = pd.read_csv(copy / "results" / "populations.csv")
+    flags = pops[pops.patient_id == "P17"].qc_flags
+    assert len(flags) == 6 and flags.str.contains("patient_not_in_patients_csv").all()
+    from pypdf import PdfReader
+
+    first_page = PdfReader(copy / "reports" / "cohort_report.pdf").pages[0].extract_text()
+    assert "left" in first_page and "P17" in first_page
+    table = pd.read_csv(copy / "results" / "statistics.csv")
+    before = pd.read_csv(root / "results" / "statistics.csv")
+    pd.testing.assert_frame_equal(table, before)
