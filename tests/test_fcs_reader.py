@@ -134,3 +134,59 @@ def test_real_files_equal_flowkit_where_flowkit_loads():
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=0, err_msg=path.name)
         compared += 1
     assert compared >= 10
+
+
+def _independent_decode(path: Path, start: int, n: int, p: int, width: int, big: bool):
+    """Decode a DATA segment straight from the bytes, written apart from panels.fcs."""
+    raw = np.frombuffer(path.read_bytes()[start : start + n * p * width // 8], dtype=np.uint8)
+    if width == 32:  # float32
+        return raw.view(">f4" if big else "<f4").reshape(n, p).astype(np.float64)
+    cells = raw.reshape(n, p, width // 8).astype(np.uint64)
+    if not big:
+        cells = cells[:, :, ::-1]
+    value = np.zeros((n, p), dtype=np.uint64)
+    for k in range(width // 8):
+        value = (value << np.uint64(8)) | cells[:, :, k]
+    return value
+
+
+def test_cytek_xp5_24_bit_big_endian_matches_independent_decoding():
+    path = next(p for p in _instrument_files() if p.name == "Cytek_xP5.fcs")
+    data = read_events(path)
+    h = data.header
+    assert h.pnb == [24] * 8 and h.byteorder == ">"
+    value = _independent_decode(path, h.data_start, h.n_events, h.n_channels, 24, big=True)
+    # FCS 3.1: bits above the next power of two of $PnR are not data.
+    masks = np.array([2 ** int(np.ceil(np.log2(r))) - 1 for r in h.pnr], dtype=np.uint64)
+    expected = (value & masks).astype(np.float64)
+    for j in range(h.n_channels):  # $PnE f1,f2: log-amplified channel, value = f2*10^(f1*x/r)
+        decades, offset = (float(v) for v in h.keywords[f"$P{j + 1}E"].split(","))
+        if decades > 0:
+            expected[:, j] = (offset or 1.0) * 10 ** (decades * expected[:, j] / h.pnr[j])
+    timestep = float(h.keywords.get("$TIMESTEP", "1") or 1)
+    expected[:, h.pnn.index("TIME")] *= timestep
+    np.testing.assert_array_equal(data.events, expected)
+
+
+def test_fake_large_file_offsets_from_text_match_independent_decoding():
+    path = next(p for p in _instrument_files() if p.name == "fake_large_fcs.fcs")
+    data = read_events(path)
+    h = data.header
+    begin = int(h.keywords["$BEGINDATA"].strip())
+    value = _independent_decode(path, begin, h.n_events, h.n_channels, 32, big=True)
+    timestep = float(h.keywords.get("$TIMESTEP", "1") or 1)
+    value[:, h.pnn.index("Time")] *= timestep
+    np.testing.assert_array_equal(data.events, value)
+
+
+def test_inspect_prints_what_was_read(capsys):
+    from flows.cli import main
+
+    path = next(p for p in _instrument_files() if p.name.startswith("SG_2014"))
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "FCS version: FCS3.1" in out and "events: 8129" in out
+    assert "repair: DATA segment length" in out
+    corrupted = next(p for p in _instrument_files() if p.name == "corrupted.fcs")
+    assert main(["inspect", str(corrupted)]) == 2
+    assert "not an FCS file" in capsys.readouterr().err
