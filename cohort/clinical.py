@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 REQUIRED = {
@@ -101,12 +102,14 @@ def load_clinical(folder: str | Path, visit_labels: list[str] | None = None) -> 
             f"{p_path}, line {row + 2}, column group: {patients.group.iloc[row]!r} must be "
             "'child' or 'adult'"
         )
-    order = patients.last_follow_up_date < patients.first_infusion_date
-    if order.any():
-        row = int(order.to_numpy().nonzero()[0][0])
-        raise ClinicalDataError(
-            f"{p_path}, line {row + 2}, column last_follow_up_date: before first_infusion_date"
-        )
+    for column, earlier in (
+        ("last_follow_up_date", "first_infusion_date"),
+        ("first_infusion_date", "birth_date"),
+    ):
+        order = patients[column] < patients[earlier]
+        if order.any():
+            row = int(order.to_numpy().nonzero()[0][0])
+            raise ClinicalDataError(f"{p_path}, line {row + 2}, column {column}: before {earlier}")
     known = set(patients.patient_id)
     for name, frame in (
         ("visits.csv", visits),
@@ -167,3 +170,118 @@ def _check_medications(path: Path, meds: pd.DataFrame) -> pd.DataFrame:
                 f"(line {int(block.index[k - 1]) + 2}); merge or split the intervals"
             )
     return meds
+
+
+WINDOW_DAYS = 365
+# How drugs are grouped when counted; anything else is counted as written.
+DRUG_CLASS = {
+    "prednisone": "prednisone",
+    "prednisolone": "prednisone",
+    "methylprednisolone": "prednisone",
+    "mmf": "mmf",
+    "mycophenolate": "mmf",
+    "mycophenolate mofetil": "mmf",
+    "mycophenolic acid": "mmf",
+    "tacrolimus": "cni",
+    "cyclosporine": "cni",
+    "ciclosporin": "cni",
+    "cyclosporin": "cni",
+    "cni": "cni",
+}
+
+
+def drug_class(drug: str) -> str:
+    return DRUG_CLASS.get(drug.strip().lower(), drug.strip().lower())
+
+
+def drugs_on(meds: pd.DataFrame, patient_id: str, day: pd.Timestamp) -> set[str]:
+    """Drug classes a patient takes on a date (interval ends are inclusive, blank = ongoing)."""
+    m = meds[meds.patient_id == patient_id]
+    on = (m.start_date <= day) & (m.end_date.isna() | (m.end_date >= day))
+    return {drug_class(d) for d in m.drug[on]}
+
+
+def cumulative_dose_mg(
+    meds: pd.DataFrame, patient_id: str, start: pd.Timestamp, end: pd.Timestamp
+) -> float:
+    """Prednisone-class dose summed day by day over [start, end) from the dose intervals."""
+    m = meds[(meds.patient_id == patient_id) & (meds.drug.map(drug_class) == "prednisone")]
+    total = 0.0
+    for r in m.itertuples():
+        first = max(r.start_date, start)
+        last_exclusive = min(
+            (r.end_date if pd.notna(r.end_date) else end) + pd.Timedelta(days=1), end
+        )
+        days = (last_exclusive - first).days
+        if days > 0 and pd.notna(r.daily_dose_mg):
+            total += days * float(r.daily_dose_mg)
+    return total
+
+
+def patient_windows(clinical: ClinicalData) -> pd.DataFrame:
+    """Per patient: the 12 months before the first infusion and the 12 months after,
+    the after-window censored at last_follow_up_date.
+
+    Columns: window lengths (days), relapses and annualised rates per window, time to first
+    relapse and event flag per window, drugs and their number at baseline (infusion day) and
+    at +12 months (NaN when follow-up ends earlier), cumulative prednisone per window (mg,
+    mg/kg with weight_kg, mg/m2 with weight_kg and height_cm by Mosteller's formula).
+    """
+    rows = []
+    p = clinical.patients
+    for r in p.itertuples():
+        infusion = r.first_infusion_date
+        before_start = infusion - pd.Timedelta(days=WINDOW_DAYS)
+        after_end = min(infusion + pd.Timedelta(days=WINDOW_DAYS), r.last_follow_up_date)
+        after_days = (after_end - infusion).days
+        rel = clinical.relapses.relapse_date[clinical.relapses.patient_id == r.patient_id]
+        before = sorted(d for d in rel if before_start <= d < infusion)
+        after = sorted(d for d in rel if infusion <= d < after_end)
+        at_12m = infusion + pd.Timedelta(days=WINDOW_DAYS)
+        followed_to_12m = r.last_follow_up_date >= at_12m
+        drugs_bl = drugs_on(clinical.medications, r.patient_id, infusion)
+        drugs_12 = drugs_on(clinical.medications, r.patient_id, at_12m) if followed_to_12m else None
+        pred_before = cumulative_dose_mg(clinical.medications, r.patient_id, before_start, infusion)
+        pred_after = cumulative_dose_mg(clinical.medications, r.patient_id, infusion, after_end)
+        row = {
+            "patient_id": r.patient_id,
+            "group": r.group,
+            "before_days": WINDOW_DAYS,
+            "after_days": after_days,
+            "relapses_before": len(before),
+            "relapses_after": len(after),
+            # Per 365 days of observation, so a shortened window is not read as fewer relapses.
+            "relapse_rate_before": len(before) * 365 / WINDOW_DAYS,
+            "relapse_rate_after": len(after) * 365 / after_days if after_days else np.nan,
+            "time_to_relapse_before": (before[0] - before_start).days if before else WINDOW_DAYS,
+            "relapse_before": bool(before),
+            "time_to_relapse_after": (after[0] - infusion).days if after else after_days,
+            "relapse_after": bool(after),
+            "drugs_baseline": ";".join(sorted(drugs_bl)),
+            "drugs_12m": ";".join(sorted(drugs_12)) if drugs_12 is not None else None,
+            "n_drugs_baseline": len(drugs_bl),
+            "n_drugs_12m": len(drugs_12) if drugs_12 is not None else np.nan,
+            "prednisone_mg_before": pred_before,
+            "prednisone_mg_after": pred_after,
+            "prednisone_mg_per_year_before": pred_before * 365 / WINDOW_DAYS,
+            "prednisone_mg_per_year_after": pred_after * 365 / after_days if after_days else np.nan,
+        }
+        weight = _number(getattr(r, "weight_kg", None))
+        height = _number(getattr(r, "height_cm", None))
+        if weight:
+            row["prednisone_mg_per_kg_before"] = pred_before / weight
+            row["prednisone_mg_per_kg_after"] = pred_after / weight
+        if weight and height:
+            bsa = float(np.sqrt(weight * height / 3600.0))  # Mosteller
+            row["prednisone_mg_per_m2_before"] = pred_before / bsa
+            row["prednisone_mg_per_m2_after"] = pred_after / bsa
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _number(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) and number > 0 else None

@@ -72,5 +72,5 @@ def populations_table(store: Store, study: Study, clinical: ClinicalData | None)
 def write_csv(frame: pd.DataFrame, path) -> None:
     """Write a table atomically with fixed float formatting, so reruns are byte-identical."""
     tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False, float_format="%.6g")
+    frame.to_csv(tmp, index=False, float_format="%.12g")
     tmp.replace(path)

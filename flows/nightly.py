@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from cohort.clinical import ClinicalData, ClinicalDataError, load_clinical
+from cohort.clinical import ClinicalData, ClinicalDataError, load_clinical, patient_windows
 from cohort.exports import populations_table, samples_table, write_csv
 from cohort.intake import plan_intake
 from cohort.store import Store
@@ -22,6 +22,7 @@ from cohort.study import Study
 from flows.tasks import process_sample_task, sample_worker_pool
 from gating.pipeline import PIPELINE_VERSION
 from reports.cohort_report import ReportContext, write_cohort_report
+from stats.clinical import clinical_statistics, kaplan_meier_curves
 from stats.immuno import wilcoxon_vs_baseline
 from stats.tests import STATISTICS_COLUMNS
 
@@ -77,8 +78,16 @@ def update_outputs(study: Study, store: Store) -> str:
         return error
     groups = clinical.group_of()
     visits = list(study.config.visits)
-    statistics = wilcoxon_vs_baseline(populations, groups, study.config.baseline, visits)
-    write_csv(statistics[STATISTICS_COLUMNS], study.results_dir / "statistics.csv")
+    windows = patient_windows(clinical)
+    write_csv(windows, study.results_dir / "clinical_windows.csv")
+    statistics = pd.concat(
+        [
+            wilcoxon_vs_baseline(populations, groups, study.config.baseline, visits),
+            clinical_statistics(windows),
+        ],
+        ignore_index=True,
+    )[STATISTICS_COLUMNS]
+    write_csv(statistics, study.results_dir / "statistics.csv")
     write_cohort_report(
         study.reports_dir / "cohort_report.pdf",
         report_context(study, store, clinical, populations),
@@ -86,6 +95,8 @@ def update_outputs(study: Study, store: Store) -> str:
         populations,
         statistics,
         groups,
+        windows,
+        kaplan_meier_curves(windows),
     )
     return ""
 
@@ -140,6 +151,16 @@ def methods_text(study: Study) -> list[str]:
         "approximation), on patients with both samples. Benjamini-Hochberg adjustment over all",
         "tests of one group and one measure. Groups: all patients, children, adults.",
         "Samples of patients missing from patients.csv are excluded from statistics.",
+        "",
+        "Clinical windows: the 365 days before the first infusion and the 365 days after,",
+        "the latter censored at last_follow_up_date (a shortened window is named in the",
+        "method of each row). Relapse counts and cumulative prednisone (summed day by day",
+        "from the dose intervals) are compared per 365 days of observation, so missing",
+        "months are never counted as relapse-free or steroid-free. Drugs are counted on the",
+        "infusion day and at +365 days (patients not followed that long are left out).",
+        "Relapse-free survival: Kaplan-Meier per window; Cox proportional hazards",
+        "(lifelines, Efron ties, Wald test) with the window as covariate, unmatched and",
+        "stratified by patient. Drug use: Fisher's exact test per drug, two-sided.",
     ]
     for token, strategy in study.strategies.items():
         lines.append(f"Strategy {token}: {strategy.source} (sha256 {strategy.sha256[:12]}).")

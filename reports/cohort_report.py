@@ -20,6 +20,9 @@ from reports.figures import (
     OKABE_ITO,
     boxplot_by_visit,
     completeness_matrix,
+    drug_bars,
+    kaplan_meier_panel,
+    paired_dots,
     plt,
 )
 
@@ -77,8 +80,12 @@ def write_cohort_report(
     populations: pd.DataFrame,
     statistics: pd.DataFrame,
     groups: dict[str, str],
+    windows: pd.DataFrame | None = None,
+    survival_curves: dict | None = None,
 ) -> Path:
-    """Write the cohort report PDF; returns its path."""
+    """Write the cohort report PDF; returns its path. ``windows`` (per-patient clinical
+    windows) and ``survival_curves`` (Kaplan-Meier fitters by group and window) add the
+    clinical outcome pages."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -92,6 +99,8 @@ def write_cohort_report(
     ) as pdf:
         _title_page(pdf, context, samples)
         _completeness_page(pdf, context, samples)
+        if windows is not None and survival_curves is not None:
+            _clinical_pages(pdf, windows, survival_curves, statistics)
         wilcox = statistics[statistics.analysis == "wilcoxon_vs_baseline"]
         _population_pages(pdf, context, populations, wilcox, groups)
         _wilcoxon_tables(pdf, context, populations, wilcox, groups)
@@ -158,6 +167,128 @@ def _completeness_page(pdf: PdfPages, ctx: ReportContext, samples: pd.DataFrame)
     ax.set_title("Data completeness: patients x visits x panels")
     pdf.savefig(fig)
     plt.close(fig)
+
+
+def _stat(statistics: pd.DataFrame, analysis: str, group: str, measure: str | None = None):
+    sel = statistics[(statistics.analysis == analysis) & (statistics.group == group)]
+    if measure is not None:
+        sel = sel[sel.measure == measure]
+    return sel.iloc[0] if len(sel) else None
+
+
+def _clinical_pages(pdf, windows: pd.DataFrame, curves: dict, statistics: pd.DataFrame) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=A4_LANDSCAPE)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.8, bottom=0.12, wspace=0.3)
+    fig.suptitle(
+        "Clinical outcomes: relapse-free survival, 12 months before vs after infusion",
+        fontsize=12,
+        weight="bold",
+    )
+    for ax, group in zip(axes, ("all", "child", "adult"), strict=True):
+        cox = _stat(statistics, "relapse_free_cox_stratified", group)
+        text = (
+            "stratified Cox: not estimable"
+            if cox is None or not np.isfinite(cox.effect)
+            else f"stratified Cox HR {cox.effect:.3g} [{cox.ci_low:.3g}-{cox.ci_high:.3g}], "
+            f"p={_fmt_p(cox.p_value)}"
+        )
+        kaplan_meier_panel(ax, curves, group, text)
+    short = windows[windows.after_days < windows.before_days]
+    note = "; ".join(
+        f"{r.patient_id} followed {r.after_days} days after infusion" for r in short.itertuples()
+    )
+    fig.text(
+        0.06,
+        0.03,
+        "Tick marks: censored windows. " + (f"Censored early: {note}." if note else ""),
+        fontsize=7,
+    )
+    pdf.savefig(fig)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(3, 4, figsize=A4_LANDSCAPE)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.9, bottom=0.06, hspace=0.55, wspace=0.4)
+    fig.suptitle(
+        "Clinical outcomes per patient: before vs after infusion (paired Wilcoxon), "
+        "drugs at baseline vs +12 months (Fisher)",
+        fontsize=11,
+        weight="bold",
+    )
+    specs = [
+        ("relapses_before_after", "relapse_rate_before", "relapse_rate_after", "relapses per year"),
+        ("drugs_baseline_12m", "n_drugs_baseline", "n_drugs_12m", "number of drugs"),
+        (
+            "prednisone_before_after",
+            "prednisone_mg_per_year_before",
+            "prednisone_mg_per_year_after",
+            "prednisone (mg/year)",
+        ),
+    ]
+    for row, group in enumerate(("all", "child", "adult")):
+        block = windows if group == "all" else windows[windows.group == group]
+        for col, (analysis, before, after, label) in enumerate(specs):
+            st = _stat(statistics, analysis, group)
+            p = _fmt_p(st.p_value) if st is not None else "NA"
+            paired_dots(
+                axes[row, col],
+                block[before].to_numpy(float),
+                block[after].to_numpy(float),
+                label,
+                f"{GROUP_LABEL[group]}: {label}\nWilcoxon p={p}",
+            )
+        followed = block[block.drugs_12m.notna()]
+        fisher = statistics[
+            (statistics.analysis == "drug_use_fisher") & (statistics.group == group)
+        ]
+        n = max(len(followed), 1)
+        share_bl = {
+            d: followed.drugs_baseline.str.split(";").apply(lambda s, d=d: d in s).sum() / n
+            for d in fisher.measure
+        }
+        share_12 = {
+            d: followed.drugs_12m.str.split(";").apply(lambda s, d=d: d in s).sum() / n
+            for d in fisher.measure
+        }
+        drug_bars(
+            axes[row, 3],
+            share_bl,
+            share_12,
+            dict(zip(fisher.measure, fisher.p_value, strict=True)),
+            f"{GROUP_LABEL[group]}: drugs (n={len(followed)})",
+        )
+    pdf.savefig(fig)
+    plt.close(fig)
+
+    rows = statistics[statistics.analysis != "wilcoxon_vs_baseline"]
+    header = (
+        f"{'analysis':28} {'group':6} {'measure':28} {'n':>3} {'statistic':>10} "
+        f"{'effect':>10} {'95% CI':>19} {'p':>9}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows.itertuples():
+        ci = f"{r.ci_low:.3g}-{r.ci_high:.3g}" if np.isfinite(r.ci_low) else ""
+        lines.append(
+            f"{r.analysis:28} {r.group:6} {r.measure:28} {r.n:>3.0f} "
+            f"{r.statistic:>10.4g} {r.effect:>10.4g} {ci:>19} {_fmt_p(r.p_value):>9}"
+        )
+    lines += ["", "Methods of each row (as run):"]
+    for r in rows.drop_duplicates("analysis").itertuples():
+        lines.append(f"- {r.analysis}: {r.method}")
+    _text_pages(
+        pdf, "Clinical outcome statistics", _wrap(lines, 150), size=6.3, per_page=75, landscape=True
+    )
+
+
+def _wrap(lines: list[str], width: int) -> list[str]:
+    out = []
+    for line in lines:
+        while len(line) > width:
+            cut = line.rfind(" ", 0, width)
+            cut = cut if cut > 20 else width
+            out.append(line[:cut])
+            line = "    " + line[cut:].lstrip()
+        out.append(line)
+    return out
 
 
 def _population_pages(pdf, ctx, populations, wilcox, groups) -> None:

@@ -101,3 +101,66 @@ def completeness_matrix(ax, status: pd.DataFrame, visits: list[str], panels: lis
     ax.legend(
         handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=5, frameon=False
     )
+
+
+def kaplan_meier_panel(ax, curves: dict, group: str, hr_text: str) -> None:
+    """Relapse-free survival before vs after infusion for one group (lifelines fitters)."""
+    for colour, label in zip(OKABE_ITO[:2], ("before", "after"), strict=True):
+        fitter = curves.get((group, label))
+        if fitter is None:
+            continue
+        fitter.plot_survival_function(
+            ax=ax,
+            ci_show=False,
+            color=colour,
+            show_censors=True,
+            censor_styles={"marker": "|", "ms": 6},
+        )
+    ax.set_ylim(0, 1.05)
+    ax.set_xlim(0, 366)
+    ax.set_xlabel("days since window start")
+    ax.set_ylabel("relapse-free (proportion)")
+    ax.set_title(f"{GROUP_LABEL[group]}\n{hr_text}")
+    ax.legend(loc="lower left", frameon=False)  # labels come from the fitters
+
+
+def paired_dots(ax, before: np.ndarray, after: np.ndarray, ylabel: str, title: str) -> None:
+    """Each patient's before and after values joined by a line."""
+    for b, a in zip(before, after, strict=True):
+        if np.isfinite(b) and np.isfinite(a):
+            ax.plot([0, 1], [b, a], color="0.6", lw=0.7, marker="o", ms=3)
+    ax.set_xticks([0, 1], ["before", "after"])
+    ax.set_xlim(-0.4, 1.4)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", color="0.9", lw=0.5)
+
+
+def drug_bars(
+    ax,
+    share_baseline: dict[str, float],
+    share_12m: dict[str, float],
+    p_values: dict[str, float],
+    title: str,
+) -> None:
+    """Share of patients on each drug at baseline and +12 months, Fisher p above each pair."""
+    drugs = sorted(share_baseline)
+    x = np.arange(len(drugs))
+    ax.bar(
+        x - 0.2, [100 * share_baseline[d] for d in drugs], 0.4, color=OKABE_ITO[0], label="baseline"
+    )
+    ax.bar(
+        x + 0.2,
+        [100 * share_12m.get(d, 0) for d in drugs],
+        0.4,
+        color=OKABE_ITO[1],
+        label="+12 months",
+    )
+    for i, d in enumerate(drugs):
+        ax.text(i, 106, f"p={p_values.get(d, np.nan):.3g}", ha="center", fontsize=6)
+    ax.set_xticks(x, drugs)
+    ax.set_ylim(0, 140)
+    ax.set_yticks([0, 25, 50, 75, 100])
+    ax.set_ylabel("patients on the drug (%)")
+    ax.set_title(title)
+    ax.legend(frameon=False, fontsize=6, loc="upper center", ncol=2)
