@@ -18,9 +18,20 @@ from stats.clinical import (
 
 
 def test_fisher_tea_tasting_reference():
-    # R ?fisher.test, Agresti (1990) tea tasting: two-sided p = 0.4857 (= 17/35).
-    odds, p = stats.fisher_exact([[3, 1], [1, 3]])
-    assert abs(p - 17 / 35) < 1e-12 and odds == 9.0
+    # R ?fisher.test, Agresti (1990) tea tasting, table [[3, 1], [1, 3]]: two-sided
+    # p = 0.4857 (= 17/35). Here: 3 of 4 patients on a drug at baseline, 1 of 4 at +12 months.
+    windows = pd.DataFrame(
+        {
+            "patient_id": list("ABCD"),
+            "group": ["child"] * 4,
+            "drugs_baseline": ["mmf", "mmf", "mmf", ""],
+            "drugs_12m": ["mmf", "", "", ""],
+        }
+    )
+    row = drug_use_fisher(windows).set_index(["group", "measure"]).loc[("all", "mmf")]
+    assert abs(row.p_value - 17 / 35) < 1e-12
+    assert row.statistic == 9.0 and row.n == 4
+    assert "[[3, 1], [1, 3]]" in row.method
 
 
 def test_cox_rossi_matches_published_coefficients():
@@ -199,6 +210,59 @@ def test_demo_clinical_p_values_reproduced_independently(demo_run):
             got = table[(table.analysis == analysis) & (table.group == group)].iloc[0]
             assert abs(got.p_value - fit.summary.loc["after", "p"]) < 1e-6
             assert abs(got.effect - fit.summary.loc["after", "exp(coef)"]) < 1e-6
+    # Prednisone per 365 days, summed day by day; drug classes on the two dates; Fisher.
+    meds = pd.read_csv(clinical_dir / "medications.csv", parse_dates=["start_date", "end_date"])
+    classes = {"prednisone": "prednisone", "mmf": "mmf", "tacrolimus": "cni"}
+    pred, drugs = [], []
+    for p in patients.itertuples():
+        inf = p.first_infusion_date
+        end = min(inf + pd.Timedelta(days=365), p.last_follow_up_date)
+        days = pd.date_range(inf - pd.Timedelta(days=365), end - pd.Timedelta(days=1))
+        dose = pd.Series(0.0, index=days)
+        mine = meds[meds.patient_id == p.patient_id]
+        for m in mine[mine.drug == "prednisone"].itertuples():
+            dose[(dose.index >= m.start_date) & (dose.index <= m.end_date)] += m.daily_dose_mg
+        before, after = dose[dose.index < inf].sum(), dose[dose.index >= inf].sum()
+        pred.append({"group": p.group, "b": before, "a": after * 365 / (end - inf).days})
+        at12 = inf + pd.Timedelta(days=365)
+        on = {
+            day: {classes[m.drug] for m in mine.itertuples() if m.start_date <= day <= m.end_date}
+            for day in (inf, at12)
+        }
+        drugs.append(
+            {
+                "group": p.group,
+                "bl": on[inf],
+                "m12": on[at12],
+                "followed": p.last_follow_up_date >= at12,
+            }
+        )
+    pred, drugs = pd.DataFrame(pred), pd.DataFrame(drugs)
+    for group in ("all", "child", "adult"):
+        sel = pred if group == "all" else pred[pred.group == group]
+        got = table[(table.analysis == "prednisone_before_after") & (table.group == group)]
+        assert abs(got.p_value.iloc[0] - stats.wilcoxon(sel.a, sel.b).pvalue) < 1e-9
+        d = (
+            drugs[drugs.followed]
+            if group == "all"
+            else drugs[drugs.followed & (drugs.group == group)]
+        )
+        got = table[(table.analysis == "drugs_baseline_12m") & (table.group == group)]
+        n_bl, n_12 = d.bl.apply(len), d.m12.apply(len)
+        if (n_bl != n_12).any():
+            assert abs(got.p_value.iloc[0] - stats.wilcoxon(n_12, n_bl).pvalue) < 1e-9
+        for drug in ("cni", "mmf", "prednisone"):
+            on_bl, on_12 = (
+                d.bl.apply(lambda s, x=drug: x in s).sum(),
+                d.m12.apply(lambda s, x=drug: x in s).sum(),
+            )
+            expected = stats.fisher_exact([[on_bl, len(d) - on_bl], [on_12, len(d) - on_12]])
+            got = table[
+                (table.analysis == "drug_use_fisher")
+                & (table.group == group)
+                & (table.measure == drug)
+            ]
+            assert abs(got.p_value.iloc[0] - expected.pvalue) < 1e-9, (group, drug)
     # The loss to follow-up is stated, not hidden.
     cox_rows = table[
         table.analysis.str.startswith("relapse_free_cox") & table.group.isin(["all", "adult"])
