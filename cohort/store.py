@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from gating.pipeline import AppliedGate
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     file_name TEXT NOT NULL,
@@ -276,10 +278,39 @@ class Store:
         query = "SELECT * FROM qc_steps" + (" WHERE sample_key=?" if sample_key else "")
         return pd.read_sql_query(query, self.conn, params=(sample_key,) if sample_key else None)
 
-    def gates(self, sample_key: str) -> pd.DataFrame:
-        return pd.read_sql_query(
-            "SELECT * FROM gates WHERE sample_key=?", self.conn, params=(sample_key,)
-        )
+    def applied_gates(self, sample_key: str) -> list[AppliedGate]:
+        """The gates recorded for a result, in the order they were applied."""
+        rows = self.conn.execute(
+            "SELECT gate, parent, kind, dimensions, parameters, from_data, note FROM gates "
+            "WHERE sample_key=? ORDER BY rowid",
+            (sample_key,),
+        ).fetchall()
+        return [
+            AppliedGate(
+                name,
+                parent,
+                kind,
+                tuple(json.loads(dims)),
+                json.loads(params),
+                bool(from_data),
+                note,
+            )
+            for name, parent, kind, dims, params, from_data, note in rows
+        ]
+
+    def current_sample(self, sample_id: str) -> dict | None:
+        """The current (not superseded) processed result of a sample id, if any."""
+        self.conn.row_factory = sqlite3.Row
+        try:
+            row = self.conn.execute(
+                "SELECT s.* FROM samples s JOIN files f ON f.sample_key=s.sample_key "
+                "AND f.status='processed' WHERE s.sample_id=? AND s.superseded_by IS NULL "
+                "ORDER BY s.processed_at DESC LIMIT 1",
+                (sample_id,),
+            ).fetchone()
+        finally:
+            self.conn.row_factory = None
+        return dict(row) if row else None
 
     def runs(self) -> pd.DataFrame:
         return pd.read_sql_query("SELECT * FROM runs ORDER BY started_at", self.conn)

@@ -71,6 +71,33 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gates_export(args: argparse.Namespace) -> int:
+    from cohort.store import Store
+    from cohort.study import Study
+    from gating.export import write_gatingml
+    from panels.fcs import scan_header
+    from panels.resolve import resolve_panel
+
+    study = Study(args.study)
+    store = Store(study.db_path)
+    sample = store.current_sample(args.sample)
+    if sample is None:
+        print(f"no processed sample {args.sample!r} in {study.db_path}", file=sys.stderr)
+        return 2
+    gates = store.applied_gates(sample["sample_key"])
+    store.close()
+    header = scan_header(study.inbox / sample["file_name"])
+    resolved = resolve_panel(study.panels[sample["panel"]], header)
+    out = Path(args.out) if args.out else study.results_dir / "gates" / f"{args.sample}.xml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_gatingml(out, gates, resolved, header)
+    print(
+        f"GatingML 2.0 for {args.sample} ({sample['file_name']}, result "
+        f"{sample['sample_key']}): {out}"
+    )
+    return 0
+
+
 def _cmd_process(args: argparse.Namespace) -> int:
     from gating.pipeline import gate_sample
     from gating.strategy import load_strategy
@@ -170,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rewrite results and reports without reprocessing")
     report.add_argument("--study", required=True, help="study folder")
     report.set_defaults(func=_cmd_report)
+
+    gates = sub.add_parser("gates", help="the gates applied to a sample")
+    gates_sub = gates.add_subparsers(dest="gates_command", required=True)
+    export = gates_sub.add_parser("export", help="write a sample's applied gates as GatingML 2.0")
+    export.add_argument("--study", required=True, help="study folder")
+    export.add_argument("--sample", required=True, help="sample id, e.g. P01_M3_BCELL")
+    export.add_argument("--out", help="output file (default: STUDY/results/gates/ID.xml)")
+    export.set_defaults(func=_cmd_gates_export)
 
     process = sub.add_parser("process", help="gate one FCS file outside any study")
     process.add_argument("file", help="FCS file")

@@ -2,6 +2,11 @@
 
 Knows nothing of studies, stores or Prefect: it takes an ``FcsData`` and a ``ResolvedPanel``
 and returns a ``SampleGating``, so it can be run and tested on its own.
+
+Every gate the sample went through, QC steps included, is recorded as an ``AppliedGate`` with
+fixed parameters and evaluated by one function, ``evaluate_gate``. Replaying the recorded gates
+(``replay_gates``) therefore gives exactly the counts of the original run, and the same records
+export to a flowkit GatingStrategy / GatingML 2.0 (``gating.export``).
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from flowutils.gating import points_in_ellipsoid, points_in_polygon
 
 from gating import qc
 from gating.adaptive import place_ellipse_by_mixture, place_threshold_at_density_valley
@@ -17,7 +23,15 @@ from gating.strategy import QC_ROOT, GateSpec, Strategy
 from panels.fcs import FcsData
 from panels.resolve import ResolvedPanel
 
-PIPELINE_VERSION = "1"  # bump when a change alters counts for an unchanged strategy and file
+PIPELINE_VERSION = "2"  # bump when a change alters counts for an unchanged strategy and file
+ALL_EVENTS = "all_events"
+# QC gates, in order; their removals are the QC steps.
+QC_STEPS = {
+    "in_range": "margin_events",
+    "stable_flow": "time_anomalies",
+    "singlets": "doublets",
+    QC_ROOT: "debris",
+}
 
 
 @dataclass(frozen=True)
@@ -34,7 +48,13 @@ class PopulationCount:
 
 @dataclass(frozen=True)
 class AppliedGate:
-    """A gate as applied to one sample, in the strategy's units, with its provenance."""
+    """A gate as applied to one sample, with fixed parameters and its provenance.
+
+    kind: ``raw_range`` (uncompensated, untransformed channel limits), ``time_ranges``,
+    ``rectangle``, ``polygon``, ``ellipse`` (on transformed dimensions), ``boolean``, or
+    ``threshold`` (a placement record used by rectangles, not a gate).
+    Rectangle limits follow GatingML: ``min <= x < max``; ``None`` is open.
+    """
 
     name: str
     parent: str
@@ -72,12 +92,83 @@ def transformed_dimensions(data: FcsData, resolved: ResolvedPanel) -> dict[str, 
     dims: dict[str, np.ndarray] = {}
     for marker, channel in resolved.marker_channels.items():
         j = h.pnn.index(channel)
-        t = h.pnr[j] if h.pnr[j] > 0 else 262144.0
-        dims[marker] = logicle(events[:, j], t, p.logicle_w, p.logicle_m, p.logicle_a)
+        dims[marker] = logicle(
+            events[:, j], channel_range(h.pnr[j]), p.logicle_w, p.logicle_m, p.logicle_a
+        )
     for role, channel in resolved.scatter_channels.items():
         j = h.pnn.index(channel)
-        dims[role] = linear_unit(events[:, j], h.pnr[j] if h.pnr[j] > 0 else 262144.0)
+        dims[role] = linear_unit(events[:, j], channel_range(h.pnr[j]))
     return dims
+
+
+def channel_range(pnr: float) -> float:
+    """$PnR, or the 18-bit range when a file leaves it out."""
+    return pnr if pnr > 0 else 262144.0
+
+
+def evaluate_gate(
+    gate: AppliedGate, masks: dict[str, np.ndarray], dims: dict[str, np.ndarray], data: FcsData
+) -> np.ndarray:
+    """Events of the parent population that fall in the gate."""
+    parent = masks[gate.parent]
+    p = gate.parameters
+    if gate.kind == "raw_range":
+        inside = np.ones_like(parent)
+        for channel, (lo, hi) in p["limits"].items():
+            values = data.channel(channel)
+            inside &= (values >= lo if lo is not None else True) & (
+                values < hi if hi is not None else True
+            )
+        return parent & inside
+    if gate.kind == "time_ranges":
+        t = data.channel(p["channel"])
+        inside = np.zeros_like(parent)
+        for lo, hi in p["keep"]:
+            inside |= (t >= lo) & (t < hi if hi is not None else True)
+        return parent & inside
+    if gate.kind == "rectangle":
+        inside = parent.copy()
+        for dim, (lo, hi) in p["limits"].items():
+            if lo is not None:
+                inside &= dims[dim] >= lo
+            if hi is not None:
+                inside &= dims[dim] < hi
+        return inside
+    xy = None
+    if gate.kind in ("polygon", "ellipse"):
+        xy = np.column_stack([dims[d] for d in gate.dimensions])
+    if gate.kind == "polygon":
+        return parent & points_in_polygon(np.asarray(p["vertices"], float), xy).astype(bool)
+    if gate.kind == "ellipse":
+        inside = points_in_ellipsoid(
+            np.asarray(p["covariance"], float),
+            np.asarray(p["mean"], float),
+            p["distance_square"],
+            xy,
+        )
+        return parent & inside.astype(bool)
+    if gate.kind == "boolean":
+        parts = [~masks[r[4:]] if r.startswith("not ") else masks[r] for r in p["refs"]]
+        combined = np.logical_and.reduce(parts) if p["op"] == "and" else np.logical_or.reduce(parts)
+        return parent & combined
+    raise ValueError(f"gate {gate.name}: unknown kind {gate.kind!r}")
+
+
+def replay_gates(
+    data: FcsData, resolved: ResolvedPanel, gates: list[AppliedGate]
+) -> dict[str, np.ndarray]:
+    """Masks of recorded gates on the sample's events, without placing anything anew."""
+    dims = transformed_dimensions(data, resolved)
+    masks = {ALL_EVENTS: np.ones(data.header.n_events, dtype=bool)}
+    for gate in gates:
+        if gate.kind != "threshold":
+            masks[gate.name] = evaluate_gate(gate, masks, dims, data)
+    return masks
+
+
+def singlet_polygon(max_ratio: float) -> list[list[float]]:
+    """Region FSC-H >= FSC-A / max_ratio (range-scaled), as polygon vertices."""
+    return [[-1.0, -1.0 / max_ratio], [2.0, 2.0 / max_ratio], [2.0, 2.0], [-1.0, 2.0]]
 
 
 def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> SampleGating:
@@ -89,73 +180,109 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
         flags.append("no_spillover_keyword:uncompensated")
     dims = transformed_dimensions(data, resolved)
     settings = strategy.qc
-
-    steps: list[qc.QcStep] = []
     gates: list[AppliedGate] = []
-    keep = np.ones(n, dtype=bool)
+    masks: dict[str, np.ndarray] = {ALL_EVENTS: np.ones(n, dtype=bool)}
 
-    def record(name: str, step_keep: np.ndarray, detail: str) -> None:
-        nonlocal keep
-        before = int(keep.sum())
-        keep = keep & step_keep
-        steps.append(qc.QcStep(name, before, before - int(keep.sum()), detail))
+    def apply(gate: AppliedGate) -> np.ndarray:
+        gates.append(gate)
+        masks[gate.name] = evaluate_gate(gate, masks, dims, data)
+        return masks[gate.name]
 
-    used = [resolved.channel(d) for d in (*resolved.marker_channels, *resolved.scatter_channels)]
-    cols = [h.pnn.index(c) for c in used]
-    ranges = np.array([h.pnr[j] if h.pnr[j] > 0 else np.inf for j in cols])
-    record("margin_events", qc.margin_events(data.events[:, cols], ranges), "saturated events")
+    # QC: saturated events, unstable flow, doublets, debris.
+    used = [*resolved.marker_channels.values(), *resolved.scatter_channels.values()]
+    limits = {c: [None, channel_range(h.pnr[h.pnn.index(c)]) - 1] for c in used}
+    apply(
+        AppliedGate(
+            "in_range",
+            ALL_EVENTS,
+            "raw_range",
+            tuple(used),
+            {"limits": limits},
+            True,
+            "saturated events removed",
+        )
+    )
     if resolved.time_channel:
         markers = np.column_stack([dims[m] for m in resolved.marker_channels])
-        time_keep, detail = qc.time_anomalies(
-            data.channel(resolved.time_channel), markers, settings.time_bins, settings.time_max_z
+        keep_ranges, detail = qc.stable_time_ranges(
+            data.channel(resolved.time_channel),
+            markers,
+            masks["in_range"],
+            settings.time_bins,
+            settings.time_max_z,
         )
-        record("time_anomalies", time_keep, detail)
+        apply(
+            AppliedGate(
+                "stable_flow",
+                "in_range",
+                "time_ranges",
+                (resolved.time_channel,),
+                {"channel": resolved.time_channel, "keep": keep_ranges},
+                True,
+                detail,
+            )
+        )
     else:
         flags.append("no_time_channel:time_qc_skipped")
-    singlet_keep, singlet_place = qc.singlets(
-        dims["FSC-A"][keep],
-        dims["FSC-H"][keep],
+        apply(
+            AppliedGate(
+                "stable_flow",
+                "in_range",
+                "raw_range",
+                (),
+                {"limits": {}},
+                False,
+                "no Time channel: nothing removed",
+            )
+        )
+    kept = masks["stable_flow"]
+    ratio = dims["FSC-A"][kept] / np.maximum(dims["FSC-H"][kept], 1e-9)
+    singlet = place_threshold_at_density_valley(
+        ratio,
         settings.singlet_ratio_bounds,
         settings.singlet_ratio_default,
+        bandwidth=0.02,
+        min_side_share=0.001,
     )
-    full = np.zeros(n, dtype=bool)
-    full[np.flatnonzero(keep)[singlet_keep]] = True
-    record("doublets", full, f"FSC-A/FSC-H <= {singlet_place.value:.3f} ({singlet_place.note})")
-    gates.append(
+    apply(
         AppliedGate(
             "singlets",
-            "time_ok",
-            "ratio_max",
+            "stable_flow",
+            "polygon",
             ("FSC-A", "FSC-H"),
-            {"max_ratio": singlet_place.value},
-            singlet_place.from_data,
-            singlet_place.note,
+            {"vertices": singlet_polygon(singlet.value), "max_ratio": singlet.value},
+            singlet.from_data,
+            f"FSC-A/FSC-H <= {singlet.value:.3f} ({singlet.note})",
         )
     )
-    # Placed on the events still kept, applied to all.
-    debris_place = qc.place_debris_threshold(
-        dims["FSC-A"][keep], settings.debris_fsc_bounds, settings.debris_fsc_default
+    debris = qc.place_debris_threshold(
+        dims["FSC-A"][masks["singlets"]], settings.debris_fsc_bounds, settings.debris_fsc_default
     )
-    record("debris", dims["FSC-A"] > debris_place.value, f"FSC-A > {debris_place.value:.3f}")
-    gates.append(
+    apply(
         AppliedGate(
-            "non_debris",
+            QC_ROOT,
             "singlets",
             "rectangle",
             ("FSC-A",),
-            {"FSC-A": [debris_place.value, None]},
-            debris_place.from_data,
-            debris_place.note,
+            {"limits": {"FSC-A": [debris.value, None]}},
+            debris.from_data,
+            f"FSC-A >= {debris.value:.3f} ({debris.note})",
         )
     )
-    for place, label in ((singlet_place, "singlets"), (debris_place, "non_debris")):
+    for place, label in ((singlet, "singlets"), (debris, "debris")):
         if not place.from_data:
             flags.append(f"default_gate:{label}")
-    removed = n - int(keep.sum())
+    steps = []
+    parent_count = n
+    for name, step in QC_STEPS.items():
+        count = int(masks[name].sum())
+        detail = next(g.note for g in gates if g.name == name)
+        steps.append(qc.QcStep(step, parent_count, parent_count - count, detail))
+        parent_count = count
+    removed = n - parent_count
     if n and removed / n > settings.max_removed_share:
         flags.append(f"qc_removed:{removed / n:.0%}>{settings.max_removed_share:.0%}")
 
-    masks: dict[str, np.ndarray] = {QC_ROOT: keep}
     thresholds: dict[str, float] = {}
 
     def threshold(ref) -> float | None:
@@ -163,8 +290,6 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
             return None if ref is None else float(ref)
         if ref not in thresholds:
             spec = strategy.thresholds[ref]
-            if spec.within not in masks:
-                raise RuntimeError(f"threshold {ref} needs gate {spec.within} first")
             values = dims[spec.dimension][masks[spec.within]]
             place = place_threshold_at_density_valley(values, spec.bounds, spec.default)
             thresholds[ref] = place.value
@@ -183,80 +308,61 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
             )
         return thresholds[ref]
 
-    for gate in strategy.gates:
-        masks[gate.name] = _apply_gate(gate, masks, dims, threshold, gates, flags)
+    for spec in strategy.gates:
+        gate = _place_gate(spec, masks, dims, threshold)
+        if not gate.from_data:
+            flags.append(f"default_gate:{gate.name}")
+        apply(gate)
 
     populations = []
-    for gate in strategy.reported:
-        parent_count = int(masks[gate.parent].sum())
-        count = int(masks[gate.name].sum())
-        populations.append(PopulationCount(gate.name, gate.parent, count, parent_count))
+    for spec in strategy.reported:
+        count, parent_count = int(masks[spec.name].sum()), int(masks[spec.parent].sum())
+        populations.append(PopulationCount(spec.name, spec.parent, count, parent_count))
         if count < settings.min_population_events:
-            flags.append(f"low_count:{gate.name}<{settings.min_population_events}")
+            flags.append(f"low_count:{spec.name}<{settings.min_population_events}")
     return SampleGating(n, populations, steps, gates, flags, masks, dims)
 
 
-def _apply_gate(gate: GateSpec, masks, dims, threshold, gates, flags) -> np.ndarray:
-    parent = masks[gate.parent]
-    if gate.kind == "rectangle":
-        mask = parent.copy()
-        applied = {}
-        for dim, (lo_ref, hi_ref) in gate.limits.items():
-            lo, hi = threshold(lo_ref), threshold(hi_ref)
-            if lo is not None:
-                mask &= dims[dim] > lo
-            if hi is not None:
-                mask &= dims[dim] <= hi
-            applied[dim] = [lo, hi]
-        gates.append(
-            AppliedGate(
-                gate.name,
-                gate.parent,
-                "rectangle",
-                tuple(gate.limits),
-                applied,
-                True,
-                "limits from thresholds",
-            )
+def _place_gate(spec: GateSpec, masks, dims, threshold) -> AppliedGate:
+    """Fix a strategy gate's parameters for this sample."""
+    if spec.kind == "rectangle":
+        limits = {dim: [threshold(lo), threshold(hi)] for dim, (lo, hi) in spec.limits.items()}
+        return AppliedGate(
+            spec.name,
+            spec.parent,
+            "rectangle",
+            tuple(spec.limits),
+            {"limits": limits},
+            True,
+            "limits from thresholds",
         )
-        return mask
-    if gate.kind == "boolean":
-        parts = [~masks[name] if negated else masks[name] for name, negated in gate.refs]
-        combined = np.logical_and.reduce(parts) if gate.op == "and" else np.logical_or.reduce(parts)
-        refs = [("not " if neg else "") + name for name, neg in gate.refs]
-        gates.append(
-            AppliedGate(
-                gate.name, gate.parent, "boolean", (), {"op": gate.op, "refs": refs}, True, ""
-            )
+    if spec.kind == "boolean":
+        refs = [("not " if negated else "") + name for name, negated in spec.refs]
+        return AppliedGate(
+            spec.name, spec.parent, "boolean", (), {"op": spec.op, "refs": refs}, True, ""
         )
-        return parent & combined
-    if gate.kind == "scatter_cluster":
-        o = gate.options
-        xy = np.column_stack([dims[d] for d in gate.dimensions])
+    if spec.kind == "scatter_cluster":
+        o = spec.options
+        xy = np.column_stack([dims[d] for d in spec.dimensions])
         place = place_ellipse_by_mixture(
-            xy[parent],
+            xy[masks[spec.parent]],
             tuple(tuple(b) for b in o["pick"]),
             tuple(o["default_mean"]),
             tuple(tuple(r) for r in o["default_covariance"]),
             components=int(o.get("components", 3)),
             distance_square=float(o.get("distance_square", 9.21)),
         )
-        if not place.from_data:
-            flags.append(f"default_gate:{gate.name}")
-        gates.append(
-            AppliedGate(
-                gate.name,
-                gate.parent,
-                "ellipse",
-                gate.dimensions,
-                {
-                    "mean": place.mean.tolist(),
-                    "covariance": place.covariance.tolist(),
-                    "distance_square": place.distance_square,
-                },
-                place.from_data,
-                place.note,
-            )
+        return AppliedGate(
+            spec.name,
+            spec.parent,
+            "ellipse",
+            spec.dimensions,
+            {
+                "mean": place.mean.tolist(),
+                "covariance": place.covariance.tolist(),
+                "distance_square": place.distance_square,
+            },
+            place.from_data,
+            place.note,
         )
-        return parent & place.contains(xy)
-    raise ValueError(f"unknown gate kind {gate.kind}")
+    raise ValueError(f"unknown gate kind {spec.kind}")

@@ -203,3 +203,24 @@ def test_patient_missing_from_clinical_data_is_processed_flagged_and_left_out(de
     table = pd.read_csv(copy / "results" / "statistics.csv")
     before = pd.read_csv(root / "results" / "statistics.csv")
     pd.testing.assert_frame_equal(table, before)
+
+
+def test_exported_gatingml_reproduces_stored_counts(demo_run, tmp_path):
+    import flowkit as fk
+
+    from flows.cli import main
+
+    root, _, _ = demo_run
+    out = tmp_path / "P04_M3_BCELL.xml"
+    assert (
+        main(
+            ["gates", "export", "--study", str(root), "--sample", "P04_M3_BCELL", "--out", str(out)]
+        )
+        == 0
+    )
+    strategy = fk.parse_gating_xml(str(out))
+    result = strategy.gate_sample(fk.Sample(str(root / "inbox" / "P04_M3_BCELL.fcs")))
+    pops = pd.read_csv(root / "results" / "populations.csv")
+    mine = pops[pops.sample_id == "P04_M3_BCELL"]
+    for r in mine.itertuples():
+        assert result.get_gate_count(r.population) == r.count, r.population
