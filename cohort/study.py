@@ -30,6 +30,7 @@ class StudyConfig(BaseModel):
     absolute_counts: Literal["dual_platform", "beads", "none"] = "dual_platform"
     schedule: str = "0 2 * * *"
     timezone: str = "UTC"
+    qc_reports: Literal["all", "flagged", "none"] = "all"  # per-sample QC PDFs to write
 
     @field_validator("filename_pattern")
     @classmethod
@@ -89,6 +90,7 @@ class Study:
     results_dir = property(lambda self: self.root / "results")
     reports_dir = property(lambda self: self.root / "reports")
     db_path = property(lambda self: self.root / "immunomon.db")
+    qc_reports_dir = property(lambda self: self.root / "reports" / "qc")
 
     def ensure_output_folders(self) -> None:
         for folder in (self.quarantine_dir, self.results_dir, self.reports_dir):

@@ -58,10 +58,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from cohort.store import Store
     from cohort.study import Study
-    from flows.nightly import update_outputs
+    from flows.nightly import update_outputs, write_qc_report_from_store
 
     study = Study(args.study)
     store = Store(study.db_path)
+    if args.sample:
+        try:
+            path = write_qc_report_from_store(study, store, args.sample)
+        except LookupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            store.close()
+        print(f"QC report written: {path}")
+        return 0
     error = update_outputs(study, store)
     store.close()
     if error:
@@ -196,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="rewrite results and reports without reprocessing")
     report.add_argument("--study", required=True, help="study folder")
+    report.add_argument("--sample", help="only this sample's QC report (e.g. P01_M3_BCELL)")
     report.set_defaults(func=_cmd_report)
 
     gates = sub.add_parser("gates", help="the gates applied to a sample")

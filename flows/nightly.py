@@ -20,8 +20,9 @@ from cohort.intake import plan_intake
 from cohort.store import Store
 from cohort.study import Study
 from flows.tasks import process_sample_task, sample_worker_pool
-from gating.pipeline import PIPELINE_VERSION
+from gating.pipeline import PIPELINE_VERSION, replay_gates, transformed_dimensions
 from reports.cohort_report import ReportContext, write_cohort_report
+from reports.qc_report import write_sample_qc_report
 from stats.clinical import clinical_statistics, kaplan_meier_curves
 from stats.immuno import wilcoxon_vs_baseline
 from stats.tests import STATISTICS_COLUMNS
@@ -99,6 +100,38 @@ def update_outputs(study: Study, store: Store) -> str:
         kaplan_meier_curves(windows),
     )
     return ""
+
+
+def write_qc_report_from_store(study: Study, store: Store, sample_id: str) -> Path:
+    """Regenerate one sample's QC PDF from its recorded gates (no gate is placed anew)."""
+    from panels.fcs import read_events
+    from panels.resolve import resolve_panel
+
+    sample = store.current_sample(sample_id)
+    if sample is None:
+        raise LookupError(f"no processed sample {sample_id!r} in {study.db_path}")
+    key = sample["sample_key"]
+    gates = store.applied_gates(key)
+    data = read_events(study.inbox / sample["file_name"])
+    resolved = resolve_panel(study.panels[sample["panel"]], data.header)
+    masks = replay_gates(data, resolved, gates)
+    pops = store.current_populations()
+    pops = pops[pops.sample_key == key]
+    qc = store.qc_steps(key).rename(columns={"step": "name"})
+    return write_sample_qc_report(
+        study.qc_reports_dir / f"{sample_id}.pdf",
+        sample_id=sample_id,
+        file_name=sample["file_name"],
+        sha256=sample["sha256"],
+        gates=gates,
+        masks=masks,
+        dims=transformed_dimensions(data, resolved),
+        data_channel=data.channel,
+        qc_steps=qc[["name", "events_in", "removed", "detail"]].to_dict("records"),
+        populations=pops[["population", "parent", "count", "parent_count"]].to_dict("records"),
+        flags=[f for f in (sample["qc_flags"] or "").split(";") if f],
+        software=f"result {key}, regenerated from the store",
+    )
 
 
 def report_context(
@@ -212,6 +245,8 @@ def _process_ready(ready, study: Study, store: Store, run_id: str, logger) -> tu
             d.name,
             study.panels[d.name.panel_token],
             study.strategies[d.name.panel_token],
+            str(study.qc_reports_dir),
+            study.config.qc_reports,
         ): d
         for d in ready
     }

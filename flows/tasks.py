@@ -24,17 +24,35 @@ from gating.pipeline import PIPELINE_VERSION, gate_sample
 from gating.strategy import Strategy
 from panels.fcs import read_events
 from panels.resolve import Panel, resolve_panel
+from reports.qc_report import write_sample_qc_report
+
+SERIOUS_FLAGS = ("qc_removed", "low_count", "default_gate")
+
+
+def needs_review(flags: list[str]) -> bool:
+    """Flags a reviewer must look at (a default threshold inside bounds is routine)."""
+    return any(f.startswith(SERIOUS_FLAGS) for f in flags)
 
 
 def process_sample_file(
-    path: str | Path, sha256: str, name: SampleName, panel: Panel, strategy: Strategy
+    path: str | Path,
+    sha256: str,
+    name: SampleName,
+    panel: Panel,
+    strategy: Strategy,
+    qc_report_dir: str | None = None,
+    qc_reports: str = "none",
 ) -> SampleRecord:
-    """Read, gate and count one file; returns plain data for the store (no store access)."""
+    """Read, gate and count one file; returns plain data for the store (no store access).
+
+    With ``qc_reports`` 'all' (or 'flagged' and the sample needs review) the sample's QC PDF is
+    written to ``qc_report_dir`` while its events and masks are in memory.
+    """
     data = read_events(path)
     resolved = resolve_panel(panel, data.header)
     gating = gate_sample(data, resolved, strategy)
     flags = list(gating.flags) + [f"reader:{note}" for note in data.header.notes]
-    return SampleRecord(
+    record = SampleRecord(
         sample_id=name.sample_id,
         sha256=sha256,
         patient_id=name.patient_id,
@@ -56,6 +74,22 @@ def process_sample_file(
         gates=[asdict(g) for g in gating.gates],
         flags=flags,
     )
+    if qc_report_dir and (qc_reports == "all" or (qc_reports == "flagged" and needs_review(flags))):
+        write_sample_qc_report(
+            Path(qc_report_dir) / f"{name.sample_id}.pdf",
+            sample_id=name.sample_id,
+            file_name=Path(path).name,
+            sha256=sha256,
+            gates=gating.gates,
+            masks=gating.masks,
+            dims=gating.dimensions,
+            data_channel=data.channel,
+            qc_steps=record.qc_steps,
+            populations=record.populations,
+            flags=flags,
+            software=f"strategy {strategy.name} sha256 {strategy.sha256[:12]}",
+        )
+    return record
 
 
 _pool: Executor | None = None
@@ -95,9 +129,16 @@ def sample_worker_pool(workers: int) -> Iterator[None]:
     task_run_name="process {name.sample_id}",
 )
 def process_sample_task(
-    path: str, sha256: str, name: SampleName, panel: Panel, strategy: Strategy
+    path: str,
+    sha256: str,
+    name: SampleName,
+    panel: Panel,
+    strategy: Strategy,
+    qc_report_dir: str | None = None,
+    qc_reports: str = "none",
 ) -> SampleRecord:
     """Prefect task: one sample file, on the worker pool when one is open."""
+    args = (path, sha256, name, panel, strategy, qc_report_dir, qc_reports)
     if _pool is None:
-        return process_sample_file(path, sha256, name, panel, strategy)
-    return _pool.submit(process_sample_file, path, sha256, name, panel, strategy).result()
+        return process_sample_file(*args)
+    return _pool.submit(process_sample_file, *args).result()

@@ -78,3 +78,32 @@ def test_no_spillover_keyword_is_flagged(tmp_path):
     d = read_events(bare)
     g = gate_sample(d, resolve_panel(load_panel("bcell"), d.header), load_strategy("bcell"))
     assert "no_spillover_keyword:uncompensated" in g.flags
+
+
+def test_worker_writes_qc_report_for_flagged_samples_only(tmp_path):
+    from cohort.study import SampleName
+    from flows.tasks import needs_review, process_sample_file
+
+    path, _ = write_simulated(tmp_path / "s.fcs", "TREG", n_events=3000)
+    name = SampleName("P01", "BL", "TREG")
+    record = process_sample_file(
+        path,
+        "0" * 64,
+        name,
+        load_panel("treg"),
+        load_strategy("treg"),
+        str(tmp_path / "qc"),
+        "flagged",
+    )
+    assert needs_review(record.flags)  # 3,000 events leave too few HLA-DR+ memory Tregs
+    assert (tmp_path / "qc" / "P01_BL_TREG.pdf").stat().st_size > 10_000
+    record = process_sample_file(
+        path,
+        "0" * 64,
+        SampleName("P02", "BL", "TREG"),
+        load_panel("treg"),
+        load_strategy("treg"),
+        str(tmp_path / "qc"),
+        "none",
+    )
+    assert not (tmp_path / "qc" / "P02_BL_TREG.pdf").exists()

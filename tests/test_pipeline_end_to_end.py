@@ -224,3 +224,24 @@ def test_exported_gatingml_reproduces_stored_counts(demo_run, tmp_path):
     mine = pops[pops.sample_id == "P04_M3_BCELL"]
     for r in mine.itertuples():
         assert result.get_gate_count(r.population) == r.count, r.population
+
+
+def test_qc_report_regenerated_from_the_store_shows_stored_counts(demo_run):
+    import re
+
+    from pypdf import PdfReader
+
+    from flows.cli import main
+
+    root, _, _ = demo_run
+    pops = pd.read_csv(root / "results" / "populations.csv")
+    sample = "P02_M3_BCELL"
+    assert main(["report", "--study", str(root), "--sample", sample]) == 0
+    reader = PdfReader(root / "reports" / "qc" / f"{sample}.pdf")
+    text = "\n".join(p.extract_text() for p in reader.pages)
+    assert f"Sample QC report: {sample}" in text and "time_anomalies" in text
+    for r in pops[pops.sample_id == sample].itertuples():  # replayed gates, stored counts
+        assert re.search(rf"{r.population}\s+{r.parent}\s+{r.count}\s+{r.parent_count}", text)
+    cd19 = pops[(pops.sample_id == sample) & (pops.population == "cd19_b")].iloc[0]
+    assert f"cd19_b  {cd19['count']}/{cd19.parent_count}" in text  # the plot title
+    assert main(["report", "--study", str(root), "--sample", "P99_BL_BCELL"]) == 2

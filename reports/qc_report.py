@@ -1,0 +1,173 @@
+"""Sample QC report: one PDF per sample with every applied gate drawn on its parent's events,
+the QC steps with the events each removed, and the counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.patches import Ellipse, Polygon, Rectangle
+
+from reports.figures import A4_LANDSCAPE, A4_PORTRAIT, OKABE_ITO, plt
+
+GATE_COLOUR = OKABE_ITO[3]
+
+
+def _density(ax, x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str) -> None:
+    lo_x, hi_x = np.percentile(x, [0.2, 99.8]) if x.size else (0, 1)
+    lo_y, hi_y = np.percentile(y, [0.2, 99.8]) if y.size else (0, 1)
+    pad_x, pad_y = 0.1 * (hi_x - lo_x + 1e-9), 0.1 * (hi_y - lo_y + 1e-9)
+    extent = [lo_x - pad_x, hi_x + pad_x, lo_y - pad_y, hi_y + pad_y]
+    hist, _, _ = np.histogram2d(x, y, bins=120, range=[extent[:2], extent[2:]])
+    ax.imshow(np.log1p(hist.T), origin="lower", extent=extent, aspect="auto", cmap="Greys")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+
+
+def _histogram(ax, values: np.ndarray, bins: int) -> None:
+    # One filled step artist, not a patch per bar: pages stay small and fast to write.
+    counts, edges = np.histogram(values[np.isfinite(values)], bins=bins)
+    ax.stairs(counts, edges, fill=True, color="0.5")
+
+
+def _axis_label(dim: str) -> str:
+    return f"{dim} (fraction of range)" if dim.startswith(("FSC", "SSC")) else f"{dim} (logicle)"
+
+
+def draw_gate(ax, gate, dims: dict, masks: dict, data_channel) -> None:
+    """Draw one applied gate over its parent population."""
+    parent = masks[gate.parent]
+    p = gate.parameters
+    count, parent_count = int(masks[gate.name].sum()), int(parent.sum())
+    share = 100 * count / parent_count if parent_count else float("nan")
+    ax.set_title(
+        f"{gate.name}  {count}/{parent_count} ({share:.1f}%)"
+        + ("" if gate.from_data else "  [default]"),
+        fontsize=7,
+    )
+    if gate.kind == "time_ranges":
+        t = data_channel(p["channel"])
+        _histogram(ax, t[parent], 100)
+        top = ax.get_ylim()[1]
+        for lo, hi in p["keep"]:
+            hi = t.max() if hi is None else hi
+            ax.add_patch(Rectangle((lo, 0), hi - lo, top, color=OKABE_ITO[2], alpha=0.2))
+        ax.set_xlabel(f"{p['channel']} (acquisition time)")
+        ax.set_ylabel("events per bin")
+        return
+    dimensions = list(gate.dimensions) if gate.kind != "rectangle" else list(p["limits"])
+    if gate.kind == "rectangle" and len(dimensions) == 1:
+        d = dimensions[0]
+        _histogram(ax, dims[d][parent], 150)
+        for v in p["limits"][d]:
+            if v is not None:
+                ax.axvline(v, color=GATE_COLOUR, lw=1.2)
+        ax.set_xlabel(_axis_label(d))
+        ax.set_ylabel("events")
+        return
+    x, y = dims[dimensions[0]][parent], dims[dimensions[1]][parent]
+    _density(ax, x, y, _axis_label(dimensions[0]), _axis_label(dimensions[1]))
+    if gate.kind == "polygon":
+        ax.add_patch(Polygon(p["vertices"], fill=False, ec=GATE_COLOUR, lw=1.2))
+    elif gate.kind == "ellipse":
+        values, vectors = np.linalg.eigh(np.asarray(p["covariance"]))
+        angle = np.degrees(np.arctan2(vectors[1, 1], vectors[0, 1]))
+        radius = np.sqrt(p["distance_square"])
+        ax.add_patch(
+            Ellipse(
+                p["mean"],
+                2 * radius * np.sqrt(values[1]),
+                2 * radius * np.sqrt(values[0]),
+                angle=angle,
+                fill=False,
+                ec=GATE_COLOUR,
+                lw=1.2,
+            )
+        )
+    elif gate.kind == "rectangle":
+        (x_lo, x_hi), (y_lo, y_hi) = p["limits"][dimensions[0]], p["limits"][dimensions[1]]
+        x0, x1 = ax.get_xlim()
+        y0, y1 = ax.get_ylim()
+        x_lo, x_hi = (x0 if x_lo is None else x_lo), (x1 if x_hi is None else x_hi)
+        y_lo, y_hi = (y0 if y_lo is None else y_lo), (y1 if y_hi is None else y_hi)
+        ax.add_patch(
+            Rectangle((x_lo, y_lo), x_hi - x_lo, y_hi - y_lo, fill=False, ec=GATE_COLOUR, lw=1.2)
+        )
+        if len(dimensions) > 2:
+            extra = ", ".join(
+                f"{d} in [{lo}, {hi})" for d, (lo, hi) in list(p["limits"].items())[2:]
+            )
+            ax.text(0.02, 0.98, f"and {extra}", transform=ax.transAxes, fontsize=5, va="top")
+
+
+def write_sample_qc_report(
+    path: str | Path,
+    *,
+    sample_id: str,
+    file_name: str,
+    sha256: str,
+    gates: list,
+    masks: dict,
+    dims: dict,
+    data_channel,
+    qc_steps: list[dict],
+    populations: list[dict],
+    flags: list[str],
+    software: str = "",
+) -> Path:
+    """Write one sample's QC PDF. ``data_channel(name)`` returns a raw channel's values."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    drawn = [g for g in gates if g.kind not in ("threshold", "boolean", "raw_range")]
+    tmp = path.with_name(path.name + ".tmp")
+    with PdfPages(tmp, metadata={"Title": f"QC report {sample_id}", "CreationDate": None}) as pdf:
+        fig = plt.figure(figsize=A4_PORTRAIT)
+        lines = [
+            f"File: {file_name}",
+            f"sha256: {sha256}",
+            software,
+            "",
+            "QC steps                 events in   removed   detail",
+        ]
+        for q in qc_steps:
+            lines.append(
+                f"  {q['name']:22} {q['events_in']:9d} {q['removed']:9d}   {q['detail'][:70]}"
+            )
+        lines += ["", "Population           parent                count   parent    % parent"]
+        for pop in populations:
+            pct = 100 * pop["count"] / pop["parent_count"] if pop["parent_count"] else np.nan
+            lines.append(
+                f"  {pop['population']:18} {pop['parent']:18} {pop['count']:8d} "
+                f"{pop['parent_count']:8d} {pct:10.2f}"
+            )
+        lines += ["", "Gates placed from the data (else the strategy default):"]
+        for g in gates:
+            if g.kind in ("threshold", "ellipse", "polygon") or g.name == "qc_passed":
+                lines.append(
+                    f"  {g.name:22} {'data' if g.from_data else 'DEFAULT':8} {g.note[:70]}"
+                )
+        lines += ["", "Flags: " + ("; ".join(flags) if flags else "none")]
+        fig.text(0.06, 0.96, f"Sample QC report: {sample_id}", fontsize=14, weight="bold", va="top")
+        fig.text(0.06, 0.92, "\n".join(lines), family="monospace", fontsize=6.5, va="top")
+        pdf.savefig(fig)
+        plt.close(fig)
+        per_page = 12
+        for start in range(0, len(drawn), per_page):
+            fig, axes = plt.subplots(3, 4, figsize=A4_LANDSCAPE)
+            fig.subplots_adjust(
+                left=0.06, right=0.98, top=0.92, bottom=0.07, hspace=0.45, wspace=0.35
+            )
+            fig.suptitle(
+                f"{sample_id}: applied gates on their parent populations "
+                "(red: gate; green: kept acquisition time)",
+                fontsize=10,
+            )
+            for ax, gate in zip(axes.ravel(), drawn[start : start + per_page], strict=False):
+                draw_gate(ax, gate, dims, masks, data_channel)
+            for ax in axes.ravel()[len(drawn[start : start + per_page]) :]:
+                ax.axis("off")
+            pdf.savefig(fig)
+            plt.close(fig)
+    tmp.replace(path)
+    return path
