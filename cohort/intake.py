@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cohort.study import SampleName, Study
+from gating.compensate import CompensationError, check_spillover_channels
 from panels.fcs import FcsReadError, scan_header
 from panels.resolve import PanelError, resolve_panel
 
@@ -47,7 +48,10 @@ def examine_file(study: Study, path: Path, sha256: str) -> IntakeDecision:
         return IntakeDecision(path, sha256, parsed, False, exc.reason)
     try:
         resolve_panel(study.panels[parsed.panel_token], header)
-    except PanelError as exc:
+        spill = header.spillover()
+        if spill is not None:
+            check_spillover_channels(spill[0], spill[1], header.pnn)
+    except (PanelError, FcsReadError, CompensationError) as exc:
         return IntakeDecision(path, sha256, parsed, False, exc.reason, header.n_events)
     return IntakeDecision(path, sha256, parsed, True, "", header.n_events)
 

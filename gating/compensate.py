@@ -17,14 +17,8 @@ class CompensationError(Exception):
         return (type(self), (self.reason,))
 
 
-def compensate(
-    events: np.ndarray, pnn: list[str], spill_channels: list[str], spill: np.ndarray
-) -> np.ndarray:
-    """Return a copy of ``events`` with the spillover removed from ``spill_channels``.
-
-    Observed detector signal is true signal times the spillover matrix (rows: fluorochromes,
-    columns: detectors), so the true signal solves ``observed = true @ S``.
-    """
+def check_spillover_channels(spill_channels: list[str], spill: np.ndarray, pnn: list[str]) -> None:
+    """Refuse a spillover matrix that does not fit the file's channels or cannot be inverted."""
     unknown = [c for c in spill_channels if c not in pnn]
     if unknown:
         raise CompensationError(
@@ -34,7 +28,21 @@ def compensate(
     if spill.shape != (len(spill_channels), len(spill_channels)):
         raise CompensationError("the spillover matrix is not square over its channels")
     if not np.all(np.isfinite(spill)) or abs(np.linalg.det(spill)) < 1e-12:
-        raise CompensationError("the spillover matrix is singular and cannot be inverted")
+        raise CompensationError(
+            "the spillover matrix is singular and cannot be inverted: re-export the file with "
+            "the compensation set up in the acquisition software"
+        )
+
+
+def compensate(
+    events: np.ndarray, pnn: list[str], spill_channels: list[str], spill: np.ndarray
+) -> np.ndarray:
+    """Return a copy of ``events`` with the spillover removed from ``spill_channels``.
+
+    Observed detector signal is true signal times the spillover matrix (rows: fluorochromes,
+    columns: detectors), so the true signal solves ``observed = true @ S``.
+    """
+    check_spillover_channels(spill_channels, spill, pnn)
     idx = [pnn.index(c) for c in spill_channels]
     out = events.copy()
     out[:, idx] = np.linalg.solve(spill.T, events[:, idx].T).T

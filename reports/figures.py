@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import matplotlib
 
 matplotlib.use("Agg")
+# The standard fonts' metrics say 'medium' where matplotlib looks for 'normal': harmless.
+logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -15,7 +19,12 @@ GROUP_LABEL = {"all": "All patients", "child": "Children", "adult": "Adults"}
 
 plt.rcParams.update(
     {
-        "pdf.fonttype": 42,  # TrueType: text stays text (searchable, extractable)
+        # The PDF standard fonts (Helvetica, Courier): text stays text (searchable,
+        # extractable) and nothing is embedded, which halves the time to write a report.
+        "pdf.use14corefonts": True,
+        "font.family": "sans-serif",
+        "font.sans-serif": ["Helvetica", "DejaVu Sans"],
+        "font.monospace": ["Courier", "DejaVu Sans Mono"],
         "font.size": 8,
         "axes.titlesize": 9,
         "axes.labelsize": 8,

@@ -11,7 +11,7 @@ import pytest
 from cohort.intake import plan_intake
 from cohort.store import Store
 from cohort.study import Study
-from panels.fcs import write_fcs
+from panels.fcs import read_events, write_fcs
 from tests.conftest import write_simulated
 
 
@@ -37,6 +37,14 @@ def test_bad_inputs_are_quarantined_with_reasons(study_copy):
     (inbox / "P04_BL_BCELL.fcs").write_bytes(good.read_bytes()[:5000])  # truncated
     write_fcs(inbox / "P05_BL_BCELL.fcs", np.zeros((0, 4)), ["FSC-A", "FSC-H", "SSC-A", "T"])
     write_simulated(inbox / "P06_BL_BCELL.fcs", "TREG", n_events=2000)  # wrong tube
+    other = read_events(good)  # a spillover naming a detector the file does not have
+    write_fcs(
+        inbox / "P07_BL_BCELL.fcs",
+        other.events,
+        other.header.pnn,
+        other.header.pns,
+        {"$SPILLOVER": "2,FITC-A,BV786-A,1,0.1,0.02,1"},
+    )
     before = _digest(inbox)
 
     study, store, plan = _plan(study_copy)
@@ -51,6 +59,7 @@ def test_bad_inputs_are_quarantined_with_reasons(study_copy):
     assert "truncated" in reasons["P04_BL_BCELL.fcs"]
     assert "no events" in reasons["P05_BL_BCELL.fcs"]
     assert "missing marker(s) CD19, CD24, CD38, CD27, IgD, IgM" in reasons["P06_BL_BCELL.fcs"]
+    assert "names channel(s) BV786-A that the file does not have" in reasons["P07_BL_BCELL.fcs"]
     for name, reason in reasons.items():
         note = (study.quarantine_dir / f"{name}.reason.txt").read_text()
         assert reason in note

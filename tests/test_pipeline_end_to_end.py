@@ -111,6 +111,10 @@ def test_report_has_sections_and_the_p_values(demo_run):
         "Appendix: input files",
         "BCELL: cd19_b",
         "TREG: treg",
+        "Clinical outcomes: relapse-free survival",
+        "Clinical outcome statistics",
+        "stratified Cox HR",
+        "Censored early: P14",
     ):
         assert section in text, section
     stats_table = pd.read_csv(root / "results" / "statistics.csv")
