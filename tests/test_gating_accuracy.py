@@ -107,3 +107,28 @@ def test_worker_writes_qc_report_for_flagged_samples_only(tmp_path):
         "none",
     )
     assert not (tmp_path / "qc" / "P02_BL_TREG.pdf").exists()
+
+
+@pytest.mark.slow
+def test_hard_study_accuracy_floors(tmp_path):
+    """The benchmark's hard conditions on a subset of files, with floors looser than its
+    targets so a regression fails here (the full table: bench/gating_accuracy.py)."""
+    import shutil
+
+    from bench.gating_accuracy import HARD, score_study
+    from cohort.demo import DemoOptions, write_demo_study
+
+    root = tmp_path / "hard"
+    options = DemoOptions(**{**HARD.__dict__, "events_per_file": 20000, "seed": 3})
+    write_demo_study(root, options)
+    keep = {f"P{i:02d}" for i in (1, 2, 11, 12)}  # two children, two adults
+    for path in list((root / "inbox").iterdir()):
+        if path.name[:3] not in keep:
+            path.unlink()
+    shutil.rmtree(root / "clinical")
+    scores = score_study(root)
+    assert scores.sample_id.nunique() >= 40
+    by_population = scores.groupby("population")
+    assert (by_population.abs_error.median() <= 1.0).all(), by_population.abs_error.median()
+    f1 = scores[scores.true_events >= 200].groupby("population").f1.median()
+    assert (f1 >= 0.93).all(), f1
