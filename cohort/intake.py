@@ -80,18 +80,23 @@ class IntakePlan:
         return len(self.ready) + len(self.unchanged) + len(self.quarantined)
 
 
-def plan_intake(study: Study, store, current_keys: dict[str, str]) -> IntakePlan:
+def plan_intake(
+    study: Study, store, current_keys: dict[str, str], hold: frozenset[str] = frozenset()
+) -> IntakePlan:
     """Walk inbox/: skip files already processed with the current strategy, quarantine the
     ones that cannot be processed (recording why), and list the rest for processing.
 
     ``current_keys`` maps panel token -> the strategy/pipeline part of a sample key, so a file
-    processed under an older strategy is processed again.
+    processed under an older strategy is processed again. Files named in ``hold`` (a copy the
+    watcher is still waiting for) are left for a later pass, untouched and unrecorded.
     """
     from cohort.store import sample_key  # the store owns key identity
 
     plan = IntakePlan([], [], [])
     shas_this_run: dict[str, str] = {}
     for path in study.inbox_files():
+        if path.name in hold:
+            continue
         stat = path.stat()
         sha = store.known_sha256(path.name, stat.st_size, stat.st_mtime_ns) or sha256_of(path)
         record = store.file_record(path.name, sha)

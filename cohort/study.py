@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -91,6 +95,22 @@ class Study:
     reports_dir = property(lambda self: self.root / "reports")
     db_path = property(lambda self: self.root / "immunomon.db")
     qc_reports_dir = property(lambda self: self.root / "reports" / "qc")
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the study's lock: one processing pass at a time (watcher, nightly, manual),
+        so no file is claimed twice. Blocks until the lock is free; released on exit or
+        when the process dies (flock), so a killed run never leaves the study locked."""
+        with open(self.root / ".immunomon.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                fh.seek(0)
+                fh.truncate()
+                fh.write(f"{os.getpid()}\n")
+                fh.flush()
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def ensure_output_folders(self) -> None:
         for folder in (self.quarantine_dir, self.results_dir, self.reports_dir):

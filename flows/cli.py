@@ -55,6 +55,45 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _run(Path(args.study), args.workers)
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from flows.nightly import run_study
+    from flows.watch import watch_inbox
+
+    root = Path(args.study)
+
+    def run(hold: list[str]) -> None:
+        summary = run_study(root, args.workers, hold)
+        print(
+            f"run {summary.run_id}: {summary.processed} processed, {summary.quarantined} "
+            f"quarantined, {summary.failed} failed; still copying: {len(hold)}",
+            flush=True,
+        )
+
+    mode = "polling" if args.polling else "inotify"
+    print(
+        f"watching {root / 'inbox'} ({mode}, settle {args.settle:g} s); Ctrl-C to stop", flush=True
+    )
+    try:
+        watch_inbox(
+            root,
+            run,
+            settle_seconds=args.settle,
+            incomplete_timeout=args.timeout,
+            polling=args.polling,
+            poll_interval=args.poll_interval,
+        )
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import serve_study
+
+    serve_study(args.study, args.workers)
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from cohort.store import Store
     from cohort.study import Study
@@ -203,6 +242,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--study", required=True, help="study folder (holds study.yaml)")
     run.add_argument("--workers", type=int, default=None, help="parallel workers (default: cores)")
     run.set_defaults(func=_cmd_run)
+
+    watch = sub.add_parser("watch", help="process inbox files as their copies complete")
+    watch.add_argument("--study", required=True, help="study folder")
+    watch.add_argument(
+        "--settle",
+        type=float,
+        default=10.0,
+        help="seconds a file's size must stay unchanged (default 10)",
+    )
+    watch.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="seconds after which an incomplete file is quarantined (default 3600)",
+    )
+    watch.add_argument(
+        "--polling",
+        action="store_true",
+        help="poll the folder instead of inotify (needed on NFS/SMB shares)",
+    )
+    watch.add_argument("--poll-interval", type=float, default=2.0, help="seconds between looks")
+    watch.add_argument("--workers", type=int, default=None, help="parallel workers")
+    watch.set_defaults(func=_cmd_watch)
+
+    serve = sub.add_parser("serve", help="serve Prefect deployments: nightly schedule, reports")
+    serve.add_argument("--study", required=True, help="study folder")
+    serve.add_argument("--workers", type=int, default=None, help="parallel workers")
+    serve.set_defaults(func=_cmd_serve)
 
     report = sub.add_parser("report", help="rewrite results and reports without reprocessing")
     report.add_argument("--study", required=True, help="study folder")

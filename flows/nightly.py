@@ -201,16 +201,24 @@ def methods_text(study: Study) -> list[str]:
 
 
 @flow(name="immunomon-nightly", log_prints=True)
-def nightly_flow(study_root: str, workers: int = 1) -> RunSummary:
-    """One pass over a study: intake, process new samples, write results and the report."""
-    logger = get_run_logger()
+def nightly_flow(study_root: str, workers: int = 1, hold: list[str] | None = None) -> RunSummary:
+    """One pass over a study: intake, process new samples, write results and the report.
+
+    Passes over one study never overlap (the study lock), so a file is never processed twice
+    by the watcher and the nightly schedule."""
     study = Study(study_root)
+    with study.exclusive():
+        return _one_pass(study, workers, frozenset(hold or ()))
+
+
+def _one_pass(study: Study, workers: int, hold: frozenset[str]) -> RunSummary:
+    logger = get_run_logger()
     study.ensure_output_folders()
     store = Store(study.db_path)
     run_id = uuid.uuid4().hex[:12]
     store.start_run(run_id)
     current = {t: (s.sha256, PIPELINE_VERSION) for t, s in study.strategies.items()}
-    plan = plan_intake(study, store, current)
+    plan = plan_intake(study, store, current, hold)
     logger.info(
         "%d files in inbox: %d to process, %d unchanged, %d quarantined",
         plan.seen,
@@ -281,8 +289,22 @@ def _process_ready(ready, study: Study, store: Store, run_id: str, logger) -> tu
     return processed, failed
 
 
-def run_study(study_root: str | Path, workers: int | None = None) -> RunSummary:
+def run_study(
+    study_root: str | Path, workers: int | None = None, hold: list[str] | None = None
+) -> RunSummary:
     """Run the nightly flow once with a task runner sized to the machine."""
     workers = workers or os.cpu_count() or 1
     configured = nightly_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
-    return configured(str(Path(study_root).resolve()), workers)
+    return configured(str(Path(study_root).resolve()), workers, hold)
+
+
+@flow(name="immunomon-report", log_prints=True)
+def report_flow(study_root: str) -> str:
+    """Rewrite results and the cohort report from the store, without processing anything."""
+    study = Study(study_root)
+    with study.exclusive():
+        store = Store(study.db_path)
+        try:
+            return update_outputs(study, store)
+        finally:
+            store.close()

@@ -121,12 +121,26 @@ def sample_worker_pool(workers: int) -> Iterator[None]:
             _pool = None
 
 
+def is_transient(task, task_run, state) -> bool:
+    """Retry I/O errors (a file locked by a copy tool, a full disk), not bad data or bugs."""
+    try:
+        state.result()
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
 # Results live in the study store, so Prefect neither caches nor persists them.
 @task(
     name="process-sample",
     cache_policy=NO_CACHE,
     persist_result=False,
     task_run_name="process {name.sample_id}",
+    retries=3,
+    retry_delay_seconds=[5, 30, 120],
+    retry_condition_fn=is_transient,
 )
 def process_sample_task(
     path: str,

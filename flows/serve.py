@@ -1,0 +1,52 @@
+"""Prefect deployments for a study: the nightly flow on its cron schedule, and reports on demand.
+
+    immunomon serve --study STUDY
+
+serves both from this process against the Prefect API in use: the ephemeral one by default, or
+a server given by PREFECT_API_URL (e.g. one started with `prefect server start`, whose UI then
+shows every run).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from cohort.study import Study
+from flows.nightly import nightly_flow, report_flow
+
+
+def deployment_name(study: Study) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", study.config.study.lower()).strip("-") or "study"
+
+
+def build_deployments(study_root: str | Path, workers: int | None = None) -> list:
+    """The nightly deployment (cron and time zone from study.yaml) and the report deployment."""
+    study = Study(study_root)
+    name = deployment_name(study)
+    root = str(study.root)
+    nightly = nightly_flow.to_deployment(
+        name=f"{name}-nightly",
+        cron=study.config.schedule,
+        parameters={"study_root": root, "workers": workers or os.cpu_count() or 1},
+        description=f"Nightly pass over {root}: intake, processing, statistics, reports.",
+        tags=["immunomon", name],
+    )
+    # to_deployment takes no time zone; set it on the schedule it built.
+    for schedule in nightly.schedules or []:
+        schedule.schedule.timezone = study.config.timezone
+    report = report_flow.to_deployment(
+        name=f"{name}-report",
+        parameters={"study_root": root},
+        description=f"Rewrite results and reports of {root} from the store.",
+        tags=["immunomon", name],
+    )
+    return [nightly, report]
+
+
+def serve_study(study_root: str | Path, workers: int | None = None) -> None:
+    """Serve the study's deployments until interrupted; schedules stay active on shutdown."""
+    from prefect import serve
+
+    serve(*build_deployments(study_root, workers), pause_on_shutdown=False)

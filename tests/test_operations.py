@@ -1,0 +1,183 @@
+"""Unattended operation: copies in progress, concurrent passes, strategy changes, kill -9."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from flows.watch import CopyTracker
+
+pytestmark = pytest.mark.slow
+
+
+def _small_study(root: Path, keep=("P01", "P02", "P11"), visits=("BL", "M1")) -> Path:
+    from cohort.demo import DemoOptions, write_demo_study
+
+    write_demo_study(root, DemoOptions(events_per_file=3000, include_bad_files=False))
+    for path in list((root / "inbox").iterdir()):
+        patient, visit = path.name.split("_")[:2]
+        if patient not in keep or visit not in visits:
+            path.unlink()
+    with open(root / "study.yaml", "a") as fh:
+        fh.write("qc_reports: none\n")
+    return root
+
+
+def test_copy_tracker_waits_for_size_and_header(tmp_path):
+    from tests.conftest import write_simulated
+
+    whole, _ = write_simulated(tmp_path / "whole.fcs", "TREG", n_events=2000)
+    part = tmp_path / "part.fcs"
+    data = whole.read_bytes()
+    part.write_bytes(data[:3000])
+    tracker = CopyTracker(settle_seconds=5, incomplete_timeout=100)
+    assert tracker.look([part], now=0.0) == ([], [part])
+    assert tracker.look([part], now=6.0) == ([], [part])  # size settled, DATA does not fit
+    part.write_bytes(data)
+    assert tracker.look([part], now=7.0) == ([], [part])  # grew: settle time starts again
+    assert tracker.look([part], now=12.5) == ([part], [])
+    stuck = tmp_path / "stuck.fcs"
+    stuck.write_bytes(data[:3000])
+    tracker.look([stuck], now=0.0)
+    assert tracker.look([stuck], now=101.0) == ([stuck], [])  # handed over, to be quarantined
+
+
+def test_watcher_waits_for_a_growing_file_then_processes_it(tmp_path, prefect_harness):
+    from flows.nightly import run_study
+    from flows.watch import watch_inbox
+
+    root = _small_study(tmp_path / "study", keep=("P01",), visits=("BL",))
+    growing = root / "inbox" / "P01_BL_TREG.fcs"
+    content = growing.read_bytes()
+    growing.unlink()
+    runs, stop = [], threading.Event()
+
+    def run(hold):
+        runs.append(list(hold))
+        run_study(root, 1, hold)
+
+    watcher = threading.Thread(target=watch_inbox, args=(root, run), kwargs={
+        "settle_seconds": 1.0, "poll_interval": 0.2, "stop": stop, "polling": True})
+    watcher.start()
+    with open(growing, "wb") as fh:  # a slow copy: 10 chunks over ~3 s
+        step = len(content) // 10 + 1
+        for k in range(0, len(content), step):
+            fh.write(content[k : k + step])
+            fh.flush()
+            time.sleep(0.3)
+    deadline = time.monotonic() + 120
+    samples = root / "results" / "samples.csv"
+    while time.monotonic() < deadline:
+        if samples.exists() and (pd.read_csv(samples).status == "processed").sum() == 2:
+            break
+        time.sleep(0.5)
+    stop.set()
+    watcher.join(timeout=60)
+    table = pd.read_csv(samples)
+    assert sorted(table.file) == ["P01_BL_BCELL.fcs", "P01_BL_TREG.fcs"]
+    assert (table.status == "processed").all()  # the partial copy was never quarantined
+    assert not (root / "quarantine" / "P01_BL_TREG.fcs").exists()
+    assert any("P01_BL_TREG.fcs" in hold for hold in runs)  # held back while copying
+
+
+def test_concurrent_passes_process_each_file_once(tmp_path, prefect_harness):
+    from flows.nightly import run_study
+
+    root = _small_study(tmp_path / "study")
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(run_study(root, 1)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.processed for r in results) == [0, 12]
+    with sqlite3.connect(root / "immunomon.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 12
+
+
+def test_strategy_change_reprocesses_and_keeps_the_old_results(tmp_path, prefect_harness):
+    from importlib import resources
+
+    from flows.nightly import run_study
+
+    root = _small_study(tmp_path / "study")
+    (root / "local").mkdir()
+    strategy = yaml.safe_load((resources.files("gating") / "strategies" / "bcell.yaml")
+                              .read_text())
+    panel = yaml.safe_load((resources.files("panels") / "bcell.yaml").read_text())
+    panel["strategy"] = "local/bcell_strategy.yaml"
+    (root / "local" / "bcell_panel.yaml").write_text(yaml.safe_dump(panel))
+    (root / "local" / "bcell_strategy.yaml").write_text(yaml.safe_dump(strategy))
+    config = yaml.safe_load((root / "study.yaml").read_text())
+    config["panels"]["BCELL"] = "local/bcell_panel.yaml"
+    (root / "study.yaml").write_text(yaml.safe_dump(config))
+    assert run_study(root, 1).processed == 12
+    strategy["thresholds"]["t_cd24"]["default"] = 0.70  # a reviewer revises a gate
+    (root / "local" / "bcell_strategy.yaml").write_text(yaml.safe_dump(strategy))
+    second = run_study(root, 1)
+    assert second.processed == 6 and second.unchanged == 6  # only the B-cell tubes
+    with sqlite3.connect(root / "immunomon.db") as conn:
+        rows = conn.execute("SELECT sample_id, strategy_sha256, superseded_by FROM samples "
+                            "WHERE panel='BCELL'").fetchall()
+    assert len(rows) == 12
+    assert sum(r[2] is not None for r in rows) == 6  # old versions kept, marked superseded
+    pops = pd.read_csv(root / "results" / "populations.csv")
+    assert pops.groupby(["sample_id", "population"]).size().max() == 1  # never counted twice
+
+
+def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    root = _small_study(tmp_path / "study", keep=("P01", "P02", "P03", "P11", "P12"))
+    clean = tmp_path / "clean"
+    shutil.copytree(root, clean)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    cli = [sys.executable, "-m", "flows.cli"]
+    proc = subprocess.Popen([*cli, "run", "--study", str(root), "--workers", "1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=Path(__file__).parents[1])
+    db = root / "immunomon.db"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # wait until a few samples are stored, then kill
+        try:
+            with sqlite3.connect(db, timeout=1) as conn:
+                if conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0] >= 3:
+                    break
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with sqlite3.connect(db) as conn:
+        stored = conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+        orphans = conn.execute("SELECT COUNT(*) FROM populations WHERE sample_key NOT IN "
+                               "(SELECT sample_key FROM samples)").fetchone()[0]
+    assert 3 <= stored < 20 and orphans == 0  # killed part-way, no partial sample
+    for study in (root, clean):
+        done = subprocess.run([*cli, "run", "--study", str(study), "--workers", "1"], env=env,
+                              capture_output=True, text=True, cwd=Path(__file__).parents[1])
+        assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("populations.csv", "statistics.csv"):
+        assert (root / "results" / name).read_bytes() == (clean / "results" / name).read_bytes()
+
+
+def test_deployments_carry_the_study_schedule(tmp_path):
+    from flows.serve import build_deployments
+
+    root = _small_study(tmp_path / "study", keep=("P01",), visits=("BL",))
+    nightly, report = build_deployments(root, workers=2)
+    assert nightly.name == "msc-ins-phase-i-demo-nightly"
+    assert nightly.schedules[0].schedule.cron == "0 2 * * *"
+    assert nightly.parameters == {"study_root": str(root.resolve()), "workers": 2}
+    assert report.parameters == {"study_root": str(root.resolve())}
