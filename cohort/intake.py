@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cohort.study import SampleName, Study
@@ -27,6 +27,7 @@ class IntakeDecision:
     ready: bool
     reason: str = ""
     events: int = 0
+    replaces: str = ""  # sha256 of an earlier acquisition processed under the same name
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -103,7 +104,10 @@ def plan_intake(
         parsed = study.parse_name(path.name)
         if record is not None and record["status"] == "processed" and not isinstance(parsed, str):
             strategy_sha, version = current_keys[parsed.panel_token]
-            if record["sample_key"] == sample_key(sha, strategy_sha, version):
+            key = sample_key(sha, strategy_sha, version)
+            # A result superseded by another acquisition under this name is not current: the
+            # file came back (A, then B, then A again) and is processed as the latest.
+            if record["sample_key"] == key and store.is_current(key):
                 store.touch_file(path.name, sha, stat.st_size, stat.st_mtime_ns)
                 plan.unchanged.append(path)
                 continue
@@ -116,18 +120,16 @@ def plan_intake(
                 f"identical content (same sha256) to {earlier}, which is already processed: "
                 "the same acquisition was exported twice; remove the extra copy"
             )
-        elif other := store.processed_name_with_other_content(path.name, sha):
-            reason = (
-                f"a different file with this name was processed before (sha256 {other[:12]}...): "
-                "results are not overwritten silently. If this is a new acquisition, give it a "
-                "new name; if it replaces a bad file, ask the data manager to retire the old one"
-            )
         if reason:
             decision = IntakeDecision(
                 path, sha, None if isinstance(parsed, str) else parsed, False, reason
             )
         else:
             decision = examine_file(study, path, sha)
+            # Same name, new content: a new acquisition (a re-run tube, a re-export). It is
+            # processed; the earlier results stay in the store, superseded, and both are named.
+            if decision.ready and (earlier_sha := store.current_sha_of_name(path.name, sha)):
+                decision = replace(decision, replaces=earlier_sha)
         if decision.ready:
             shas_this_run[sha] = path.name
             plan.ready.append(decision)

@@ -126,10 +126,13 @@ class Store:
         ).fetchone()
         return row[0] if row else None
 
-    def processed_name_with_other_content(self, file_name: str, sha256: str) -> str | None:
+    def current_sha_of_name(self, file_name: str, sha256: str) -> str | None:
+        """The content (sha256) other than ``sha256`` whose results under ``file_name`` are
+        current, if any: the acquisition a new file of that name replaces."""
         row = self.conn.execute(
-            "SELECT sha256 FROM files WHERE file_name=? AND sha256<>? AND status='processed' "
-            "ORDER BY first_seen LIMIT 1",
+            "SELECT f.sha256 FROM files f JOIN samples s ON s.sample_key=f.sample_key "
+            "WHERE f.file_name=? AND f.sha256<>? AND f.status='processed' "
+            "AND s.superseded_by IS NULL ORDER BY f.last_seen DESC LIMIT 1",
             (file_name, sha256),
         ).fetchone()
         return row[0] if row else None
@@ -157,6 +160,13 @@ class Store:
             )
 
     # samples -------------------------------------------------------------------------------
+    def is_current(self, sample_key: str) -> bool:
+        """Whether a result exists and no newer result has superseded it."""
+        row = self.conn.execute(
+            "SELECT superseded_by IS NULL FROM samples WHERE sample_key=?", (sample_key,)
+        ).fetchone()
+        return bool(row and row[0])
+
     def has_sample(self, sample_key: str) -> bool:
         return (
             self.conn.execute("SELECT 1 FROM samples WHERE sample_key=?", (sample_key,)).fetchone()
@@ -164,9 +174,20 @@ class Store:
         )
 
     def record_sample(
-        self, *, file_name: str, size: int, mtime_ns: int, result: SampleRecord, run_id: str
+        self,
+        *,
+        file_name: str,
+        size: int,
+        mtime_ns: int,
+        result: SampleRecord,
+        run_id: str,
+        replaces: str = "",
     ) -> None:
-        """Write one processed sample (file row, sample, populations, QC, gates) atomically."""
+        """Write one processed sample (file row, sample, populations, QC, gates) atomically.
+
+        ``replaces``: the sha256 of an earlier acquisition under the same file name; its
+        results are marked superseded by this one, and both file rows say so.
+        """
         key = result.sample_key
         with self.conn:
             self.conn.execute("DELETE FROM populations WHERE sample_key=?", (key,))
@@ -226,7 +247,28 @@ class Store:
                     for g in result.gates
                 ],
             )
-            self._upsert_file(file_name, result.sha256, size, mtime_ns, "processed", "", key)
+            note = ""
+            if replaces:
+                stamp = now()
+                note = (
+                    f"new acquisition under an already-processed name: replaces sha256 "
+                    f"{replaces[:12]}... (its results are kept, superseded)"
+                )
+                self.conn.execute(
+                    "UPDATE samples SET superseded_by=? WHERE file_name=? AND sha256=? "
+                    "AND superseded_by IS NULL",
+                    (key, file_name, replaces),
+                )
+                self.conn.execute(
+                    "UPDATE files SET reason=? WHERE file_name=? AND sha256=?",
+                    (
+                        f"replaced on {stamp} by a new acquisition under this name (sha256 "
+                        f"{result.sha256[:12]}...); results kept, superseded",
+                        file_name,
+                        replaces,
+                    ),
+                )
+            self._upsert_file(file_name, result.sha256, size, mtime_ns, "processed", note, key)
 
     # runs ----------------------------------------------------------------------------------
     def start_run(self, run_id: str) -> None:

@@ -32,11 +32,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _run(root, args.workers)
 
 
-def _run(root: Path, workers: int | None) -> int:
+def _run(root: Path, workers: int | None, dask_address: str | None = None) -> int:
     from flows.nightly import run_study
 
     started = time.perf_counter()
-    summary = run_study(root, workers)
+    summary = run_study(root, workers, dask_address=dask_address)
     print(
         f"run {summary.run_id}: {summary.seen} files seen, {summary.processed} processed, "
         f"{summary.unchanged} unchanged, {summary.quarantined} quarantined, "
@@ -52,17 +52,22 @@ def _run(root: Path, workers: int | None) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    return _run(Path(args.study), args.workers)
+    return _run(Path(args.study), args.workers, args.dask)
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from prefect.client.orchestration import get_client
+
     from flows.nightly import run_study
+    from flows.tasks import sample_worker_pool
     from flows.watch import watch_inbox
 
     root = Path(args.study)
 
     def run(hold: list[str]) -> None:
-        summary = run_study(root, args.workers, hold)
+        summary = run_study(root, args.workers, hold, dask_address=args.dask)
         print(
             f"run {summary.run_id}: {summary.processed} processed, {summary.quarantined} "
             f"quarantined, {summary.failed} failed; still copying: {len(hold)}",
@@ -70,18 +75,25 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         )
 
     mode = "polling" if args.polling else "inotify"
-    print(
-        f"watching {root / 'inbox'} ({mode}, settle {args.settle:g} s); Ctrl-C to stop", flush=True
-    )
     try:
-        watch_inbox(
-            root,
-            run,
-            settle_seconds=args.settle,
-            incomplete_timeout=args.timeout,
-            polling=args.polling,
-            poll_interval=args.poll_interval,
-        )
+        # Ready before the first file lands: worker processes loaded and Prefect's API up
+        # (in ephemeral mode it starts on first use), so a drop costs only its own work.
+        with contextlib.ExitStack() as ready:
+            if not args.dask:
+                ready.enter_context(sample_worker_pool(args.workers or os.cpu_count() or 1))
+            ready.enter_context(get_client(sync_client=True)).hello()
+            print(
+                f"watching {root / 'inbox'} ({mode}, settle {args.settle:g} s); Ctrl-C to stop",
+                flush=True,
+            )
+            watch_inbox(
+                root,
+                run,
+                settle_seconds=args.settle,
+                incomplete_timeout=args.timeout,
+                polling=args.polling,
+                poll_interval=args.poll_interval,
+            )
     except KeyboardInterrupt:
         pass
     return 0
@@ -241,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="one pass of the nightly flow over a study folder")
     run.add_argument("--study", required=True, help="study folder (holds study.yaml)")
     run.add_argument("--workers", type=int, default=None, help="parallel workers (default: cores)")
+    run.add_argument("--dask", metavar="ADDRESS", help=DASK_HELP)
     run.set_defaults(func=_cmd_run)
 
     watch = sub.add_parser("watch", help="process inbox files as their copies complete")
@@ -264,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.add_argument("--poll-interval", type=float, default=2.0, help="seconds between looks")
     watch.add_argument("--workers", type=int, default=None, help="parallel workers")
+    watch.add_argument("--dask", metavar="ADDRESS", help=DASK_HELP)
     watch.set_defaults(func=_cmd_watch)
 
     serve = sub.add_parser("serve", help="serve Prefect deployments: nightly schedule, reports")
@@ -294,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("file", help="FCS file")
     inspect.set_defaults(func=_cmd_inspect)
     return parser
+
+
+DASK_HELP = (
+    "run the per-sample tasks on the Dask cluster whose scheduler is at ADDRESS "
+    "(e.g. tcp://host:8786); its workers need immunomon installed and the study folder "
+    "at the same path"
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,8 @@ from cohort.intake import plan_intake
 from cohort.store import Store
 from cohort.study import Study
 from flows.tasks import process_sample_task, sample_worker_pool
-from gating.pipeline import PIPELINE_VERSION, replay_gates, transformed_dimensions
+from gating.pipeline import PIPELINE_VERSION, replay_gates
+from gating.space import GatingSpace
 from reports.cohort_report import ReportContext, write_cohort_report
 from reports.qc_report import write_sample_qc_report
 from stats.clinical import clinical_statistics, kaplan_meier_curves
@@ -81,13 +82,13 @@ def update_outputs(study: Study, store: Store) -> str:
     visits = list(study.config.visits)
     windows = patient_windows(clinical)
     write_csv(windows, study.results_dir / "clinical_windows.csv")
-    statistics = pd.concat(
-        [
-            wilcoxon_vs_baseline(populations, groups, study.config.baseline, visits),
-            clinical_statistics(windows),
-        ],
-        ignore_index=True,
-    )[STATISTICS_COLUMNS]
+    parts = [
+        wilcoxon_vs_baseline(populations, groups, study.config.baseline, visits),
+        clinical_statistics(windows),
+    ]
+    statistics = pd.concat([part for part in parts if not part.empty] or parts, ignore_index=True)[
+        STATISTICS_COLUMNS
+    ]
     write_csv(statistics, study.results_dir / "statistics.csv")
     write_cohort_report(
         study.reports_dir / "cohort_report.pdf",
@@ -114,7 +115,8 @@ def write_qc_report_from_store(study: Study, store: Store, sample_id: str) -> Pa
     gates = store.applied_gates(key)
     data = read_events(study.inbox / sample["file_name"])
     resolved = resolve_panel(study.panels[sample["panel"]], data.header)
-    masks = replay_gates(data, resolved, gates)
+    space = GatingSpace.of_sample(data, resolved)
+    masks = replay_gates(data, resolved, gates, space)
     pops = store.current_populations()
     pops = pops[pops.sample_key == key]
     qc = store.qc_steps(key).rename(columns={"step": "name"})
@@ -125,7 +127,7 @@ def write_qc_report_from_store(study: Study, store: Store, sample_id: str) -> Pa
         sha256=sample["sha256"],
         gates=gates,
         masks=masks,
-        dims=transformed_dimensions(data, resolved),
+        dims=space,
         data_channel=data.channel,
         qc_steps=qc[["name", "events_in", "removed", "detail"]].to_dict("records"),
         populations=pops[["population", "parent", "count", "parent_count"]].to_dict("records"),
@@ -277,12 +279,20 @@ def _process_ready(ready, study: Study, store: Store, run_id: str, logger) -> tu
             )
             logger.error("%s: %s", decision.path.name, reason)
             continue
+        if decision.replaces:
+            logger.warning(
+                "%s: new content under an already-processed name; it replaces the acquisition "
+                "with sha256 %s..., whose results are kept as superseded",
+                decision.path.name,
+                decision.replaces[:12],
+            )
         store.record_sample(
             file_name=decision.path.name,
             size=stat.st_size,
             mtime_ns=stat.st_mtime_ns,
             result=record,
             run_id=run_id,
+            replaces=decision.replaces,
         )
         processed += 1
         print(f"processed {done}/{len(futures)} {decision.path.name}")
@@ -290,12 +300,29 @@ def _process_ready(ready, study: Study, store: Store, run_id: str, logger) -> tu
 
 
 def run_study(
-    study_root: str | Path, workers: int | None = None, hold: list[str] | None = None
+    study_root: str | Path,
+    workers: int | None = None,
+    hold: list[str] | None = None,
+    dask_address: str | None = None,
 ) -> RunSummary:
-    """Run the nightly flow once with a task runner sized to the machine."""
+    """Run the nightly flow once.
+
+    Locally, one task thread per core hands the CPU work to a process pool of ``workers``. With
+    ``dask_address`` the per-sample tasks run on that Dask cluster instead (prefect-dask); the
+    workers read the inbox, which must be on a shared path, and return plain records: only
+    this process writes the store.
+    """
+    root = str(Path(study_root).resolve())
+    if dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        configured = nightly_flow.with_options(task_runner=DaskTaskRunner(address=dask_address))
+        return configured(root, 1, hold)
     workers = workers or os.cpu_count() or 1
     configured = nightly_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
-    return configured(str(Path(study_root).resolve()), workers, hold)
+    # Opened before the flow, so the workers load while Prefect starts; the flow reuses it.
+    with sample_worker_pool(workers):
+        return configured(root, workers, hold)
 
 
 @flow(name="immunomon-report", log_prints=True)

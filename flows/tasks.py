@@ -82,7 +82,7 @@ def process_sample_file(
             sha256=sha256,
             gates=gating.gates,
             masks=gating.masks,
-            dims=gating.dimensions,
+            dims=gating.space,
             data_channel=data.channel,
             qc_steps=record.qc_steps,
             populations=record.populations,
@@ -104,9 +104,13 @@ def _one_thread_per_worker() -> None:
 
 @contextmanager
 def sample_worker_pool(workers: int) -> Iterator[None]:
-    """Run the tasks' CPU work in ``workers`` processes while the block is open."""
+    """Run the tasks' CPU work in ``workers`` processes while the block is open.
+
+    The workers start loading at once, in parallel with whatever the caller does next
+    (Prefect's start-up). Inside an open pool, a nested call uses the same pool.
+    """
     global _pool
-    if workers <= 1:
+    if workers <= 1 or _pool is not None:
         yield
         return
     # 'spawn': forking a process that runs Prefect's event-loop threads can deadlock.
@@ -114,11 +118,17 @@ def sample_worker_pool(workers: int) -> Iterator[None]:
     with ProcessPoolExecutor(
         workers, mp_context=context, initializer=_one_thread_per_worker
     ) as pool:
+        for _ in range(workers):
+            pool.submit(_loaded)  # starts every worker; each imports this module's imports
         _pool = pool
         try:
             yield
         finally:
             _pool = None
+
+
+def _loaded() -> None:
+    """Nothing: by the time a worker runs it, the gating and report code is imported."""
 
 
 def is_transient(task, task_run, state) -> bool:

@@ -1,9 +1,10 @@
-"""Spillover compensation and the display transforms gates are placed in."""
+"""Spillover compensation: checked against the file's channels, applied to the channels in use."""
 
 from __future__ import annotations
 
 import numpy as np
-from flowutils import transforms
+
+from panels.fcs import FcsData
 
 
 class CompensationError(Exception):
@@ -34,27 +35,47 @@ def check_spillover_channels(spill_channels: list[str], spill: np.ndarray, pnn: 
         )
 
 
-def compensate(
-    events: np.ndarray, pnn: list[str], spill_channels: list[str], spill: np.ndarray
-) -> np.ndarray:
-    """Return a copy of ``events`` with the spillover removed from ``spill_channels``.
+def compensated_channels(
+    data: FcsData,
+    wanted: list[str],
+    spillover: tuple[list[str], np.ndarray] | None,
+    rows: np.ndarray | None = None,
+    dtype: type = np.float64,
+) -> dict[str, np.ndarray]:
+    """Values of the ``wanted`` channels, with the spillover removed where it applies.
 
     Observed detector signal is true signal times the spillover matrix (rows: fluorochromes,
-    columns: detectors), so the true signal solves ``observed = true @ S``.
+    columns: detectors), so true signal is ``observed @ inv(S)``. Only the wanted columns are
+    computed, in float64, a block of events at a time (so a 30-channel file never exists as
+    float64 whole), then stored as ``dtype``. ``rows`` (event indices) limits the work to
+    those events.
     """
-    check_spillover_channels(spill_channels, spill, pnn)
-    idx = [pnn.index(c) for c in spill_channels]
-    out = events.copy()
-    out[:, idx] = np.linalg.solve(spill.T, events[:, idx].T).T
+    n = data.header.n_events if rows is None else len(rows)
+
+    def blocks():
+        for start in range(0, n, _BLOCK_ROWS):
+            block = slice(start, min(start + _BLOCK_ROWS, n))
+            yield block, (block if rows is None else rows[block])
+
+    out: dict[str, np.ndarray] = {}
+    targets: list[str] = []
+    if spillover is not None:
+        spill_channels, spill = spillover
+        check_spillover_channels(spill_channels, spill, data.header.pnn)
+        targets = [c for c in wanted if c in spill_channels]
+        unmix = np.linalg.inv(spill)[:, [spill_channels.index(c) for c in targets]]
+        # One row per channel, so each channel's values are contiguous.
+        result = np.empty((len(targets), n), dtype=dtype)
+        for block, events in blocks():
+            result[:, block] = unmix.T @ data.channels(spill_channels, events).T
+        out = {c: result[k] for k, c in enumerate(targets)}
+    for c in wanted:
+        if c not in out:
+            values = np.empty(n, dtype=dtype)
+            for block, events in blocks():
+                values[block] = data.channel(c, events)
+            out[c] = values
     return out
 
 
-def logicle(values: np.ndarray, t: float, w: float, m: float, a: float) -> np.ndarray:
-    """Logicle (Parks 2006, GatingML 2.0 scaling to [0, 1]) of a 1-D array."""
-    column = np.ascontiguousarray(values, dtype=np.float64).reshape(-1, 1)
-    return transforms.logicle(column, [0], t=t, m=m, w=w, a=a).ravel()
-
-
-def linear_unit(values: np.ndarray, t: float) -> np.ndarray:
-    """Scatter scaled to [0, 1] of the channel range (GatingML 'flin' with A=0)."""
-    return np.asarray(values, dtype=np.float64) / t
+_BLOCK_ROWS = 1 << 16

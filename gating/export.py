@@ -12,7 +12,8 @@ from pathlib import Path
 
 import flowkit as fk
 
-from gating.pipeline import ALL_EVENTS, AppliedGate, channel_range
+from gating.pipeline import ALL_EVENTS, AppliedGate
+from gating.space import channel_range
 from panels.fcs import FcsHeader
 from panels.resolve import ResolvedPanel
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,7 @@ class QcStep:
 
 
 def stable_time_ranges(
-    time: np.ndarray, signals: np.ndarray, within: np.ndarray, bins: int, max_z: float
+    time: np.ndarray, signals: Sequence[np.ndarray], within: np.ndarray, bins: int, max_z: float
 ) -> tuple[list[list[float | None]], str]:
     """Time ranges of stable acquisition (in the manner of flowAI/PeacoQC).
 
@@ -35,16 +36,25 @@ def stable_time_ranges(
     (``None``), and a description.
     """
     t = time[within]
-    x = signals[within]
     if t.size < bins * 20 or not np.isfinite(t).all() or np.ptp(t) <= 0:
         return [
             [float(np.min(time, initial=0.0)), None]
         ], "skipped: too few events or no usable Time"
     edges = np.linspace(t.min(), t.max(), bins + 1)
-    which = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, bins - 1)
-    counts = np.bincount(which, minlength=bins).astype(float)
-    sums = np.zeros((bins, x.shape[1]))
-    np.add.at(sums, which, x)
+    if not np.all(time[1:] >= time[:-1]):  # files are written in acquisition order, almost
+        order = np.argsort(time, kind="stable")
+        time, within, signals = time[order], within[order], [s[order] for s in signals]
+    # In time order each bin [edges[b], edges[b + 1]) is a slice of the events: sum slices.
+    starts = np.searchsorted(time, edges[:-1], side="left")
+    empty = np.diff(np.append(starts, time.size)) == 0  # reduceat repeats a value there
+
+    def bin_sums(values: np.ndarray) -> np.ndarray:
+        sums = np.add.reduceat(values, starts, dtype=np.float64)
+        sums[empty] = 0.0
+        return sums
+
+    counts = bin_sums(within)
+    sums = np.column_stack([bin_sums(np.where(within, s, 0)) for s in signals])
     means = np.where(counts[:, None] >= 10, sums / np.maximum(counts[:, None], 1), np.nan)
 
     def robust_z(values: np.ndarray, floor: float) -> np.ndarray:

@@ -9,6 +9,7 @@ gain, timestep) so event arrays equal flowkit's ``Sample`` events.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -80,13 +81,69 @@ class FcsHeader:
 
 @dataclass(frozen=True)
 class FcsData:
-    """Events of one FCS file as an (events x channels) float64 array, with its header."""
+    """Events of one FCS file with its header.
+
+    ``stored`` holds the values as the file stores them (float32, float64 or unsigned
+    integers, bits above $PnR masked), so a million-event float file costs its own size in
+    memory. ``channel`` gives one channel as float64 scaled like flowkit's ``Sample`` ($PnE log
+    decoding, $PnG gain, $TIMESTEP); ``events`` gives all of them at once.
+    """
 
     header: FcsHeader
-    events: np.ndarray
+    stored: np.ndarray
 
-    def channel(self, name: str) -> np.ndarray:
-        return self.events[:, self.header.pnn.index(name)]
+    def channel(self, name: str, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """One channel (optionally some events: a slice or indices) as float64 in flowkit's
+        scale."""
+        j = self.header.pnn.index(name)
+        return _scale_channel(self.stored[rows, j].astype(np.float64), j, self.header)
+
+    def within(self, limits: dict[str, tuple[float | None, float | None]]) -> np.ndarray:
+        """Events with ``low <= value < high`` on every channel of ``limits`` (``None``: open),
+        in flowkit's scale.
+
+        Channels stored unscaled are compared as stored, against the limit rounded up to the
+        stored type, which decides exactly as a float64 comparison would, without a float64
+        copy of the channel.
+        """
+        h = self.header
+        inside = np.ones(h.n_events, dtype=bool)
+        for name, (lo, hi) in limits.items():
+            j = h.pnn.index(name)
+            if _channel_scale(j, h).identity:
+                values = self.stored[:, j]
+                lo, hi = (None if v is None else _stored_limit(v, values.dtype) for v in (lo, hi))
+            else:
+                values = self.channel(name)
+            if lo is not None:
+                inside &= values >= lo
+            if hi is not None:
+                inside &= values < hi
+        return inside
+
+    def channels(self, names: list[str], rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """Several channels as an (events x len(names)) float64 array."""
+        columns = [self.header.pnn.index(name) for name in names]
+        out = self.stored[rows][:, columns].astype(np.float64)
+        for k, j in enumerate(columns):
+            _scale_channel(out[:, k], j, self.header)
+        return out
+
+    @property
+    def events(self) -> np.ndarray:
+        """All channels as an (events x channels) float64 array (a new array each call)."""
+        return self.channels(self.header.pnn)
+
+
+def _stored_limit(limit: float, dtype: np.dtype):
+    """The least value of ``dtype`` not below ``limit``: for any stored value x, ``x >= it`` and
+    ``x < it`` hold exactly when ``x >= limit`` and ``x < limit`` do in real numbers."""
+    if dtype.kind == "f":
+        value = dtype.type(limit)
+        if float(value) < limit:  # in float64: NumPy would round ``limit`` to ``dtype``
+            value = np.nextafter(value, dtype.type(np.inf))
+        return value
+    return math.ceil(limit)  # unsigned integers; NumPy compares out-of-range ints correctly
 
 
 def parse_spillover(text: str, path: str | os.PathLike, key: str) -> tuple[list[str], np.ndarray]:
@@ -301,27 +358,28 @@ def _locate_data_segment(
 
 
 def read_events(path: str | os.PathLike, header: FcsHeader | None = None) -> FcsData:
-    """Load all events of an FCS file as float64, decoded and scaled like flowkit's Sample."""
+    """Load all events of an FCS file; values decode like flowkit's ``Sample`` events."""
     header = header or scan_header(path)
     with open(header.path, "rb") as fh:
         fh.seek(header.data_start)
         raw = fh.read(header.data_bytes_expected)
     if len(raw) != header.data_bytes_expected:
         raise FcsTruncatedError(header.path, "the file is truncated: copy it again")
-    events = _decode(raw, header)
-    _apply_scaling(events, header)
-    return FcsData(header=header, events=events)
+    return FcsData(header=header, stored=_decode(raw, header))
 
 
 def _decode(raw: bytes, h: FcsHeader) -> np.ndarray:
+    """DATA bytes as an (events x channels) array in the file's own value type."""
     n, p = h.n_events, h.n_channels
     if h.datatype in {"F", "D"}:
         dtype = np.dtype(f"{h.byteorder}{'f4' if h.datatype == 'F' else 'f8'}")
-        return np.frombuffer(raw, dtype=dtype).reshape(n, p).astype(np.float64)
+        values = np.frombuffer(raw, dtype=dtype).reshape(n, p)
+        # Native byte order without a copy when the file already has it.
+        return values if dtype.isnative else values.astype(dtype.newbyteorder("="))
     widths = {w for w in h.pnb}
     if len(widths) == 1 and widths <= {8, 16, 32, 64}:
         dtype = np.dtype(f"{h.byteorder}u{h.pnb[0] // 8}")
-        values = np.frombuffer(raw, dtype=dtype).reshape(n, p).astype(np.uint64)
+        values = np.frombuffer(raw, dtype=dtype).reshape(n, p).astype(dtype.newbyteorder("="))
     else:
         # Mixed or odd widths (e.g. 24-bit): assemble each column from its bytes.
         rows = np.frombuffer(raw, dtype=np.uint8).reshape(n, sum(h.pnb) // 8)
@@ -339,35 +397,60 @@ def _decode(raw: bytes, h: FcsHeader) -> np.ndarray:
         if r > 0:
             bits = int(np.ceil(np.log2(r)))
             if bits < h.pnb[j]:
-                values[:, j] &= np.uint64((1 << bits) - 1)
-    return values.astype(np.float64)
+                values[:, j] &= values.dtype.type((1 << bits) - 1)
+    return values
 
 
-def _apply_scaling(events: np.ndarray, h: FcsHeader) -> None:
+@dataclass(frozen=True)
+class _ChannelScale:
+    """How flowkit scales one stored channel: $TIMESTEP (Time), $PnE log decoding, $PnG."""
+
+    timestep: float | None
+    log_decades: tuple[float, float] | None
+    gain: float | None
+
+    @property
+    def identity(self) -> bool:
+        return self.timestep is None and self.log_decades is None and self.gain is None
+
+
+def _channel_scale(j: int, h: FcsHeader) -> _ChannelScale:
     kw = h.keywords
-    time_index = next((j for j, n in enumerate(h.pnn) if n.lower() == "time"), None)
-    step = kw.get("$TIMESTEP", "").strip()
-    if time_index is not None and step:
+    is_time = h.pnn[j].lower() == "time"
+    timestep = None
+    if is_time:
         try:
-            events[:, time_index] *= float(step)
+            timestep = float(kw.get("$TIMESTEP", "").strip())
         except ValueError:
             pass
-    for j in range(h.n_channels):
-        pne = kw.get(f"$P{j + 1}E", "0,0").replace(" ", "").split(",")
-        try:
-            decades, log0 = float(pne[0]), float(pne[1]) if len(pne) > 1 else 0.0
-        except ValueError:
-            decades, log0 = 0.0, 0.0
-        if decades > 0 and h.datatype == "I":
-            log0 = log0 or 1.0  # FCS 3.1: f2=0 with f1>0 means f2=1
-            events[:, j] = log0 * 10 ** (decades * events[:, j] / h.pnr[j])
-        try:
-            gain = float(kw.get(f"$P{j + 1}G", "1").strip() or 1)
-        except ValueError:
-            gain = 1.0
-        # Time is scaled by $TIMESTEP only; its $PnG is not an amplifier gain (as flowkit).
-        if gain not in (0.0, 1.0) and j != time_index:
-            events[:, j] /= gain
+    pne = kw.get(f"$P{j + 1}E", "0,0").replace(" ", "").split(",")
+    try:
+        decades, log0 = float(pne[0]), float(pne[1]) if len(pne) > 1 else 0.0
+    except ValueError:
+        decades, log0 = 0.0, 0.0
+    log_decades = None
+    if decades > 0 and h.datatype == "I":
+        log_decades = (decades, log0 or 1.0)  # FCS 3.1: f2=0 with f1>0 means f2=1
+    try:
+        gain = float(kw.get(f"$P{j + 1}G", "1").strip() or 1)
+    except ValueError:
+        gain = 1.0
+    # Time is scaled by $TIMESTEP only; its $PnG is not an amplifier gain (as flowkit).
+    keep_gain = gain not in (0.0, 1.0) and not is_time
+    return _ChannelScale(timestep, log_decades, gain if keep_gain else None)
+
+
+def _scale_channel(values: np.ndarray, j: int, h: FcsHeader) -> np.ndarray:
+    """Scale one float64 channel in place as flowkit does: timestep, $PnE, $PnG."""
+    scale = _channel_scale(j, h)
+    if scale.timestep is not None:
+        values *= scale.timestep
+    if scale.log_decades is not None:
+        decades, log0 = scale.log_decades
+        values[:] = log0 * 10 ** (decades * values / h.pnr[j])
+    if scale.gain is not None:
+        values /= scale.gain
+    return values
 
 
 def write_fcs(

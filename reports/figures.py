@@ -58,8 +58,12 @@ def boxplot_by_visit(
     data = [values.loc[values.visit == v, measure].dropna().to_numpy() for v in visits]
     positions = np.arange(len(visits))
     wide = values.pivot_table(index="patient_id", columns="visit", values=measure)
-    for _, row in wide.reindex(columns=visits).iterrows():
-        ax.plot(positions, row.to_numpy(), color="0.75", lw=0.5, zorder=1)
+    lines = wide.reindex(columns=visits).to_numpy()
+    if lines.size:
+        # All patients as one line broken by NaN: one artist per panel instead of one each.
+        gap = np.full((lines.shape[0], 1), np.nan)
+        xs = np.hstack([np.tile(positions, (lines.shape[0], 1)), gap]).ravel()
+        ax.plot(xs, np.hstack([lines, gap]).ravel(), color="0.75", lw=0.5, zorder=1)
     non_empty = [i for i, d in enumerate(data) if d.size]
     if non_empty:
         ax.boxplot(

@@ -67,8 +67,11 @@ def test_watcher_waits_for_a_growing_file_then_processes_it(tmp_path, prefect_ha
         runs.append(list(hold))
         run_study(root, 1, hold)
 
-    watcher = threading.Thread(target=watch_inbox, args=(root, run), kwargs={
-        "settle_seconds": 1.0, "poll_interval": 0.2, "stop": stop, "polling": True})
+    watcher = threading.Thread(
+        target=watch_inbox,
+        args=(root, run),
+        kwargs={"settle_seconds": 1.0, "poll_interval": 0.2, "stop": stop, "polling": True},
+    )
     watcher.start()
     with open(growing, "wb") as fh:  # a slow copy: 10 chunks over ~3 s
         step = len(content) // 10 + 1
@@ -96,8 +99,9 @@ def test_concurrent_passes_process_each_file_once(tmp_path, prefect_harness):
 
     root = _small_study(tmp_path / "study")
     results = []
-    threads = [threading.Thread(target=lambda: results.append(run_study(root, 1)))
-               for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: results.append(run_study(root, 1))) for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -114,8 +118,7 @@ def test_strategy_change_reprocesses_and_keeps_the_old_results(tmp_path, prefect
 
     root = _small_study(tmp_path / "study")
     (root / "local").mkdir()
-    strategy = yaml.safe_load((resources.files("gating") / "strategies" / "bcell.yaml")
-                              .read_text())
+    strategy = yaml.safe_load((resources.files("gating") / "strategies" / "bcell.yaml").read_text())
     panel = yaml.safe_load((resources.files("panels") / "bcell.yaml").read_text())
     panel["strategy"] = "local/bcell_strategy.yaml"
     (root / "local" / "bcell_panel.yaml").write_text(yaml.safe_dump(panel))
@@ -129,8 +132,9 @@ def test_strategy_change_reprocesses_and_keeps_the_old_results(tmp_path, prefect
     second = run_study(root, 1)
     assert second.processed == 6 and second.unchanged == 6  # only the B-cell tubes
     with sqlite3.connect(root / "immunomon.db") as conn:
-        rows = conn.execute("SELECT sample_id, strategy_sha256, superseded_by FROM samples "
-                            "WHERE panel='BCELL'").fetchall()
+        rows = conn.execute(
+            "SELECT sample_id, strategy_sha256, superseded_by FROM samples WHERE panel='BCELL'"
+        ).fetchall()
     assert len(rows) == 12
     assert sum(r[2] is not None for r in rows) == 6  # old versions kept, marked superseded
     pops = pd.read_csv(root / "results" / "populations.csv")
@@ -141,12 +145,20 @@ def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
     root = _small_study(tmp_path / "study", keep=("P01", "P02", "P03", "P11", "P12"))
     clean = tmp_path / "clean"
     shutil.copytree(root, clean)
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     cli = [sys.executable, "-m", "flows.cli"]
-    proc = subprocess.Popen([*cli, "run", "--study", str(root), "--workers", "1"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=Path(__file__).parents[1])
+    proc = subprocess.Popen(
+        [*cli, "run", "--study", str(root), "--workers", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
     db = root / "immunomon.db"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:  # wait until a few samples are stored, then kill
@@ -161,15 +173,77 @@ def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
     proc.wait()
     with sqlite3.connect(db) as conn:
         stored = conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
-        orphans = conn.execute("SELECT COUNT(*) FROM populations WHERE sample_key NOT IN "
-                               "(SELECT sample_key FROM samples)").fetchone()[0]
+        orphans = conn.execute(
+            "SELECT COUNT(*) FROM populations WHERE sample_key NOT IN "
+            "(SELECT sample_key FROM samples)"
+        ).fetchone()[0]
     assert 3 <= stored < 20 and orphans == 0  # killed part-way, no partial sample
     for study in (root, clean):
-        done = subprocess.run([*cli, "run", "--study", str(study), "--workers", "1"], env=env,
-                              capture_output=True, text=True, cwd=Path(__file__).parents[1])
+        done = subprocess.run(
+            [*cli, "run", "--study", str(study), "--workers", "1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parents[1],
+        )
         assert done.returncode == 0, done.stderr[-2000:]
     for name in ("populations.csv", "statistics.csv"):
         assert (root / "results" / name).read_bytes() == (clean / "results" / name).read_bytes()
+
+
+def test_new_content_under_a_processed_name_is_a_new_acquisition(tmp_path, prefect_harness):
+    from flows.nightly import run_study
+    from tests.conftest import write_simulated
+
+    root = _small_study(tmp_path / "study", keep=("P01",), visits=("BL",))
+    target = root / "inbox" / "P01_BL_BCELL.fcs"
+    original = target.read_bytes()
+    run_study(root, workers=1)
+    first = pd.read_csv(root / "results" / "populations.csv")
+
+    write_simulated(tmp_path / "rerun.fcs", "BCELL", n_events=3000, seed=77)
+    target.write_bytes((tmp_path / "rerun.fcs").read_bytes())  # the lab re-ran the tube
+    summary = run_study(root, workers=1)
+    assert (summary.processed, summary.quarantined) == (1, 0)
+    pops = pd.read_csv(root / "results" / "populations.csv")
+    assert pops.groupby(["sample_id", "population"]).size().max() == 1  # never counted twice
+    bcell = pops[pops.sample_id == "P01_BL_BCELL"].set_index("population")["count"]
+    before = first[first.sample_id == "P01_BL_BCELL"].set_index("population")["count"]
+    assert not bcell.equals(before)  # the new acquisition's numbers are the current ones
+    files = pd.read_csv(root / "results" / "samples.csv")
+    rows = files[files.file == "P01_BL_BCELL.fcs"]
+    assert len(rows) == 2 and set(rows.status) == {"processed"}
+    assert rows.reason.str.contains("replaces sha256").sum() == 1  # the conflict is reported
+    assert rows.reason.str.contains("replaced on").sum() == 1
+    with sqlite3.connect(root / "immunomon.db") as conn:
+        kept = conn.execute(
+            "SELECT COUNT(*), COUNT(superseded_by) FROM samples WHERE sample_id='P01_BL_BCELL'"
+        ).fetchone()
+    assert kept == (2, 1)  # the earlier results are kept, superseded
+
+    target.write_bytes(original)  # and back again: the original is current once more
+    run_study(root, workers=1)
+    again = pd.read_csv(root / "results" / "populations.csv")
+    pd.testing.assert_frame_equal(again, first)
+
+
+def test_dask_cluster_gives_the_same_results_as_local_processing(tmp_path, prefect_harness):
+    from distributed import LocalCluster
+
+    from flows.nightly import run_study
+
+    root = _small_study(tmp_path / "study")
+    local = tmp_path / "local"
+    shutil.copytree(root, local)
+    run_study(local, workers=2)
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        summary = run_study(root, dask_address=cluster.scheduler_address)
+        assert "process_sample_task" in cluster.scheduler.task_prefixes  # ran on the cluster
+    assert (summary.processed, summary.failed) == (12, 0)
+    for name in ("populations.csv", "statistics.csv"):
+        assert (root / "results" / name).read_bytes() == (local / "results" / name).read_bytes()
 
 
 def test_deployments_carry_the_study_schedule(tmp_path):

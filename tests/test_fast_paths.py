@@ -1,0 +1,109 @@
+"""The fast paths (table logicle, comparisons in stored or linear units) decide as the exact
+computations flowkit does: approximate values only place and draw gates, never count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gating.space import GatingSpace
+from gating.transforms import FAST_ERROR, Logicle
+from panels.fcs import read_events, write_fcs
+from panels.resolve import load_panel, resolve_panel
+from tests.conftest import write_simulated
+
+
+@pytest.mark.parametrize("top", [262144.0, 65536.0, 4096.0])
+def test_table_logicle_matches_flowutils(top):
+    logicle = Logicle(top, 0.5, 4.5, 0.0)
+    rng = np.random.default_rng(0)
+    values = np.concatenate(
+        [
+            rng.normal(0, 50, 20000),  # around zero, both signs
+            80 * 10 ** rng.normal(0, 1.0, 20000),  # over the decades
+            np.array([0.0, -0.0, 1e-30, -1e-30, top, top * 0.999, -top / 10, top * 3]),
+        ]
+    )
+    error = np.abs(logicle.fast(values) - logicle.exact(values))
+    # float32 output: its own rounding is ~6e-8; the table adds well under a millionth.
+    assert error.max() < FAST_ERROR, float(error.max())
+
+
+def test_inverse_logicle_round_trips():
+    logicle = Logicle(262144.0, 0.5, 4.5, 0.0)
+    levels = np.linspace(-0.1, 1.0, 23)
+    np.testing.assert_allclose(logicle.exact(logicle.inverse(levels)), levels, atol=1e-9)
+
+
+def _space(path, panel="bcell"):
+    data = read_events(path)
+    return data, GatingSpace.of_sample(data, resolve_panel(load_panel(panel), data.header))
+
+
+@pytest.mark.parametrize("integer_file", [False, True])
+def test_limits_decide_as_the_exact_transform(tmp_path, integer_file):
+    path, _ = write_simulated(tmp_path / "f.fcs", "BCELL", n_events=20000, seed=4)
+    if integer_file:
+        data = read_events(path)
+        events = data.events
+        events[:, :-1] = np.round(np.clip(events[:, :-1] / 4.0, 0, 65535))
+        path = write_fcs(
+            tmp_path / "i.fcs",
+            events,
+            data.header.pnn,
+            data.header.pns,
+            {"$SPILLOVER": data.header.keywords["$SPILLOVER"]},
+            datatype="I",
+            bits=16,
+            pnr=[65536.0] * len(data.header.pnn),
+        )
+    _, space = _space(path)
+    rng = np.random.default_rng(1)
+    for dim in space:
+        exact = space.exact(dim)
+        # Thresholds are placed on a grid, so they coincide with no event's exact value; at
+        # random levels the linear-unit comparison must agree event for event.
+        for limit in rng.uniform(-0.05, 1.0, 40):
+            np.testing.assert_array_equal(space.at_least(dim, limit), exact >= limit)
+            np.testing.assert_array_equal(space.below(dim, limit), exact < limit)
+
+
+def test_stored_limits_decide_as_float64(tmp_path):
+    path, _ = write_simulated(tmp_path / "f.fcs", "BCELL", n_events=5000, seed=6)
+    data = read_events(path)
+    rng = np.random.default_rng(2)
+    for channel in data.header.pnn:
+        values = data.channel(channel)
+        # Limits between float32 neighbours, on stored values, and wide open.
+        picks = rng.choice(values, 5)
+        for lo, hi in [
+            (float(picks[0]) + 1e-9, None),
+            (None, float(picks[1])),
+            (float(picks[2]) - 1e-9, float(picks[3]) + 1e-9),
+            (None, None),
+        ]:
+            expected = np.ones(values.size, bool)
+            if lo is not None:
+                expected &= values >= lo
+            if hi is not None:
+                expected &= values < hi
+            np.testing.assert_array_equal(data.within({channel: (lo, hi)}), expected)
+
+
+def test_limits_between_float32_and_float64_values_are_decided_in_float64(tmp_path):
+    """A limit falling between an event's float32 and float64 compensated value is decided as
+    flowkit decides it, in float64."""
+    path, _ = write_simulated(tmp_path / "f.fcs", "BCELL", n_events=5000, seed=9)
+    _, space = _space(path)
+    dim = "CD19"
+    transform = space.transforms[dim]
+    precise = space.linear(dim)
+    rounded = space.compensated[dim].astype(np.float64)
+    differs = np.flatnonzero(rounded != precise)
+    assert differs.size > 100
+    for event in differs[:20]:
+        between = (rounded[event] + precise[event]) / 2
+        limit = float(transform.exact(np.array([between]))[0])
+        exact = transform.exact(precise)
+        np.testing.assert_array_equal(space.at_least(dim, limit), exact >= limit)
+        np.testing.assert_array_equal(space.below(dim, limit), exact < limit)
