@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ValidationError, field_validator, model_validator
 
-from gating.strategy import Strategy, load_strategy
+from gating.apply import AnyStrategy, load_panel_strategy
 from panels.resolve import Panel, load_panel
 
 
@@ -149,9 +149,9 @@ class Study:
         return {t: load_panel(ref, self.root) for t, ref in self.config.panels.items()}
 
     @cached_property
-    def strategies(self) -> dict[str, Strategy]:
-        """Panel token -> gating strategy."""
-        return {t: load_strategy(p.strategy, self.root) for t, p in self.panels.items()}
+    def strategies(self) -> dict[str, AnyStrategy]:
+        """Panel token -> gating strategy (YAML strategy or FlowJo workspace)."""
+        return {t: load_panel_strategy(p, self.root) for t, p in self.panels.items()}
 
     def visit_month(self, visit: str) -> float:
         return float(self.config.visits[visit])

@@ -147,6 +147,10 @@ def _cmd_gates_export(args: argparse.Namespace) -> int:
         return 2
     gates = store.applied_gates(sample["sample_key"])
     store.close()
+    if not gates:  # gated with a FlowJo workspace: the gates live in that workspace
+        source = study.strategies[sample["panel"]].source
+        print(f"{args.sample} was gated with the FlowJo workspace {source}", file=sys.stderr)
+        return 2
     header = scan_header(study.inbox / sample["file_name"])
     resolved = resolve_panel(study.panels[sample["panel"]], header)
     out = Path(args.out) if args.out else study.results_dir / "gates" / f"{args.sample}.xml"
@@ -160,17 +164,17 @@ def _cmd_gates_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_process(args: argparse.Namespace) -> int:
-    from gating.pipeline import gate_sample
-    from gating.strategy import load_strategy
-    from panels.fcs import FcsReadError, read_events
-    from panels.resolve import PanelError, load_panel, resolve_panel
+    from gating.apply import gate_file, load_panel_strategy
+    from gating.strategy import StrategyError
+    from panels.fcs import FcsReadError
+    from panels.resolve import PanelError, load_panel
 
     try:
         panel = load_panel(args.panel)
-        data = read_events(args.file)
-        resolved = resolve_panel(panel, data.header)
-        gating = gate_sample(data, resolved, load_strategy(panel.strategy))
-    except (FcsReadError, PanelError) as exc:
+        # A panel file's strategy (YAML or .wsp) may be named relative to the panel file.
+        strategy = load_panel_strategy(panel, Path(panel.source).parent)
+        gating = gate_file(args.file, panel, strategy).gating
+    except (FcsReadError, PanelError, StrategyError) as exc:
         print(f"{args.file}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
         return 2
     if args.json:
@@ -327,8 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except Exception as exc:  # a clear last word instead of a traceback for known errors
         from cohort.study import StudyError
+        from gating.strategy import StrategyError
+        from panels.resolve import PanelError
 
-        if isinstance(exc, StudyError):
+        if isinstance(exc, StudyError | StrategyError | PanelError):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

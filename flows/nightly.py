@@ -113,6 +113,9 @@ def write_qc_report_from_store(study: Study, store: Store, sample_id: str) -> Pa
         raise LookupError(f"no processed sample {sample_id!r} in {study.db_path}")
     key = sample["sample_key"]
     gates = store.applied_gates(key)
+    if not gates:
+        source = study.strategies[sample["panel"]].source
+        raise LookupError(f"{sample_id} was gated with the FlowJo workspace {source}: no QC pages")
     data = read_events(study.inbox / sample["file_name"])
     resolved = resolve_panel(study.panels[sample["panel"]], data.header)
     space = GatingSpace.of_sample(data, resolved)

@@ -20,10 +20,9 @@ from prefect.cache_policies import NO_CACHE
 
 from cohort.store import SampleRecord
 from cohort.study import SampleName
-from gating.pipeline import PIPELINE_VERSION, gate_sample
-from gating.strategy import Strategy
-from panels.fcs import read_events
-from panels.resolve import Panel, resolve_panel
+from gating.apply import AnyStrategy, gate_file
+from gating.pipeline import PIPELINE_VERSION
+from panels.resolve import Panel
 from reports.qc_report import write_sample_qc_report
 
 SERIOUS_FLAGS = ("qc_removed", "low_count", "default_gate")
@@ -39,19 +38,20 @@ def process_sample_file(
     sha256: str,
     name: SampleName,
     panel: Panel,
-    strategy: Strategy,
+    strategy: AnyStrategy,
     qc_report_dir: str | None = None,
     qc_reports: str = "none",
 ) -> SampleRecord:
     """Read, gate and count one file; returns plain data for the store (no store access).
 
     With ``qc_reports`` 'all' (or 'flagged' and the sample needs review) the sample's QC PDF is
-    written to ``qc_report_dir`` while its events and masks are in memory.
+    written to ``qc_report_dir`` while its events and masks are in memory (YAML strategies;
+    a FlowJo workspace's gates are reviewed in FlowJo).
     """
-    data = read_events(path)
-    resolved = resolve_panel(panel, data.header)
-    gating = gate_sample(data, resolved, strategy)
-    flags = list(gating.flags) + [f"reader:{note}" for note in data.header.notes]
+    gated = gate_file(path, panel, strategy)
+    gating, data = gated.gating, gated.data
+    notes = data.header.notes if data is not None else []
+    flags = list(gating.flags) + [f"reader:{note}" for note in notes]
     record = SampleRecord(
         sample_id=name.sample_id,
         sha256=sha256,
@@ -74,7 +74,8 @@ def process_sample_file(
         gates=[asdict(g) for g in gating.gates],
         flags=flags,
     )
-    if qc_report_dir and (qc_reports == "all" or (qc_reports == "flagged" and needs_review(flags))):
+    wanted = qc_reports == "all" or (qc_reports == "flagged" and needs_review(flags))
+    if qc_report_dir and wanted and data is not None:
         write_sample_qc_report(
             Path(qc_report_dir) / f"{name.sample_id}.pdf",
             sample_id=name.sample_id,
@@ -157,7 +158,7 @@ def process_sample_task(
     sha256: str,
     name: SampleName,
     panel: Panel,
-    strategy: Strategy,
+    strategy: AnyStrategy,
     qc_report_dir: str | None = None,
     qc_reports: str = "none",
 ) -> SampleRecord:

@@ -49,6 +49,8 @@ class Panel:
     logicle_a: float = 0.0
     strategy: str = ""
     source: str = ""
+    # With a FlowJo workspace as strategy: group, template_sample, populations (name -> gate).
+    workspace: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ def load_panel(name_or_path: str, base_dir: Path | None = None) -> Panel:
             logicle_a=float(logicle.get("a", 0.0)),
             strategy=str(doc.get("strategy", doc["name"])),
             source=str(path),
+            workspace=dict(doc.get("workspace", {}) or {}),
         )
     except (KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
         raise PanelError(f"panel file {path}: missing or malformed entry ({exc})") from None
