@@ -39,6 +39,25 @@ def write_simulated(
     return path, labels
 
 
+def write_sixteen_bit_copy(source: Path, target: Path) -> Path:
+    """The same cells as a 16-bit instrument writes them: integers on a 0..65535 scale."""
+    from panels.fcs import read_events
+
+    data = read_events(source)
+    events = data.events
+    events[:, :-1] = np.round(np.clip(events[:, :-1] / 4.0, 0, 65535))
+    return write_fcs(
+        target,
+        events,
+        data.header.pnn,
+        data.header.pns,
+        {"$SPILLOVER": data.header.keywords["$SPILLOVER"]},
+        datatype="I",
+        bits=16,
+        pnr=[65536.0] * len(data.header.pnn),
+    )
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness

@@ -8,9 +8,9 @@ import pytest
 
 from gating.space import GatingSpace
 from gating.transforms import FAST_ERROR, Logicle
-from panels.fcs import read_events, write_fcs
+from panels.fcs import read_events
 from panels.resolve import load_panel, resolve_panel
-from tests.conftest import write_simulated
+from tests.conftest import write_simulated, write_sixteen_bit_copy
 
 
 @pytest.mark.parametrize("top", [262144.0, 65536.0, 4096.0])
@@ -44,19 +44,7 @@ def _space(path, panel="bcell"):
 def test_limits_decide_as_the_exact_transform(tmp_path, integer_file):
     path, _ = write_simulated(tmp_path / "f.fcs", "BCELL", n_events=20000, seed=4)
     if integer_file:
-        data = read_events(path)
-        events = data.events
-        events[:, :-1] = np.round(np.clip(events[:, :-1] / 4.0, 0, 65535))
-        path = write_fcs(
-            tmp_path / "i.fcs",
-            events,
-            data.header.pnn,
-            data.header.pns,
-            {"$SPILLOVER": data.header.keywords["$SPILLOVER"]},
-            datatype="I",
-            bits=16,
-            pnr=[65536.0] * len(data.header.pnn),
-        )
+        path = write_sixteen_bit_copy(path, tmp_path / "i.fcs")
     _, space = _space(path)
     rng = np.random.default_rng(1)
     for dim in space:
@@ -107,3 +95,37 @@ def test_limits_between_float32_and_float64_values_are_decided_in_float64(tmp_pa
         exact = transform.exact(precise)
         np.testing.assert_array_equal(space.at_least(dim, limit), exact >= limit)
         np.testing.assert_array_equal(space.below(dim, limit), exact < limit)
+
+
+@pytest.mark.parametrize("kind", ["ellipse", "polygon"])
+def test_two_dimensional_gates_on_markers_decide_on_exact_values(tmp_path, kind):
+    """Ellipse and polygon gates on logicle dimensions agree event for event with flowutils'
+    tests on exactly compensated and transformed values (flowkit's decision)."""
+    from flowutils.gating import points_in_ellipsoid, points_in_polygon
+
+    from gating.pipeline import ALL_EVENTS, AppliedGate, evaluate_gate
+
+    path, _ = write_simulated(tmp_path / "f.fcs", "BCELL", n_events=20000, seed=12)
+    data, space = _space(path)
+    dims = ("CD19", "CD27")
+    exact = np.column_stack([space.exact(d) for d in dims])
+    centre = np.median(exact[exact[:, 0] > 0.5], axis=0)  # the B cells
+    if kind == "ellipse":
+        parameters = {
+            "mean": centre.tolist(),
+            "covariance": [[0.004, 0.001], [0.001, 0.02]],
+            "distance_square": 6.0,
+        }
+        expected = points_in_ellipsoid(
+            np.array(parameters["covariance"]), centre, parameters["distance_square"], exact
+        )
+    else:
+        x, y = centre
+        vertices = [[x - 0.08, y - 0.2], [x + 0.1, y - 0.15], [x + 0.05, y + 0.2], [x - 0.1, y]]
+        parameters = {"vertices": vertices}
+        expected = points_in_polygon(np.array(vertices), exact)
+    gate = AppliedGate("g", ALL_EVENTS, kind, dims, parameters, True, "")
+    everything = {ALL_EVENTS: np.ones(data.header.n_events, dtype=bool)}
+    inside = evaluate_gate(gate, everything, space, data)
+    assert 100 < inside.sum() < inside.size - 100  # the gate cuts through the data
+    np.testing.assert_array_equal(inside, expected.astype(bool))

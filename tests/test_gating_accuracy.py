@@ -10,7 +10,7 @@ from gating.pipeline import gate_sample
 from gating.strategy import load_strategy
 from panels.fcs import read_events
 from panels.resolve import load_panel, resolve_panel
-from tests.conftest import write_simulated
+from tests.conftest import write_simulated, write_sixteen_bit_copy
 
 CASES = [
     ("BCELL", "bcell", "child", "BL"),
@@ -45,21 +45,7 @@ def test_populations_match_truth(tmp_path, panel, name, group, visit):
 def test_sixteen_bit_integer_file_gates_like_float(tmp_path):
     """A 16-bit instrument writes the same cells on a 0..65535 integer scale."""
     path, labels = write_simulated(tmp_path / "f.fcs", "TREG", "child", "M1", seed=5)
-    data = read_events(path)
-    events = data.events.copy()
-    events[:, :-1] = np.clip(events[:, :-1] / 4.0, 0, 65535)
-    from panels.fcs import write_fcs
-
-    int_path = write_fcs(
-        tmp_path / "i.fcs",
-        events,
-        data.header.pnn,
-        data.header.pns,
-        {"$SPILLOVER": data.header.keywords["$SPILLOVER"]},
-        datatype="I",
-        bits=16,
-        pnr=[65536.0] * len(data.header.pnn),
-    )
+    int_path = write_sixteen_bit_copy(path, tmp_path / "i.fcs")
     results = {}
     for p in (path, int_path):
         d = read_events(p)
