@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import flowkit as fk
-
 from gating.pipeline import PopulationCount, SampleGating
 from gating.strategy import StrategyError
 
@@ -81,13 +79,17 @@ def load_workspace_strategy(path: str | Path, options: dict) -> WorkspaceStrateg
 
 
 @lru_cache(maxsize=8)
-def _parse(path: str, mtime_ns: int) -> fk.Workspace:
-    """The parsed workspace, once per process and file version."""
+def _parse(path: str, mtime_ns: int):
+    """The parsed workspace (``flowkit.Workspace``), once per process and file version."""
+    import flowkit as fk  # only panels that use a workspace pay for importing flowkit
+
     return fk.Workspace(path, load_missing_file_data=True)  # gates of every sample, no events
 
 
 def gate_sample_with_workspace(fcs_path: str | Path, strategy: WorkspaceStrategy) -> SampleGating:
     """Gate one file with the workspace's gates (flowkit) and count the mapped populations."""
+    import flowkit as fk
+
     fcs_path = Path(fcs_path)
     workspace = _parse(strategy.source, Path(strategy.source).stat().st_mtime_ns)
     members = workspace.get_sample_ids(group_name=strategy.group, loaded_only=False)
