@@ -102,7 +102,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from flows.serve import serve_study
 
-    serve_study(args.study, args.workers)
+    serve_study(args.study, args.workers, args.dask)
     return 0
 
 
@@ -287,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve Prefect deployments: nightly schedule, reports")
     serve.add_argument("--study", required=True, help="study folder")
     serve.add_argument("--workers", type=int, default=None, help="parallel workers")
+    serve.add_argument("--dask", metavar="ADDRESS", help=DASK_HELP)
     serve.set_defaults(func=_cmd_serve)
 
     report = sub.add_parser("report", help="rewrite results and reports without reprocessing")

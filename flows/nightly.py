@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -206,17 +208,44 @@ def methods_text(study: Study) -> list[str]:
 
 
 @flow(name="immunomon-nightly", log_prints=True)
-def nightly_flow(study_root: str, workers: int = 1, hold: list[str] | None = None) -> RunSummary:
+def nightly_flow(
+    study_root: str,
+    workers: int = 1,
+    hold: list[str] | None = None,
+    dask_address: str | None = None,
+) -> RunSummary:
     """One pass over a study: intake, process new samples, write results and the report.
 
-    Passes over one study never overlap (the study lock), so a file is never processed twice
-    by the watcher and the nightly schedule."""
+    The per-sample tasks run on a local pool of ``workers`` processes, or on the Dask cluster
+    at ``dask_address``. Passes over one study never overlap (the study lock), so a file is
+    never processed twice by the watcher and the nightly schedule."""
     study = Study(study_root)
     with study.exclusive():
-        return _one_pass(study, workers, frozenset(hold or ()))
+        return _one_pass(study, workers, frozenset(hold or ()), dask_address)
 
 
-def _one_pass(study: Study, workers: int, hold: frozenset[str]) -> RunSummary:
+@contextmanager
+def per_sample_runner(workers: int, dask_address: str | None) -> Iterator:
+    """Where the per-sample tasks run; yields ``submit(parameters) -> future``.
+
+    Locally the flow's task threads hand the CPU work to a pool of ``workers`` processes. With
+    ``dask_address`` the tasks go to that Dask cluster (prefect-dask); its workers read the
+    inbox, which must be on a shared path, and return plain records: only this process
+    writes the store.
+    """
+    if dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        with DaskTaskRunner(address=dask_address) as runner:
+            yield lambda parameters: runner.submit(process_sample_task, parameters)
+    else:
+        with sample_worker_pool(workers):
+            yield lambda parameters: process_sample_task.submit(**parameters)
+
+
+def _one_pass(
+    study: Study, workers: int, hold: frozenset[str], dask_address: str | None
+) -> RunSummary:
     logger = get_run_logger()
     study.ensure_output_folders()
     store = Store(study.db_path)
@@ -231,8 +260,8 @@ def _one_pass(study: Study, workers: int, hold: frozenset[str]) -> RunSummary:
         len(plan.unchanged),
         len(plan.quarantined),
     )
-    with sample_worker_pool(workers if len(plan.ready) > 1 else 1):
-        processed, failed = _process_ready(plan.ready, study, store, run_id, logger)
+    with per_sample_runner(workers if len(plan.ready) > 1 else 1, dask_address) as submit:
+        processed, failed = _process_ready(plan.ready, study, store, run_id, logger, submit)
     error = update_outputs(study, store)
     if error:
         logger.error("cohort step stopped: %s", error)
@@ -249,17 +278,21 @@ def _one_pass(study: Study, workers: int, hold: frozenset[str]) -> RunSummary:
     )
 
 
-def _process_ready(ready, study: Study, store: Store, run_id: str, logger) -> tuple[int, int]:
+def _process_ready(
+    ready, study: Study, store: Store, run_id: str, logger, submit
+) -> tuple[int, int]:
     """Submit one task per file; store each result, in its own transaction, as it completes."""
     futures = {
-        process_sample_task.submit(
-            str(d.path),
-            d.sha256,
-            d.name,
-            study.panels[d.name.panel_token],
-            study.strategies[d.name.panel_token],
-            str(study.qc_reports_dir),
-            study.config.qc_reports,
+        submit(
+            {
+                "path": str(d.path),
+                "sha256": d.sha256,
+                "name": d.name,
+                "panel": study.panels[d.name.panel_token],
+                "strategy": study.strategies[d.name.panel_token],
+                "qc_report_dir": str(study.qc_reports_dir),
+                "qc_reports": study.config.qc_reports,
+            }
         ): d
         for d in ready
     }
@@ -308,24 +341,14 @@ def run_study(
     hold: list[str] | None = None,
     dask_address: str | None = None,
 ) -> RunSummary:
-    """Run the nightly flow once.
-
-    Locally, one task thread per core hands the CPU work to a process pool of ``workers``. With
-    ``dask_address`` the per-sample tasks run on that Dask cluster instead (prefect-dask); the
-    workers read the inbox, which must be on a shared path, and return plain records: only
-    this process writes the store.
-    """
+    """Run the nightly flow once: per-sample work on a local pool sized to the machine, or on
+    the Dask cluster at ``dask_address``."""
     root = str(Path(study_root).resolve())
-    if dask_address:
-        from prefect_dask import DaskTaskRunner
-
-        configured = nightly_flow.with_options(task_runner=DaskTaskRunner(address=dask_address))
-        return configured(root, 1, hold)
-    workers = workers or os.cpu_count() or 1
+    workers = 1 if dask_address else workers or os.cpu_count() or 1
     configured = nightly_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
     # Opened before the flow, so the workers load while Prefect starts; the flow reuses it.
     with sample_worker_pool(workers):
-        return configured(root, workers, hold)
+        return configured(root, workers, hold, dask_address)
 
 
 @flow(name="immunomon-report", log_prints=True)

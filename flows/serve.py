@@ -21,15 +21,22 @@ def deployment_name(study: Study) -> str:
     return re.sub(r"[^a-z0-9]+", "-", study.config.study.lower()).strip("-") or "study"
 
 
-def build_deployments(study_root: str | Path, workers: int | None = None) -> list:
-    """The nightly deployment (cron and time zone from study.yaml) and the report deployment."""
+def build_deployments(
+    study_root: str | Path, workers: int | None = None, dask_address: str | None = None
+) -> list:
+    """The nightly deployment (cron and time zone from study.yaml) and the report deployment.
+
+    With ``dask_address`` the nightly pass runs its per-sample tasks on that Dask cluster."""
     study = Study(study_root)
     name = deployment_name(study)
     root = str(study.root)
+    parameters = {"study_root": root, "workers": 1 if dask_address else workers or os.cpu_count()}
+    if dask_address:
+        parameters["dask_address"] = dask_address
     nightly = nightly_flow.to_deployment(
         name=f"{name}-nightly",
         cron=study.config.schedule,
-        parameters={"study_root": root, "workers": workers or os.cpu_count() or 1},
+        parameters=parameters,
         description=f"Nightly pass over {root}: intake, processing, statistics, reports.",
         tags=["immunomon", name],
     )
@@ -45,8 +52,10 @@ def build_deployments(study_root: str | Path, workers: int | None = None) -> lis
     return [nightly, report]
 
 
-def serve_study(study_root: str | Path, workers: int | None = None) -> None:
+def serve_study(
+    study_root: str | Path, workers: int | None = None, dask_address: str | None = None
+) -> None:
     """Serve the study's deployments until interrupted; schedules stay active on shutdown."""
     from prefect import serve
 
-    serve(*build_deployments(study_root, workers), pause_on_shutdown=False)
+    serve(*build_deployments(study_root, workers, dask_address), pause_on_shutdown=False)

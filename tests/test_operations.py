@@ -255,3 +255,6 @@ def test_deployments_carry_the_study_schedule(tmp_path):
     assert nightly.schedules[0].schedule.cron == "0 2 * * *"
     assert nightly.parameters == {"study_root": str(root.resolve()), "workers": 2}
     assert report.parameters == {"study_root": str(root.resolve())}
+    nightly, _ = build_deployments(root, workers=2, dask_address="tcp://scheduler:8786")
+    assert nightly.parameters["dask_address"] == "tcp://scheduler:8786"
+    assert nightly.parameters["workers"] == 1  # the cluster does the work
