@@ -61,7 +61,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     from prefect.client.orchestration import get_client
 
     from flows.nightly import run_study
-    from flows.tasks import sample_worker_pool
+    from flows.tasks import local_workers, sample_worker_pool
     from flows.watch import watch_inbox
 
     root = Path(args.study)
@@ -79,8 +79,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         # Ready before the first file lands: worker processes loaded and Prefect's API up
         # (in ephemeral mode it starts on first use), so a drop costs only its own work.
         with contextlib.ExitStack() as ready:
-            if not args.dask:
-                ready.enter_context(sample_worker_pool(args.workers or os.cpu_count() or 1))
+            ready.enter_context(sample_worker_pool(local_workers(args.workers, args.dask)))
             ready.enter_context(get_client(sync_client=True)).hello()
             print(
                 f"watching {root / 'inbox'} ({mode}, settle {args.settle:g} s); Ctrl-C to stop",

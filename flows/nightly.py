@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from cohort.exports import populations_table, samples_table, write_csv
 from cohort.intake import plan_intake
 from cohort.store import Store
 from cohort.study import Study
-from flows.tasks import process_sample_task, sample_worker_pool
+from flows.tasks import local_workers, process_sample_task, sample_worker_pool
 from gating.pipeline import PIPELINE_VERSION, replay_gates
 from gating.space import GatingSpace
 from reports.cohort_report import ReportContext, write_cohort_report
@@ -344,7 +343,7 @@ def run_study(
     """Run the nightly flow once: per-sample work on a local pool sized to the machine, or on
     the Dask cluster at ``dask_address``."""
     root = str(Path(study_root).resolve())
-    workers = 1 if dask_address else workers or os.cpu_count() or 1
+    workers = local_workers(workers, dask_address)
     configured = nightly_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
     # Opened before the flow, so the workers load while Prefect starts; the flow reuses it.
     with sample_worker_pool(workers):

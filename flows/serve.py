@@ -9,12 +9,12 @@ shows every run).
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from cohort.study import Study
 from flows.nightly import nightly_flow, report_flow
+from flows.tasks import local_workers
 
 
 def deployment_name(study: Study) -> str:
@@ -30,7 +30,7 @@ def build_deployments(
     study = Study(study_root)
     name = deployment_name(study)
     root = str(study.root)
-    parameters = {"study_root": root, "workers": 1 if dask_address else workers or os.cpu_count()}
+    parameters = {"study_root": root, "workers": local_workers(workers, dask_address)}
     if dask_address:
         parameters["dask_address"] = dask_address
     nightly = nightly_flow.to_deployment(

@@ -9,6 +9,7 @@ talks to Prefect.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -101,6 +102,13 @@ def _one_thread_per_worker() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+
+
+def local_workers(workers: int | None, dask_address: str | None = None) -> int:
+    """Worker processes for a pass: as asked, else one per core; none when Dask does the work."""
+    if dask_address:
+        return 1
+    return workers or os.cpu_count() or 1
 
 
 @contextmanager
