@@ -50,6 +50,7 @@ class GatingSpace(Mapping[str, np.ndarray]):
 
     data: FcsData
     channels: dict[str, str]
+    spillover: tuple[list[str], np.ndarray] | None
     transforms: dict[str, Transform] = field(default_factory=dict)
     compensated: dict[str, np.ndarray] = field(default_factory=dict)
     _scaled: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -61,11 +62,12 @@ class GatingSpace(Mapping[str, np.ndarray]):
         """Compensate the panel's channels (file spillover) and attach their transforms."""
         h = data.header
         p = resolved.panel
-        space = cls(data, {**resolved.marker_channels, **resolved.scatter_channels})
+        channels = {**resolved.marker_channels, **resolved.scatter_channels}
+        space = cls(data, channels, h.spillover())  # parsed once; re-checks reuse it
         markers = compensated_channels(
             data,
             list(dict.fromkeys(resolved.marker_channels.values())),
-            h.spillover(),
+            space.spillover,
             None,
             np.float32,
         )
@@ -96,9 +98,7 @@ class GatingSpace(Mapping[str, np.ndarray]):
     def linear(self, dim: str, rows: np.ndarray | None = None) -> np.ndarray:
         """Compensated float64 values of a marker, computed anew for the events in ``rows``."""
         channel = self.channels[dim]
-        return compensated_channels(self.data, [channel], self.data.header.spillover(), rows)[
-            channel
-        ]
+        return compensated_channels(self.data, [channel], self.spillover, rows)[channel]
 
     def exact(self, dim: str, rows: np.ndarray | None = None) -> np.ndarray:
         """Exact transformed values (float64) of ``dim``, for the events in ``rows``."""
