@@ -194,9 +194,9 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
     h = data.header
     n = h.n_events
     flags: list[str] = []
-    if h.spillover() is None:
-        flags.append("no_spillover_keyword:uncompensated")
     space = GatingSpace.of_sample(data, resolved)
+    if space.spillover is None:
+        flags.append("no_spillover_keyword:uncompensated")
     settings = strategy.qc
     gates: list[AppliedGate] = []
     masks: dict[str, np.ndarray] = {ALL_EVENTS: np.ones(n, dtype=bool)}
