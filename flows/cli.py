@@ -33,10 +33,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _run(root: Path, workers: int | None, dask_address: str | None = None) -> int:
-    from flows.nightly import run_study
+    from flows.worker_pool import local_workers, sample_worker_pool
 
     started = time.perf_counter()
-    summary = run_study(root, workers, dask_address=dask_address)
+    # Start-up in parallel: the workers load the gating code, Prefect's API starts, and this
+    # process loads the flow.
+    with sample_worker_pool(local_workers(workers, dask_address)):
+        from flows.prefect_api import prefect_api_starting
+
+        with prefect_api_starting():
+            from flows.nightly import run_study
+        summary = run_study(root, workers, dask_address=dask_address)
     print(
         f"run {summary.run_id}: {summary.seen} files seen, {summary.processed} processed, "
         f"{summary.unchanged} unchanged, {summary.quarantined} quarantined, "
@@ -56,31 +63,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    import contextlib
-
-    from prefect.client.orchestration import get_client
-
-    from flows.nightly import run_study
-    from flows.tasks import local_workers, sample_worker_pool
-    from flows.watch import watch_inbox
+    from flows.worker_pool import local_workers, sample_worker_pool
 
     root = Path(args.study)
-
-    def run(hold: list[str]) -> None:
-        summary = run_study(root, args.workers, hold, dask_address=args.dask)
-        print(
-            f"run {summary.run_id}: {summary.processed} processed, {summary.quarantined} "
-            f"quarantined, {summary.failed} failed; still copying: {len(hold)}",
-            flush=True,
-        )
-
     mode = "polling" if args.polling else "inotify"
     try:
-        # Ready before the first file lands: worker processes loaded and Prefect's API up
-        # (in ephemeral mode it starts on first use), so a drop costs only its own work.
-        with contextlib.ExitStack() as ready:
-            ready.enter_context(sample_worker_pool(local_workers(args.workers, args.dask)))
-            ready.enter_context(get_client(sync_client=True)).hello()
+        # Ready before the first file lands, so a drop costs only its own work: worker
+        # processes loaded and Prefect's API up, started in parallel with this process's
+        # imports.
+        with sample_worker_pool(local_workers(args.workers, args.dask)):
+            from flows.prefect_api import prefect_api_starting
+
+            with prefect_api_starting():
+                from flows.nightly import run_study
+                from flows.watch import watch_inbox
+
+            def run(hold: list[str]) -> None:
+                summary = run_study(root, args.workers, hold, dask_address=args.dask)
+                print(
+                    f"run {summary.run_id}: {summary.processed} processed, "
+                    f"{summary.quarantined} quarantined, {summary.failed} failed; "
+                    f"still copying: {len(hold)}",
+                    flush=True,
+                )
+
             print(
                 f"watching {root / 'inbox'} ({mode}, settle {args.settle:g} s); Ctrl-C to stop",
                 flush=True,

@@ -20,7 +20,8 @@ from cohort.exports import populations_table, samples_table, write_csv
 from cohort.intake import plan_intake
 from cohort.store import Store
 from cohort.study import Study
-from flows.tasks import local_workers, process_sample_task, sample_worker_pool
+from flows.tasks import process_sample_task
+from flows.worker_pool import WorkerPool, local_workers, open_worker_pool, sample_worker_pool
 from gating.pipeline import PIPELINE_VERSION, replay_gates
 from gating.space import GatingSpace
 from reports.cohort_report import ReportContext, write_cohort_report
@@ -61,8 +62,9 @@ def software_version() -> str:
     return f"immunomon {version} (commit {commit}, pipeline v{PIPELINE_VERSION})"
 
 
-def update_outputs(study: Study, store: Store) -> str:
-    """Write results/*.csv, statistics and the cohort report from the store.
+def update_outputs(study: Study, store: Store, pool: WorkerPool | None = None) -> str:
+    """Write results/*.csv, statistics and the cohort report from the store; with a worker
+    ``pool`` the report's pages are drawn on its processes.
 
     Returns an error message when the clinical data stop the cohort step (the store and
     samples.csv are still written), else ''.
@@ -100,6 +102,8 @@ def update_outputs(study: Study, store: Store) -> str:
         groups,
         windows,
         kaplan_meier_curves(windows),
+        executor=pool.executor if pool else None,
+        parts=pool.workers if pool else 1,
     )
     return ""
 
@@ -261,7 +265,7 @@ def _one_pass(
     )
     with per_sample_runner(workers if len(plan.ready) > 1 else 1, dask_address) as submit:
         processed, failed = _process_ready(plan.ready, study, store, run_id, logger, submit)
-    error = update_outputs(study, store)
+    error = update_outputs(study, store, open_worker_pool())
     if error:
         logger.error("cohort step stopped: %s", error)
     counts = {

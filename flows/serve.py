@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cohort.study import Study
 from flows.nightly import nightly_flow, report_flow
-from flows.tasks import local_workers
+from flows.worker_pool import local_workers
 
 
 def deployment_name(study: Study) -> str:

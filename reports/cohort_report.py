@@ -6,7 +6,10 @@ statistics), so every number can be traced to a row of a CSV beside it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +76,10 @@ def _fmt_p(p: float) -> str:
     return "NA" if not np.isfinite(p) else f"{p:.4g}"
 
 
+# A section draws one or more whole pages of the report.
+Section = Callable[[PdfPages], None]
+
+
 def write_cohort_report(
     path: str | Path,
     context: ReportContext,
@@ -82,32 +89,123 @@ def write_cohort_report(
     groups: dict[str, str],
     windows: pd.DataFrame | None = None,
     survival_curves: dict | None = None,
+    *,
+    executor: Executor | None = None,
+    parts: int = 1,
 ) -> Path:
     """Write the cohort report PDF; returns its path. ``windows`` (per-patient clinical
     windows) and ``survival_curves`` (Kaplan-Meier fitters by group and window) add the
-    clinical outcome pages."""
+    clinical outcome pages.
+
+    With an ``executor`` (processes), the pages are drawn in ``parts`` runs of consecutive
+    sections, one per process, and the parts are joined in order: the same pages, in about
+    1/parts of the time.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with PdfPages(
-        tmp,
-        metadata={
-            "Title": f"{context.study}: cohort report",
-            "Creator": context.software,
-            "CreationDate": None,
-        },
-    ) as pdf:
-        _title_page(pdf, context, samples)
-        _completeness_page(pdf, context, samples)
-        if windows is not None and survival_curves is not None:
-            _clinical_pages(pdf, windows, survival_curves, statistics)
-        wilcox = statistics[statistics.analysis == "wilcoxon_vs_baseline"]
-        _population_pages(pdf, context, populations, wilcox, groups)
-        _wilcoxon_tables(pdf, context, populations, wilcox, groups)
-        _text_pages(pdf, "Methods", context.methods or ["(no methods recorded)"], size=8)
-        _appendix(pdf, samples)
+    sections = _report_sections(
+        context, samples, populations, statistics, groups, windows, survival_curves
+    )
+    metadata = {"Title": f"{context.study}: cohort report", "Creator": context.software}
+    if executor is None or parts <= 1:
+        _write_sections(tmp, metadata, [draw for _, draw in sections])
+    else:
+        _write_sections_in_parts(tmp, metadata, sections, executor, parts)
     tmp.replace(path)
     return path
+
+
+def _report_sections(
+    context: ReportContext,
+    samples: pd.DataFrame,
+    populations: pd.DataFrame,
+    statistics: pd.DataFrame,
+    groups: dict[str, str],
+    windows: pd.DataFrame | None,
+    curves: dict | None,
+) -> list[tuple[float, Section]]:
+    """The report in page order, each section with its drawing cost in seconds as measured on
+    the demo cohort (used only to share the work between processes)."""
+    sections: list[tuple[float, Section]] = [
+        (0.02, partial(_title_page, ctx=context, samples=samples)),
+        (0.3, partial(_completeness_page, ctx=context, samples=samples)),
+    ]
+    if windows is not None and curves is not None:
+        sections.append(
+            (0.7, partial(_clinical_pages, windows=windows, curves=curves, statistics=statistics))
+        )
+    wilcox = statistics[statistics.analysis == "wilcoxon_vs_baseline"]
+    data = populations[populations.patient_id.isin(groups)].copy()
+    data["group"] = data.patient_id.map(groups)
+    for (panel, population), block in data.groupby(["panel", "population"], sort=False):
+        tests = wilcox[(wilcox.panel == panel) & (wilcox.population == population)]
+        sections.append((0.35, partial(_population_page, ctx=context, block=block, tests=tests)))
+    sections += [
+        (0.9, partial(_wilcoxon_tables, ctx=context, data=data, wilcox=wilcox)),
+        (
+            0.02,
+            partial(
+                _text_pages,
+                title="Methods",
+                lines=context.methods or ["(no methods recorded)"],
+                size=8,
+            ),
+        ),
+        (0.04, partial(_appendix, samples=samples)),
+    ]
+    return sections
+
+
+def _write_sections(path: Path, metadata: dict[str, str], sections: list[Section]) -> None:
+    # No creation date: the same results give the same pages.
+    with PdfPages(path, metadata={**metadata, "CreationDate": None}) as pdf:
+        for draw in sections:
+            draw(pdf)
+
+
+def _write_sections_in_parts(
+    path: Path,
+    metadata: dict[str, str],
+    sections: list[tuple[float, Section]],
+    executor: Executor,
+    parts: int,
+) -> None:
+    from pypdf import PdfWriter
+
+    runs = split_into_runs([cost for cost, _ in sections], parts)
+    part_paths = [path.with_name(f"{path.name}.part{k}") for k in range(len(runs))]
+    try:
+        futures = [
+            executor.submit(_write_sections, part, metadata, [sections[i][1] for i in run])
+            for part, run in zip(part_paths, runs, strict=True)
+        ]
+        for future in futures:
+            future.result()
+        joined = PdfWriter()
+        for part in part_paths:
+            joined.append(part)
+        joined.add_metadata({f"/{key}": value for key, value in metadata.items()})
+        joined.write(path)
+    finally:
+        for part in part_paths:
+            part.unlink(missing_ok=True)
+
+
+def split_into_runs(costs: list[float], parts: int) -> list[range]:
+    """Cut a sequence into at most ``parts`` consecutive, non-empty runs of near-equal total
+    cost (each cut at the boundary nearest its share of the total)."""
+    if not costs:
+        return []
+    cumulative = np.cumsum(costs)
+    total = cumulative[-1]
+    cuts = [0]
+    for k in range(1, parts):
+        cut = int(np.argmin(np.abs(cumulative - total * k / parts))) + 1
+        if cuts[-1] < cut < len(costs):
+            cuts.append(cut)
+    cuts.append(len(costs))
+    return [range(start, stop) for start, stop in zip(cuts, cuts[1:], strict=False)]
 
 
 def _title_page(pdf: PdfPages, ctx: ReportContext, samples: pd.DataFrame) -> None:
@@ -291,51 +389,41 @@ def _wrap(lines: list[str], width: int) -> list[str]:
     return out
 
 
-def _population_pages(pdf, ctx, populations, wilcox, groups) -> None:
-    data = populations[populations.patient_id.isin(groups)].copy()
-    data["group"] = data.patient_id.map(groups)
-    for (panel, population), block in data.groupby(["panel", "population"], sort=False):
-        fig, axes = plt.subplots(2, 3, figsize=A4_LANDSCAPE, sharey="row")
-        fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.08, hspace=0.35)
-        parent = block.parent.iloc[0]
-        fig.suptitle(f"{panel}: {population}  (parent: {parent})", fontsize=12, weight="bold")
-        for row, measure in enumerate(("pct_parent", "cells_per_ul")):
-            for col, group in enumerate(("all", "child", "adult")):
-                ax = axes[row, col]
-                values = block if group == "all" else block[block.group == group]
-                tests = wilcox[
-                    (wilcox.group == group)
-                    & (wilcox.panel == panel)
-                    & (wilcox.population == population)
-                    & (wilcox.measure == measure)
-                ]
-                p_by_visit = dict(zip(tests.visit, tests.p_value, strict=True))
-                boxplot_by_visit(
-                    ax,
-                    values,
-                    ctx.visits,
-                    measure,
-                    p_by_visit,
-                    MEASURE_LABEL[measure],
-                    OKABE_ITO[col],
-                )
-                ax.set_title(f"{GROUP_LABEL[group]}: {MEASURE_LABEL[measure]}")
-                ax.set_xlabel("visit (months after first infusion)")
-        fig.text(
-            0.07,
-            0.015,
-            "Boxes: median and quartiles; whiskers: range; grey lines: "
-            "patients. * p<0.05, ** p<0.01, paired Wilcoxon signed-rank vs baseline "
-            "(unadjusted; adjusted p in the table).",
-            fontsize=7,
-        )
-        pdf.savefig(fig)
-        plt.close(fig)
+def _population_page(pdf, ctx: ReportContext, block: pd.DataFrame, tests: pd.DataFrame) -> None:
+    """One population: % of parent and cells/µL per visit, all patients and by age group."""
+    panel, population, parent = block.panel.iloc[0], block.population.iloc[0], block.parent.iloc[0]
+    fig, axes = plt.subplots(2, 3, figsize=A4_LANDSCAPE, sharey="row")
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.08, hspace=0.35)
+    fig.suptitle(f"{panel}: {population}  (parent: {parent})", fontsize=12, weight="bold")
+    for row, measure in enumerate(("pct_parent", "cells_per_ul")):
+        for col, group in enumerate(("all", "child", "adult")):
+            ax = axes[row, col]
+            values = block if group == "all" else block[block.group == group]
+            own = tests[(tests.group == group) & (tests.measure == measure)]
+            boxplot_by_visit(
+                ax,
+                values,
+                ctx.visits,
+                measure,
+                dict(zip(own.visit, own.p_value, strict=True)),
+                MEASURE_LABEL[measure],
+                OKABE_ITO[col],
+            )
+            ax.set_title(f"{GROUP_LABEL[group]}: {MEASURE_LABEL[measure]}")
+            ax.set_xlabel("visit (months after first infusion)")
+    fig.text(
+        0.07,
+        0.015,
+        "Boxes: median and quartiles; whiskers: range; grey lines: "
+        "patients. * p<0.05, ** p<0.01, paired Wilcoxon signed-rank vs baseline "
+        "(unadjusted; adjusted p in the table).",
+        fontsize=7,
+    )
+    pdf.savefig(fig)
+    plt.close(fig)
 
 
-def _wilcoxon_tables(pdf, ctx, populations, wilcox, groups) -> None:
-    data = populations[populations.patient_id.isin(groups)].copy()
-    data["group"] = data.patient_id.map(groups)
+def _wilcoxon_tables(pdf, ctx: ReportContext, data: pd.DataFrame, wilcox: pd.DataFrame) -> None:
     header = (
         f"{'group':6} {'panel':6} {'population':18} {'measure':15} {'visit':5} "
         f"{'n':>3} {'baseline median [IQR]':>24} {'visit median [IQR]':>24} "

@@ -68,7 +68,7 @@ def test_no_spillover_keyword_is_flagged(tmp_path):
 
 def test_worker_writes_qc_report_for_flagged_samples_only(tmp_path):
     from cohort.study import SampleName
-    from flows.tasks import needs_review, process_sample_file
+    from flows.sample_work import needs_review, process_sample_file
 
     path, _ = write_simulated(tmp_path / "s.fcs", "TREG", n_events=3000)
     name = SampleName("P01", "BL", "TREG")

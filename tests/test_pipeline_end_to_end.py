@@ -100,6 +100,32 @@ def _pdf_text(path) -> str:
     return "\n".join(page.extract_text() for page in PdfReader(path).pages)
 
 
+def test_report_drawn_on_the_workers_equals_one_drawn_in_one_process(demo_run):
+    """run_study draws the report's pages on its two workers and joins the parts; the report
+    command draws them all in one process. Same pages, same text, same order."""
+    from pypdf import PdfReader
+
+    from cohort.store import Store
+    from cohort.study import Study
+    from flows.nightly import update_outputs
+
+    root, _, _ = demo_run
+    path = root / "reports" / "cohort_report.pdf"
+    joined = PdfReader(path)
+    assert joined.metadata.producer.startswith("pypdf")  # the parts were joined
+    pages_joined = [page.extract_text() for page in joined.pages]
+    study = Study(root)
+    store = Store(study.db_path)
+    try:
+        assert update_outputs(study, store) == ""
+    finally:
+        store.close()
+    one_process = PdfReader(path)
+    assert "Matplotlib" in one_process.metadata.producer
+    assert [page.extract_text() for page in one_process.pages] == pages_joined
+    assert one_process.metadata.title == joined.metadata.title
+
+
 def test_report_has_sections_and_the_p_values(demo_run):
     root, _, _ = demo_run
     text = _pdf_text(root / "reports" / "cohort_report.pdf")

@@ -1,0 +1,84 @@
+"""Work on one sample file as a plain function: read, gate, count, and the QC PDF if asked.
+
+This is what the worker processes run (``flows.worker_pool``); it returns plain data for the
+store and imports no Prefect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from cohort.store import SampleRecord
+from cohort.study import SampleName
+from gating.apply import AnyStrategy, gate_file
+from gating.pipeline import PIPELINE_VERSION
+from panels.resolve import Panel
+from reports.qc_report import write_sample_qc_report
+
+SERIOUS_FLAGS = ("qc_removed", "low_count", "default_gate")
+
+
+def needs_review(flags: list[str]) -> bool:
+    """Flags a reviewer must look at (a default threshold inside bounds is routine)."""
+    return any(f.startswith(SERIOUS_FLAGS) for f in flags)
+
+
+def process_sample_file(
+    path: str | Path,
+    sha256: str,
+    name: SampleName,
+    panel: Panel,
+    strategy: AnyStrategy,
+    qc_report_dir: str | None = None,
+    qc_reports: str = "none",
+) -> SampleRecord:
+    """Read, gate and count one file; returns plain data for the store (no store access).
+
+    With ``qc_reports`` 'all' (or 'flagged' and the sample needs review) the sample's QC PDF is
+    written to ``qc_report_dir`` while its events and masks are in memory (YAML strategies;
+    a FlowJo workspace's gates are reviewed in FlowJo).
+    """
+    gated = gate_file(path, panel, strategy)
+    gating, data = gated.gating, gated.data
+    notes = data.header.notes if data is not None else []
+    flags = list(gating.flags) + [f"reader:{note}" for note in notes]
+    record = SampleRecord(
+        sample_id=name.sample_id,
+        sha256=sha256,
+        patient_id=name.patient_id,
+        visit=name.visit,
+        panel=name.panel_token,
+        events=gating.n_events,
+        strategy_sha256=strategy.sha256,
+        pipeline_version=PIPELINE_VERSION,
+        populations=[
+            {
+                "population": p.population,
+                "parent": p.parent,
+                "count": p.count,
+                "parent_count": p.parent_count,
+            }
+            for p in gating.populations
+        ],
+        qc_steps=[asdict(q) for q in gating.qc_steps],
+        gates=[asdict(g) for g in gating.gates],
+        flags=flags,
+    )
+    wanted = qc_reports == "all" or (qc_reports == "flagged" and needs_review(flags))
+    if qc_report_dir and wanted and data is not None:
+        write_sample_qc_report(
+            Path(qc_report_dir) / f"{name.sample_id}.pdf",
+            sample_id=name.sample_id,
+            file_name=Path(path).name,
+            sha256=sha256,
+            gates=gating.gates,
+            masks=gating.masks,
+            dims=gating.space,
+            data_channel=data.channel,
+            qc_steps=record.qc_steps,
+            populations=record.populations,
+            flags=flags,
+            software=f"strategy {strategy.name} sha256 {strategy.sha256[:12]}",
+        )
+    return record
