@@ -48,15 +48,15 @@ class Logicle:
 
     def fast(self, values: np.ndarray) -> np.ndarray:
         """Table-interpolated logicle as float32, for placing gates and drawing."""
-        base, slope, node = _logicle_table(self.t, self.w, self.m, self.a)
+        table = _logicle_table(self.t, self.w, self.m, self.a)
         v = np.ascontiguousarray(values, dtype=np.float32)
         index = v.view(np.uint32) >> np.uint32(_SHIFT)
-        # base + slope * (value - node), in place: a million values cost three small arrays.
-        out = np.take(node, index)
+        entry = np.take(table, index)  # one gather fetches a node's value and slope
+        # base + slope * (value - node), in place; the node is the value's own top bits.
+        out = (index << np.uint32(_SHIFT)).view(np.float32)
         np.subtract(v, out, out=out)
-        looked_up = np.take(slope, index)
-        out *= looked_up
-        out += np.take(base, index, out=looked_up)
+        out *= entry.imag
+        out += entry.real
         return out
 
 
@@ -77,15 +77,17 @@ class LinearUnit:
 
 
 @lru_cache(maxsize=32)
-def _logicle_table(t: float, w: float, m: float, a: float):
-    """Node values, slopes and node positions for every float32 top-17-bit pattern."""
+def _logicle_table(t: float, w: float, m: float, a: float) -> np.ndarray:
+    """For every float32 top-17-bit pattern (its node: that pattern with the low bits zero),
+    the logicle value at the node (real part) and the slope to the next node (imaginary part),
+    as complex64: two float32 side by side, fetched together."""
     logicle = Logicle(t, w, m, a)
     patterns = np.arange(_NODES, dtype=np.uint64) << np.uint64(_SHIFT)
     with np.errstate(invalid="ignore", over="ignore"):
         node = patterns.astype(np.uint32).view(np.float32).astype(np.float64)
         following = (patterns + (1 << _SHIFT)).astype(np.uint32).view(np.float32).astype(float)
     # Far beyond any instrument's range (and inf/NaN patterns) the table holds the clipped
-    # value; such events are removed by the margin gate before anything is placed.
+    # value with slope 0; such events are removed by the margin gate before anything is placed.
     limit = t * 1e6
     usable = np.isfinite(node) & np.isfinite(following) & (np.abs(node) < limit)
     node = np.where(usable, node, np.clip(np.nan_to_num(node), -limit, limit))
@@ -94,4 +96,7 @@ def _logicle_table(t: float, w: float, m: float, a: float):
     y_next = logicle.exact(following)
     width = following - node
     slope = np.divide(y_next - y_node, width, out=np.zeros_like(width), where=width != 0)
-    return y_node.astype(np.float32), slope.astype(np.float32), node.astype(np.float32)
+    table = np.empty(_NODES, dtype=np.complex64)
+    table.real = y_node
+    table.imag = slope
+    return table

@@ -107,18 +107,26 @@ class FcsData:
         copy of the channel.
         """
         h = self.header
-        inside = np.ones(h.n_events, dtype=bool)
+        checks = []
         for name, (lo, hi) in limits.items():
             j = h.pnn.index(name)
-            if _channel_scale(j, h).identity:
-                values = self.stored[:, j]
-                lo, hi = (None if v is None else _stored_limit(v, values.dtype) for v in (lo, hi))
-            else:
-                values = self.channel(name)
-            if lo is not None:
-                inside &= values >= lo
-            if hi is not None:
-                inside &= values < hi
+            identity = _channel_scale(j, h).identity
+            if identity:
+                dtype = self.stored.dtype
+                lo, hi = (None if v is None else _stored_limit(v, dtype) for v in (lo, hi))
+            checks.append((name, j, identity, lo, hi))
+        inside = np.ones(h.n_events, dtype=bool)
+        # Row blocks that stay in cache while every channel of the block is compared: a
+        # channel is a strided column of the event rows.
+        for start in range(0, h.n_events, _WITHIN_BLOCK_ROWS):
+            rows = slice(start, start + _WITHIN_BLOCK_ROWS)
+            block, part = self.stored[rows], inside[rows]
+            for name, j, identity, lo, hi in checks:
+                values = block[:, j] if identity else self.channel(name, rows)
+                if lo is not None:
+                    part &= values >= lo
+                if hi is not None:
+                    part &= values < hi
         return inside
 
     def channels(self, names: list[str], rows: slice | np.ndarray = slice(None)) -> np.ndarray:
@@ -133,6 +141,9 @@ class FcsData:
     def events(self) -> np.ndarray:
         """All channels as an (events x channels) float64 array (a new array each call)."""
         return self.channels(self.header.pnn)
+
+
+_WITHIN_BLOCK_ROWS = 1 << 14
 
 
 def _stored_limit(limit: float, dtype: np.dtype):

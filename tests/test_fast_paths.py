@@ -8,7 +8,7 @@ import pytest
 
 from gating.space import GatingSpace
 from gating.transforms import FAST_ERROR, Logicle
-from panels.fcs import read_events
+from panels.fcs import read_events, write_fcs
 from panels.resolve import load_panel, resolve_panel
 from tests.conftest import write_simulated, write_sixteen_bit_copy
 
@@ -57,9 +57,28 @@ def test_limits_decide_as_the_exact_transform(tmp_path, integer_file):
 
 
 def test_stored_limits_decide_as_float64(tmp_path):
-    path, _ = write_simulated(tmp_path / "f.fcs", "BCELL", n_events=5000, seed=6)
+    # More events than one block of rows (the last block partial), and Time scaled by
+    # $TIMESTEP: compared as float64 values, not as stored.
+    path, _ = write_simulated(tmp_path / "f.fcs", "BCELL", n_events=40_000, seed=6)
+    simulated = read_events(path)
+    keywords = {"$SPILLOVER": simulated.header.keywords["$SPILLOVER"], "$TIMESTEP": "0.01"}
+    path = write_fcs(
+        tmp_path / "timestep.fcs",
+        simulated.events,
+        simulated.header.pnn,
+        simulated.header.pns,
+        keywords,
+    )
     data = read_events(path)
+    assert data.channel("Time")[-1] == pytest.approx(0.01 * simulated.channel("Time")[-1])
     rng = np.random.default_rng(2)
+    every_channel, expected_all = {}, np.ones(data.header.n_events, bool)
+    for channel in data.header.pnn:
+        values = data.channel(channel)
+        lo, hi = np.quantile(values, [0.01, 0.995])
+        every_channel[channel] = (float(lo), float(hi))
+        expected_all &= (values >= lo) & (values < hi)
+    np.testing.assert_array_equal(data.within(every_channel), expected_all)
     for channel in data.header.pnn:
         values = data.channel(channel)
         # Limits between float32 neighbours, on stored values, and wide open.

@@ -258,3 +258,23 @@ def test_deployments_carry_the_study_schedule(tmp_path):
     nightly, _ = build_deployments(root, workers=2, dask_address="tcp://scheduler:8786")
     assert nightly.parameters["dask_address"] == "tcp://scheduler:8786"
     assert nightly.parameters["workers"] == 1  # the cluster does the work
+
+
+def _worker_state() -> tuple[bool, bool, int | None]:
+    """What a pool worker has loaded: Prefect (it must not), the sample code, BLAS threads."""
+    from threadpoolctl import threadpool_info
+
+    threads = [lib["num_threads"] for lib in threadpool_info()]
+    return "prefect" in sys.modules, "flows.sample_work" in sys.modules, max(threads, default=None)
+
+
+def test_workers_load_the_sample_code_without_prefect_and_use_one_thread():
+    """Only the flow process talks to Prefect; a worker is one core (BLAS limited after the
+    libraries are loaded, or the limit would not reach them)."""
+    from flows.worker_pool import run_in_worker_pool, sample_worker_pool
+
+    with sample_worker_pool(2):
+        prefect_loaded, sample_code_loaded, threads = run_in_worker_pool(_worker_state)
+    assert not prefect_loaded
+    assert sample_code_loaded
+    assert threads == 1
