@@ -265,7 +265,8 @@ def _one_pass(
     )
     with per_sample_runner(workers if len(plan.ready) > 1 else 1, dask_address) as submit:
         processed, failed = _process_ready(plan.ready, study, store, run_id, logger, submit)
-    error = update_outputs(study, store, open_worker_pool())
+        # The local pool, if one is open, draws the report's pages too.
+        error = update_outputs(study, store, open_worker_pool())
     if error:
         logger.error("cohort step stopped: %s", error)
     counts = {
