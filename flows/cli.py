@@ -337,10 +337,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except Exception as exc:  # a clear last word instead of a traceback for known errors
         from cohort.study import StudyError
+        from flows.prefect_api import PrefectApiError
         from gating.strategy import StrategyError
         from panels.resolve import PanelError
 
-        if isinstance(exc, StudyError | StrategyError | PanelError):
+        if isinstance(exc, StudyError | StrategyError | PanelError | PrefectApiError):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -278,3 +278,17 @@ def test_workers_load_the_sample_code_without_prefect_and_use_one_thread():
     assert not prefect_loaded
     assert sample_code_loaded
     assert threads == 1
+
+
+def test_an_unreachable_prefect_server_is_named_with_what_to_do():
+    """The API is started in a thread, in the caller's settings: a server address set for this
+    block (as a test harness or a deployment sets it) is the one tried, and its failure reads
+    as an instruction, not a traceback."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.prefect_api import PrefectApiError, prefect_api_starting
+
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        with pytest.raises(PrefectApiError, match=r"127\.0\.0\.1:9/api did not answer.*unset"):
+            with prefect_api_starting():
+                pass
