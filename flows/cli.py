@@ -7,6 +7,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -32,17 +34,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _run(root, args.workers)
 
 
-def _run(root: Path, workers: int | None, dask_address: str | None = None) -> int:
+@contextmanager
+def _ready_for_passes(workers: int | None, dask_address: str | None) -> Iterator[None]:
+    """Worker processes loaded, Prefect's API up and the flow imported, all three started in
+    parallel; the workers stay open for the passes run inside the block.
+
+    The pool is opened before anything imports Prefect, so the workers load while this process
+    imports the flow and Prefect's server starts.
+    """
     from flows.worker_pool import local_workers, sample_worker_pool
 
-    started = time.perf_counter()
-    # Start-up in parallel: the workers load the gating code, Prefect's API starts, and this
-    # process loads the flow.
     with sample_worker_pool(local_workers(workers, dask_address)):
         from flows.prefect_api import prefect_api_starting
 
         with prefect_api_starting():
-            from flows.nightly import run_study
+            import flows.nightly  # noqa: F401
+        yield
+
+
+def _run(root: Path, workers: int | None, dask_address: str | None = None) -> int:
+    started = time.perf_counter()
+    with _ready_for_passes(workers, dask_address):
+        from flows.nightly import run_study
+
         summary = run_study(root, workers, dask_address=dask_address)
     print(
         f"run {summary.run_id}: {summary.seen} files seen, {summary.processed} processed, "
@@ -63,20 +77,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    from flows.worker_pool import local_workers, sample_worker_pool
-
     root = Path(args.study)
     mode = "polling" if args.polling else "inotify"
     try:
-        # Ready before the first file lands, so a drop costs only its own work: worker
-        # processes loaded and Prefect's API up, started in parallel with this process's
-        # imports.
-        with sample_worker_pool(local_workers(args.workers, args.dask)):
-            from flows.prefect_api import prefect_api_starting
-
-            with prefect_api_starting():
-                from flows.nightly import run_study
-                from flows.watch import watch_inbox
+        # Ready before the first file lands, so a drop costs only its own work.
+        with _ready_for_passes(args.workers, args.dask):
+            from flows.nightly import run_study
+            from flows.watch import watch_inbox
 
             def run(hold: list[str]) -> None:
                 summary = run_study(root, args.workers, hold, dask_address=args.dask)
