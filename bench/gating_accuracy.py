@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cohort.demo import B_TRUTH, LABELS, T_TRUTH, DemoOptions, write_demo_study
 from cohort.study import Study
 from gating.pipeline import gate_sample
 from panels.fcs import read_events
 from panels.resolve import resolve_panel
+from simulate.demo import B_TRUTH, LABELS, T_TRUTH, DemoOptions, simulate_study
 
 HARD = DemoOptions(
     gain_drift=0.25,
@@ -109,7 +109,7 @@ def main() -> None:
         options = DemoOptions(
             **{**HARD.__dict__, "events_per_file": args.events, "seed": args.seed}
         )
-        write_demo_study(root, options)
+        simulate_study(root, options)
         scores = score_study(root)
         table = summarise(scores)
         print(markdown_table(table.reset_index()))

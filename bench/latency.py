@@ -25,7 +25,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.performance import write_benchmark_file  # noqa: E402
-from cohort.demo import DemoOptions, write_demo_study  # noqa: E402
+from simulate.demo import DemoOptions, simulate_study  # noqa: E402
 
 
 def wait_for(condition, timeout: float, what: str) -> float:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "study"
-        write_demo_study(root, DemoOptions(events_per_file=1000, include_bad_files=False))
+        simulate_study(root, DemoOptions(events_per_file=1000, include_bad_files=False))
         shutil.rmtree(root / "inbox")
         (root / "inbox").mkdir()
         staged = []

@@ -53,14 +53,14 @@ SPECTRAL_DETECTORS = [
 
 def write_benchmark_file(path: Path, n_events: int, spectral: bool = False, seed: int = 3) -> Path:
     """A simulated B-cell tube; ``spectral`` adds 19 detectors and widens the spillover."""
-    from cohort.demo import PANEL_CHANNELS, _frequencies, _labels_for, simulate_sample
-    from panels.fcs import write_fcs
+    from simulate.demo import PANEL_CHANNELS, channel_label, population_frequencies, simulate_sample
+    from simulate.fcs_writer import write_fcs
 
     rng = np.random.default_rng(seed)
-    shares = _frequencies("BCELL", "child", "BL", rng, rng)
+    shares = population_frequencies("BCELL", "child", "BL", rng, rng)
     events, pnn, _, spill = simulate_sample("BCELL", shares, n_events, rng)
     channels = PANEL_CHANNELS["BCELL"]
-    pns = ["", "", "", *[_labels_for("marker_fluor", m, f) for _, f, m in channels], ""]
+    pns = ["", "", "", *[channel_label("marker_fluor", m, f) for _, f, m in channels], ""]
     detectors = pnn[3 : 3 + len(channels)]
     if spectral:
         k, extra = len(channels), len(SPECTRAL_DETECTORS)

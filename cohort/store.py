@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gating.pipeline import AppliedGate
+from gating.records import AppliedGate
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -328,7 +328,7 @@ class Store:
             (sample_key,),
         ).fetchall()
         return [
-            AppliedGate(
+            AppliedGate.from_record(
                 name,
                 parent,
                 kind,

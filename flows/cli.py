@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from cohort.demo import DemoOptions, write_demo_study
+    from simulate.demo import DemoOptions, simulate_study
 
     root = Path(args.study)
     if (root / "study.yaml").exists() and not args.force:
@@ -23,7 +23,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 2
     events = 1_000_000 if args.large else args.events
     started = time.perf_counter()
-    write_demo_study(root, DemoOptions(events_per_file=events, seed=args.seed))
+    simulate_study(root, DemoOptions(events_per_file=events, seed=args.seed))
     n_files = len(list((root / "inbox").iterdir()))
     print(
         f"demo study written to {root} ({n_files} inbox files, "

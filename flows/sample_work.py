@@ -62,7 +62,7 @@ def process_sample_file(
             for p in gating.populations
         ],
         qc_steps=[asdict(q) for q in gating.qc_steps],
-        gates=[asdict(g) for g in gating.gates],
+        gates=[g.to_record() for g in gating.gates],
         flags=flags,
     )
     wanted = qc_reports == "all" or (qc_reports == "flagged" and needs_review(flags))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import flowkit as fk
 
-from gating.pipeline import ALL_EVENTS, AppliedGate
+from gating.records import ALL_EVENTS, AppliedGate
 from gating.space import channel_range
 from panels.fcs import FcsHeader
 from panels.resolve import ResolvedPanel
@@ -57,81 +57,14 @@ def to_flowkit_strategy(
         )
 
     paths: dict[str, tuple[str, ...]] = {ALL_EVENTS: ("root",)}
-    for gate in gates:
-        if gate.kind == "threshold":
+    for applied in gates:
+        if not applied.gate.selects_events:
             continue
-        parent_path = paths[gate.parent]
-        for extra in _flowkit_gates(gate, dim, paths, parent_path):
+        parent_path = paths[applied.parent]
+        for extra in applied.gate.to_flowkit(applied.name, dim, parent_path):
             strategy.add_gate(extra, gate_path=parent_path)
-        paths[gate.name] = (*parent_path, gate.name)
+        paths[applied.name] = (*parent_path, applied.name)
     return strategy
-
-
-def _flowkit_gates(gate: AppliedGate, dim, paths, parent_path) -> list:
-    """The flowkit gate(s) for one recorded gate; helpers first, the named gate last."""
-    p = gate.parameters
-    g = fk.gates
-    if gate.kind == "raw_range":
-        dims = [
-            fk.Dimension(ch, compensation_ref="uncompensated", range_min=lo, range_max=hi)
-            for ch, (lo, hi) in p["limits"].items()
-        ]
-        if not dims:  # nothing to limit: a range no event can leave
-            return [
-                g.RectangleGate(
-                    gate.name,
-                    [
-                        fk.Dimension(
-                            gate.dimensions[0] if gate.dimensions else "Time",
-                            compensation_ref="uncompensated",
-                            range_min=None,
-                            range_max=None,
-                        )
-                    ],
-                )
-            ]
-        return [g.RectangleGate(gate.name, dims)]
-    if gate.kind == "time_ranges":
-
-        def time_dim(lo, hi):
-            return fk.Dimension(
-                p["channel"], compensation_ref="uncompensated", range_min=lo, range_max=hi
-            )
-
-        if len(p["keep"]) == 1:
-            lo, hi = p["keep"][0]
-            return [g.RectangleGate(gate.name, [time_dim(lo, hi)])]
-        parts = [
-            g.RectangleGate(f"{gate.name}_part{k}", [time_dim(lo, hi)])
-            for k, (lo, hi) in enumerate(p["keep"], start=1)
-        ]
-        refs = [{"ref": part.gate_name, "path": parent_path, "complement": False} for part in parts]
-        return [*parts, g.BooleanGate(gate.name, "or", refs)]
-    if gate.kind == "rectangle":
-        return [g.RectangleGate(gate.name, [dim(d, lo, hi) for d, (lo, hi) in p["limits"].items()])]
-    if gate.kind == "polygon":
-        return [g.PolygonGate(gate.name, [dim(d) for d in gate.dimensions], p["vertices"])]
-    if gate.kind == "ellipse":
-        return [
-            g.EllipsoidGate(
-                gate.name,
-                [dim(d) for d in gate.dimensions],
-                p["mean"],
-                p["covariance"],
-                p["distance_square"],
-            )
-        ]
-    if gate.kind == "boolean":
-        refs = [
-            {
-                "ref": r[4:] if r.startswith("not ") else r,
-                "path": parent_path,
-                "complement": r.startswith("not "),
-            }
-            for r in p["refs"]
-        ]
-        return [g.BooleanGate(gate.name, p["op"], refs)]
-    raise ValueError(f"gate {gate.name}: kind {gate.kind!r} cannot be exported")
 
 
 def gatingml_text(gates: list[AppliedGate], resolved: ResolvedPanel, header: FcsHeader) -> str:

@@ -1,27 +1,29 @@
-"""Quality control before gating: each step keeps a mask and says how many events it removed."""
+"""Quality control before gating, as a tree of recorded gates: saturated events, unstable flow,
+doublets, debris. Each step is an ``AppliedGate`` (so replay and export reproduce it) and a
+``QcStep`` saying how many events it removed.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from gating.adaptive import Placement, place_threshold_at_density_valley
+from gating.gates import RawRangeGate, RectangleGate, TimeRangesGate, singlet_polygon
+from gating.records import ALL_EVENTS, AppliedGate, QcStep
+from gating.space import GatingSpace, channel_range
+from gating.strategy import QC_ROOT, QcSettings
+from panels.resolve import ResolvedPanel
 
-
-@dataclass(frozen=True)
-class QcStep:
-    """One QC step on one sample: events in, events removed, and what was decided."""
-
-    name: str
-    events_in: int
-    removed: int
-    detail: str
-
-    @property
-    def removed_share(self) -> float:
-        return self.removed / self.events_in if self.events_in else 0.0
+# QC gates, in order, and the QC step each one's removals are reported as.
+QC_STEPS = {
+    "in_range": "margin_events",
+    "stable_flow": "time_anomalies",
+    "singlets": "doublets",
+    QC_ROOT: "debris",
+}
 
 
 def stable_time_ranges(
@@ -88,3 +90,99 @@ def place_debris_threshold(fsc_a_unit: np.ndarray, bounds, default) -> Placement
     return place_threshold_at_density_valley(
         fsc_a_unit, bounds, default, bandwidth=0.01, min_side_share=0.001
     )
+
+
+@dataclass
+class QcResult:
+    """The QC gates of one sample, their masks, the steps and flags they raised."""
+
+    gates: list[AppliedGate] = field(default_factory=list)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    steps: list[QcStep] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+
+    def apply(self, gate: AppliedGate, space: GatingSpace) -> np.ndarray:
+        self.gates.append(gate)
+        self.masks[gate.name] = gate.gate.apply(self.masks[gate.parent], self.masks, space)
+        return self.masks[gate.name]
+
+
+def run_qc(space: GatingSpace, resolved: ResolvedPanel, settings: QcSettings) -> QcResult:
+    """Margin events, time anomalies, doublets and debris, in that order (``QC_STEPS``)."""
+    data = space.data
+    h = data.header
+    n = h.n_events
+    result = QcResult(masks={ALL_EVENTS: np.ones(n, dtype=bool)})
+    used = [*resolved.marker_channels.values(), *resolved.scatter_channels.values()]
+    limits = {c: (None, channel_range(h.pnr[h.pnn.index(c)]) - 1) for c in used}
+    margin = RawRangeGate(limits, tuple(used))
+    result.apply(
+        AppliedGate("in_range", ALL_EVENTS, margin, True, "saturated events removed"), space
+    )
+    result.apply(_stable_flow_gate(space, resolved, settings, result), space)
+    kept = result.masks["stable_flow"]
+    ratio = space["FSC-A"][kept] / np.maximum(space["FSC-H"][kept], 1e-9)
+    singlet = place_threshold_at_density_valley(
+        ratio,
+        settings.singlet_ratio.bounds,
+        settings.singlet_ratio.default,
+        bandwidth=0.02,
+        min_side_share=0.001,
+    )
+    result.apply(
+        AppliedGate(
+            "singlets",
+            "stable_flow",
+            singlet_polygon(singlet.value),
+            singlet.from_data,
+            f"FSC-A/FSC-H <= {singlet.value:.3f} ({singlet.note})",
+        ),
+        space,
+    )
+    debris = place_debris_threshold(
+        space["FSC-A"][result.masks["singlets"]],
+        settings.debris_fsc.bounds,
+        settings.debris_fsc.default,
+    )
+    result.apply(
+        AppliedGate(
+            QC_ROOT,
+            "singlets",
+            RectangleGate({"FSC-A": (debris.value, None)}),
+            debris.from_data,
+            f"FSC-A >= {debris.value:.3f} ({debris.note})",
+        ),
+        space,
+    )
+    for place, label in ((singlet, "singlets"), (debris, "debris")):
+        if not place.from_data:
+            result.flags.append(f"default_gate:{label}")
+    parent_count = n
+    notes = {g.name: g.note for g in result.gates}
+    for name, step in QC_STEPS.items():
+        count = int(np.count_nonzero(result.masks[name]))
+        result.steps.append(QcStep(step, parent_count, parent_count - count, notes[name]))
+        parent_count = count
+    removed = n - parent_count
+    if n and removed / n > settings.max_removed_share:
+        result.flags.append(f"qc_removed:{removed / n:.0%}>{settings.max_removed_share:.0%}")
+    return result
+
+
+def _stable_flow_gate(
+    space: GatingSpace, resolved: ResolvedPanel, settings: QcSettings, result: QcResult
+) -> AppliedGate:
+    if not resolved.time_channel:
+        result.flags.append("no_time_channel:time_qc_skipped")
+        return AppliedGate(
+            "stable_flow", "in_range", RawRangeGate({}), False, "no Time channel: nothing removed"
+        )
+    keep_ranges, detail = stable_time_ranges(
+        space.data.channel(resolved.time_channel),
+        [space[m] for m in resolved.marker_channels],
+        result.masks["in_range"],
+        settings.time_bins,
+        settings.time_max_z,
+    )
+    gate = TimeRangesGate(resolved.time_channel, tuple((lo, hi) for lo, hi in keep_ranges))
+    return AppliedGate("stable_flow", "in_range", gate, True, detail)

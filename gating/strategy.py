@@ -1,14 +1,33 @@
-"""Gating strategies as reviewable YAML files: loading, validation and identity (hash)."""
+"""Gating strategies as reviewable YAML files: validation, defaults, identity, and placement.
+
+A strategy has QC settings, thresholds placed per sample from the data, and a tree of gate
+specifications. Each specification kind knows how to place its gate on one sample
+(``place``), giving an ``AppliedGate`` with fixed parameters (``gating.gates``).
+
+The files are validated by the pydantic models below: unknown keys, wrong types and
+out-of-range values are errors naming the file, the key and what is allowed. Every default is
+stated once, on its model field.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import yaml
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gating.gates import BooleanGate, EllipseGate, RectangleGate
+from gating.records import AppliedGate
+from panels.config_files import load_yaml_model
+
+if TYPE_CHECKING:
+    from gating.space import GatingSpace
 
 QC_ROOT = "qc_passed"  # the events left after QC; parent of the first gate
 
@@ -17,38 +36,144 @@ class StrategyError(Exception):
     """A strategy file that cannot be used; the message names the file and the entry."""
 
 
-@dataclass(frozen=True)
-class QcSettings:
-    max_removed_share: float = 0.20
-    min_population_events: int = 50
-    time_bins: int = 100
-    time_max_z: float = 6.0
-    singlet_ratio_bounds: tuple[float, float] = (1.15, 1.7)
-    singlet_ratio_default: float = 1.35
-    debris_fsc_bounds: tuple[float, float] = (0.03, 0.16)
-    debris_fsc_default: float = 0.08
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-@dataclass(frozen=True)
-class ThresholdSpec:
-    name: str
-    dimension: str
-    within: str
+class BoundedPlacement(_Spec):
+    """A position placed from the data inside ``bounds``; ``default`` when the data show none."""
+
     bounds: tuple[float, float]
     default: float
 
+    @model_validator(mode="after")
+    def _default_inside(self) -> BoundedPlacement:
+        lo, hi = self.bounds
+        if not lo < hi:
+            raise ValueError(f"bounds must be increasing, got [{lo}, {hi}]")
+        if not lo <= self.default <= hi:
+            raise ValueError(f"default {self.default} lies outside bounds [{lo}, {hi}]")
+        return self
 
-@dataclass(frozen=True)
-class GateSpec:
+
+class QcSettings(_Spec):
+    """QC steps before gating, and when a sample is flagged."""
+
+    max_removed_share: float = Field(0.20, ge=0.0, le=1.0)
+    min_population_events: int = Field(50, ge=0)
+    time_bins: int = Field(100, ge=2)
+    time_max_z: float = Field(6.0, gt=0.0)
+    # upper limit of FSC-A / FSC-H
+    singlet_ratio: BoundedPlacement = BoundedPlacement(bounds=(1.15, 1.7), default=1.35)
+    # lower limit of FSC-A (fraction of range)
+    debris_fsc: BoundedPlacement = BoundedPlacement(bounds=(0.03, 0.16), default=0.08)
+
+
+class ThresholdSpec(BoundedPlacement):
+    """A 1-D threshold on ``dimension`` among the events of gate ``within``."""
+
+    dimension: str
+    within: str
+
+
+Limit = str | float | None
+
+
+class _GateSpec(_Spec):
     name: str
     parent: str
-    kind: str  # rectangle | boolean | scatter_cluster
     report: bool = True
-    limits: dict[str, tuple[str | float | None, str | float | None]] = field(default_factory=dict)
-    op: str = "and"
-    refs: tuple[tuple[str, bool], ...] = ()  # (gate name, negated)
-    dimensions: tuple[str, ...] = ()
-    options: dict = field(default_factory=dict)
+
+    def references(self) -> list[str]:
+        """Gates this one needs to be defined before it (besides its parent)."""
+        return []
+
+
+class RectangleSpec(_GateSpec):
+    """Limits per dimension: a threshold's name, a number, or null (open)."""
+
+    kind: Literal["rectangle"]
+    limits: dict[str, tuple[Limit, Limit]] = Field(min_length=1)
+
+    def place(self, context: PlacementContext) -> AppliedGate:
+        limits = {
+            dim: (context.threshold(lo), context.threshold(hi))
+            for dim, (lo, hi) in self.limits.items()
+        }
+        return AppliedGate(
+            self.name, self.parent, RectangleGate(limits), True, "limits from thresholds"
+        )
+
+
+class BooleanSpec(_GateSpec):
+    """``and``/``or`` of gates defined above; ``not NAME`` takes a complement."""
+
+    kind: Literal["boolean"]
+    op: Literal["and", "or"] = "and"
+    refs: list[str] = Field(min_length=1)
+
+    def references(self) -> list[str]:
+        return [r[4:].strip() if r.startswith("not ") else r for r in self.refs]
+
+    def place(self, context: PlacementContext) -> AppliedGate:
+        refs = tuple(("not " + r[4:].strip()) if r.startswith("not ") else r for r in self.refs)
+        return AppliedGate(self.name, self.parent, BooleanGate(self.op, refs), True, "")
+
+
+class ScatterClusterSpec(_GateSpec):
+    """An ellipse around mixture components whose means fall in ``pick`` (x box, y box)."""
+
+    kind: Literal["scatter_cluster"]
+    dimensions: tuple[str, str]
+    components: int = Field(3, ge=1, le=12)
+    pick: tuple[tuple[float, float], tuple[float, float]]
+    distance_square: float = Field(9.21, gt=0.0)  # chi-square(2) 99%
+    default_mean: tuple[float, float]
+    default_covariance: tuple[tuple[float, float], tuple[float, float]]
+
+    def place(self, context: PlacementContext) -> AppliedGate:
+        from gating.adaptive import place_ellipse_by_mixture
+
+        x_dim, y_dim = self.dimensions
+        place = place_ellipse_by_mixture(
+            context.space[x_dim],
+            context.space[y_dim],
+            self.pick,
+            self.default_mean,
+            self.default_covariance,
+            within=context.masks[self.parent],
+            components=self.components,
+            distance_square=self.distance_square,
+        )
+        gate = EllipseGate(
+            self.dimensions,
+            tuple(float(v) for v in place.mean),
+            tuple(tuple(float(v) for v in row) for row in place.covariance),
+            float(place.distance_square),
+        )
+        return AppliedGate(self.name, self.parent, gate, place.from_data, place.note)
+
+
+GateSpec = Annotated[RectangleSpec | BooleanSpec | ScatterClusterSpec, Field(discriminator="kind")]
+
+
+class StrategyFile(_Spec):
+    """The contents of a strategy YAML file."""
+
+    name: str
+    version: int = Field(1, ge=1)
+    qc: QcSettings = QcSettings()
+    thresholds: dict[str, ThresholdSpec] = {}
+    gates: list[GateSpec] = Field(min_length=1)
+
+
+@dataclass
+class PlacementContext:
+    """What a gate specification needs to place its gate on one sample."""
+
+    space: GatingSpace
+    masks: Mapping[str, np.ndarray]
+    threshold: Callable[[Limit], float | None]
 
 
 @dataclass(frozen=True)
@@ -59,16 +184,13 @@ class Strategy:
     version: int
     qc: QcSettings
     thresholds: dict[str, ThresholdSpec]
-    gates: tuple[GateSpec, ...]
+    gates: tuple[RectangleSpec | BooleanSpec | ScatterClusterSpec, ...]
     sha256: str
     source: str
 
     @property
-    def reported(self) -> list[GateSpec]:
+    def reported(self) -> list[_GateSpec]:
         return [g for g in self.gates if g.report]
-
-    def gate(self, name: str) -> GateSpec:
-        return next(g for g in self.gates if g.name == name)
 
 
 def load_strategy(name_or_path: str, base_dir: Path | None = None) -> Strategy:
@@ -81,96 +203,45 @@ def load_strategy(name_or_path: str, base_dir: Path | None = None) -> Strategy:
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         if not path.is_file():
-            raise StrategyError(f"gating strategy {name_or_path!r}: no such built-in or file")
-    text = path.read_text()
-    try:
-        doc = yaml.safe_load(text)
-        return _build(doc, path, text)
-    except StrategyError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError, yaml.YAMLError) as exc:
-        raise StrategyError(f"{path}: malformed strategy ({type(exc).__name__}: {exc})") from None
-
-
-def _build(doc: dict, path: Path, text: str) -> Strategy:
-    q = doc.get("qc", {}) or {}
-    qc = QcSettings(
-        max_removed_share=float(q.get("max_removed_share", 0.2)),
-        min_population_events=int(q.get("min_population_events", 50)),
-        time_bins=int(q.get("time_bins", 100)),
-        time_max_z=float(q.get("time_max_z", 6.0)),
-        singlet_ratio_bounds=tuple(q.get("singlet_ratio", {}).get("bounds", (1.15, 1.7))),
-        singlet_ratio_default=float(q.get("singlet_ratio", {}).get("default", 1.35)),
-        debris_fsc_bounds=tuple(q.get("debris_fsc", {}).get("bounds", (0.03, 0.16))),
-        debris_fsc_default=float(q.get("debris_fsc", {}).get("default", 0.08)),
-    )
-    thresholds = {
-        name: ThresholdSpec(
-            name, str(t["dimension"]), str(t["within"]), tuple(t["bounds"]), float(t["default"])
-        )
-        for name, t in (doc.get("thresholds") or {}).items()
-    }
-    gates: list[GateSpec] = []
-    known = {QC_ROOT}
-    for g in doc["gates"]:
-        name, parent, kind = str(g["name"]), str(g["parent"]), str(g["kind"])
-        where = f"{path}: gate {name!r}"
-        if parent not in known:
-            raise StrategyError(f"{where}: parent {parent!r} is not defined above it")
-        if name in known:
-            raise StrategyError(f"{where}: defined twice")
-        limits: dict = {}
-        refs: tuple = ()
-        if kind == "rectangle":
-            for dim, (lo, hi) in g["limits"].items():
-                for ref in (lo, hi):
-                    if isinstance(ref, str) and ref not in thresholds:
-                        raise StrategyError(f"{where}: unknown threshold {ref!r}")
-                limits[str(dim)] = (lo, hi)
-        elif kind == "boolean":
-            parsed = []
-            for ref in g["refs"]:
-                negated = ref.startswith("not ")
-                target = ref[4:].strip() if negated else ref
-                if target not in known:
-                    raise StrategyError(f"{where}: refers to {target!r} before it is defined")
-                parsed.append((target, negated))
-            refs = tuple(parsed)
-            if g.get("op", "and") not in {"and", "or"}:
-                raise StrategyError(f"{where}: op must be 'and' or 'or'")
-        elif kind != "scatter_cluster":
-            raise StrategyError(f"{where}: unknown kind {kind!r}")
-        options = {
-            k: v
-            for k, v in g.items()
-            if k not in {"name", "parent", "kind", "report", "limits", "op", "refs", "dimensions"}
-        }
-        gates.append(
-            GateSpec(
-                name=name,
-                parent=parent,
-                kind=kind,
-                report=bool(g.get("report", True)),
-                limits=limits,
-                op=str(g.get("op", "and")),
-                refs=refs,
-                dimensions=tuple(g.get("dimensions", ())),
-                options=options,
+            raise StrategyError(
+                f"gating strategy {name_or_path!r}: neither a built-in (bcell, treg) nor a file"
             )
-        )
-        known.add(name)
-    for t in thresholds.values():
-        if t.within not in known:
-            raise StrategyError(f"{path}: threshold {t.name!r} within unknown gate {t.within!r}")
+    parsed, doc = load_yaml_model(path, StrategyFile, StrategyError)
+    _check_references(parsed, path)
     # Identity: the parsed content, so whitespace and comment edits do not force reprocessing.
-    canonical = json.dumps(doc, sort_keys=True, default=str)
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
     return Strategy(
-        str(doc["name"]),
-        int(doc.get("version", 1)),
-        qc,
-        thresholds,
-        tuple(gates),
+        parsed.name,
+        parsed.version,
+        parsed.qc,
+        dict(parsed.thresholds),
+        tuple(parsed.gates),
         digest,
         str(path),
     )
+
+
+def _check_references(parsed: StrategyFile, path: Path) -> None:
+    """Every parent, reference and threshold is defined before it is used."""
+    known = {QC_ROOT}
+    for k, gate in enumerate(parsed.gates):
+        where = f"{path}: gates.{k} ({gate.name!r})"
+        if gate.parent not in known:
+            raise StrategyError(f"{where}: parent {gate.parent!r} is not defined above it")
+        if gate.name in known:
+            raise StrategyError(f"{where}: the name is defined twice")
+        for ref in gate.references():
+            if ref not in known:
+                raise StrategyError(f"{where}: refers to {ref!r} before it is defined")
+        if isinstance(gate, RectangleSpec):
+            for dim, pair in gate.limits.items():
+                for ref in pair:
+                    if isinstance(ref, str) and ref not in parsed.thresholds:
+                        raise StrategyError(
+                            f"{where}: limits.{dim}: unknown threshold {ref!r} (thresholds: "
+                            f"{', '.join(parsed.thresholds) or 'none'})"
+                        )
+        known.add(gate.name)
+    for name, t in parsed.thresholds.items():
+        if t.within not in known:
+            raise StrategyError(f"{path}: thresholds.{name}.within: unknown gate {t.within!r}")

@@ -6,7 +6,7 @@ it from a table indexed by the top bits of the float32 value (piecewise linear i
 error below 1e-6 of the scale), at ~10 ns a value. Gate membership is never decided on those
 approximate values: a threshold on a logicle scale is compared in the channel's linear units
 through the exact closed-form inverse, and the few 2-D gates on logicle scales use flowutils'
-exact forward transform (see ``gating.pipeline.GatingSpace``).
+exact forward transform (see ``gating.space.GatingSpace``).
 """
 
 from __future__ import annotations

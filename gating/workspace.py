@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from gating.pipeline import PopulationCount, SampleGating
+from gating.records import PopulationCount, SampleGating
 from gating.strategy import StrategyError
 
 

@@ -1,4 +1,4 @@
-"""Reading and writing FCS files: one entry point for intake, processing and inspection.
+"""Reading FCS files: one entry point for intake, processing and inspection.
 
 The TEXT segment is parsed by fcsparser's metadata-only parse (fast, works on every layout we
 have seen). The DATA segment is decoded here with NumPy from the TEXT keywords: fcsparser's own
@@ -9,7 +9,6 @@ gain, timestep) so event arrays equal flowkit's ``Sample`` events.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import warnings
@@ -98,37 +97,6 @@ class FcsData:
         j = self.header.pnn.index(name)
         return _scale_channel(self.stored[rows, j].astype(np.float64), j, self.header)
 
-    def within(self, limits: dict[str, tuple[float | None, float | None]]) -> np.ndarray:
-        """Events with ``low <= value < high`` on every channel of ``limits`` (``None``: open),
-        in flowkit's scale.
-
-        Channels stored unscaled are compared as stored, against the limit rounded up to the
-        stored type, which decides exactly as a float64 comparison would, without a float64
-        copy of the channel.
-        """
-        h = self.header
-        checks = []
-        for name, (lo, hi) in limits.items():
-            j = h.pnn.index(name)
-            identity = _channel_scale(j, h).identity
-            if identity:
-                dtype = self.stored.dtype
-                lo, hi = (None if v is None else _stored_limit(v, dtype) for v in (lo, hi))
-            checks.append((name, j, identity, lo, hi))
-        inside = np.ones(h.n_events, dtype=bool)
-        # Row blocks that stay in cache while every channel of the block is compared: a
-        # channel is a strided column of the event rows.
-        for start in range(0, h.n_events, _WITHIN_BLOCK_ROWS):
-            rows = slice(start, start + _WITHIN_BLOCK_ROWS)
-            block, part = self.stored[rows], inside[rows]
-            for name, j, identity, lo, hi in checks:
-                values = block[:, j] if identity else self.channel(name, rows)
-                if lo is not None:
-                    part &= values >= lo
-                if hi is not None:
-                    part &= values < hi
-        return inside
-
     def channels(self, names: list[str], rows: slice | np.ndarray = slice(None)) -> np.ndarray:
         """Several channels as an (events x len(names)) float64 array."""
         columns = [self.header.pnn.index(name) for name in names]
@@ -137,24 +105,15 @@ class FcsData:
             _scale_channel(out[:, k], j, self.header)
         return out
 
+    def stored_as_scaled(self, name: str) -> bool:
+        """Whether the channel's stored values are already in flowkit's scale (no $TIMESTEP,
+        $PnE or $PnG to apply), so they can be compared without a float64 copy."""
+        return _channel_scale(self.header.pnn.index(name), self.header).identity
+
     @property
     def events(self) -> np.ndarray:
         """All channels as an (events x channels) float64 array (a new array each call)."""
         return self.channels(self.header.pnn)
-
-
-_WITHIN_BLOCK_ROWS = 1 << 14
-
-
-def _stored_limit(limit: float, dtype: np.dtype):
-    """The least value of ``dtype`` not below ``limit``: for any stored value x, ``x >= it`` and
-    ``x < it`` hold exactly when ``x >= limit`` and ``x < limit`` do in real numbers."""
-    if dtype.kind == "f":
-        value = dtype.type(limit)
-        if float(value) < limit:  # in float64: NumPy would round ``limit`` to ``dtype``
-            value = np.nextafter(value, dtype.type(np.inf))
-        return value
-    return math.ceil(limit)  # unsigned integers; NumPy compares out-of-range ints correctly
 
 
 def parse_spillover(text: str, path: str | os.PathLike, key: str) -> tuple[list[str], np.ndarray]:
@@ -462,100 +421,3 @@ def _scale_channel(values: np.ndarray, j: int, h: FcsHeader) -> np.ndarray:
     if scale.gain is not None:
         values /= scale.gain
     return values
-
-
-def write_fcs(
-    path: str | os.PathLike,
-    events: np.ndarray,
-    pnn: list[str],
-    pns: list[str] | None = None,
-    keywords: dict[str, str] | None = None,
-    *,
-    datatype: str = "F",
-    byteorder: str = "<",
-    bits: int = 32,
-    pnr: list[float] | None = None,
-    offsets_in_header: bool = True,
-) -> Path:
-    """Write an FCS 3.1 list-mode file (used by the demo generator, tests and benchmarks)."""
-    path = Path(path)
-    events = np.asarray(events)
-    n, p = events.shape
-    if len(pnn) != p:
-        raise ValueError("one $PnN name per column is needed")
-    pns = pns or [""] * p
-    pnr = pnr or [262144.0] * p
-    if datatype == "F":
-        data = events.astype(f"{byteorder}f4").tobytes()
-        width = 32
-    elif datatype == "D":
-        data = events.astype(f"{byteorder}f8").tobytes()
-        width = 64
-    elif datatype == "I":
-        if bits not in (8, 16, 24, 32):
-            raise ValueError("integer bit width must be 8, 16, 24 or 32")
-        limit = (1 << bits) - 1
-        ints = np.clip(np.rint(events), 0, limit).astype(np.uint32)
-        if bits == 24:
-            as_bytes = ints.astype("<u4").view(np.uint8).reshape(n, p, 4)[:, :, :3]
-            if byteorder == ">":
-                as_bytes = as_bytes[:, :, ::-1]
-            data = np.ascontiguousarray(as_bytes).tobytes()
-        else:
-            data = ints.astype(f"{byteorder}u{bits // 8}").tobytes()
-        width = bits
-    else:
-        raise ValueError("datatype must be I, F or D")
-    kw: dict[str, str] = {
-        "$BYTEORD": "1,2,3,4" if byteorder == "<" else "4,3,2,1",
-        "$DATATYPE": datatype,
-        "$MODE": "L",
-        "$NEXTDATA": "0",
-        "$PAR": str(p),
-        "$TOT": str(n),
-    }
-    for j in range(p):
-        kw[f"$P{j + 1}N"] = pnn[j]
-        if pns[j]:
-            kw[f"$P{j + 1}S"] = pns[j]
-        kw[f"$P{j + 1}B"] = str(width)
-        kw[f"$P{j + 1}E"] = "0,0"
-        kw[f"$P{j + 1}R"] = str(int(pnr[j]))
-    for key, value in (keywords or {}).items():
-        kw[key] = str(value)
-
-    delim = "|"
-
-    def text_for(begin: int, end: int) -> bytes:
-        items = dict(kw)
-        items.update({"$BEGINDATA": str(begin), "$ENDDATA": str(end)})
-        items.update({"$BEGINANALYSIS": "0", "$ENDANALYSIS": "0", "$BEGINSTEXT": "0"})
-        items["$ENDSTEXT"] = "0"
-        body = "".join(
-            f"{delim}{k.replace(delim, delim * 2)}{delim}{str(v).replace(delim, delim * 2)}"
-            for k, v in items.items()
-        )
-        return (body + delim).encode("latin-1")
-
-    text_start = 58
-    # Offsets are written into TEXT, whose length depends on them: pad to a fixed width.
-    data_start = text_start + len(text_for(10**12, 10**12)) + 1
-    data_end = data_start + len(data) - 1
-    text = text_for(data_start, data_end)
-    text_end = text_start + len(text) - 1
-    # Bytes between TEXT and DATA belong to neither segment: pad there, not inside TEXT.
-    padding = b" " * (data_start - text_end - 1)
-    if offsets_in_header and data_end <= 99_999_999:
-        hd = f"{data_start:>8}{data_end:>8}"
-    else:
-        hd = f"{0:>8}{0:>8}"
-    header = f"FCS3.1    {text_start:>8}{text_end:>8}{hd}{0:>8}{0:>8}".encode("ascii")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as fh:
-        fh.write(header)
-        fh.write(text)
-        fh.write(padding)
-        fh.write(data)
-    os.replace(tmp, path)
-    return path

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
+from panels.config_files import load_yaml_model
 from panels.fcs import FcsHeader
 
 SCATTER_ALIASES: dict[str, tuple[str, ...]] = {
@@ -63,18 +64,40 @@ class ResolvedPanel:
     time_channel: str | None
     notes: list[str] = field(default_factory=list)
 
-    def channel(self, dimension: str) -> str:
-        """The file's $PnN for a marker name or a scatter role (FSC-A, FSC-H, SSC-A)."""
-        if dimension in self.marker_channels:
-            return self.marker_channels[dimension]
-        if dimension in self.scatter_channels:
-            return self.scatter_channels[dimension]
-        raise KeyError(f"{dimension} is neither a marker of panel {self.panel.name} nor scatter")
-
 
 def _builtin_panel_path(name: str) -> Path | None:
     candidate = resources.files("panels") / f"{name}.yaml"
     return Path(str(candidate)) if candidate.is_file() else None
+
+
+class _Logicle(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    w: float = Field(0.5, ge=0.0)
+    m: float = Field(4.5, gt=0.0)
+    a: float = Field(0.0, ge=0.0)
+
+
+class _WorkspaceOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    populations: dict[str, str] = Field(min_length=1)
+    group: str = "All Samples"
+    template_sample: str | None = None
+
+
+class PanelFile(BaseModel):
+    """The contents of a panel YAML file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    title: str | None = None
+    # marker -> the ways real files write it in $PnS/$PnN (null: the marker's own name)
+    markers: dict[str, list[str] | None] = Field(min_length=1)
+    logicle: _Logicle = _Logicle()
+    strategy: str | None = None  # built-in name, YAML path or FlowJo workspace; default: name
+    workspace: _WorkspaceOptions | None = None
 
 
 def load_panel(name_or_path: str, base_dir: Path | None = None) -> Panel:
@@ -88,23 +111,19 @@ def load_panel(name_or_path: str, base_dir: Path | None = None) -> Panel:
             raise PanelError(
                 f"panel {name_or_path!r} is neither a built-in panel (bcell, treg) nor a file"
             )
-    try:
-        doc = yaml.safe_load(path.read_text())
-        markers = {str(k): tuple(str(a) for a in (v or [k])) for k, v in doc["markers"].items()}
-        logicle = doc.get("logicle", {}) or {}
-        return Panel(
-            name=str(doc["name"]),
-            title=str(doc.get("title", doc["name"])),
-            markers=markers,
-            logicle_w=float(logicle.get("w", 0.5)),
-            logicle_m=float(logicle.get("m", 4.5)),
-            logicle_a=float(logicle.get("a", 0.0)),
-            strategy=str(doc.get("strategy", doc["name"])),
-            source=str(path),
-            workspace=dict(doc.get("workspace", {}) or {}),
-        )
-    except (KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
-        raise PanelError(f"panel file {path}: missing or malformed entry ({exc})") from None
+    parsed, _ = load_yaml_model(path, PanelFile, PanelError)
+    workspace = parsed.workspace.model_dump(exclude_none=True) if parsed.workspace else {}
+    return Panel(
+        name=parsed.name,
+        title=parsed.title or parsed.name,
+        markers={k: tuple(v or [k]) for k, v in parsed.markers.items()},
+        logicle_w=parsed.logicle.w,
+        logicle_m=parsed.logicle.m,
+        logicle_a=parsed.logicle.a,
+        strategy=parsed.strategy or parsed.name,
+        source=str(path),
+        workspace=workspace,
+    )
 
 
 def _normalise(text: str) -> str:

@@ -9,9 +9,14 @@ import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.patches import Ellipse, Polygon, Rectangle
 
+from gating.gates import EllipseGate, PolygonGate, RectangleGate, ThresholdMark, TimeRangesGate
+from gating.records import AppliedGate
+from gating.strategy import QC_ROOT
 from reports.figures import A4_LANDSCAPE, A4_PORTRAIT, OKABE_ITO, plt
 
 GATE_COLOUR = OKABE_ITO[3]
+# Gates whose position the data decided (listed with data/DEFAULT on the first page).
+PLACED_FROM_DATA = (ThresholdMark, EllipseGate, PolygonGate)
 
 
 def _density(ax, x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str) -> None:
@@ -35,70 +40,90 @@ def _axis_label(dim: str) -> str:
     return f"{dim} (fraction of range)" if dim.startswith(("FSC", "SSC")) else f"{dim} (logicle)"
 
 
-def draw_gate(ax, gate, dims: dict, masks: dict, data_channel) -> None:
+def draw_gate(ax, applied: AppliedGate, dims: dict, masks: dict, data_channel) -> None:
     """Draw one applied gate over its parent population."""
-    parent = masks[gate.parent]
-    p = gate.parameters
-    count, parent_count = int(masks[gate.name].sum()), int(parent.sum())
+    parent = masks[applied.parent]
+    count, parent_count = int(masks[applied.name].sum()), int(parent.sum())
     share = 100 * count / parent_count if parent_count else float("nan")
     ax.set_title(
-        f"{gate.name}  {count}/{parent_count} ({share:.1f}%)"
-        + ("" if gate.from_data else "  [default]"),
+        f"{applied.name}  {count}/{parent_count} ({share:.1f}%)"
+        + ("" if applied.from_data else "  [default]"),
         fontsize=7,
     )
-    if gate.kind == "time_ranges":
-        t = data_channel(p["channel"])
-        _histogram(ax, t[parent], 100)
-        top = ax.get_ylim()[1]
-        for lo, hi in p["keep"]:
-            hi = t.max() if hi is None else hi
-            ax.add_patch(Rectangle((lo, 0), hi - lo, top, color=OKABE_ITO[2], alpha=0.2))
-        ax.set_xlabel(f"{p['channel']} (acquisition time)")
-        ax.set_ylabel("events per bin")
-        return
-    dimensions = list(gate.dimensions) if gate.kind != "rectangle" else list(p["limits"])
-    if gate.kind == "rectangle" and len(dimensions) == 1:
+    _DRAWERS[type(applied.gate)](ax, applied.gate, parent, dims, data_channel)
+
+
+def _draw_time_ranges(ax, gate: TimeRangesGate, parent, dims, data_channel) -> None:
+    t = data_channel(gate.channel)
+    _histogram(ax, t[parent], 100)
+    top = ax.get_ylim()[1]
+    for lo, hi in gate.keep:
+        hi = t.max() if hi is None else hi
+        ax.add_patch(Rectangle((lo, 0), hi - lo, top, color=OKABE_ITO[2], alpha=0.2))
+    ax.set_xlabel(f"{gate.channel} (acquisition time)")
+    ax.set_ylabel("events per bin")
+
+
+def _draw_rectangle(ax, gate: RectangleGate, parent, dims, data_channel) -> None:
+    dimensions = list(gate.limits)
+    if len(dimensions) == 1:
         d = dimensions[0]
         _histogram(ax, dims[d][parent], 150)
-        for v in p["limits"][d]:
+        for v in gate.limits[d]:
             if v is not None:
                 ax.axvline(v, color=GATE_COLOUR, lw=1.2)
         ax.set_xlabel(_axis_label(d))
         ax.set_ylabel("events")
         return
+    _density_of(ax, dimensions, parent, dims)
+    (x_lo, x_hi), (y_lo, y_hi) = gate.limits[dimensions[0]], gate.limits[dimensions[1]]
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    x_lo, x_hi = (x0 if x_lo is None else x_lo), (x1 if x_hi is None else x_hi)
+    y_lo, y_hi = (y0 if y_lo is None else y_lo), (y1 if y_hi is None else y_hi)
+    ax.add_patch(
+        Rectangle((x_lo, y_lo), x_hi - x_lo, y_hi - y_lo, fill=False, ec=GATE_COLOUR, lw=1.2)
+    )
+    if len(dimensions) > 2:
+        extra = ", ".join(f"{d} in [{lo}, {hi})" for d, (lo, hi) in list(gate.limits.items())[2:])
+        ax.text(0.02, 0.98, f"and {extra}", transform=ax.transAxes, fontsize=5, va="top")
+
+
+def _density_of(ax, dimensions, parent, dims) -> None:
     x, y = dims[dimensions[0]][parent], dims[dimensions[1]][parent]
     _density(ax, x, y, _axis_label(dimensions[0]), _axis_label(dimensions[1]))
-    if gate.kind == "polygon":
-        ax.add_patch(Polygon(p["vertices"], fill=False, ec=GATE_COLOUR, lw=1.2))
-    elif gate.kind == "ellipse":
-        values, vectors = np.linalg.eigh(np.asarray(p["covariance"]))
-        angle = np.degrees(np.arctan2(vectors[1, 1], vectors[0, 1]))
-        radius = np.sqrt(p["distance_square"])
-        ax.add_patch(
-            Ellipse(
-                p["mean"],
-                2 * radius * np.sqrt(values[1]),
-                2 * radius * np.sqrt(values[0]),
-                angle=angle,
-                fill=False,
-                ec=GATE_COLOUR,
-                lw=1.2,
-            )
+
+
+def _draw_polygon(ax, gate: PolygonGate, parent, dims, data_channel) -> None:
+    _density_of(ax, gate.dims, parent, dims)
+    ax.add_patch(Polygon(gate.vertices, fill=False, ec=GATE_COLOUR, lw=1.2))
+
+
+def _draw_ellipse(ax, gate: EllipseGate, parent, dims, data_channel) -> None:
+    _density_of(ax, gate.dims, parent, dims)
+    values, vectors = np.linalg.eigh(np.asarray(gate.covariance))
+    angle = np.degrees(np.arctan2(vectors[1, 1], vectors[0, 1]))
+    radius = np.sqrt(gate.distance_square)
+    ax.add_patch(
+        Ellipse(
+            gate.mean,
+            2 * radius * np.sqrt(values[1]),
+            2 * radius * np.sqrt(values[0]),
+            angle=angle,
+            fill=False,
+            ec=GATE_COLOUR,
+            lw=1.2,
         )
-    elif gate.kind == "rectangle":
-        (x_lo, x_hi), (y_lo, y_hi) = p["limits"][dimensions[0]], p["limits"][dimensions[1]]
-        x0, x1 = ax.get_xlim()
-        y0, y1 = ax.get_ylim()
-        x_lo, x_hi = (x0 if x_lo is None else x_lo), (x1 if x_hi is None else x_hi)
-        y_lo, y_hi = (y0 if y_lo is None else y_lo), (y1 if y_hi is None else y_hi)
-        ax.add_patch(
-            Rectangle((x_lo, y_lo), x_hi - x_lo, y_hi - y_lo, fill=False, ec=GATE_COLOUR, lw=1.2)
-        )
-        if len(dimensions) > 2:
-            extra = ", ".join(
-                f"{d} in [{lo}, {hi})" for d, (lo, hi) in list(p["limits"].items())[2:]
-            )
-            ax.text(0.02, 0.98, f"and {extra}", transform=ax.transAxes, fontsize=5, va="top")
+    )
+
+
+# Gate kinds drawn on a page of their own; boolean and raw-range gates are listed, not drawn.
+_DRAWERS = {
+    TimeRangesGate: _draw_time_ranges,
+    RectangleGate: _draw_rectangle,
+    PolygonGate: _draw_polygon,
+    EllipseGate: _draw_ellipse,
+}
 
 
 def write_sample_qc_report(
@@ -107,7 +132,7 @@ def write_sample_qc_report(
     sample_id: str,
     file_name: str,
     sha256: str,
-    gates: list,
+    gates: list[AppliedGate],
     masks: dict,
     dims: dict,
     data_channel,
@@ -119,7 +144,7 @@ def write_sample_qc_report(
     """Write one sample's QC PDF. ``data_channel(name)`` returns a raw channel's values."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    drawn = [g for g in gates if g.kind not in ("threshold", "boolean", "raw_range")]
+    drawn = [g for g in gates if type(g.gate) in _DRAWERS]
     tmp = path.with_name(path.name + ".tmp")
     with PdfPages(tmp, metadata={"Title": f"QC report {sample_id}", "CreationDate": None}) as pdf:
         fig = plt.figure(figsize=A4_PORTRAIT)
@@ -143,7 +168,7 @@ def write_sample_qc_report(
             )
         lines += ["", "Gates placed from the data (else the strategy default):"]
         for g in gates:
-            if g.kind in ("threshold", "ellipse", "polygon") or g.name == "qc_passed":
+            if isinstance(g.gate, PLACED_FROM_DATA) or g.name == QC_ROOT:
                 lines.append(
                     f"  {g.name:22} {'data' if g.from_data else 'DEFAULT':8} {g.note[:70]}"
                 )

@@ -12,8 +12,8 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-from cohort.demo import PANEL_CHANNELS, _frequencies, _labels_for, simulate_sample  # noqa: E402
-from panels.fcs import write_fcs  # noqa: E402
+from simulate.demo import PANEL_CHANNELS, channel_label, population_frequencies, simulate_sample  # noqa: E402
+from simulate.fcs_writer import write_fcs  # noqa: E402
 
 
 def write_simulated(
@@ -28,10 +28,10 @@ def write_simulated(
 ) -> tuple[Path, np.ndarray]:
     """Write one simulated tube with its $SPILLOVER; returns the path and event labels."""
     rng = np.random.default_rng(seed)
-    shares = _frequencies(panel, group, visit, rng, rng)
+    shares = population_frequencies(panel, group, visit, rng, rng)
     events, pnn, labels, spill = simulate_sample(panel, shares, n_events, rng)
     channels = PANEL_CHANNELS[panel]
-    pns = ["", "", "", *[_labels_for(style, m, f) for _, f, m in channels], ""]
+    pns = ["", "", "", *[channel_label(style, m, f) for _, f, m in channels], ""]
     spill_text = ",".join(
         [str(len(channels)), *pnn[3 : 3 + len(channels)], *(f"{v:.6g}" for v in spill.ravel())]
     )
@@ -69,11 +69,11 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, prefect_harness):
     """A full demo study (small files) processed once; tests read its outputs."""
-    from cohort.demo import DemoOptions, write_demo_study
     from flows.nightly import run_study
+    from simulate.demo import DemoOptions, simulate_study
 
     root = tmp_path_factory.mktemp("demo") / "study"
-    write_demo_study(root, DemoOptions(events_per_file=6000))
+    simulate_study(root, DemoOptions(events_per_file=6000))
     # Per-sample QC PDFs (~1.4 s each) are tested on single samples, not 182 times here.
     with open(root / "study.yaml", "a") as fh:
         fh.write("qc_reports: none\n")
@@ -85,10 +85,10 @@ def demo_run(tmp_path_factory, prefect_harness):
 @pytest.fixture()
 def study_copy(tmp_path):
     """An empty study folder with the demo's study.yaml and clinical CSVs."""
-    from cohort.demo import DemoOptions, write_demo_study
+    from simulate.demo import DemoOptions, simulate_study
 
     root = tmp_path / "study"
-    write_demo_study(root, DemoOptions(events_per_file=3000, include_bad_files=False))
+    simulate_study(root, DemoOptions(events_per_file=3000, include_bad_files=False))
     shutil.rmtree(root / "inbox")
     (root / "inbox").mkdir()
     return root

@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gating.membership import raw_within
 from gating.space import GatingSpace
 from gating.transforms import FAST_ERROR, Logicle
-from panels.fcs import read_events, write_fcs
+from panels.fcs import read_events
 from panels.resolve import load_panel, resolve_panel
+from simulate.fcs_writer import write_fcs
 from tests.conftest import write_simulated, write_sixteen_bit_copy
 
 
@@ -78,7 +80,7 @@ def test_stored_limits_decide_as_float64(tmp_path):
         lo, hi = np.quantile(values, [0.01, 0.995])
         every_channel[channel] = (float(lo), float(hi))
         expected_all &= (values >= lo) & (values < hi)
-    np.testing.assert_array_equal(data.within(every_channel), expected_all)
+    np.testing.assert_array_equal(raw_within(data, every_channel), expected_all)
     for channel in data.header.pnn:
         values = data.channel(channel)
         # Limits between float32 neighbours, on stored values, and wide open.
@@ -94,7 +96,7 @@ def test_stored_limits_decide_as_float64(tmp_path):
                 expected &= values >= lo
             if hi is not None:
                 expected &= values < hi
-            np.testing.assert_array_equal(data.within({channel: (lo, hi)}), expected)
+            np.testing.assert_array_equal(raw_within(data, {channel: (lo, hi)}), expected)
 
 
 def test_limits_between_float32_and_float64_values_are_decided_in_float64(tmp_path):
@@ -122,7 +124,8 @@ def test_two_dimensional_gates_on_markers_decide_on_exact_values(tmp_path, kind)
     tests on exactly compensated and transformed values (flowkit's decision)."""
     from flowutils.gating import points_in_ellipsoid, points_in_polygon
 
-    from gating.pipeline import ALL_EVENTS, AppliedGate, evaluate_gate
+    from gating.gates import gate_from_record
+    from gating.records import ALL_EVENTS
 
     path, _ = write_simulated(tmp_path / "f.fcs", "BCELL", n_events=20000, seed=12)
     data, space = _space(path)
@@ -143,8 +146,8 @@ def test_two_dimensional_gates_on_markers_decide_on_exact_values(tmp_path, kind)
         vertices = [[x - 0.08, y - 0.2], [x + 0.1, y - 0.15], [x + 0.05, y + 0.2], [x - 0.1, y]]
         parameters = {"vertices": vertices}
         expected = points_in_polygon(np.array(vertices), exact)
-    gate = AppliedGate("g", ALL_EVENTS, kind, dims, parameters, True, "")
+    gate = gate_from_record(kind, dims, parameters)
     everything = {ALL_EVENTS: np.ones(data.header.n_events, dtype=bool)}
-    inside = evaluate_gate(gate, everything, space, data)
+    inside = gate.apply(everything[ALL_EVENTS], everything, space)
     assert 100 < inside.sum() < inside.size - 100  # the gate cuts through the data
     np.testing.assert_array_equal(inside, expected.astype(bool))

@@ -9,7 +9,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from panels.fcs import FcsReadError, read_events, write_fcs
+from panels.fcs import FcsReadError, read_events
+from simulate.fcs_writer import write_fcs
 
 layouts = st.sampled_from([("F", 32), ("D", 64), ("I", 8), ("I", 16), ("I", 24), ("I", 32)])
 

@@ -8,7 +8,8 @@ import flowkit as fk
 import numpy as np
 import pytest
 
-from panels.fcs import FcsReadError, FcsTruncatedError, read_events, scan_header, write_fcs
+from panels.fcs import FcsReadError, FcsTruncatedError, read_events, scan_header
+from simulate.fcs_writer import write_fcs
 
 LAYOUTS = [
     ("F", "<", 32),

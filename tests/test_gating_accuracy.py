@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cohort.demo import B_TRUTH, LABELS, T_TRUTH
 from gating.pipeline import gate_sample
 from gating.strategy import load_strategy
 from panels.fcs import read_events
 from panels.resolve import load_panel, resolve_panel
+from simulate.demo import B_TRUTH, LABELS, T_TRUTH
 from tests.conftest import write_simulated, write_sixteen_bit_copy
 
 CASES = [
@@ -56,7 +56,7 @@ def test_sixteen_bit_integer_file_gates_like_float(tmp_path):
 
 
 def test_no_spillover_keyword_is_flagged(tmp_path):
-    from panels.fcs import write_fcs
+    from simulate.fcs_writer import write_fcs
 
     path, _ = write_simulated(tmp_path / "s.fcs", "BCELL", n_events=5000)
     data = read_events(path)
@@ -102,11 +102,11 @@ def test_hard_study_accuracy_floors(tmp_path):
     import shutil
 
     from bench.gating_accuracy import HARD, score_study
-    from cohort.demo import DemoOptions, write_demo_study
+    from simulate.demo import DemoOptions, simulate_study
 
     root = tmp_path / "hard"
     options = DemoOptions(**{**HARD.__dict__, "events_per_file": 20000, "seed": 3})
-    write_demo_study(root, options)
+    simulate_study(root, options)
     keep = {f"P{i:02d}" for i in (1, 2, 11, 12)}  # two children, two adults
     for path in list((root / "inbox").iterdir()):
         if path.name[:3] not in keep:

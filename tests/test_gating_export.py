@@ -8,12 +8,13 @@ import flowkit as fk
 import numpy as np
 import pytest
 
-from cohort.demo import _frequencies, simulate_sample
 from gating.export import gatingml_text, to_flowkit_strategy
 from gating.pipeline import gate_sample, replay_gates
 from gating.strategy import load_strategy
-from panels.fcs import read_events, write_fcs
+from panels.fcs import read_events
 from panels.resolve import load_panel, resolve_panel
+from simulate.demo import population_frequencies, simulate_sample
+from simulate.fcs_writer import write_fcs
 from tests.conftest import write_simulated
 
 
@@ -53,7 +54,7 @@ def test_gatingml_text_round_trip_reproduces_counts(tmp_path):
 
 def test_clogged_file_exports_its_time_ranges(tmp_path):
     rng = np.random.default_rng(8)
-    shares = _frequencies("BCELL", "adult", "BL", rng, rng)
+    shares = population_frequencies("BCELL", "adult", "BL", rng, rng)
     events, pnn, _, spill = simulate_sample("BCELL", shares, 30000, rng, clog=True)
     spill_text = ",".join(["7", *pnn[3:10], *(f"{v:.6g}" for v in spill.ravel())])
     pns = ["", "", "", "IgD", "CD24", "CD27", "CD19", "CD38", "CD45", "IgM", ""]

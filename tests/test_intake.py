@@ -11,7 +11,8 @@ import pytest
 from cohort.intake import plan_intake
 from cohort.store import Store
 from cohort.study import Study
-from panels.fcs import read_events, write_fcs
+from panels.fcs import read_events
+from simulate.fcs_writer import write_fcs
 from tests.conftest import write_simulated
 
 

@@ -22,9 +22,9 @@ pytestmark = pytest.mark.slow
 
 
 def _small_study(root: Path, keep=("P01", "P02", "P11"), visits=("BL", "M1")) -> Path:
-    from cohort.demo import DemoOptions, write_demo_study
+    from simulate.demo import DemoOptions, simulate_study
 
-    write_demo_study(root, DemoOptions(events_per_file=3000, include_bad_files=False))
+    simulate_study(root, DemoOptions(events_per_file=3000, include_bad_files=False))
     for path in list((root / "inbox").iterdir()):
         patient, visit = path.name.split("_")[:2]
         if patient not in keep or visit not in visits:

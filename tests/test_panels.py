@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from panels.fcs import scan_header, write_fcs
+from panels.fcs import scan_header
 from panels.resolve import PanelError, label_words, load_panel, resolve_panel
+from simulate.fcs_writer import write_fcs
 
 
 @pytest.mark.parametrize(

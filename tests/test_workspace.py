@@ -122,12 +122,12 @@ def test_a_population_missing_from_the_workspace_is_a_clear_error(lab, tmp_path)
 def test_a_study_panel_can_use_the_workspace(lab, tmp_path, prefect_harness):
     import pandas as pd
 
-    from cohort.demo import DemoOptions, write_demo_study
     from flows.nightly import run_study
+    from simulate.demo import DemoOptions, simulate_study
 
     folder, wsp, panel = lab
     root = tmp_path / "study"
-    write_demo_study(root, DemoOptions(events_per_file=3000, include_bad_files=False))
+    simulate_study(root, DemoOptions(events_per_file=3000, include_bad_files=False))
     for path in list((root / "inbox").iterdir()):
         if not path.name.startswith("P01_BL_"):
             path.unlink()

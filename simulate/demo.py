@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from panels.fcs import write_fcs
+from simulate.fcs_writer import write_fcs
 
 RANGE = 262144.0
 NEG = 80.0  # autofluorescence level of an unstained cell, in detector units
@@ -200,7 +200,9 @@ def _spillover(fluors: list[str]) -> np.ndarray:
     return s
 
 
-def _frequencies(panel: str, group: str, visit: str, patient_rng, visit_rng) -> dict[str, float]:
+def population_frequencies(
+    panel: str, group: str, visit: str, patient_rng, visit_rng
+) -> dict[str, float]:
     """Cell-type shares among all events for one sample."""
 
     def vary(value: float, sd: float, rng) -> float:
@@ -373,7 +375,7 @@ def truth_counts(panel: str, labels: np.ndarray) -> list[dict]:
     return rows
 
 
-def _labels_for(style: str, marker: str, fluor: str) -> str:
+def channel_label(style: str, marker: str, fluor: str) -> str:
     return {
         "marker_fluor": f"{marker} {fluor}",
         "fluor_marker": f"{fluor.replace('.', '-')}-{marker}",
@@ -382,7 +384,7 @@ def _labels_for(style: str, marker: str, fluor: str) -> str:
     }[style]
 
 
-def write_demo_study(root: str | Path, options: DemoOptions = DemoOptions()) -> Path:
+def simulate_study(root: str | Path, options: DemoOptions = DemoOptions()) -> Path:
     """Write study.yaml, clinical CSVs, inbox FCS files and truth/ for the demo study."""
     root = Path(root)
     for sub in ("inbox", "clinical", "truth"):
@@ -419,7 +421,9 @@ def write_demo_study(root: str | Path, options: DemoOptions = DemoOptions()) -> 
                 visit_rng = np.random.default_rng(
                     [options.seed, int(patient_id[1:]), VISITS[visit], 7 if panel == "BCELL" else 9]
                 )
-                shares = _frequencies(panel, group_of[patient_id], visit, patient_rng, visit_rng)
+                shares = population_frequencies(
+                    panel, group_of[patient_id], visit, patient_rng, visit_rng
+                )
                 sample_id = f"{patient_id}_{visit}_{panel}"
                 row = _write_sample(root, sample_id, panel, shares, options, visit_rng, file_index)
                 truth_rows.extend(row)
@@ -443,7 +447,7 @@ def _write_sample(root, sample_id, panel, shares, options, rng, file_index) -> l
     vendor = options.vendors[file_index % len(options.vendors)]
     detectors = [VENDOR_DETECTORS[f] if vendor == "cytek" else d for d, f, _ in channels]
     pnn = ["FSC-A", "FSC-H", "SSC-A", *detectors, "Time"]
-    pns = ["", "", "", *[_labels_for(style, m, f) for _, f, m in channels], ""]
+    pns = ["", "", "", *[channel_label(style, m, f) for _, f, m in channels], ""]
     if style == "pnn":  # marker only in $PnN, as some exports do
         pnn = ["FSC-A", "FSC-H", "SSC-A", *[m for _, _, m in channels], "Time"]
     n_fl = len(channels)
@@ -486,7 +490,7 @@ def _write_bad_files(root: Path, rng: np.random.Generator) -> None:
     inbox = root / "inbox"
     # A visit that is not in the schedule.
     events, pnn, _, _ = simulate_sample(
-        "BCELL", _frequencies("BCELL", "child", "BL", rng, rng), 5000, rng
+        "BCELL", population_frequencies("BCELL", "child", "BL", rng, rng), 5000, rng
     )
     write_fcs(inbox / "P02_M2_BCELL.fcs", events, pnn)
     # A copy interrupted half-way (P03 missed M9, so the name is free).

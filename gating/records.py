@@ -1,0 +1,117 @@
+"""What gating one sample produced: populations, QC steps and every gate as applied.
+
+These records are what the store keeps and what replay, export, QC drawing and review read; the
+pipeline that makes them is ``gating.pipeline``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from gating.gates import Gate, gate_from_record
+
+if TYPE_CHECKING:
+    from gating.space import GatingSpace
+
+ALL_EVENTS = "all_events"
+
+
+@dataclass(frozen=True)
+class PopulationCount:
+    population: str
+    parent: str
+    count: int
+    parent_count: int
+
+    @property
+    def pct_parent(self) -> float:
+        return 100.0 * self.count / self.parent_count if self.parent_count else float("nan")
+
+
+@dataclass(frozen=True)
+class QcStep:
+    """One QC step on one sample: events in, events removed, and what was decided."""
+
+    name: str
+    events_in: int
+    removed: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class AppliedGate:
+    """A gate as applied to one sample: its fixed form, its parent, and its provenance.
+
+    ``from_data`` is False when the placer fell back to the strategy's default.
+    """
+
+    name: str
+    parent: str
+    gate: Gate
+    from_data: bool
+    note: str
+
+    @property
+    def kind(self) -> str:
+        return self.gate.kind
+
+    @property
+    def dimensions(self) -> tuple[str, ...]:
+        return self.gate.dimensions
+
+    @property
+    def parameters(self) -> dict:
+        return self.gate.parameters()
+
+    def to_record(self) -> dict:
+        """Plain data for the store."""
+        return {
+            "name": self.name,
+            "parent": self.parent,
+            "kind": self.kind,
+            "dimensions": list(self.dimensions),
+            "parameters": self.parameters,
+            "from_data": self.from_data,
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_record(
+        cls,
+        name: str,
+        parent: str,
+        kind: str,
+        dimensions: tuple[str, ...],
+        parameters: Mapping,
+        from_data: bool,
+        note: str,
+    ) -> AppliedGate:
+        return cls(name, parent, gate_from_record(kind, dimensions, parameters), from_data, note)
+
+
+@dataclass
+class SampleGating:
+    """Everything one sample's gating produced."""
+
+    n_events: int
+    populations: list[PopulationCount]
+    qc_steps: list[QcStep]
+    gates: list[AppliedGate]
+    flags: list[str]
+    masks: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    space: GatingSpace | None = field(repr=False, default=None)
+
+
+def evaluate_gates(
+    gates: list[AppliedGate], space: GatingSpace, masks: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """Masks of the gates in order (each after its parent), added to ``masks``."""
+    masks = masks if masks is not None else {ALL_EVENTS: np.ones(space.data.header.n_events, bool)}
+    for applied in gates:
+        if applied.gate.selects_events:
+            masks[applied.name] = applied.gate.apply(masks[applied.parent], masks, space)
+    return masks
