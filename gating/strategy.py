@@ -15,7 +15,6 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -24,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gating.gates import BooleanGate, EllipseGate, RectangleGate
 from gating.records import AppliedGate
-from panels.config_files import load_yaml_model
+from panels.config_files import find_config_file, load_yaml_model
 
 if TYPE_CHECKING:
     from gating.space import GatingSpace
@@ -195,17 +194,9 @@ class Strategy:
 
 def load_strategy(name_or_path: str, base_dir: Path | None = None) -> Strategy:
     """Load a built-in strategy ('bcell', 'treg') or a strategy YAML file by path."""
-    builtin = resources.files("gating") / "strategies" / f"{name_or_path}.yaml"
-    if builtin.is_file():
-        path = Path(str(builtin))
-    else:
-        path = Path(name_or_path)
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        if not path.is_file():
-            raise StrategyError(
-                f"gating strategy {name_or_path!r}: neither a built-in (bcell, treg) nor a file"
-            )
+    path = find_config_file(
+        name_or_path, "gating", "strategies", base_dir, "gating strategy", StrategyError
+    )
     parsed, doc = load_yaml_model(path, StrategyFile, StrategyError)
     _check_references(parsed, path)
     # Identity: the parsed content, so whitespace and comment edits do not force reprocessing.

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from panels.config_files import load_yaml_model
+from panels.config_files import find_config_file, load_yaml_model
 from panels.fcs import FcsHeader
 
 SCATTER_ALIASES: dict[str, tuple[str, ...]] = {
@@ -65,11 +64,6 @@ class ResolvedPanel:
     notes: list[str] = field(default_factory=list)
 
 
-def _builtin_panel_path(name: str) -> Path | None:
-    candidate = resources.files("panels") / f"{name}.yaml"
-    return Path(str(candidate)) if candidate.is_file() else None
-
-
 class _Logicle(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -102,15 +96,7 @@ class PanelFile(BaseModel):
 
 def load_panel(name_or_path: str, base_dir: Path | None = None) -> Panel:
     """Load a built-in panel by name ('bcell', 'treg') or a panel YAML file by path."""
-    path = _builtin_panel_path(name_or_path)
-    if path is None:
-        path = Path(name_or_path)
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        if not path.is_file():
-            raise PanelError(
-                f"panel {name_or_path!r} is neither a built-in panel (bcell, treg) nor a file"
-            )
+    path = find_config_file(name_or_path, "panels", ".", base_dir, "panel", PanelError)
     parsed, _ = load_yaml_model(path, PanelFile, PanelError)
     workspace = parsed.workspace.model_dump(exclude_none=True) if parsed.workspace else {}
     return Panel(

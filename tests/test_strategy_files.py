@@ -1,0 +1,100 @@
+"""Strategy and panel files: validated on load, with errors naming the file, key and remedy."""
+
+from __future__ import annotations
+
+import pytest
+
+from gating.gates import GATE_KINDS, gate_from_record
+from gating.strategy import QcSettings, StrategyError, load_strategy
+from panels.resolve import PanelError, load_panel
+
+GOOD_GATES = """gates:
+  - {name: lymphocytes, parent: qc_passed, kind: rectangle, limits: {FSC-A: [0.1, null]}}
+"""
+
+
+def _strategy(tmp_path, text):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: s\nschedul: 1\n" + GOOD_GATES, r"schedul: unknown key .*name, version, qc"),
+        (
+            "name: s\nqc: {max_removed_share: 2}\n" + GOOD_GATES,
+            r"max_removed_share: .*or equal to 1",
+        ),
+        (
+            "name: s\nqc: {debris_fsc: {bounds: [0.2, 0.1], default: 0.15}}\n" + GOOD_GATES,
+            r"qc.debris_fsc: .*bounds must be increasing",
+        ),
+        (
+            "name: s\nthresholds: {t: {dimension: CD3, within: qc_passed, bounds: [0.3, 0.6], "
+            "default: 0.9}}\n" + GOOD_GATES,
+            r"thresholds.t: .*default 0.9 lies outside bounds",
+        ),
+        (
+            "name: s\ngates:\n  - {name: a, parent: qc_passed, kind: rectangle, lmits: {}}\n",
+            r"gates.0.rectangle.lmits: unknown key .*did you mean 'limits'",
+        ),
+        (
+            "name: s\ngates:\n  - {name: a, parent: qc_passed, kind: blob}\n",
+            r"gates.0: .*'rectangle', 'boolean', 'scatter_cluster'",
+        ),
+        (
+            "name: s\ngates:\n  - {name: a, parent: cells, kind: rectangle, limits: {X: [1, 2]}}\n",
+            r"gates.0 \('a'\): parent 'cells' is not defined above it",
+        ),
+        (
+            "name: s\ngates:\n  - {name: a, parent: qc_passed, kind: rectangle, "
+            "limits: {X: [t_x, null]}}\n",
+            r"limits.X: unknown threshold 't_x'",
+        ),
+        ("name: s\ngates: [\n", r"s.yaml: line \d+ not valid YAML"),
+    ],
+)
+def test_bad_strategy_files_name_the_key_and_what_is_allowed(tmp_path, text, message):
+    path = _strategy(tmp_path, text)
+    with pytest.raises(StrategyError, match=message) as caught:
+        load_strategy(str(path))
+    assert str(path) in str(caught.value)
+    assert "\n" not in str(caught.value)  # one line
+
+
+def test_defaults_are_stated_once_and_applied():
+    strategy = load_strategy("bcell")
+    assert strategy.qc == QcSettings()  # the built-in restates the defaults exactly
+    assert strategy.thresholds["t_cd27"].within == "cd19_b"
+
+
+def test_bad_panel_file_is_one_clear_line(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\nmarkers: {CD3: [CD3]}\nlogicle: {w: 0.5, m: -1}\nstrategi: treg\n")
+    with pytest.raises(PanelError) as caught:
+        load_panel(str(path))
+    text = str(caught.value)
+    assert "logicle.m: Input should be greater than 0" in text
+    assert "strategi: unknown key" in text and "did you mean 'strategy'" in text
+
+
+@pytest.mark.parametrize("kind", sorted(GATE_KINDS))
+def test_every_gate_kind_round_trips_through_its_stored_form(kind):
+    examples = {
+        "raw_range": (("FSC-A",), {"limits": {"FSC-A": [None, 262143.0]}}),
+        "time_ranges": (("Time",), {"channel": "Time", "keep": [[0.0, 10.0], [12.0, None]]}),
+        "rectangle": (("CD19",), {"limits": {"CD19": [0.45, None]}}),
+        "polygon": (("FSC-A", "FSC-H"), {"vertices": [[0, 0], [1, 0], [1, 1]]}),
+        "ellipse": (
+            ("FSC-A", "SSC-A"),
+            {"mean": [0.2, 0.1], "covariance": [[1e-3, 0], [0, 4e-4]], "distance_square": 9.2},
+        ),
+        "boolean": ((), {"op": "and", "refs": ["a", "not b"]}),
+        "threshold": (("CD27",), {"value": 0.5, "bounds": [0.3, 0.6]}),
+    }
+    dimensions, parameters = examples[kind]
+    gate = gate_from_record(kind, dimensions, parameters)
+    again = gate_from_record(kind, gate.dimensions, gate.parameters())
+    assert again == gate and gate.kind == kind
