@@ -17,7 +17,7 @@ AnyStrategy = Strategy | WorkspaceStrategy
 
 def load_panel_strategy(panel: Panel, base_dir: Path | None = None) -> AnyStrategy:
     """The panel's strategy: a built-in or YAML strategy, or a FlowJo workspace (.wsp)."""
-    if panel.strategy.lower().endswith(".wsp"):
+    if panel.uses_workspace:
         path = Path(panel.strategy)
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
@@ -37,7 +37,7 @@ class GatedFile:
 def gate_file(path: str | Path, panel: Panel, strategy: AnyStrategy) -> GatedFile:
     """Resolve the panel's markers in the file and gate it with the strategy."""
     if isinstance(strategy, WorkspaceStrategy):
-        resolved = resolve_panel(panel, scan_header(path))  # the tube must still match
+        resolved = resolve_panel(panel, scan_header(path))
         return GatedFile(gate_sample_with_workspace(path, strategy), resolved, None)
     data = read_events(path)
     resolved = resolve_panel(panel, data.header)

@@ -245,10 +245,10 @@ class PolygonGate(Gate):
         return [fk.gates.PolygonGate(name, [dimension(d) for d in self.dims], vertices)]
 
 
-def singlet_polygon(max_ratio: float) -> PolygonGate:
-    """Region FSC-H >= FSC-A / max_ratio (range-scaled), as a polygon gate."""
+def singlet_polygon(max_ratio: float, area: str = "FSC-A", height: str = "FSC-H") -> PolygonGate:
+    """Region height >= area / max_ratio (range-scaled), as a polygon gate."""
     vertices = ((-1.0, -1.0 / max_ratio), (2.0, 2.0 / max_ratio), (2.0, 2.0), (-1.0, 2.0))
-    return PolygonGate(("FSC-A", "FSC-H"), vertices, max_ratio)
+    return PolygonGate((area, height), vertices, max_ratio)
 
 
 @dataclass(frozen=True)

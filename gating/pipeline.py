@@ -60,7 +60,10 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
         return placed[ref]
 
     context = PlacementContext(space, masks, threshold)
+    not_measured = strategy.not_measurable(resolved.missing)
     for spec in strategy.gates:
+        if spec.name in not_measured:
+            continue
         applied = spec.place(context)
         if not applied.from_data:
             flags.append(f"default_gate:{applied.name}")
@@ -70,9 +73,15 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
     populations = []
     minimum = strategy.qc.min_population_events
     for spec in strategy.reported:
+        if spec.name in not_measured:
+            flags.append(f"not_measured:{spec.name}({'+'.join(not_measured[spec.name])})")
+            continue
         count = int(np.count_nonzero(masks[spec.name]))
         parent_count = int(np.count_nonzero(masks[spec.parent]))
         populations.append(PopulationCount(spec.name, spec.parent, count, parent_count))
         if count < minimum:
             flags.append(f"low_count:{spec.name}<{minimum}")
-    return SampleGating(data.header.n_events, populations, qc.steps, gates, flags, masks, space)
+    lost = {s.name: not_measured[s.name] for s in strategy.reported if s.name in not_measured}
+    return SampleGating(
+        data.header.n_events, populations, qc.steps, gates, flags, masks, space, lost
+    )

@@ -120,25 +120,7 @@ def run_qc(space: GatingSpace, resolved: ResolvedPanel, settings: QcSettings) ->
         AppliedGate("in_range", ALL_EVENTS, margin, True, "saturated events removed"), space
     )
     result.apply(_stable_flow_gate(space, resolved, settings, result), space)
-    kept = result.masks["stable_flow"]
-    ratio = space["FSC-A"][kept] / np.maximum(space["FSC-H"][kept], 1e-9)
-    singlet = place_threshold_at_density_valley(
-        ratio,
-        settings.singlet_ratio.bounds,
-        settings.singlet_ratio.default,
-        bandwidth=0.02,
-        min_side_share=0.001,
-    )
-    result.apply(
-        AppliedGate(
-            "singlets",
-            "stable_flow",
-            singlet_polygon(singlet.value),
-            singlet.from_data,
-            f"FSC-A/FSC-H <= {singlet.value:.3f} ({singlet.note})",
-        ),
-        space,
-    )
+    result.apply(_singlet_gate(space, settings, result), space)
     debris = place_debris_threshold(
         space["FSC-A"][result.masks["singlets"]],
         settings.debris_fsc.bounds,
@@ -154,9 +136,8 @@ def run_qc(space: GatingSpace, resolved: ResolvedPanel, settings: QcSettings) ->
         ),
         space,
     )
-    for place, label in ((singlet, "singlets"), (debris, "debris")):
-        if not place.from_data:
-            result.flags.append(f"default_gate:{label}")
+    if not debris.from_data:
+        result.flags.append("default_gate:debris")
     parent_count = n
     notes = {g.name: g.note for g in result.gates}
     for name, step in QC_STEPS.items():
@@ -186,3 +167,53 @@ def _stable_flow_gate(
     )
     gate = TimeRangesGate(resolved.time_channel, tuple((lo, hi) for lo, hi in keep_ranges))
     return AppliedGate("stable_flow", "in_range", gate, True, detail)
+
+
+# Doublet discrimination, in order of preference: a pulse's area against its height (the
+# ratio grows for two cells in one pulse), or its width (which grows too).
+PULSE_PAIRS = (
+    ("FSC-A", "FSC-H", "height"),
+    ("FSC-A", "FSC-W", "width"),
+    ("SSC-A", "SSC-H", "height"),
+    ("SSC-A", "SSC-W", "width"),
+)
+
+
+def _singlet_gate(space: GatingSpace, settings: QcSettings, result: QcResult) -> AppliedGate:
+    """Singlets by the pulse's shape, relative to the singlets' own median.
+
+    Instruments scale area, height and width differently (area scaling factors, window
+    extension), so the limit is placed on the ratio to the median of the events (mostly
+    singlets): doublets lie about 1.3-2x above it. Without any pulse channel nothing is
+    removed and the sample is flagged.
+    """
+    pair = next(((a, p, k) for a, p, k in PULSE_PAIRS if a in space and p in space), None)
+    if pair is None:
+        result.flags.append("no_pulse_height_or_width:doublets_not_removed")
+        return AppliedGate(
+            "singlets", "stable_flow", RawRangeGate({}), False, "no pulse height or width"
+        )
+    area, pulse, shape = pair
+    kept = result.masks["stable_flow"]
+    if shape == "height":
+        measure = space[area][kept] / np.maximum(space[pulse][kept], 1e-9)
+    else:
+        measure = space[pulse][kept].astype(np.float64)
+    centre = float(np.median(measure)) if measure.size else 1.0
+    place = place_threshold_at_density_valley(
+        measure / (centre or 1.0),
+        settings.singlet_pulse.bounds,
+        settings.singlet_pulse.default,
+        bandwidth=0.02,
+        min_side_share=0.001,
+    )
+    if not place.from_data:
+        result.flags.append("default_gate:singlets")
+    limit = place.value * centre
+    if shape == "height":
+        gate = singlet_polygon(limit, area, pulse)
+        note = f"{area}/{pulse} <= {limit:.3f} ({place.value:.3f} x median; {place.note})"
+    else:
+        gate = RectangleGate({pulse: (None, limit)})
+        note = f"{pulse} < {limit:.4f} ({place.value:.3f} x median; {place.note})"
+    return AppliedGate("singlets", "stable_flow", gate, place.from_data, note)

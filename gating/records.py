@@ -104,6 +104,8 @@ class SampleGating:
     flags: list[str]
     masks: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     space: GatingSpace | None = field(repr=False, default=None)
+    # Reported populations the tube cannot give, with the missing markers each needs.
+    not_measured: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def evaluate_gates(

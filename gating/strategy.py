@@ -62,8 +62,8 @@ class QcSettings(_Spec):
     min_population_events: int = Field(50, ge=0)
     time_bins: int = Field(100, ge=2)
     time_max_z: float = Field(6.0, gt=0.0)
-    # upper limit of FSC-A / FSC-H
-    singlet_ratio: BoundedPlacement = BoundedPlacement(bounds=(1.15, 1.7), default=1.35)
+    # upper limit of the pulse's area/height (or width), as a multiple of the sample's median
+    singlet_pulse: BoundedPlacement = BoundedPlacement(bounds=(1.06, 1.57), default=1.25)
     # lower limit of FSC-A (fraction of range)
     debris_fsc: BoundedPlacement = BoundedPlacement(bounds=(0.03, 0.16), default=0.08)
 
@@ -87,12 +87,26 @@ class _GateSpec(_Spec):
         """Gates this one needs to be defined before it (besides its parent)."""
         return []
 
+    def thresholds_used(self) -> list[str]:
+        """Names of the strategy thresholds this gate's placement uses."""
+        return []
+
+    def dimensions_used(self) -> set[str]:
+        """Markers and scatter roles the gate itself is placed on (thresholds' excluded)."""
+        return set()
+
 
 class RectangleSpec(_GateSpec):
     """Limits per dimension: a threshold's name, a number, or null (open)."""
 
     kind: Literal["rectangle"]
     limits: dict[str, tuple[Limit, Limit]] = Field(min_length=1)
+
+    def thresholds_used(self) -> list[str]:
+        return [r for pair in self.limits.values() for r in pair if isinstance(r, str)]
+
+    def dimensions_used(self) -> set[str]:
+        return set(self.limits)
 
     def place(self, context: PlacementContext) -> AppliedGate:
         limits = {
@@ -120,29 +134,35 @@ class BooleanSpec(_GateSpec):
 
 
 class ScatterClusterSpec(_GateSpec):
-    """An ellipse around mixture components whose means fall in ``pick`` (x box, y box)."""
+    """An ellipse around the lymphocyte cluster, found among the sample's own scatter clusters
+    by relative rules (``gating.adaptive.place_lymphocyte_ellipse``)."""
 
     kind: Literal["scatter_cluster"]
     dimensions: tuple[str, str]
-    components: int = Field(3, ge=1, le=12)
-    pick: tuple[tuple[float, float], tuple[float, float]]
-    distance_square: float = Field(9.21, gt=0.0)  # chi-square(2) 99%
+    components: int = Field(4, ge=2, le=12)
+    distance_square: float = Field(13.82, gt=0.0)  # chi-square(2) 99.9%
+    min_weight: float = Field(0.04, gt=0.0, lt=1.0)
+    debris_fsc_share: float = Field(0.45, gt=0.0, lt=1.0)
     default_mean: tuple[float, float]
     default_covariance: tuple[tuple[float, float], tuple[float, float]]
 
+    def dimensions_used(self) -> set[str]:
+        return set(self.dimensions)
+
     def place(self, context: PlacementContext) -> AppliedGate:
-        from gating.adaptive import place_ellipse_by_mixture
+        from gating.adaptive import place_lymphocyte_ellipse
 
         x_dim, y_dim = self.dimensions
-        place = place_ellipse_by_mixture(
+        place = place_lymphocyte_ellipse(
             context.space[x_dim],
             context.space[y_dim],
-            self.pick,
             self.default_mean,
             self.default_covariance,
             within=context.masks[self.parent],
             components=self.components,
             distance_square=self.distance_square,
+            min_weight=self.min_weight,
+            debris_fsc_share=self.debris_fsc_share,
         )
         gate = EllipseGate(
             self.dimensions,
@@ -191,6 +211,24 @@ class Strategy:
     def reported(self) -> list[_GateSpec]:
         return [g for g in self.gates if g.report]
 
+    def not_measurable(self, missing: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+        """Gates that cannot be placed on a tube lacking ``missing`` markers, each with the
+        missing markers it needs (directly, through a threshold, or through its ancestors)."""
+        absent = set(missing)
+        lost: dict[str, set[str]] = {}
+        for spec in self.gates:
+            needs = set(spec.dimensions_used())
+            depends = [spec.parent, *spec.references()]
+            for name in spec.thresholds_used():
+                needs.add(self.thresholds[name].dimension)
+                depends.append(self.thresholds[name].within)
+            needs &= absent
+            for name in depends:
+                needs |= lost.get(name, set())
+            if needs:
+                lost[spec.name] = needs
+        return {name: tuple(sorted(needs)) for name, needs in lost.items()}
+
 
 def load_strategy(name_or_path: str, base_dir: Path | None = None) -> Strategy:
     """Load a built-in strategy ('bcell', 'treg') or a strategy YAML file by path."""
@@ -198,7 +236,13 @@ def load_strategy(name_or_path: str, base_dir: Path | None = None) -> Strategy:
         name_or_path, "gating", "strategies", base_dir, "gating strategy", StrategyError
     )
     parsed, doc = load_yaml_model(path, StrategyFile, StrategyError)
-    _check_references(parsed, path)
+    return strategy_from_model(parsed, str(path), doc)
+
+
+def strategy_from_model(parsed: StrategyFile, source: str, doc: dict | None = None) -> Strategy:
+    """A usable strategy from a validated file (``doc``: the raw YAML, for its identity)."""
+    _check_references(parsed, source)
+    doc = doc if doc is not None else parsed.model_dump(mode="json")
     # Identity: the parsed content, so whitespace and comment edits do not force reprocessing.
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
     return Strategy(
@@ -208,11 +252,11 @@ def load_strategy(name_or_path: str, base_dir: Path | None = None) -> Strategy:
         dict(parsed.thresholds),
         tuple(parsed.gates),
         digest,
-        str(path),
+        source,
     )
 
 
-def _check_references(parsed: StrategyFile, path: Path) -> None:
+def _check_references(parsed: StrategyFile, path: str) -> None:
     """Every parent, reference and threshold is defined before it is used."""
     known = {QC_ROOT}
     for k, gate in enumerate(parsed.gates):

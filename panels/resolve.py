@@ -21,8 +21,13 @@ from panels.fcs import FcsHeader
 SCATTER_ALIASES: dict[str, tuple[str, ...]] = {
     "FSC-A": ("FSC-A", "FS-A", "FSC_A", "FSC-AREA", "FS INT", "FSC"),
     "FSC-H": ("FSC-H", "FS-H", "FSC_H", "FSC-HEIGHT", "FS PEAK"),
+    "FSC-W": ("FSC-W", "FS-W", "FSC_W", "FSC-WIDTH", "FS TOF"),
     "SSC-A": ("SSC-A", "SS-A", "SSC_A", "SSC-AREA", "SS INT", "SSC"),
+    "SSC-H": ("SSC-H", "SS-H", "SSC_H", "SSC-HEIGHT", "SS PEAK"),
+    "SSC-W": ("SSC-W", "SS-W", "SSC_W", "SSC-WIDTH"),
 }
+# Scatter roles every YAML strategy needs (the lymphocyte gate); pulse roles are optional.
+REQUIRED_SCATTER = ("FSC-A", "SSC-A")
 TIME_ALIASES = ("TIME", "HDR-T", "TIME-A", "CLOCK")
 
 
@@ -52,6 +57,11 @@ class Panel:
     # With a FlowJo workspace as strategy: group, template_sample, populations (name -> gate).
     workspace: dict = field(default_factory=dict)
 
+    @property
+    def uses_workspace(self) -> bool:
+        """Gated by a FlowJo workspace (its gates name the channels they need)."""
+        return self.strategy.lower().endswith(".wsp")
+
 
 @dataclass(frozen=True)
 class ResolvedPanel:
@@ -62,6 +72,9 @@ class ResolvedPanel:
     scatter_channels: dict[str, str]
     time_channel: str | None
     notes: list[str] = field(default_factory=list)
+    # Markers of the panel this tube does not carry: populations that need them are not
+    # measured (see gating.pipeline), the others are.
+    missing: tuple[str, ...] = ()
 
 
 class _Logicle(BaseModel):
@@ -132,14 +145,30 @@ def _find(aliases: tuple[str, ...], labels: list[str]) -> list[int]:
     return [j for j, label in enumerate(labels) if wanted & label_words(label)]
 
 
+def _area_channel(hits: list[int], pnn: list[str]) -> list[int]:
+    """Of several channels with one label, the area one when the others are its height or
+    width (instruments that export -A, -H and -W of each detector under one $PnS)."""
+    stems = {re.sub(r"[-_ ]?[AHW]$", "", pnn[j].upper()) for j in hits}
+    areas = [j for j in hits if pnn[j].upper().endswith("A")]
+    return areas if len(stems) == 1 and len(areas) == 1 else hits
+
+
 def resolve_panel(panel: Panel, header: FcsHeader) -> ResolvedPanel:
-    """Bind a panel to a file's channels, or raise PanelError naming what is missing."""
+    """Bind a panel to a file's channels.
+
+    A marker the tube lacks is recorded in ``missing`` (only the populations that use it are
+    lost); a tube with none of the panel's markers, a marker matching several channels, or a
+    missing FSC-A/SSC-A (YAML strategies gate lymphocytes on them) raises PanelError naming
+    what is wrong.
+    """
+    required_scatter = () if panel.uses_workspace else REQUIRED_SCATTER
     missing, ambiguous = [], []
     marker_channels: dict[str, str] = {}
     for marker, aliases in panel.markers.items():
         hits = _find(aliases, header.pns)
         if not hits:
             hits = _find(aliases, header.pnn)
+        hits = _area_channel(hits, header.pnn)
         if len(hits) == 1:
             marker_channels[marker] = header.pnn[hits[0]]
         elif not hits:
@@ -151,16 +180,17 @@ def resolve_panel(panel: Panel, header: FcsHeader) -> ResolvedPanel:
     upper_pnn = [n.upper() for n in header.pnn]
     for role, aliases in SCATTER_ALIASES.items():
         hit = next((header.pnn[upper_pnn.index(a)] for a in aliases if a in upper_pnn), None)
-        if hit is None:
-            missing.append(role)
-        else:
+        if hit is not None:
             scatter[role] = hit
     time_channel = next(
         (header.pnn[upper_pnn.index(a)] for a in TIME_ALIASES if a in upper_pnn), None
     )
     problems = []
-    if missing:
-        problems.append(f"missing marker(s) {', '.join(missing)}")
+    if panel.markers and not marker_channels:
+        problems.append(f"none of its markers ({', '.join(panel.markers)}) is in the file")
+    absent_scatter = [role for role in required_scatter if role not in scatter]
+    if absent_scatter:
+        problems.append(f"missing scatter channel(s) {', '.join(absent_scatter)}")
     if ambiguous:
         problems.append("ambiguous marker(s): " + "; ".join(ambiguous))
     if problems:
@@ -173,4 +203,6 @@ def resolve_panel(panel: Panel, header: FcsHeader) -> ResolvedPanel:
             "in the acquisition template, or the panel token in the file name"
         )
     notes = [] if time_channel else ["no Time channel: time-based QC skipped"]
-    return ResolvedPanel(panel, marker_channels, scatter, time_channel, notes)
+    if missing:
+        notes.append(f"not in this tube: {', '.join(missing)}")
+    return ResolvedPanel(panel, marker_channels, scatter, time_channel, notes, tuple(missing))

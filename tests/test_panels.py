@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gating.strategy import load_strategy
 from panels.fcs import scan_header
 from panels.resolve import PanelError, label_words, load_panel, resolve_panel
 from simulate.fcs_writer import write_fcs
@@ -76,13 +77,30 @@ def test_markers_only_in_pnn(tmp_path):
     assert resolved.marker_channels["IgD"] == "IgD"
 
 
-def test_missing_marker_is_named(tmp_path):
+def test_a_missing_marker_loses_only_the_populations_that_use_it(tmp_path):
     pnn = [*SCATTER, "A", "B", "C", "D", "E", "F", "Time"]
     pns = ["", "", "", "CD45", "CD19", "CD24", "CD38", "CD27", "IgD", ""]
+    resolved = resolve_panel(load_panel("bcell"), _header(tmp_path, pnn, pns))
+    assert resolved.missing == ("IgM",)
+    lost = load_strategy("bcell").not_measurable(resolved.missing)
+    # IgM splits memory B cells; every other population is still measured.
+    assert lost == {"igm_memory_b": ("IgM",), "switched_memory_b": ("IgM",)}
+
+
+def test_a_tube_with_none_of_the_panel_markers_is_refused(tmp_path):
+    pnn = [*SCATTER, "A", "B", "Time"]
     with pytest.raises(PanelError) as err:
-        resolve_panel(load_panel("bcell"), _header(tmp_path, pnn, pns))
-    assert "missing marker(s) IgM" in err.value.reason
-    assert "C=CD24" in err.value.reason  # lists what the file has
+        resolve_panel(load_panel("bcell"), _header(tmp_path, pnn, ["", "", "", "CD3", "CD4", ""]))
+    assert "none of its markers" in err.value.reason
+    assert "A=CD3" in err.value.reason  # lists what the file has
+
+
+def test_area_channel_is_chosen_when_height_and_width_share_its_label(tmp_path):
+    pnn = ["FSC-A", "FSC-W", "SSC-A", "PE-A", "PE-H", "Time"]
+    pns = ["", "", "", "CD3", "CD3", ""]
+    resolved = resolve_panel(load_panel("treg"), _header(tmp_path, pnn, pns))
+    assert resolved.marker_channels == {"CD3": "PE-A"}
+    assert "FSC-H" not in resolved.scatter_channels and resolved.scatter_channels["FSC-W"]
 
 
 def test_ambiguous_marker_is_named(tmp_path):
