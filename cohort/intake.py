@@ -12,9 +12,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cohort.study import SampleName, Study
+from gating.apply import resolve_for_strategy
 from gating.compensate import CompensationError, check_spillover_channels
 from panels.fcs import FcsReadError, scan_header
-from panels.resolve import PanelError, resolve_panel
+from panels.resolve import PanelError
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ def examine_file(study: Study, path: Path, sha256: str) -> IntakeDecision:
     except FcsReadError as exc:
         return IntakeDecision(path, sha256, parsed, False, exc.reason)
     try:
-        resolve_panel(study.panels[parsed.panel_token], header)
+        token = parsed.panel_token
+        resolve_for_strategy(study.panels[token], header, study.strategies[token])
         spill = header.spillover()
         if spill is not None:
             check_spillover_channels(spill[0], spill[1], header.pnn)

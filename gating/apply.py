@@ -9,8 +9,8 @@ from pathlib import Path
 from gating.pipeline import SampleGating, gate_sample
 from gating.strategy import Strategy, load_strategy
 from gating.workspace import WorkspaceStrategy, gate_sample_with_workspace, load_workspace_strategy
-from panels.fcs import FcsData, read_events, scan_header
-from panels.resolve import Panel, ResolvedPanel, resolve_panel
+from panels.fcs import FcsData, FcsHeader, read_events, scan_header
+from panels.resolve import SCATTER_ALIASES, Panel, PanelError, ResolvedPanel, resolve_panel
 
 AnyStrategy = Strategy | WorkspaceStrategy
 
@@ -34,11 +34,30 @@ class GatedFile:
     data: FcsData | None
 
 
+def resolve_for_strategy(panel: Panel, header: FcsHeader, strategy: AnyStrategy) -> ResolvedPanel:
+    """Bind the panel to the file, and refuse a tube from which the strategy can measure no
+    marker-defined population (a tube of another panel, mislabelled): PanelError naming the
+    missing markers."""
+    resolved = resolve_panel(panel, header)
+    if isinstance(strategy, Strategy) and resolved.missing:
+        lost = strategy.not_measurable(resolved.missing)
+        needs_markers = [
+            g.name for g in strategy.reported if g.dimensions_used() - set(SCATTER_ALIASES)
+        ]
+        if needs_markers and all(name in lost for name in needs_markers):
+            raise PanelError(
+                f"the file does not fit panel {panel.name!r}: missing marker(s) "
+                f"{', '.join(resolved.missing)}, so none of its populations can be measured. "
+                "Check the panel token in the file name and the tube's $PnS labels"
+            )
+    return resolved
+
+
 def gate_file(path: str | Path, panel: Panel, strategy: AnyStrategy) -> GatedFile:
     """Resolve the panel's markers in the file and gate it with the strategy."""
     if isinstance(strategy, WorkspaceStrategy):
         resolved = resolve_panel(panel, scan_header(path))
         return GatedFile(gate_sample_with_workspace(path, strategy), resolved, None)
     data = read_events(path)
-    resolved = resolve_panel(panel, data.header)
+    resolved = resolve_for_strategy(panel, data.header, strategy)
     return GatedFile(gate_sample(data, resolved, strategy), resolved, data)

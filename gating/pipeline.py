@@ -22,7 +22,7 @@ from gating.strategy import Limit, PlacementContext, Strategy
 from panels.fcs import FcsData
 from panels.resolve import ResolvedPanel
 
-PIPELINE_VERSION = "3"  # bump when a change alters counts for an unchanged strategy and file
+PIPELINE_VERSION = "4"  # bump when a change alters counts for an unchanged strategy and file
 
 
 def replay_gates(

@@ -10,6 +10,7 @@ from gating.strategy import load_strategy
 from panels.fcs import read_events
 from panels.resolve import load_panel, resolve_panel
 from simulate.demo import B_TRUTH, LABELS, T_TRUTH
+from simulate.fcs_writer import write_fcs
 from tests.conftest import write_simulated, write_sixteen_bit_copy
 
 CASES = [
@@ -56,7 +57,6 @@ def test_sixteen_bit_integer_file_gates_like_float(tmp_path):
 
 
 def test_no_spillover_keyword_is_flagged(tmp_path):
-    from simulate.fcs_writer import write_fcs
 
     path, _ = write_simulated(tmp_path / "s.fcs", "BCELL", n_events=5000)
     data = read_events(path)
@@ -118,3 +118,51 @@ def test_hard_study_accuracy_floors(tmp_path):
     assert (by_population.abs_error.median() <= 1.0).all(), by_population.abs_error.median()
     f1 = scores[scores.true_events >= 200].groupby("population").f1.median()
     assert (f1 >= 0.93).all(), f1
+
+
+def test_tube_without_igm_and_fsc_h_gives_every_population_it_can(tmp_path):
+    """A B tube from an instrument that records FSC-W instead of FSC-H, stained without IgM:
+    doublets go on the pulse width, IgM-split memory subsets are reported as not measured, and
+    the other populations still match the truth."""
+    path, labels = write_simulated(tmp_path / "s.fcs", "BCELL", "child", "BL", n_events=30000)
+    full = read_events(path)
+    pnn = list(full.header.pnn)
+    events = full.events
+    keep = [j for j, name in enumerate(pnn) if full.header.pns[j] != "IgM BV421"]
+    fsc_h = pnn.index("FSC-H")
+    # Width grows with area over height (BD writes FSC-W = FSC-A / FSC-H x 65536).
+    events[:, fsc_h] = events[:, pnn.index("FSC-A")] / np.maximum(events[:, fsc_h], 1) * 65536
+    pnn[fsc_h] = "FSC-W"
+    pns = [full.header.pns[j] for j in keep]
+    spill = full.header.spillover()
+    kept_detectors = [c for c in spill[0] if c in [pnn[j] for j in keep]]
+    index = [spill[0].index(c) for c in kept_detectors]
+    matrix = spill[1][np.ix_(index, index)]
+    spill_text = ",".join([str(len(index)), *kept_detectors, *(f"{v:.6g}" for v in matrix.ravel())])
+    bare = write_fcs(
+        tmp_path / "no_igm.fcs",
+        events[:, keep],
+        [pnn[j] for j in keep],
+        pns,
+        {"$SPILLOVER": spill_text},
+    )
+    data = read_events(bare)
+    resolved = resolve_panel(load_panel("bcell"), data.header)
+    assert resolved.missing == ("IgM",)
+    gating = gate_sample(data, resolved, load_strategy("bcell"))
+    assert gating.not_measured == {"igm_memory_b": ("IgM",), "switched_memory_b": ("IgM",)}
+    assert "not_measured:igm_memory_b(IgM)" in gating.flags
+    singlets = next(g for g in gating.gates if g.name == "singlets")
+    assert singlets.gate.dimensions == ("FSC-W",) and singlets.from_data
+    kinds = np.array(LABELS)[labels]
+    doublets_left = np.isin(kinds, ["doublet"]) & gating.masks["singlets"]
+    assert doublets_left.sum() < 0.25 * np.isin(kinds, ["doublet"]).sum()
+    member = {"qc_passed": ~np.isin(kinds, ["debris", "doublet"])}
+    for population, (parent, types) in B_TRUTH.items():
+        member[population] = np.isin(kinds, sorted(types))
+        got = [p for p in gating.populations if p.population == population]
+        if population in gating.not_measured:
+            assert not got
+            continue
+        true_pct = 100 * member[population].sum() / member[parent].sum()
+        assert abs(got[0].pct_parent - true_pct) < 2.0, (population, got[0].pct_parent, true_pct)

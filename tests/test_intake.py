@@ -59,7 +59,9 @@ def test_bad_inputs_are_quarantined_with_reasons(study_copy):
     assert "not an FCS file" in reasons["P03_BL_BCELL.fcs"]
     assert "truncated" in reasons["P04_BL_BCELL.fcs"]
     assert "no events" in reasons["P05_BL_BCELL.fcs"]
-    assert "missing marker(s) CD19, CD24, CD38, CD27, IgD, IgM" in reasons["P06_BL_BCELL.fcs"]
+    wrong_tube = reasons["P06_BL_BCELL.fcs"]
+    assert "missing marker(s) CD19, CD24, CD38, CD27, IgD, IgM" in wrong_tube
+    assert "none of its populations can be measured" in wrong_tube
     assert "names channel(s) BV786-A that the file does not have" in reasons["P07_BL_BCELL.fcs"]
     for name, reason in reasons.items():
         note = (study.quarantine_dir / f"{name}.reason.txt").read_text()
