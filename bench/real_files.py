@@ -16,7 +16,6 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from gating.adaptive import place_threshold_at_density_valley
@@ -114,7 +113,7 @@ def evaluate(path: Path, spec: RealFile) -> tuple[dict, dict]:
         column = "inside" if marker in spec.inside else "outside"
         row[f"{marker}+ {column} (%)"] = share if column == "inside" else 100 - share
         row[f"{marker} threshold"] = f"{cut.value:.2f}" + ("" if cut.from_data else " (no valley)")
-    return row, {"space": space, "qc_passed": qc_passed, "gate": lymph_gate, "positives": positives}
+    return row, {"space": space, "masks": masks, "gate": lymph_gate, "positives": positives}
 
 
 def plot(path: Path, spec: RealFile, drawn: dict) -> None:
@@ -125,10 +124,9 @@ def plot(path: Path, spec: RealFile, drawn: dict) -> None:
 
     from reports.qc_report import draw_gate
 
-    space, qc_passed = drawn["space"], drawn["qc_passed"]
+    space = drawn["space"]
     fig, ax = plt.subplots(figsize=(5, 4.5))
-    masks = {"qc_passed": qc_passed, "lymphocytes": np.zeros_like(qc_passed)}
-    draw_gate(ax, drawn["gate"], space, masks, None)
+    draw_gate(ax, drawn["gate"], space, drawn["masks"], None)
     colours = {"CD3": "tab:blue", "CD19": "tab:green", "CD14": "tab:orange"}
     for marker, positive in drawn["positives"].items():
         ax.scatter(

@@ -78,11 +78,6 @@ class EllipsePlacement:
     from_data: bool
     note: str
 
-    def contains(self, xy: np.ndarray) -> np.ndarray:
-        diff = xy - self.mean
-        inv = np.linalg.inv(self.covariance)
-        return np.einsum("ij,jk,ik->i", diff, inv, diff) <= self.distance_square
-
 
 def place_lymphocyte_ellipse(
     fsc: np.ndarray,

@@ -68,7 +68,7 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
         if not applied.from_data:
             flags.append(f"default_gate:{applied.name}")
         gates.append(applied)
-        masks[applied.name] = applied.gate.apply(masks[applied.parent], masks, space)
+        evaluate_gates([applied], space, masks)
 
     populations = []
     minimum = strategy.qc.min_population_events

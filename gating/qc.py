@@ -12,7 +12,7 @@ import numpy as np
 
 from gating.adaptive import Placement, place_threshold_at_density_valley
 from gating.gates import RawRangeGate, RectangleGate, TimeRangesGate, singlet_polygon
-from gating.records import ALL_EVENTS, AppliedGate, QcStep
+from gating.records import ALL_EVENTS, AppliedGate, QcStep, evaluate_gates
 from gating.space import GatingSpace, channel_range
 from gating.strategy import QC_ROOT, QcSettings
 from panels.resolve import ResolvedPanel
@@ -103,8 +103,7 @@ class QcResult:
 
     def apply(self, gate: AppliedGate, space: GatingSpace) -> np.ndarray:
         self.gates.append(gate)
-        self.masks[gate.name] = gate.gate.apply(self.masks[gate.parent], self.masks, space)
-        return self.masks[gate.name]
+        return evaluate_gates([gate], space, self.masks)[gate.name]
 
 
 def run_qc(space: GatingSpace, resolved: ResolvedPanel, settings: QcSettings) -> QcResult:
