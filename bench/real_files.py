@@ -16,9 +16,10 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from gating.adaptive import place_threshold_at_density_valley
+from gating.adaptive import place_threshold
 from gating.pipeline import gate_sample
 from gating.strategy import StrategyFile, strategy_from_model
 from panels.fcs import read_events
@@ -106,13 +107,15 @@ def evaluate(path: Path, spec: RealFile) -> tuple[dict, dict]:
     positives = {}
     for marker in (*spec.inside, *spec.outside):
         values = space[marker][qc_passed]
-        cut = place_threshold_at_density_valley(values, (0.2, 0.8), 0.5)
+        cut = place_threshold(values, (0.2, 0.8), 0.5)
         positive = qc_passed & (space[marker] >= cut.value)
         positives[marker] = positive
         share = 100 * (positive & lymph).sum() / max(positive.sum(), 1)
         column = "inside" if marker in spec.inside else "outside"
+        if not cut.from_data:  # no positive population of its own: no back-gating figure
+            share = np.nan
         row[f"{marker}+ {column} (%)"] = share if column == "inside" else 100 - share
-        row[f"{marker} threshold"] = f"{cut.value:.2f}" + ("" if cut.from_data else " (no valley)")
+        row[f"{marker} threshold"] = f"{cut.value:.2f}" + f" ({cut.method})"
     return row, {"space": space, "masks": masks, "gate": lymph_gate, "positives": positives}
 
 

@@ -8,6 +8,7 @@ import pandas as pd
 from cohort.clinical import ClinicalData
 from cohort.store import Store
 from cohort.study import Study
+from gating.records import NEEDS_REVIEW
 
 POPULATION_COLUMNS = [
     "sample_id",
@@ -22,7 +23,20 @@ POPULATION_COLUMNS = [
     "pct_parent",
     "pct_lymphocytes",
     "cells_per_ul",
+    "missing_markers",  # set where the tube cannot measure the population (count empty)
     "qc_flags",
+]
+MFI_COLUMNS = [
+    "sample_id",
+    "patient_id",
+    "visit",
+    "panel",
+    "population",
+    "marker",
+    "channel",
+    "median",
+    "median_logicle",
+    "n",
 ]
 SAMPLE_COLUMNS = [
     "file",
@@ -35,20 +49,44 @@ SAMPLE_COLUMNS = [
     "reason",
     "events",
     "processed_at",
+    "needs_review",
+    "not_measured",
 ]
 
 
 def samples_table(store: Store) -> pd.DataFrame:
-    """One row per file seen, with its status and reason."""
-    return store.files_frame()[SAMPLE_COLUMNS]
+    """One row per file seen, with its status and reason, whether a person must review it
+    before release, and the populations it could not measure (with the missing markers)."""
+    files = store.files_frame()
+    flags = files.qc_flags.fillna("").str.split(";")
+    files["needs_review"] = [
+        (NEEDS_REVIEW in f) if status == "processed" else ""
+        for f, status in zip(flags, files.status, strict=True)
+    ]
+    files["not_measured"] = [
+        ";".join(x.removeprefix("not_measured:") for x in f if x.startswith("not_measured:"))
+        for f in flags
+    ]
+    return files[SAMPLE_COLUMNS]
+
+
+def mfi_table(store: Store) -> pd.DataFrame:
+    """Median fluorescence per sample, population and marker (tidy), as FlowJo's table
+    editor gives it: compensated channel units and the logicle value."""
+    frame = store.current_medians()
+    return frame[MFI_COLUMNS] if not frame.empty else pd.DataFrame(columns=MFI_COLUMNS)
 
 
 def populations_table(store: Store, study: Study, clinical: ClinicalData | None) -> pd.DataFrame:
     """Counts and percentages per sample and population; absolute counts when clinical
     lymphocyte counts are known (dual platform)."""
     pops = store.current_populations()
+    lost = store.current_not_measured()
+    if not lost.empty:  # a row each, with empty counts, so the gap is visible, not silent
+        pops = pd.concat([pops, lost], ignore_index=True).sort_values(["sample_id"], kind="stable")
     if pops.empty:
         return pd.DataFrame(columns=POPULATION_COLUMNS)
+    pops["missing_markers"] = pops.get("missing_markers", pd.Series(index=pops.index)).fillna("")
     pops["month"] = pops.visit.map(study.visit_month)
     pops["pct_parent"] = 100.0 * pops["count"] / pops.parent_count.replace(0, np.nan)
     lymph = pops[pops.population == "lymphocytes"].set_index("sample_key")["count"]

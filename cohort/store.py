@@ -48,6 +48,16 @@ CREATE TABLE IF NOT EXISTS gates (
     sample_key TEXT NOT NULL, gate TEXT NOT NULL, parent TEXT, kind TEXT, dimensions TEXT,
     parameters TEXT, from_data INTEGER, note TEXT
 );
+CREATE TABLE IF NOT EXISTS not_measured (
+    sample_key TEXT NOT NULL, population TEXT NOT NULL, parent TEXT NOT NULL,
+    missing_markers TEXT NOT NULL,
+    PRIMARY KEY (sample_key, population)
+);
+CREATE TABLE IF NOT EXISTS medians (
+    sample_key TEXT NOT NULL, population TEXT NOT NULL, marker TEXT NOT NULL,
+    channel TEXT NOT NULL, median REAL, median_logicle REAL, n INTEGER NOT NULL,
+    PRIMARY KEY (sample_key, population, marker)
+);
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, started_at TEXT, finished_at TEXT, files_seen INTEGER,
     processed INTEGER, quarantined INTEGER, failed INTEGER, status TEXT, message TEXT
@@ -71,6 +81,9 @@ class SampleRecord:
     qc_steps: list[dict] = field(default_factory=list)
     gates: list[dict] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
+    # reported populations the tube cannot give: population, parent, missing_markers ('+')
+    not_measured: list[dict] = field(default_factory=list)
+    medians: list[dict] = field(default_factory=list)  # gating.records.MarkerMedian fields
 
     @property
     def sample_key(self) -> str:
@@ -193,6 +206,8 @@ class Store:
             self.conn.execute("DELETE FROM populations WHERE sample_key=?", (key,))
             self.conn.execute("DELETE FROM qc_steps WHERE sample_key=?", (key,))
             self.conn.execute("DELETE FROM gates WHERE sample_key=?", (key,))
+            self.conn.execute("DELETE FROM not_measured WHERE sample_key=?", (key,))
+            self.conn.execute("DELETE FROM medians WHERE sample_key=?", (key,))
             self.conn.execute(
                 "INSERT OR REPLACE INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,NULL)",
                 (
@@ -222,6 +237,28 @@ class Store:
                 [
                     (key, p["population"], p["parent"], p["count"], p["parent_count"])
                     for p in result.populations
+                ],
+            )
+            self.conn.executemany(
+                "INSERT INTO not_measured VALUES (?,?,?,?)",
+                [
+                    (key, n["population"], n["parent"], n["missing_markers"])
+                    for n in result.not_measured
+                ],
+            )
+            self.conn.executemany(
+                "INSERT INTO medians VALUES (?,?,?,?,?,?,?)",
+                [
+                    (
+                        key,
+                        m["population"],
+                        m["marker"],
+                        m["channel"],
+                        m["median"],
+                        m["median_logicle"],
+                        m["n"],
+                    )
+                    for m in result.medians
                 ],
             )
             self.conn.executemany(
@@ -313,6 +350,29 @@ class Store:
             "FROM samples s JOIN populations p ON p.sample_key=s.sample_key "
             "JOIN files f ON f.sample_key=s.sample_key AND f.status='processed' "
             "WHERE s.superseded_by IS NULL ORDER BY s.sample_id, p.rowid",
+            self.conn,
+        )
+
+    def current_not_measured(self) -> pd.DataFrame:
+        """Reported populations that current results could not measure, with the markers."""
+        return self._current_rows(
+            "n.population, n.parent, n.missing_markers",
+            "not_measured n ON n.sample_key=s.sample_key",
+        )
+
+    def current_medians(self) -> pd.DataFrame:
+        """Median fluorescence per population and marker of current results."""
+        return self._current_rows(
+            "m.population, m.marker, m.channel, m.median, m.median_logicle, m.n",
+            "medians m ON m.sample_key=s.sample_key",
+        )
+
+    def _current_rows(self, columns: str, join: str) -> pd.DataFrame:
+        return pd.read_sql_query(
+            "SELECT s.sample_key, s.sample_id, s.patient_id, s.visit, s.panel, s.qc_flags, "
+            f"{columns} FROM samples s JOIN {join} "
+            "JOIN files f ON f.sample_key=s.sample_key AND f.status='processed' "
+            "WHERE s.superseded_by IS NULL ORDER BY s.sample_id",
             self.conn,
         )
 

@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ValidationError, field_validator, model_validator
 
 from gating.apply import AnyStrategy, load_panel_strategy
+from gating.registration import REFERENCE_FOLDER, load_reference, with_reference
+from gating.strategy import Strategy
 from panels.resolve import Panel, load_panel
 
 
@@ -150,8 +152,20 @@ class Study:
 
     @cached_property
     def strategies(self) -> dict[str, AnyStrategy]:
-        """Panel token -> gating strategy (YAML strategy or FlowJo workspace)."""
-        return {t: load_panel_strategy(p, self.root) for t, p in self.panels.items()}
+        """Panel token -> gating strategy (YAML strategy, with the study's reference for its
+        registered thresholds where one was built, or a FlowJo workspace)."""
+        strategies = {}
+        for token, panel in self.panels.items():
+            strategy = load_panel_strategy(panel, self.root)
+            if isinstance(strategy, Strategy):
+                path = self.reference_path(strategy.name)
+                strategy = with_reference(strategy, load_reference(path, strategy))
+            strategies[token] = strategy
+        return strategies
+
+    def reference_path(self, strategy_name: str) -> Path:
+        """Where the study reference of a strategy's registered thresholds is kept."""
+        return self.root / REFERENCE_FOLDER / f"{strategy_name}.yaml"
 
     def visit_month(self, visit: str) -> float:
         return float(self.config.visits[visit])

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 
@@ -175,6 +176,38 @@ def _cmd_gates_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reference_build(args: argparse.Namespace) -> int:
+    from cohort.references import build_panel_reference
+    from cohort.store import Store
+    from cohort.study import Study, StudyError
+    from flows.nightly import software_version
+
+    study = Study(args.study)
+    if args.panel not in study.config.panels:
+        raise StudyError(
+            f"{study.root / 'study.yaml'}: no panel {args.panel!r} (panels: "
+            f"{', '.join(study.config.panels)})"
+        )
+    visits = set(args.visits.split(",")) if args.visits else None
+    with study.exclusive():  # not while a run is writing results
+        store = Store(study.db_path)
+        current = store.current_populations().drop_duplicates("sample_id")
+        chosen = current[
+            (current.panel == args.panel) & current.visit.isin(visits or current.visit)
+        ]
+        files = [study.inbox / store.current_sample(s)["file_name"] for s in chosen.sample_id]
+        store.close()
+        files = [path for path in files if path.is_file()]
+        reference, path = build_panel_reference(study, args.panel, files, software_version())
+    for name, t in reference.thresholds.items():
+        print(
+            f"{name}: offset {t.offset:+.4f} from the landmark, placed by {t.method} on "
+            f"{t.events} events of {t.samples} samples"
+        )
+    print(f"wrote {path}; the next run re-gates the {args.panel} samples with it")
+    return 0
+
+
 def _cmd_process(args: argparse.Namespace) -> int:
     from gating.apply import gate_file, load_panel_strategy
     from gating.strategy import StrategyError
@@ -195,7 +228,12 @@ def _cmd_process(args: argparse.Namespace) -> int:
                 {
                     "file": str(args.file),
                     "events": gating.n_events,
+                    "needs_review": gating.needs_review,
                     "flags": gating.flags,
+                    "not_measured": [
+                        {"population": name, "missing_markers": list(markers)}
+                        for name, markers in gating.not_measured.items()
+                    ],
                     "populations": [
                         {
                             "population": p.population,
@@ -210,6 +248,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
                         {"step": q.name, "events_in": q.events_in, "removed": q.removed}
                         for q in gating.qc_steps
                     ],
+                    "medians": [asdict(m) for m in gating.medians],
                 },
                 indent=2,
             )
@@ -221,6 +260,10 @@ def _cmd_process(args: argparse.Namespace) -> int:
     print(f"  {'population':20} {'parent':14} {'count':>8} {'% parent':>9}")
     for p in gating.populations:
         print(f"  {p.population:20} {p.parent:14} {p.count:8d} {p.pct_parent:9.2f}")
+    for name, markers in gating.not_measured.items():
+        print(f"  {name:20} not measured: the tube has no {', '.join(markers)}")
+    if gating.needs_review:
+        print("  NEEDS REVIEW: a gate or threshold was placed by its default, or QC lost much")
     if gating.flags:
         print("  flags: " + "; ".join(gating.flags))
     return 0
@@ -314,6 +357,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--sample", required=True, help="sample id, e.g. P01_M3_BCELL")
     export.add_argument("--out", help="output file (default: STUDY/results/gates/ID.xml)")
     export.set_defaults(func=_cmd_gates_export)
+
+    reference = sub.add_parser(
+        "reference", help="study references for registered thresholds (landmark registration)"
+    )
+    reference_sub = reference.add_subparsers(dest="reference_command", required=True)
+    build = reference_sub.add_parser(
+        "build",
+        help="place a panel's registered thresholds once on the study's processed samples, "
+        "aligned on their landmarks; the panel is re-gated with it on the next run",
+    )
+    build.add_argument("--study", required=True, help="study folder")
+    build.add_argument("--panel", required=True, help="panel token of the file names, e.g. TREG")
+    build.add_argument(
+        "--visits", help="only samples of these visits, comma-separated (e.g. BL for baseline)"
+    )
+    build.set_defaults(func=_cmd_reference_build)
 
     process = sub.add_parser("process", help="gate one FCS file outside any study")
     process.add_argument("file", help="FCS file")

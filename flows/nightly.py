@@ -16,7 +16,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cohort.clinical import ClinicalData, ClinicalDataError, load_clinical, patient_windows
-from cohort.exports import populations_table, samples_table, write_csv
+from cohort.exports import mfi_table, populations_table, samples_table, write_csv
 from cohort.intake import plan_intake
 from cohort.store import Store
 from cohort.study import Study
@@ -79,8 +79,10 @@ def update_outputs(study: Study, store: Store, pool: WorkerPool | None = None) -
         clinical, error = None, str(exc)
     populations = populations_table(store, study, clinical)
     write_csv(populations, study.results_dir / "populations.csv")
+    write_csv(mfi_table(store), study.results_dir / "mfi.csv")
     if clinical is None:
         return error
+    populations = populations[populations.missing_markers == ""]  # measured rows only
     groups = clinical.group_of()
     visits = list(study.config.visits)
     windows = patient_windows(clinical)

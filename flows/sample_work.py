@@ -13,15 +13,15 @@ from cohort.store import SampleRecord
 from cohort.study import SampleName
 from gating.apply import AnyStrategy, gate_file
 from gating.pipeline import PIPELINE_VERSION
+from gating.records import NEEDS_REVIEW
 from panels.resolve import Panel
 from reports.qc_report import write_sample_qc_report
 
-SERIOUS_FLAGS = ("qc_removed", "low_count", "default_gate")
 
-
-def needs_review(flags: list[str]) -> bool:
-    """Flags a reviewer must look at (a default threshold inside bounds is routine)."""
-    return any(f.startswith(SERIOUS_FLAGS) for f in flags)
+def worth_a_qc_report(flags: list[str]) -> bool:
+    """With qc_reports 'flagged': samples that need review, or with too few events in a
+    reported population."""
+    return NEEDS_REVIEW in flags or any(f.startswith("low_count:") for f in flags)
 
 
 def process_sample_file(
@@ -43,6 +43,7 @@ def process_sample_file(
     gating, data = gated.gating, gated.data
     notes = data.header.notes if data is not None else []
     flags = list(gating.flags) + [f"reader:{note}" for note in notes]
+    parent_of = {spec.name: spec.parent for spec in strategy.gates} if gating.not_measured else {}
     record = SampleRecord(
         sample_id=name.sample_id,
         sha256=sha256,
@@ -64,8 +65,13 @@ def process_sample_file(
         qc_steps=[asdict(q) for q in gating.qc_steps],
         gates=[g.to_record() for g in gating.gates],
         flags=flags,
+        not_measured=[
+            {"population": name, "parent": parent_of[name], "missing_markers": "+".join(markers)}
+            for name, markers in gating.not_measured.items()
+        ],
+        medians=[asdict(m) for m in gating.medians],
     )
-    wanted = qc_reports == "all" or (qc_reports == "flagged" and needs_review(flags))
+    wanted = qc_reports == "all" or (qc_reports == "flagged" and worth_a_qc_report(flags))
     if qc_report_dir and wanted and data is not None:
         write_sample_qc_report(
             Path(qc_report_dir) / f"{name.sample_id}.pdf",

@@ -8,19 +8,25 @@ the sample, so a reviewer knows which gates were not data-driven.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
+from scipy.optimize import brentq
+from scipy.stats import norm
 from sklearn.mixture import GaussianMixture
+
+DEEP_VALLEY = 0.05  # a valley at most this share of the lower peak: populations barely overlap
 
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a threshold went, and why."""
+    """Where a threshold went, how (valley, mixture_2d, mixture_1d, default), and why."""
 
     value: float
     from_data: bool
     note: str
+    method: str = "valley"
 
 
 def place_threshold_at_density_valley(
@@ -32,16 +38,17 @@ def place_threshold_at_density_valley(
     min_depth: float = 0.5,
     min_side_share: float = 0.002,
 ) -> Placement:
-    """Put a 1-D threshold at the lowest point of the smoothed density inside ``bounds``.
+    """Put a 1-D threshold at the lowest local minimum of the smoothed density inside
+    ``bounds``.
 
-    The valley counts only if each side holds at least ``min_side_share`` of the events and a
+    A valley counts only if each side holds at least ``min_side_share`` of the events and a
     peak on each side rises above the valley by ``1 / min_depth`` (a valley at most half as
     high as the lower of the two peaks, by default).
     """
     lo, hi = bounds
     values = values[np.isfinite(values)]
     if values.size < 50:
-        return Placement(default, False, f"too few events ({values.size}) to place; default")
+        return Placement(default, False, f"too few events ({values.size}) to place", "default")
     # The density is needed over the bounds and the peaks beside them, not over outliers far
     # away (a ratio over a near-zero FSC-H can be huge): the grid reaches ``reach`` beyond.
     reach = max(hi - lo, 0.5)
@@ -53,19 +60,216 @@ def place_threshold_at_density_valley(
     density = gaussian_filter1d(hist.astype(np.float64), sigma=bandwidth / (edges[1] - edges[0]))
     inside = np.flatnonzero((centres >= lo) & (centres <= hi))
     if inside.size == 0:
-        return Placement(default, False, "bounds outside the data; default")
-    # Among equally low points prefer the one nearest the middle of the flat stretch.
-    low = density[inside].min()
-    flat = inside[density[inside] <= low + 1e-12]
-    k = int(flat[len(flat) // 2])
+        return Placement(default, False, "bounds outside the data", "default")
+    # Candidates are the local minima inside the bounds (the middle of a flat stretch), so
+    # wide bounds reaching into a population's tail do not hide a real valley elsewhere.
+    # A minimum may be a flat stretch (no events between two clear populations): its middle.
+    steps = np.diff(density)
+    steps[np.abs(steps) <= 1e-9 * density.max()] = 0.0
+    turns = np.flatnonzero(steps)
+    candidates = [
+        (a + 1 + b) // 2
+        for a, b in zip(turns, turns[1:], strict=False)
+        if steps[a] < 0 < steps[b] and lo <= centres[(a + 1 + b) // 2] <= hi
+    ]
+    valid = []
+    for k in candidates:
+        left_peak, right_peak = density[: k + 1].max(), density[k:].max()
+        left_share = np.count_nonzero(values < centres[k]) / values.size
+        if min(left_share, 1 - left_share) < min_side_share:
+            continue
+        if density[k] <= min_depth * min(left_peak, right_peak):
+            valid.append(k)
+    if not valid:
+        return Placement(default, False, f"no clear valley in [{lo:.2f}, {hi:.2f}]", "default")
+    k = min(valid, key=lambda i: density[i])
     threshold = float(centres[k])
-    left_peak, right_peak = density[: k + 1].max(), density[k:].max()
-    left_share = np.count_nonzero(values < threshold) / values.size
-    if min(left_share, 1 - left_share) < min_side_share:
-        return Placement(default, False, f"one side of {threshold:.3f} is empty; default")
-    if density[k] > min_depth * min(left_peak, right_peak):
-        return Placement(default, False, f"no clear valley in [{lo:.2f}, {hi:.2f}]; default")
     return Placement(threshold, True, f"valley at {threshold:.3f}")
+
+
+def _fit_mixture(points: np.ndarray, max_components: int, seed: int) -> GaussianMixture:
+    """The Gaussian mixture (1..max_components, full covariances) with the lowest BIC."""
+    best, best_bic = None, np.inf
+    for k in range(1, max_components + 1):
+        gmm = GaussianMixture(k, covariance_type="full", random_state=seed, reg_covar=1e-5)
+        gmm.fit(points)
+        bic = gmm.bic(points)
+        if bic < best_bic:
+            best, best_bic = gmm, bic
+    return best
+
+
+def _balanced_boundary(
+    below: list[tuple[float, float, float]], above: list[tuple[float, float, float]]
+) -> float:
+    """The point between two groups of weighted 1-D components (weight, mean, SD) where as
+    many events of the lower group lie above it as of the upper group below it: the count on
+    either side is then unbiased, which is what a frequency endpoint needs. (A skewed
+    population is fitted by several components, so each side is a group.)"""
+    start, stop = max(m for _, m, _ in below), min(m for _, m, _ in above)
+
+    def excess(t: float) -> float:
+        return sum(w * norm.sf(t, m, s) for w, m, s in below) - sum(
+            w * norm.cdf(t, m, s) for w, m, s in above
+        )
+
+    if not excess(start) > 0 > excess(stop):
+        return (start + stop) / 2
+    return float(brentq(excess, start, stop))
+
+
+def _balanced_corner(
+    gmm: GaussianMixture, population: int, rival: int, target: tuple[int, int]
+) -> float:
+    """The first axis' limit of a corner gate (both limits at the same fraction of the way
+    from the rival's mean to the population's) that lets in as many rival events as it
+    leaves out population events, each component taken as independent along the axes."""
+    w, mu = gmm.weights_, gmm.means_
+    sd = np.sqrt(np.stack([np.diag(c) for c in gmm.covariances_]))
+
+    def limits(fraction: float) -> np.ndarray:
+        return mu[rival] + fraction * (mu[population] - mu[rival])
+
+    def passing(component: int, fraction: float) -> float:
+        t = limits(fraction)
+        share = 1.0
+        for axis, side in enumerate(target):
+            cdf = norm.cdf(t[axis], mu[component, axis], sd[component, axis])
+            share *= 1.0 - cdf if side > 0 else cdf
+        return share
+
+    def excess(fraction: float) -> float:
+        return w[population] * (1 - passing(population, fraction)) - w[rival] * passing(
+            rival, fraction
+        )
+
+    fraction = brentq(excess, 0.0, 1.0) if excess(0.0) < 0 < excess(1.0) else 0.5
+    return float(limits(fraction)[0])
+
+
+def place_threshold_by_mixture(
+    values: np.ndarray,
+    bounds: tuple[float, float],
+    default: float,
+    *,
+    partner: np.ndarray | None = None,
+    target: tuple[int, int] = (1, 1),
+    max_components: int = 4,
+    min_weight: float = 0.01,
+    min_events: int = 20,
+    min_separation: float = 1.0,
+    max_fit_events: int = 20000,
+    seed: int = 0,
+) -> Placement:
+    """A threshold between two populations that form a shoulder rather than a valley.
+
+    A Gaussian mixture (components chosen by BIC) is fitted to the values, or, with
+    ``partner``, to the marker pair that defines the population (transitional B on CD24 x
+    CD38, Tregs on CD127 x CD25). In 2-D the population is the component lying furthest in
+    the direction ``target`` (+1 high, -1 low, per axis) and its rival the nearest other
+    component; in 1-D every pair of neighbouring components is a candidate. The threshold is
+    where the two are equally many of their own standard deviations away along ``values``'
+    axis. It counts only inside ``bounds``, between components of at least ``min_weight`` and
+    ``min_events``, whose means lie ``min_separation`` times the sum of their spreads apart
+    (1.0: about 2 SD when the spreads are equal); otherwise ``default``.
+    """
+    paired = partner is not None
+    points = np.column_stack([values, partner]) if paired else values[:, None]
+    points = points[np.isfinite(points).all(axis=1)].astype(np.float64)
+    method = "mixture_2d" if paired else "mixture_1d"
+    if points.shape[0] < 200:
+        return Placement(
+            default, False, f"too few events ({points.shape[0]}) for a mixture", "default"
+        )
+    if points.shape[0] > max_fit_events:
+        points = points[np.random.default_rng(seed).choice(points.shape[0], max_fit_events)]
+    gmm = _fit_mixture(points, max_components, seed)
+    weights, means = gmm.weights_, gmm.means_
+    sds = np.sqrt(gmm.covariances_[:, 0, 0])
+    usable = [
+        i
+        for i in range(weights.size)
+        if weights[i] >= min_weight and weights[i] * points.shape[0] >= min_events
+    ]
+    pairs: list[tuple[int, int]] = []
+    if paired and len(usable) >= 2:
+        direction = np.asarray(target, dtype=np.float64)
+        population = max(usable, key=lambda i: float(means[i] @ direction))
+        shared = np.linalg.inv(gmm.covariances_[usable].mean(axis=0))
+        rival = min(
+            (i for i in usable if i != population),
+            key=lambda i: float(
+                (means[i] - means[population]) @ shared @ (means[i] - means[population])
+            ),
+        )
+        pairs = [(population, rival)]
+    elif not paired:
+        ordered = sorted(usable, key=lambda i: means[i, 0])
+        pairs = list(zip(ordered, ordered[1:], strict=False))
+    lo, hi = bounds
+    best: tuple[float, float] | None = None
+    for a, b in pairs:
+        gap = abs(means[a, 0] - means[b, 0]) / (sds[a] + sds[b])
+        if paired:
+            cut = _balanced_corner(gmm, a, b, target)
+        else:
+            split = ordered.index(b)
+            cut = _balanced_boundary(
+                [(weights[i], means[i, 0], sds[i]) for i in ordered[:split]],
+                [(weights[i], means[i, 0], sds[i]) for i in ordered[split:]],
+            )
+        if gap >= min_separation and lo <= cut <= hi and (best is None or gap > best[1]):
+            best = (float(cut), float(gap))
+    if best is None:
+        return Placement(
+            default,
+            False,
+            f"no mixture components {min_separation:g}x their spreads apart with a boundary in "
+            f"[{lo:.2f}, {hi:.2f}]",
+            "default",
+        )
+    cut, gap = best
+    return Placement(
+        cut,
+        True,
+        f"{'2-D' if paired else '1-D'} mixture of {weights.size}: boundary at {cut:.3f} "
+        f"(components {gap:.2f}x their spreads apart)",
+        method,
+    )
+
+
+def place_threshold(
+    values: np.ndarray,
+    bounds: tuple[float, float],
+    default: float,
+    *,
+    partner: np.ndarray | None = None,
+    target: tuple[int, int] = (1, 1),
+) -> Placement:
+    """The data's own boundary, by the first method that finds one: a mixture on the defining
+    marker pair (where the strategy names a partner), a deep density valley, a 1-D mixture, a
+    shallower valley; else ``default``, and the sample needs review."""
+    tried = []
+    if partner is not None:
+        place = place_threshold_by_mixture(values, bounds, default, partner=partner, target=target)
+        if place.from_data:
+            return place
+        tried.append(place.note)
+    # A deep valley separates populations that barely overlap: take it. Where they overlap
+    # more (a shallow valley or none), a valley's position depends on the populations'
+    # sizes, so the mixture's balanced boundary is preferred, and the shallow valley kept as
+    # the fallback.
+    placers = (
+        partial(place_threshold_at_density_valley, min_depth=DEEP_VALLEY),
+        place_threshold_by_mixture,
+        place_threshold_at_density_valley,
+    )
+    for placer in placers:
+        place = placer(values, bounds, default)
+        if place.from_data:
+            return place
+        tried.append(place.note)
+    return Placement(default, False, "; ".join(tried) + "; default", "default")
 
 
 @dataclass(frozen=True)

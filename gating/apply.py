@@ -7,8 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gating.pipeline import SampleGating, gate_sample
-from gating.strategy import Strategy, load_strategy
-from gating.workspace import WorkspaceStrategy, gate_sample_with_workspace, load_workspace_strategy
+from gating.strategy import Strategy, StrategyError, load_strategy
+from gating.workspace import (
+    WorkspaceStrategy,
+    gate_sample_with_workspace,
+    is_flowjo_workspace,
+    load_workspace_strategy,
+)
 from panels.fcs import FcsData, FcsHeader, read_events, scan_header
 from panels.resolve import SCATTER_ALIASES, Panel, PanelError, ResolvedPanel, resolve_panel
 
@@ -16,11 +21,17 @@ AnyStrategy = Strategy | WorkspaceStrategy
 
 
 def load_panel_strategy(panel: Panel, base_dir: Path | None = None) -> AnyStrategy:
-    """The panel's strategy: a built-in or YAML strategy, or a FlowJo workspace (.wsp)."""
+    """The panel's strategy: a built-in or YAML strategy, or a FlowJo workspace (.wsp, or
+    .xml when its content is a workspace)."""
     if panel.uses_workspace:
         path = Path(panel.strategy)
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
+        if path.suffix.lower() == ".xml" and not is_flowjo_workspace(path):
+            raise StrategyError(
+                f"{path}: not a FlowJo 10 workspace (no <Workspace> element); a panel's "
+                "strategy is a strategy YAML or a FlowJo workspace (.wsp, or .xml saved by FlowJo)"
+            )
         return load_workspace_strategy(path, panel.workspace)
     return load_strategy(panel.strategy, base_dir)
 

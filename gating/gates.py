@@ -388,18 +388,21 @@ class ThresholdMark(Gate):
     dimension: str
     value: float
     bounds: tuple[float, float]
+    method: str = "valley"  # valley | mixture_2d | mixture_1d | default | manual
 
     @property
     def dimensions(self) -> tuple[str, ...]:
         return (self.dimension,)
 
     def parameters(self) -> dict:
-        return {"value": self.value, "bounds": list(self.bounds)}
+        return {"value": self.value, "bounds": list(self.bounds), "method": self.method}
 
     @classmethod
     def from_parameters(cls, dimensions, parameters) -> ThresholdMark:
         lo, hi = parameters["bounds"]
-        return cls(dimensions[0], float(parameters["value"]), (lo, hi))
+        # Records before pipeline 5 did not name the method.
+        method = parameters.get("method", "unrecorded")
+        return cls(dimensions[0], float(parameters["value"]), (lo, hi), method)
 
     def apply(self, parent, masks, space):
         raise TypeError("a threshold mark records a placement; it selects no events")

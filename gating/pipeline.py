@@ -13,16 +13,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from gating.adaptive import place_threshold_at_density_valley
+from gating.adaptive import Placement, place_threshold
 from gating.gates import ThresholdMark
 from gating.qc import run_qc
-from gating.records import AppliedGate, PopulationCount, SampleGating, evaluate_gates
+from gating.records import (
+    NEEDS_REVIEW,
+    REVIEW_FLAGS,
+    AppliedGate,
+    MarkerMedian,
+    PopulationCount,
+    SampleGating,
+    evaluate_gates,
+)
+from gating.registration import landmark_peak
 from gating.space import GatingSpace
 from gating.strategy import Limit, PlacementContext, Strategy
 from panels.fcs import FcsData
 from panels.resolve import ResolvedPanel
 
-PIPELINE_VERSION = "4"  # bump when a change alters counts for an unchanged strategy and file
+PIPELINE_VERSION = "5"  # bump when a change alters counts for an unchanged strategy and file
 
 
 def replay_gates(
@@ -50,12 +59,26 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
             return None if ref is None else float(ref)
         if ref not in placed:
             spec = strategy.thresholds[ref]
-            values = space[spec.dimension][masks[spec.within]]
-            place = place_threshold_at_density_valley(values, spec.bounds, spec.default)
+            within = masks[spec.within]
+            place = None
+            if ref in strategy.offsets:
+                place = place_registered(
+                    space[spec.dimension][masks[spec.registration.landmark_within]],
+                    spec.registration.peak,
+                    strategy.offsets[ref],
+                    spec.bounds,
+                )
+            place = place or place_threshold(
+                space[spec.dimension][within],
+                spec.bounds,
+                spec.default,
+                partner=space[spec.pair.dimension][within] if spec.pair else None,
+                target=spec.pair.direction if spec.pair else (1, 1),
+            )
             placed[ref] = place.value
             if not place.from_data:
                 flags.append(f"default_threshold:{ref}")
-            mark = ThresholdMark(spec.dimension, place.value, spec.bounds)
+            mark = ThresholdMark(spec.dimension, place.value, spec.bounds, place.method)
             gates.append(AppliedGate(ref, spec.within, mark, place.from_data, place.note))
         return placed[ref]
 
@@ -81,7 +104,47 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
         populations.append(PopulationCount(spec.name, spec.parent, count, parent_count))
         if count < minimum:
             flags.append(f"low_count:{spec.name}<{minimum}")
+    if any(f.startswith(REVIEW_FLAGS) for f in flags):
+        flags.append(NEEDS_REVIEW)
     lost = {s.name: not_measured[s.name] for s in strategy.reported if s.name in not_measured}
+    medians = population_medians(populations, masks, space, resolved)
     return SampleGating(
-        data.header.n_events, populations, qc.steps, gates, flags, masks, space, lost
+        data.header.n_events, populations, qc.steps, gates, flags, masks, space, lost, medians
     )
+
+
+def place_registered(
+    landmark_values: np.ndarray, peak: str, offset: float, bounds: tuple[float, float]
+) -> Placement | None:
+    """A registered threshold: this sample's landmark plus the study's offset; None (place it
+    from this sample alone) when the landmark cannot be found or lands outside the bounds."""
+    landmark = landmark_peak(landmark_values, peak)
+    if landmark is None or not bounds[0] <= landmark + offset <= bounds[1]:
+        return None
+    value = landmark + offset
+    note = f"registered: landmark {landmark:.3f} + study offset {offset:+.3f} = {value:.3f}"
+    return Placement(value, True, note, "registered")
+
+
+def population_medians(
+    populations: list[PopulationCount],
+    masks: dict[str, np.ndarray],
+    space: GatingSpace,
+    resolved: ResolvedPanel,
+) -> list[MarkerMedian]:
+    """Median fluorescence of every marker of the tube in every reported population."""
+    medians = []
+    for population in populations:
+        rows = masks[population.population]
+        for marker, channel in resolved.marker_channels.items():
+            values = space.compensated[marker][rows]
+            median = float(np.median(values)) if values.size else float("nan")
+            logicle = (
+                float(space.transforms[marker].exact(np.array([median]))[0])
+                if values.size
+                else float("nan")
+            )
+            medians.append(
+                MarkerMedian(population.population, marker, channel, median, logicle, values.size)
+            )
+    return medians

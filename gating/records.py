@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 ALL_EVENTS = "all_events"
 
 
+NEEDS_REVIEW = "needs_review"  # flag set on a sample with any of the flags below
+# A gate or threshold the data could not place (its default was used), or too many events lost
+# in QC: the numbers are not released unseen.
+REVIEW_FLAGS = ("default_threshold:", "default_gate:", "qc_removed")
+
+
 @dataclass(frozen=True)
 class PopulationCount:
     population: str
@@ -30,6 +36,20 @@ class PopulationCount:
     @property
     def pct_parent(self) -> float:
         return 100.0 * self.count / self.parent_count if self.parent_count else float("nan")
+
+
+@dataclass(frozen=True)
+class MarkerMedian:
+    """Median fluorescence of one marker in one population (FlowJo's 'Median' statistic):
+    compensated, in channel units, and its logicle value (the logicle is monotone, so this is
+    also the median of the logicle values). NaN when the population is empty."""
+
+    population: str
+    marker: str
+    channel: str
+    median: float
+    median_logicle: float
+    n: int
 
 
 @dataclass(frozen=True)
@@ -106,6 +126,12 @@ class SampleGating:
     space: GatingSpace | None = field(repr=False, default=None)
     # Reported populations the tube cannot give, with the missing markers each needs.
     not_measured: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    medians: list[MarkerMedian] = field(default_factory=list)
+
+    @property
+    def needs_review(self) -> bool:
+        """A person must look at this sample before its numbers are released."""
+        return NEEDS_REVIEW in self.flags
 
 
 def evaluate_gates(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -68,11 +68,40 @@ class QcSettings(_Spec):
     debris_fsc: BoundedPlacement = BoundedPlacement(bounds=(0.03, 0.16), default=0.08)
 
 
+class MarkerPair(_Spec):
+    """The second marker of the pair that defines a population, and where the population lies
+    on each (the threshold's own marker first)."""
+
+    dimension: str
+    target: tuple[Literal["high", "low"], Literal["high", "low"]] = ("high", "high")
+
+    @property
+    def direction(self) -> tuple[int, int]:
+        return tuple(1 if side == "high" else -1 for side in self.target)  # type: ignore[return-value]
+
+
+class Registration(_Spec):
+    """Align samples on a landmark before placing the threshold once for the study
+    (``gating.registration``): the ``peak`` ('high' or 'low') of the threshold's marker among
+    the events of gate ``landmark_within`` (a well-populated population, e.g. all CD4 T)."""
+
+    landmark_within: str
+    peak: Literal["high", "low"] = "high"
+
+
 class ThresholdSpec(BoundedPlacement):
-    """A 1-D threshold on ``dimension`` among the events of gate ``within``."""
+    """A 1-D threshold on ``dimension`` among the events of gate ``within``, placed per sample
+    by ``gating.adaptive.place_threshold`` (a mixture on ``pair`` where given, a valley, a 1-D
+    mixture; ``default`` otherwise)."""
 
     dimension: str
     within: str
+    pair: MarkerPair | None = None
+    registration: Registration | None = None
+
+    def markers(self) -> set[str]:
+        """Every marker the placement reads."""
+        return {self.dimension} | ({self.pair.dimension} if self.pair else set())
 
 
 Limit = str | float | None
@@ -206,6 +235,18 @@ class Strategy:
     gates: tuple[RectangleSpec | BooleanSpec | ScatterClusterSpec, ...]
     sha256: str
     source: str
+    # Registered thresholds' study offsets from their landmarks (``gating.registration``),
+    # from the study reference with this sha256; the strategy's sha256 then includes it.
+    offsets: Mapping[str, float] = field(default_factory=dict)
+    reference_sha256: str = ""
+
+    def registered_with(
+        self, offsets: Mapping[str, float], sha256: str, reference_sha256: str
+    ) -> Strategy:
+        """This strategy with a study reference's offsets and the combined identity."""
+        return replace(
+            self, offsets=dict(offsets), sha256=sha256, reference_sha256=reference_sha256
+        )
 
     @property
     def reported(self) -> list[_GateSpec]:
@@ -220,7 +261,7 @@ class Strategy:
             needs = set(spec.dimensions_used())
             depends = [spec.parent, *spec.references()]
             for name in spec.thresholds_used():
-                needs.add(self.thresholds[name].dimension)
+                needs |= self.thresholds[name].markers()
                 depends.append(self.thresholds[name].within)
             needs &= absent
             for name in depends:
@@ -280,3 +321,8 @@ def _check_references(parsed: StrategyFile, path: str) -> None:
     for name, t in parsed.thresholds.items():
         if t.within not in known:
             raise StrategyError(f"{path}: thresholds.{name}.within: unknown gate {t.within!r}")
+        if t.registration and t.registration.landmark_within not in known:
+            raise StrategyError(
+                f"{path}: thresholds.{name}.registration.landmark_within: unknown gate "
+                f"{t.registration.landmark_within!r}"
+            )

@@ -31,8 +31,47 @@ class WorkspaceStrategy:
     source: str
     group: str
     template_sample: str
-    populations: dict[str, str]  # reported population -> gate name in the workspace
+    populations: dict[str, str]  # reported population -> gate name or path in the workspace
     sha256: str
+    # reported population -> the gate's (name, parent path) in the template sample
+    gate_ids: dict[str, tuple[str, tuple[str, ...]]]
+
+
+def is_flowjo_workspace(path: str | Path) -> bool:
+    """Whether a file is a FlowJo 10 workspace, by its content (FlowJo also saves as .xml)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return b"<Workspace" in head
+
+
+def find_gate(
+    reference: str, gate_ids: list[tuple[str, tuple[str, ...]]], where: str
+) -> tuple[str, tuple[str, ...]]:
+    """The one gate a reference names: a gate name, or the end of its path written with '/'
+    (``CD4+/CD107a+``) where the name repeats under several parents."""
+
+    def full(gate: tuple[str, tuple[str, ...]]) -> tuple[str, ...]:
+        name, parents = gate
+        return (*[p for p in parents if p != "root"], name)
+
+    by_name = [g for g in gate_ids if g[0] == reference]
+    parts = tuple(reference.split("/"))
+    by_path = [g for g in gate_ids if full(g)[-len(parts) :] == parts]
+    found = by_name or by_path
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        known = ", ".join(sorted("/".join(full(g)) for g in gate_ids))
+        raise StrategyError(
+            f"{where}: no gate {reference!r} (gates: {known}); fix 'workspace: populations:'"
+        )
+    raise StrategyError(
+        f"{where}: gate name {reference!r} is ambiguous; name it by its path, one of: "
+        f"{', '.join('/'.join(full(g)) for g in found)}"
+    )
 
 
 def load_workspace_strategy(path: str | Path, options: dict) -> WorkspaceStrategy:
@@ -66,16 +105,16 @@ def load_workspace_strategy(path: str | Path, options: dict) -> WorkspaceStrateg
             f"{where}: template sample {template!r} is not in group {group!r}; "
             f"set 'workspace: template_sample:' to one of {', '.join(members) or '(none)'}"
         )
-    gate_names = {name for name, _ in workspace.get_gate_ids(template)}
-    missing = sorted(g for g in populations.values() if g not in gate_names)
-    if missing:
-        raise StrategyError(
-            f"{where}: gate(s) {', '.join(missing)} not found for sample {template!r} "
-            f"(gates: {', '.join(sorted(gate_names))}); fix 'workspace: populations:'"
-        )
+    gate_ids = list(workspace.get_gate_ids(template))
+    chosen = {
+        population: find_gate(reference, gate_ids, f"{where}: populations.{population}")
+        for population, reference in populations.items()
+    }
     digest = hashlib.sha256(path.read_bytes())
     digest.update(json.dumps([group, template, populations], sort_keys=True).encode())
-    return WorkspaceStrategy(path.stem, str(path), group, template, populations, digest.hexdigest())
+    return WorkspaceStrategy(
+        path.stem, str(path), group, template, populations, digest.hexdigest(), chosen
+    )
 
 
 @lru_cache(maxsize=8)
@@ -97,15 +136,22 @@ def gate_sample_with_workspace(fcs_path: str | Path, strategy: WorkspaceStrategy
     gating_strategy = workspace.get_gating_strategy(own or strategy.template_sample)
     sample = fk.Sample(str(fcs_path), sample_id=fcs_path.name)
     result = gating_strategy.gate_sample(sample)
-    name_of_gate = {gate: population for population, gate in strategy.populations.items()}
-    paths = {name: path for name, path in gating_strategy.get_gate_ids()}
+    # A gate is known by its full path: the same name may sit under several parents.
+    population_of_path = {
+        (*parents, name): population for population, (name, parents) in strategy.gate_ids.items()
+    }
+    own_gates = set(gating_strategy.get_gate_ids())
     populations = []
-    for population, gate in strategy.populations.items():
-        parent_path = paths[gate]
+    for population, (gate, parent_path) in strategy.gate_ids.items():
+        if (gate, parent_path) not in own_gates:
+            raise StrategyError(
+                f"FlowJo workspace {strategy.source}: sample {fcs_path.name} has no gate "
+                f"{'/'.join((*parent_path[1:], gate))} (its own gates differ from the template's)"
+            )
         count = int(result.get_gate_count(gate, gate_path=parent_path))
         if len(parent_path) > 1:
             parent_gate = parent_path[-1]
-            parent = name_of_gate.get(parent_gate, parent_gate)
+            parent = population_of_path.get(parent_path, parent_gate)
             parent_count = int(result.get_gate_count(parent_gate, gate_path=parent_path[:-1]))
         else:
             parent, parent_count = "all_events", sample.event_count

@@ -59,8 +59,9 @@ class Panel:
 
     @property
     def uses_workspace(self) -> bool:
-        """Gated by a FlowJo workspace (its gates name the channels they need)."""
-        return self.strategy.lower().endswith(".wsp")
+        """Gated by a FlowJo workspace (its gates name the channels they need): a .wsp file,
+        or an .xml one (``gating.apply`` checks that its content is a workspace)."""
+        return self.strategy.lower().endswith((".wsp", ".xml"))
 
 
 @dataclass(frozen=True)

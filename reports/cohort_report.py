@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_pdf import PdfPages
 
+from gating.records import NEEDS_REVIEW, REVIEW_FLAGS
 from reports.figures import (
     A4_LANDSCAPE,
     A4_PORTRAIT,
@@ -252,17 +253,56 @@ def _title_page(pdf: PdfPages, ctx: ReportContext, samples: pd.DataFrame) -> Non
 
 
 def _sample_states(samples: pd.DataFrame) -> pd.DataFrame:
+    """Each sample's state for the completeness page (``reports.figures.SAMPLE_STATES``)."""
     frame = samples.dropna(subset=["patient_id"]).copy()
-    flagged = frame.qc_flags.fillna("").str.contains("qc_removed|low_count|default_gate")
-    frame["state"] = np.where((frame.status == "processed") & flagged, "qc_flagged", frame.status)
+    flags = frame.qc_flags.fillna("").str.split(";")
+    processed = frame.status == "processed"
+    frame["state"] = np.select(
+        [
+            processed & flags.map(lambda f: NEEDS_REVIEW in f),
+            processed & flags.map(lambda f: any(x.startswith("not_measured:") for x in f)),
+            processed & flags.map(lambda f: any(x.startswith("low_count:") for x in f)),
+        ],
+        ["needs_review", "partial", "qc_flagged"],
+        frame.status,
+    )
     return frame
+
+
+def qc_summary_lines(samples: pd.DataFrame) -> list[str]:
+    """How many processed samples need review and why; populations not measured and why."""
+    processed = samples[samples.status == "processed"]
+    flags = processed.qc_flags.fillna("").str.split(";")
+    review = flags.map(lambda f: NEEDS_REVIEW in f)
+    lines = [
+        f"Processed samples: {len(processed)}; needing review before release: "
+        f"{int(review.sum())} (a gate or threshold placed by its default, or high QC loss)."
+    ]
+    reasons = pd.Series(
+        [x for f in flags for x in f if x.startswith(REVIEW_FLAGS)], dtype=object
+    ).value_counts()
+    lines += [f"    {reason}: {count} samples" for reason, count in reasons.items()]
+    lost = pd.Series(
+        [
+            x.removeprefix("not_measured:")
+            for f in flags
+            for x in f
+            if x.startswith("not_measured:")
+        ],
+        dtype=object,
+    ).value_counts()
+    if not lost.empty:
+        lines.append("Populations not measured (the tube lacks a marker they need):")
+        lines += [f"    {what}: {count} samples" for what, count in lost.items()]
+    return lines
 
 
 def _completeness_page(pdf: PdfPages, ctx: ReportContext, samples: pd.DataFrame) -> None:
     fig, ax = plt.subplots(figsize=A4_LANDSCAPE)
-    fig.subplots_adjust(left=0.08, right=0.97, top=0.9, bottom=0.18)
+    fig.subplots_adjust(left=0.08, right=0.97, top=0.93, bottom=0.34)
     completeness_matrix(ax, _sample_states(samples), ctx.visits, list(ctx.panels))
     ax.set_title("Data completeness: patients x visits x panels")
+    fig.text(0.08, 0.2, "\n".join(qc_summary_lines(samples)[:14]), fontsize=7, va="top")
     pdf.savefig(fig)
     plt.close(fig)
 

@@ -88,10 +88,25 @@ def boxplot_by_visit(
     ax.set_axisbelow(True)
 
 
+# A sample's state on the completeness page: colour and legend label, in drawing order.
+SAMPLE_STATES = {
+    "processed": ("#009E73", "processed"),
+    "needs_review": ("#0072B2", "needs review"),
+    "partial": ("#56B4E9", "partial (marker missing)"),
+    "qc_flagged": ("#F0E442", "low counts"),
+    "quarantined": ("#D55E00", "quarantined"),
+    "failed": ("#CC79A7", "failed"),
+    "missing": ("#FFFFFF", "missing"),
+}
+
+
 def completeness_matrix(ax, status: pd.DataFrame, visits: list[str], panels: list[str]) -> None:
-    """Patients x (visit, panel) coloured by status: processed, flagged, quarantined, missing."""
-    codes = {"processed": 0, "qc_flagged": 1, "quarantined": 2, "failed": 3, "missing": 4}
-    colours = ["#009E73", "#F0E442", "#D55E00", "#CC79A7", "#FFFFFF"]
+    """Patients x (visit, panel) coloured by state (``status.state``): processed, needs review
+    (a gate placed by default or high QC loss), partial (populations not measured: a marker
+    is missing from the tube), QC flagged (low counts), quarantined, failed, missing."""
+    states = SAMPLE_STATES
+    codes = {state: k for k, state in enumerate(states)}
+    colours = [colour for colour, _ in states.values()]
     patients = sorted(status.patient_id.dropna().unique())
     columns = [(v, p) for v in visits for p in panels]
     grid = np.full((len(patients), len(columns)), codes["missing"])
@@ -100,7 +115,7 @@ def completeness_matrix(ax, status: pd.DataFrame, visits: list[str], panels: lis
         for j, (visit, panel) in enumerate(columns):
             grid[i, j] = codes[lookup.get((patient, visit, panel), "missing")]
     cmap = matplotlib.colors.ListedColormap(colours)
-    ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=4.5, aspect="auto")
+    ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(codes) - 0.5, aspect="auto")
     ax.set_xticks(range(len(columns)), [f"{v}\n{p}" for v, p in columns], fontsize=6)
     ax.set_yticks(range(len(patients)), patients, fontsize=7)
     ax.set_xticks(np.arange(-0.5, len(columns)), minor=True)
@@ -108,11 +123,16 @@ def completeness_matrix(ax, status: pd.DataFrame, visits: list[str], panels: lis
     ax.grid(which="minor", color="0.6", lw=0.4)
     ax.tick_params(which="minor", length=0)
     handles = [
-        matplotlib.patches.Patch(facecolor=c, edgecolor="0.5", label=k.replace("_", " "))
-        for k, c in zip(codes, colours, strict=True)
+        matplotlib.patches.Patch(facecolor=colour, edgecolor="0.5", label=label)
+        for colour, label in states.values()
     ]
     ax.legend(
-        handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=5, frameon=False
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.08),
+        ncol=len(states),
+        frameon=False,
+        fontsize=7,
     )
 
 

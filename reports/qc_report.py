@@ -166,12 +166,17 @@ def write_sample_qc_report(
                 f"  {pop['population']:18} {pop['parent']:18} {pop['count']:8d} "
                 f"{pop['parent_count']:8d} {pct:10.2f}"
             )
-        lines += ["", "Gates placed from the data (else the strategy default):"]
+        lines += [
+            "",
+            "Gates placed from the data (threshold: valley, mixture_2d, mixture_1d, registered;",
+            "DEFAULT: the strategy's default, and the sample needs review):",
+        ]
         for g in gates:
             if isinstance(g.gate, PLACED_FROM_DATA) or g.name == QC_ROOT:
-                lines.append(
-                    f"  {g.name:22} {'data' if g.from_data else 'DEFAULT':8} {g.note[:70]}"
-                )
+                how = "data" if g.from_data else "DEFAULT"
+                if isinstance(g.gate, ThresholdMark):
+                    how = g.gate.method if g.from_data else "DEFAULT"
+                lines.append(f"  {g.name:22} {how:11} {g.note[:68]}")
         lines += ["", "Flags: " + ("; ".join(flags) if flags else "none")]
         fig.text(0.06, 0.96, f"Sample QC report: {sample_id}", fontsize=14, weight="bold", va="top")
         fig.text(0.06, 0.92, "\n".join(lines), family="monospace", fontsize=6.5, va="top")

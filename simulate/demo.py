@@ -620,3 +620,7 @@ def _medications(pid, child, infusion, last, relapse_dates, weight, rng) -> list
             }
         )
     return rows
+
+
+# Populations of each panel token and the cell types truly in them (as in second_site.TRUTH).
+TRUTH = {"BCELL": B_TRUTH, "TREG": T_TRUTH}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from gating.pipeline import gate_sample
@@ -11,6 +12,7 @@ from panels.fcs import read_events
 from panels.resolve import load_panel, resolve_panel
 from simulate.demo import B_TRUTH, LABELS, T_TRUTH
 from simulate.fcs_writer import write_fcs
+from simulate.second_site import LABEL_NAMES as SITE_LABELS
 from tests.conftest import write_simulated, write_sixteen_bit_copy
 
 CASES = [
@@ -68,7 +70,7 @@ def test_no_spillover_keyword_is_flagged(tmp_path):
 
 def test_worker_writes_qc_report_for_flagged_samples_only(tmp_path):
     from cohort.study import SampleName
-    from flows.sample_work import needs_review, process_sample_file
+    from flows.sample_work import process_sample_file, worth_a_qc_report
 
     path, _ = write_simulated(tmp_path / "s.fcs", "TREG", n_events=3000)
     name = SampleName("P01", "BL", "TREG")
@@ -81,7 +83,7 @@ def test_worker_writes_qc_report_for_flagged_samples_only(tmp_path):
         str(tmp_path / "qc"),
         "flagged",
     )
-    assert needs_review(record.flags)  # 3,000 events leave too few HLA-DR+ memory Tregs
+    assert worth_a_qc_report(record.flags)  # 3,000 events leave too few HLA-DR+ memory Tregs
     assert (tmp_path / "qc" / "P01_BL_TREG.pdf").stat().st_size > 10_000
     record = process_sample_file(
         path,
@@ -102,7 +104,7 @@ def test_hard_study_accuracy_floors(tmp_path):
     import shutil
 
     from bench.gating_accuracy import HARD, score_study
-    from simulate.demo import DemoOptions, simulate_study
+    from simulate.demo import TRUTH, DemoOptions, simulate_study
 
     root = tmp_path / "hard"
     options = DemoOptions(**{**HARD.__dict__, "events_per_file": 20000, "seed": 3})
@@ -112,12 +114,72 @@ def test_hard_study_accuracy_floors(tmp_path):
         if path.name[:3] not in keep:
             path.unlink()
     shutil.rmtree(root / "clinical")
-    scores = score_study(root)
+    scores, placements = score_study(root, TRUTH)
     assert scores.sample_id.nunique() >= 40
     by_population = scores.groupby("population")
     assert (by_population.abs_error.median() <= 1.0).all(), by_population.abs_error.median()
     f1 = scores[scores.true_events >= 200].groupby("population").f1.median()
     assert (f1 >= 0.93).all(), f1
+    default_share = placements.groupby("threshold").method.apply(lambda m: (m == "default").mean())
+    assert (default_share <= 0.10).all(), default_share
+
+
+@pytest.mark.slow
+def test_second_site_accuracy_floors(tmp_path):
+    """The independently written simulator (shoulders without valleys, scatter 0.6-1.6x, no
+    FSC-H, IgM-free tubes, CytoFLEX detectors): floors looser than the benchmark's targets."""
+    from bench.gating_accuracy import RARE, build_study_references, score_study
+    from simulate.second_site import TRUTH, SiteOptions, simulate_site
+
+    root = simulate_site(tmp_path / "site2", SiteOptions(patients=4, events_per_file=20000))
+    assert "t_cd45ra" in build_study_references(root)["T"]
+    scores, placements = score_study(root, TRUTH)
+    assert scores.sample_id.nunique() == 48
+    error = scores.groupby("population").abs_error.median()
+    limit = pd.Series({p: 2.5 if p in RARE else 1.5 for p in error.index})
+    assert (error <= limit).all(), error.round(3).to_dict()
+    f1 = scores[scores.true_events >= 200].groupby("population").f1.median()
+    assert (f1 >= 0.93).all(), f1.round(3).to_dict()
+    assert (placements[placements.threshold == "t_cd45ra"].method == "registered").all()
+    default_share = placements.groupby("threshold").method.apply(lambda m: (m == "default").mean())
+    assert (default_share <= 0.10).all(), default_share
+
+
+def test_second_site_shoulders_are_placed_from_the_data(tmp_path):
+    """Transitional B (CD24hi CD38hi shoulder of naive) and Tregs (CD127lo CD25hi) on a
+    CytoFLEX-like file without FSC-H, at 0.6x scatter: thresholds come from the mixture on the
+    defining pair, not a default, and the counts are near the truth."""
+    from simulate.second_site import TRUTH, sample_shares, simulate_tube
+
+    rng = np.random.default_rng(11)
+    for tube, panel, population in (("B", "bcell", "transitional_b"), ("T", "treg", "treg")):
+        shares = sample_shares(tube, True, rng)
+        events, pnn, pns, labels, spill = simulate_tube(
+            tube, shares, 30000, rng, fsc_scale=0.6, ssc_scale=0.7, pulse="FSC-W"
+        )
+        detectors = pnn[3:-1]
+        keywords = {
+            "$SPILLOVER": ",".join([str(len(detectors)), *detectors, *map(str, spill.ravel())])
+        }
+        path = write_fcs(
+            tmp_path / f"{tube}.fcs", events, pnn, pns, keywords, pnr=[2.0**20] * len(pnn)
+        )
+        data = read_events(path)
+        gating = gate_sample(
+            data, resolve_panel(load_panel(panel), data.header), load_strategy(panel)
+        )
+        assert "needs_review" not in gating.flags, gating.flags
+        methods = {g.name: g.gate.method for g in gating.gates if g.gate.kind == "threshold"}
+        assert "mixture_2d" in methods.values(), methods
+        parent, kinds = TRUTH[tube][population]
+        names = np.array(SITE_LABELS)[labels]
+        true_pct = (
+            100
+            * np.isin(names, sorted(kinds)).sum()
+            / np.isin(names, sorted(TRUTH[tube][parent][1])).sum()
+        )
+        got = next(p.pct_parent for p in gating.populations if p.population == population)
+        assert abs(got - true_pct) < 1.5, (population, got, true_pct)
 
 
 def test_tube_without_igm_and_fsc_h_gives_every_population_it_can(tmp_path):
@@ -166,3 +228,46 @@ def test_tube_without_igm_and_fsc_h_gives_every_population_it_can(tmp_path):
             continue
         true_pct = 100 * member[population].sum() / member[parent].sum()
         assert abs(got[0].pct_parent - true_pct) < 2.0, (population, got[0].pct_parent, true_pct)
+
+    # The gap is visible in the outputs: rows with empty counts naming the missing marker.
+    import yaml
+
+    from cohort.exports import populations_table, samples_table
+    from cohort.store import Store
+    from cohort.study import SampleName, Study
+    from flows.sample_work import process_sample_file
+    from simulate.demo import FILENAME_PATTERN
+
+    root = tmp_path / "study"
+    (root / "inbox").mkdir(parents=True)
+    config = {
+        "study": "no IgM",
+        "visits": {"BL": 0},
+        "baseline": "BL",
+        "filename_pattern": FILENAME_PATTERN,
+        "panels": {"BCELL": "bcell"},
+    }
+    (root / "study.yaml").write_text(yaml.safe_dump(config))
+    study = Study(root)
+    record = process_sample_file(
+        bare,
+        "f" * 64,
+        SampleName("P01", "BL", "BCELL"),
+        load_panel("bcell"),
+        load_strategy("bcell"),
+    )
+    study.ensure_output_folders()
+    store = Store(study.db_path)
+    store.record_sample(
+        file_name="P01_BL_BCELL.fcs", size=1, mtime_ns=1, result=record, run_id="test"
+    )
+    populations = populations_table(store, study, None).set_index("population")
+    samples = samples_table(store)
+    store.close()
+    for name in ("igm_memory_b", "switched_memory_b"):
+        row = populations.loc[name]
+        assert row.missing_markers == "IgM" and row.parent == "memory_b"
+        assert np.isnan(row["count"]) and np.isnan(row.pct_parent)
+    assert populations.loc["memory_b", "missing_markers"] == ""
+    assert populations.loc["memory_b", "count"] > 0
+    assert samples.not_measured.iloc[0] == "igm_memory_b(IgM);switched_memory_b(IgM)"

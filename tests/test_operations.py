@@ -292,3 +292,47 @@ def test_an_unreachable_prefect_server_is_named_with_what_to_do():
         with pytest.raises(PrefectApiError, match=r"127\.0\.0\.1:9/api did not answer.*unset"):
             with prefect_api_starting():
                 pass
+
+
+def test_study_reference_registers_thresholds_and_regates_the_panel(tmp_path, prefect_harness):
+    """`immunomon reference build`: the registered CD45RA threshold is placed once on the
+    study's Treg tubes aligned on their landmarks; the next run re-gates only that panel with
+    it (old results kept, superseded), and every sample's threshold is its landmark plus the
+    study's offset."""
+    from cohort.store import Store
+    from flows.cli import main
+    from flows.nightly import run_study
+    from gating.registration import landmark_peak
+
+    root = _small_study(tmp_path / "study", keep=("P01", "P02", "P03", "P11"), visits=("BL", "M1"))
+    assert run_study(root, 1).processed == 16
+    assert main(["reference", "build", "--study", str(root), "--panel", "TREG"]) == 0
+    reference = yaml.safe_load((root / "references" / "treg.yaml").read_text())
+    offset = reference["thresholds"]["t_cd45ra"]["offset"]
+    assert reference["thresholds"]["t_cd45ra"]["samples"] == 8
+    assert sorted(reference["samples"]) == sorted(
+        f"{p}_{v}_TREG" for p in ("P01", "P02", "P03", "P11") for v in ("BL", "M1")
+    )
+    second = run_study(root, 1)
+    assert second.processed == 8 and second.unchanged == 8  # only the Treg tubes
+    store = Store(root / "immunomon.db")
+    sample = store.current_sample("P02_M1_TREG")
+    gates = {g.name: g for g in store.applied_gates(sample["sample_key"])}
+    store.close()
+    mark = gates["t_cd45ra"].gate
+    assert mark.method == "registered"
+    # Independently: the sample's CD45RA-high peak among CD4 T cells, plus the offset.
+    from cohort.study import Study
+    from gating.pipeline import gate_sample
+    from panels.fcs import read_events
+    from panels.resolve import resolve_panel
+
+    study = Study(root)
+    data = read_events(root / "inbox" / "P02_M1_TREG.fcs")
+    gating = gate_sample(
+        data, resolve_panel(study.panels["TREG"], data.header), study.strategies["TREG"]
+    )
+    landmark = landmark_peak(gating.space["CD45RA"][gating.masks["cd4_t"]], "high")
+    assert mark.value == pytest.approx(landmark + offset, abs=1e-9)
+    # Without a panel that registers anything, there is nothing to build: one clear line.
+    assert main(["reference", "build", "--study", str(root), "--panel", "BCELL"]) == 2

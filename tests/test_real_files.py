@@ -38,6 +38,6 @@ def test_t_cells_fall_inside_the_lymphocyte_gate(table, name):
 
 def test_monocytes_fall_outside_the_lymphocyte_gate(table):
     """The LSRII monocyte tube: CD14+ events lie mostly outside (the SSC-high cluster)."""
-    assert table.loc["a2004_O1T2pb05i_A2_A02.fcs", "CD14+ outside (%)"] >= 80.0
+    assert table.loc["a2004_O1T2pb05i_A2_A02.fcs", "CD14+ outside (%)"] >= 90.0  # 93.5 measured
     # The gate is not a box around everything: the monocyte tube keeps its monocytes out.
     assert table.loc["a2004_O1T2pb05i_A2_A02.fcs", "pct_in_lymphocyte_gate"] < 80.0

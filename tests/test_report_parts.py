@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from reports.cohort_report import split_into_runs
@@ -27,3 +28,30 @@ def test_report_sections_split_into_consecutive_balanced_runs(costs, parts):
         # No run exceeds its share by more than the largest single section.
         assert max(totals) <= sum(costs) / parts + max(costs)
     assert split_into_runs([], 2) == []
+
+
+def test_completeness_page_counts_samples_needing_review_and_populations_not_measured():
+    from reports.cohort_report import _sample_states, qc_summary_lines
+
+    samples = pd.DataFrame(
+        {
+            "patient_id": ["P01", "P01", "P02", "P02", "P03"],
+            "visit": ["BL", "BL", "BL", "M1", "BL"],
+            "panel": ["BCELL", "TREG", "BCELL", "BCELL", "TREG"],
+            "status": ["processed", "processed", "processed", "quarantined", "processed"],
+            "qc_flags": [
+                "default_threshold:t_cd24;needs_review",
+                "",
+                "not_measured:igm_memory_b(IgM);not_measured:switched_memory_b(IgM)",
+                "",
+                "default_threshold:t_cd24;default_gate:lymphocytes;needs_review",
+            ],
+        }
+    )
+    states = _sample_states(samples).state.tolist()
+    assert states == ["needs_review", "processed", "partial", "quarantined", "needs_review"]
+    lines = qc_summary_lines(samples)
+    assert lines[0].startswith("Processed samples: 4; needing review before release: 2")
+    assert "    default_threshold:t_cd24: 2 samples" in lines
+    assert "    default_gate:lymphocytes: 1 samples" in lines
+    assert "    igm_memory_b(IgM): 1 samples" in lines

@@ -1,0 +1,48 @@
+"""Building a study reference for a panel's registered thresholds from the study's files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from cohort.study import Study
+from gating.pipeline import gate_sample
+from gating.registration import (
+    StudyReference,
+    build_reference,
+    registered_thresholds,
+    sample_landmarks,
+    write_reference,
+)
+from gating.strategy import Strategy, StrategyError
+from panels.fcs import read_events
+from panels.resolve import resolve_panel
+
+
+def build_panel_reference(
+    study: Study, panel_token: str, files: Iterable[Path], software: str = ""
+) -> tuple[StudyReference, Path]:
+    """Gate ``files`` (the panel's samples) with the strategy alone, pool their aligned
+    values, place each registered threshold once, and write ``references/STRATEGY.yaml``."""
+    strategy = study.strategies[panel_token]
+    if not isinstance(strategy, Strategy) or not registered_thresholds(strategy):
+        raise StrategyError(
+            f"panel {panel_token}: its strategy has no registered thresholds "
+            "(a threshold with 'registration:'), so there is no reference to build"
+        )
+    base = _without_reference(study, panel_token)
+    collected = []
+    for path in files:
+        data = read_events(path)
+        resolved = resolve_panel(study.panels[panel_token], data.header)
+        gating = gate_sample(data, resolved, base)
+        collected.append((path.stem, sample_landmarks(base, gating)))
+    reference = build_reference(base, collected, software=software)
+    return reference, write_reference(study.reference_path(base.name), reference)
+
+
+def _without_reference(study: Study, panel_token: str) -> Strategy:
+    """The panel's strategy as written, without any reference built before."""
+    from gating.apply import load_panel_strategy
+
+    return load_panel_strategy(study.panels[panel_token], study.root)
