@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -46,11 +47,12 @@ def _ready_for_passes(workers: int | None, dask_address: str | None) -> Iterator
     from flows.worker_pool import local_workers, sample_worker_pool
 
     with sample_worker_pool(local_workers(workers, dask_address)):
-        from flows.prefect_api import prefect_api_starting
+        from flows.prefect_api import prefect_api_running, prefect_api_starting
 
-        with prefect_api_starting():
-            import flows.nightly  # noqa: F401
-        yield
+        with prefect_api_running():
+            with prefect_api_starting():
+                import flows.nightly  # noqa: F401
+            yield
 
 
 def _run(root: Path, workers: int | None, dask_address: str | None = None) -> int:
@@ -80,42 +82,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_watch(args: argparse.Namespace) -> int:
     root = Path(args.study)
     mode = "polling" if args.polling else "inotify"
-    try:
-        # Ready before the first file lands, so a drop costs only its own work.
-        with _ready_for_passes(args.workers, args.dask):
-            from flows.nightly import run_study
-            from flows.watch import watch_inbox
+    # Ready before the first file lands, so a drop costs only its own work.
+    with _ready_for_passes(args.workers, args.dask):
+        from flows.nightly import run_study
+        from flows.watch import watch_inbox
 
-            def run(hold: list[str]) -> None:
-                summary = run_study(root, args.workers, hold, dask_address=args.dask)
-                print(
-                    f"run {summary.run_id}: {summary.processed} processed, "
-                    f"{summary.quarantined} quarantined, {summary.failed} failed; "
-                    f"still copying: {len(hold)}",
-                    flush=True,
-                )
-
+        def run(hold: list[str]) -> None:
+            summary = run_study(root, args.workers, hold, dask_address=args.dask)
             print(
-                f"watching {root / 'inbox'} ({mode}, settle {args.settle:g} s); Ctrl-C to stop",
+                f"run {summary.run_id}: {summary.processed} processed, "
+                f"{summary.quarantined} quarantined, {summary.failed} failed; "
+                f"still copying: {len(hold)}",
                 flush=True,
             )
-            watch_inbox(
-                root,
-                run,
-                settle_seconds=args.settle,
-                incomplete_timeout=args.timeout,
-                polling=args.polling,
-                poll_interval=args.poll_interval,
-            )
-    except KeyboardInterrupt:
-        pass
+
+        print(
+            f"watching {root / 'inbox'} ({mode}, settle {args.settle:g} s); Ctrl-C to stop",
+            flush=True,
+        )
+        watch_inbox(
+            root,
+            run,
+            settle_seconds=args.settle,
+            incomplete_timeout=args.timeout,
+            polling=args.polling,
+            poll_interval=args.poll_interval,
+        )
     return 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from flows.prefect_api import prefect_api_running
     from flows.serve import serve_study
 
-    serve_study(args.study, args.workers, args.dask)
+    with prefect_api_running():
+        serve_study(args.study, args.workers, args.dask)
     return 0
 
 
@@ -399,8 +400,24 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
+    stopped_by: list[int] = []
+
+    def stop(signum: int, _frame) -> None:
+        # SIGTERM (systemd, Docker, Prefect cancellation) stops a command as Ctrl-C does.
+        stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        name = "SIGTERM" if stopped_by else "Ctrl-C"
+        print(
+            f"stopped ({name}): samples already stored are kept, none is half-written; "
+            "the next pass does the rest",
+            file=sys.stderr,
+        )
+        return 143 if stopped_by else 130
     except Exception as exc:  # a clear last word instead of a traceback for known errors
         from cohort.study import StudyError
         from flows.prefect_api import PrefectApiError
@@ -411,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

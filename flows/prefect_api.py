@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import contextvars
+import inspect
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from functools import partial
+
+from flows.lifetime import die_with_parent
+
+STARTUP_TIMEOUT = 60.0  # seconds for a temporary server to answer
+_own_server: subprocess.Popen | None = None  # the temporary server of this command, if any
 
 
 class PrefectApiError(RuntimeError):
@@ -33,11 +46,19 @@ def prefect_api_starting() -> Iterator[None]:
     failures: list[Exception] = []
 
     def start() -> None:
-        try:
-            with get_client(sync_client=True) as client:
-                client.hello()
-        except Exception as error:  # handed to the caller's thread below
-            failures.append(error)
+        # Our own temporary server takes a few seconds to listen: wait for it while it lives.
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            try:
+                with get_client(sync_client=True) as client:
+                    client.hello()
+                return
+            except Exception as error:  # handed to the caller's thread below
+                starting = _own_server is not None and _own_server.poll() is None
+                if not starting or time.monotonic() > deadline:
+                    failures.append(error)
+                    return
+                time.sleep(0.1)
 
     # In the caller's context, so settings made for this block (a test harness) hold there.
     context = contextvars.copy_context()
@@ -49,7 +70,7 @@ def prefect_api_starting() -> Iterator[None]:
     finally:
         thread.join()
     if failures:
-        if url:
+        if url and _own_server is None:
             where = f"the Prefect server at {url}"
             advice = (
                 "start it or check the address, "
@@ -59,3 +80,106 @@ def prefect_api_starting() -> Iterator[None]:
             where = "Prefect's temporary local server"
             advice = "check that PREFECT_HOME (default ~/.prefect) is writable and has free space"
         raise PrefectApiError(f"{where} did not answer ({failures[0]}); {advice}") from failures[0]
+
+
+@contextmanager
+def prefect_api_running() -> Iterator[None]:
+    """Prefect's API for the whole command: the server at PREFECT_API_URL, or else a temporary
+    local one started here (``temporary_prefect_server``)."""
+    from prefect.settings import PREFECT_API_URL
+
+    with ExitStack() as stack:
+        if not PREFECT_API_URL.value():
+            stack.enter_context(temporary_prefect_server())
+        yield
+
+
+@contextmanager
+def temporary_prefect_server() -> Iterator[str]:
+    """A temporary Prefect server for this command, owned by it; yields its API URL.
+
+    Prefect would start one by itself, but as a plain child process: a command killed with -9
+    left it running, and one stopped with SIGTERM hung at exit while Prefect's log and event
+    services waited for a server that had already received the same signal. This one is in
+    its own session (a signal to the command's process group does not reach it), dies with the
+    command's main thread (parent-death signal), and is stopped only after those services have
+    sent what they hold.
+    """
+    import prefect
+    from prefect.context import _temporary_global_settings_context, get_settings_context
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+        **get_current_settings().to_environment_variables(exclude_unset=True),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--app-dir",
+        str(prefect.__module_path__.parent),
+        "--factory",
+        "prefect.server.api.server:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "error",
+        "--lifespan",
+        "on",
+    ]
+    server = subprocess.Popen(
+        command,
+        env=env,
+        start_new_session=True,
+        preexec_fn=partial(die_with_parent, os.getpid(), signal.SIGTERM),
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    global _own_server
+    _own_server = server
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            with _temporary_global_settings_context(get_settings_context()):
+                try:
+                    yield url
+                finally:
+                    _drain_prefect_services()
+    finally:
+        _own_server = None
+        _stop(server)
+
+
+def _drain_prefect_services(timeout: float = 10.0) -> None:
+    """Send Prefect's queued logs and events while the server is still there."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        for result in (APILogWorker.drain_all(timeout=timeout), EventsWorker.drain_all(timeout)):
+            if inspect.isawaitable(result):
+                await result
+
+    try:
+        run_coro_as_sync(drain())
+    except Exception:  # nothing queued, or a worker never started: nothing to send
+        pass
+
+
+def _stop(server: subprocess.Popen, grace: float = 5.0) -> None:
+    if server.poll() is None:
+        server.terminate()
+        deadline = time.monotonic() + grace
+        while server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if server.poll() is None:
+            server.kill()
+    server.wait()

@@ -33,7 +33,12 @@ class WorkerPool:
 _pool: WorkerPool | None = None
 
 
-def _prepare_worker() -> None:
+def _prepare_worker(parent_pid: int) -> None:
+    from flows.lifetime import die_with_parent
+
+    # A worker must not outlive the command, even one killed with -9 (the pool is created in
+    # the command's main thread, which is the thread the kernel watches).
+    die_with_parent(parent_pid)
     for module in WORKER_MODULES:
         importlib.import_module(module)
     # Each worker is one core: BLAS/OpenMP threads on top oversubscribe (measured 3x slower).
@@ -63,12 +68,22 @@ def sample_worker_pool(workers: int) -> Iterator[None]:
         return
     # 'spawn': forking a process that runs Prefect's event-loop threads can deadlock.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_prepare_worker) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_prepare_worker, initargs=(os.getpid(),)
+    ) as pool:
         for _ in range(workers):
             pool.submit(os.getpid)  # each submit while none is idle starts one more worker
         _pool = WorkerPool(pool, workers)
         try:
             yield
+        except BaseException:
+            # Stopping (Ctrl-C, SIGTERM) or failing: do not wait for samples in flight; their
+            # results are never committed, and the next pass does them again.
+            processes = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.terminate()
+            raise
         finally:
             _pool = None
 

@@ -141,7 +141,41 @@ def test_strategy_change_reprocesses_and_keeps_the_old_results(tmp_path, prefect
     assert pops.groupby(["sample_id", "population"]).size().max() == 1  # never counted twice
 
 
-def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, grandchildren...), from ps."""
+    table = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in table.splitlines():
+        child, parent = map(int, line.split())
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def _alive(pids: list[int]) -> list[int]:
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        except OSError:
+            return False
+
+    return [pid for pid in pids if running(pid)]
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
+def test_stopped_mid_run_leaves_nothing_behind_and_a_rerun_equals_an_uninterrupted_run(
+    tmp_path, stop_signal
+):
+    """SIGTERM (systemd, Docker, Prefect cancellation) and kill -9 of `immunomon run` part-way:
+    within 10 s no worker, resource tracker or temporary Prefect server of the run is alive,
+    the study lock is free, no sample is half-stored, and a rerun gives exactly the results of
+    a run never stopped."""
+    import fcntl
+
     root = _small_study(tmp_path / "study", keep=("P01", "P02", "P03", "P11", "P12"))
     clean = tmp_path / "clean"
     shutil.copytree(root, clean)
@@ -150,9 +184,10 @@ def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
+    env.pop("PREFECT_API_URL", None)  # the run starts (and must stop) its own server
     cli = [sys.executable, "-m", "flows.cli"]
     proc = subprocess.Popen(
-        [*cli, "run", "--study", str(root), "--workers", "1"],
+        [*cli, "run", "--study", str(root), "--workers", "2"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -161,7 +196,7 @@ def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
     )
     db = root / "immunomon.db"
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:  # wait until a few samples are stored, then kill
+    while time.monotonic() < deadline:  # wait until a few samples are stored, then stop
         try:
             with sqlite3.connect(db, timeout=1) as conn:
                 if conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0] >= 3:
@@ -169,15 +204,28 @@ def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
         except sqlite3.OperationalError:
             pass
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    family = _descendants(proc.pid)
+    assert len(family) >= 3  # two workers and the temporary Prefect server, at least
+    stopped_at = time.monotonic()
+    proc.send_signal(stop_signal)
+    output, _ = proc.communicate(timeout=10)
+    if stop_signal == signal.SIGTERM:
+        assert proc.returncode == 143, output[-2000:]
+        assert "stopped (SIGTERM)" in output
+    while _alive(family) and time.monotonic() - stopped_at < 10:
+        time.sleep(0.1)
+    assert not _alive(family), subprocess.run(
+        ["ps", "-fp", ",".join(map(str, family))], capture_output=True, text=True
+    ).stdout
+    with open(root / ".immunomon.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if still held
     with sqlite3.connect(db) as conn:
         stored = conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
         orphans = conn.execute(
             "SELECT COUNT(*) FROM populations WHERE sample_key NOT IN "
             "(SELECT sample_key FROM samples)"
         ).fetchone()[0]
-    assert 3 <= stored < 20 and orphans == 0  # killed part-way, no partial sample
+    assert 3 <= stored < 20 and orphans == 0  # stopped part-way, no partial sample
     for study in (root, clean):
         done = subprocess.run(
             [*cli, "run", "--study", str(study), "--workers", "1"],
