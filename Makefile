@@ -6,15 +6,21 @@ DEMO ?= demo-study
 
 .PHONY: setup demo test lint bench clean
 
+# The runtime alone for `make demo`; the test and lint tools and the dask extra for `make test`.
 $(BIN)/immunomon: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e .
 	touch $(BIN)/immunomon
 
-setup: $(BIN)/immunomon
+$(VENV)/.dev: $(BIN)/immunomon
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(VENV)/.dev
 
-demo: setup
+setup: $(VENV)/.dev
+
+# A second `make demo` runs a pass on the existing demo study (new files only).
+demo: $(BIN)/immunomon
 	$(BIN)/immunomon demo $(DEMO)
 
 test: setup

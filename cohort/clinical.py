@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from panels.errors import ImmunomonError
+
 REQUIRED = {
     "patients.csv": [
         "patient_id",
@@ -29,7 +31,7 @@ DATE_COLUMNS = {
 }
 
 
-class ClinicalDataError(Exception):
+class ClinicalDataError(ImmunomonError):
     """A clinical CSV problem: names the file, the line (as a spreadsheet shows it) and column."""
 
 

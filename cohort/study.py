@@ -2,38 +2,45 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import os
 import re
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from gating.apply import AnyStrategy, load_panel_strategy
 from gating.registration import REFERENCE_FOLDER, load_reference, with_reference
 from gating.strategy import Strategy
+from panels.config_files import load_yaml_model
+from panels.errors import ImmunomonError
 from panels.resolve import Panel, load_panel
 
 
-class StudyError(Exception):
+class StudyError(ImmunomonError):
     """study.yaml or the study folder is not usable; the message says what to fix."""
 
 
 class StudyConfig(BaseModel):
-    """The contents of study.yaml."""
+    """The contents of study.yaml (an unknown key is an error, with the nearest valid one)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     study: str
     visits: dict[str, float]
     baseline: str
     filename_pattern: str
     panels: dict[str, str]
-    absolute_counts: Literal["dual_platform", "beads", "none"] = "dual_platform"
+    # dual_platform: cells/uL from the clinical lymphocyte count (visits.csv); none: no cells/uL.
+    # Single-platform bead counting is not implemented, so 'beads' is refused, not ignored.
+    absolute_counts: Literal["dual_platform", "none"] = "dual_platform"
     schedule: str = "0 2 * * *"
     timezone: str = "UTC"
     qc_reports: Literal["all", "flagged", "none"] = "all"  # per-sample QC PDFs to write
@@ -48,6 +55,29 @@ class StudyConfig(BaseModel):
         missing = {"patient", "visit", "panel"} - set(compiled.groupindex)
         if missing:
             raise ValueError(f"needs named groups (?P<...>) for: {', '.join(sorted(missing))}")
+        return value
+
+    @field_validator("absolute_counts", mode="before")
+    @classmethod
+    def _no_beads_yet(cls, value: object) -> object:
+        if value == "beads":
+            raise ValueError(
+                "'beads' (single-platform counting with counting beads) is not implemented; "
+                "use 'dual_platform' (lymphocytes_per_ul in clinical/visits.csv) or 'none'"
+            )
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}: use an IANA name such as 'Europe/Paris' or 'UTC'"
+            ) from None
         return value
 
     @model_validator(mode="after")
@@ -78,16 +108,7 @@ class Study:
         path = self.root / "study.yaml"
         if not path.is_file():
             raise StudyError(f"{path} not found: is {self.root} a study folder?")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-            self.config = StudyConfig.model_validate(raw)
-        except yaml.YAMLError as exc:
-            raise StudyError(f"{path}: not valid YAML ({exc})") from None
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in exc.errors()
-            )
-            raise StudyError(f"{path}: {problems}") from None
+        self.config, _ = load_yaml_model(path, StudyConfig, StudyError)
         self._pattern = re.compile(self.config.filename_pattern)
 
     inbox = property(lambda self: self.root / "inbox")
@@ -99,19 +120,40 @@ class Study:
     qc_reports_dir = property(lambda self: self.root / "reports" / "qc")
 
     @contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def exclusive(
+        self, wait: bool = True, waiting: Callable[[str], None] | None = None
+    ) -> Iterator[None]:
         """Hold the study's lock: one processing pass at a time (watcher, nightly, manual),
-        so no file is claimed twice. Blocks until the lock is free; released on exit or
-        when the process dies (flock), so a killed run never leaves the study locked."""
+        so no file is claimed twice. Released on exit or when the holder dies (flock: the
+        kernel frees it, so a killed pass never leaves the study locked).
+
+        The lock file says who holds it (pid, host, start). When it is held: with ``wait``,
+        ``waiting`` is told who holds it and the call blocks; without, StudyError."""
         with open(self.root / ".immunomon.lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "an unknown process"
+                message = f"{self.root}: waiting for the pass started {holder}"
+                if not wait:
+                    raise StudyError(
+                        f"{self.root}: another pass holds the study (started {holder}); "
+                        "try again when it ends, or leave out --no-wait to wait for it"
+                    ) from None
+                if waiting:
+                    waiting(message)
+                fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 fh.seek(0)
                 fh.truncate()
-                fh.write(f"{os.getpid()}\n")
+                started = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+                fh.write(f"at {started} by pid {os.getpid()} on {socket.gethostname()}\n")
                 fh.flush()
                 yield
             finally:
+                fh.seek(0)
+                fh.truncate()
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def ensure_output_folders(self) -> None:

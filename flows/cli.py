@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -13,16 +14,16 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
+from panels.errors import ImmunomonError
+
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from simulate.demo import DemoOptions, simulate_study
 
     root = Path(args.study)
     if (root / "study.yaml").exists() and not args.force:
-        print(
-            f"{root} already holds a study; use --force to write the demo over it", file=sys.stderr
-        )
-        return 2
+        print(f"{root} already holds a study: running a pass on it (--force writes a new demo)")
+        return 0 if args.no_run else _run(root, args.workers)
     events = 1_000_000 if args.large else args.events
     started = time.perf_counter()
     simulate_study(root, DemoOptions(events_per_file=events, seed=args.seed))
@@ -46,6 +47,16 @@ def _ready_for_passes(workers: int | None, dask_address: str | None) -> Iterator
     """
     from flows.worker_pool import local_workers, sample_worker_pool
 
+    if dask_address:
+        import importlib.util
+
+        from cohort.study import StudyError
+
+        if importlib.util.find_spec("prefect_dask") is None:
+            raise StudyError(
+                "--dask needs the dask extra: pip install 'immunomon[dask]' "
+                "(in .venv: .venv/bin/pip install -e '.[dask]')"
+            )
     with sample_worker_pool(local_workers(workers, dask_address)):
         from flows.prefect_api import prefect_api_running, prefect_api_starting
 
@@ -55,12 +66,29 @@ def _ready_for_passes(workers: int | None, dask_address: str | None) -> Iterator
             yield
 
 
-def _run(root: Path, workers: int | None, dask_address: str | None = None) -> int:
+def _check_study(root: Path, wait: bool = True) -> None:
+    """Fail fast, before any worker or Prefect starts: the folder, study.yaml, its panels and
+    their strategies must load, and with ``wait`` False no other pass may hold the study (each
+    problem is one line, exit code 2)."""
+    from cohort.study import Study
+
+    study = Study(root)
+    study.strategies  # noqa: B018 (loading is the check)
+    study.inbox_files()
+    if not wait:
+        with study.exclusive(wait=False):
+            pass
+
+
+def _run(
+    root: Path, workers: int | None, dask_address: str | None = None, wait: bool = True
+) -> int:
     started = time.perf_counter()
+    _check_study(root, wait)
     with _ready_for_passes(workers, dask_address):
         from flows.nightly import run_study
 
-        summary = run_study(root, workers, dask_address=dask_address)
+        summary = run_study(root, workers, dask_address=dask_address, wait=wait)
     print(
         f"run {summary.run_id}: {summary.seen} files seen, {summary.processed} processed, "
         f"{summary.unchanged} unchanged, {summary.quarantined} quarantined, "
@@ -76,11 +104,12 @@ def _run(root: Path, workers: int | None, dask_address: str | None = None) -> in
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    return _run(Path(args.study), args.workers, args.dask)
+    return _run(Path(args.study), args.workers, args.dask, wait=not args.no_wait)
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
     root = Path(args.study)
+    _check_study(root)
     mode = "polling" if args.polling else "inotify"
     # Ready before the first file lands, so a drop costs only its own work.
     with _ready_for_passes(args.workers, args.dask):
@@ -115,6 +144,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from flows.prefect_api import prefect_api_running
     from flows.serve import serve_study
 
+    _check_study(Path(args.study))
     with prefect_api_running():
         serve_study(args.study, args.workers, args.dask)
     return 0
@@ -211,18 +241,17 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
 
 def _cmd_process(args: argparse.Namespace) -> int:
     from gating.apply import gate_file, load_panel_strategy
-    from gating.strategy import StrategyError
+    from panels.errors import readable_file
     from panels.fcs import FcsReadError
-    from panels.resolve import PanelError, load_panel
+    from panels.resolve import load_panel
 
+    panel = load_panel(args.panel)
+    # A panel file's strategy (YAML or .wsp) may be named relative to the panel file.
+    strategy = load_panel_strategy(panel, Path(panel.source).parent)
     try:
-        panel = load_panel(args.panel)
-        # A panel file's strategy (YAML or .wsp) may be named relative to the panel file.
-        strategy = load_panel_strategy(panel, Path(panel.source).parent)
-        gating = gate_file(args.file, panel, strategy).gating
-    except (FcsReadError, PanelError, StrategyError) as exc:
-        print(f"{args.file}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
-        return 2
+        gating = gate_file(readable_file(args.file), panel, strategy).gating
+    except FcsReadError as exc:
+        raise FcsReadError(args.file, exc.reason) from None  # name the path as given
     if args.json:
         print(
             json.dumps(
@@ -271,10 +300,11 @@ def _cmd_process(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from panels.errors import readable_file
     from panels.fcs import FcsReadError, scan_header
 
     try:
-        h = scan_header(args.file)
+        h = scan_header(readable_file(args.file))
     except FcsReadError as exc:
         print(f"{args.file}: rejected: {exc.reason}", file=sys.stderr)
         return 2
@@ -292,12 +322,48 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+class _ProgressLine(logging.Handler):
+    """Progress on stderr: one line rewritten in place on a terminal, a line per file
+    otherwise (log files, systemd's journal)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = self.format(record)
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\x1b[2K" + text[: os.get_terminal_size(2).columns - 1])
+            if record.args and record.args[0] == record.args[1]:  # the last file
+                sys.stderr.write("\n")
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def _show_progress() -> None:
+    logger = logging.getLogger("immunomon.progress")  # flows.nightly.PROGRESS_LOGGER
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # not also through Prefect's console handler
+    if not any(isinstance(h, _ProgressLine) for h in logger.handlers):
+        logger.addHandler(_ProgressLine())
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("immunomon")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="immunomon",
         description="Flow-cytometry immunomonitoring for clinical trials: FCS files in a study "
         "folder's inbox/ become population counts, statistics and PDF reports.",
     )
+    parser.add_argument("--version", action="version", version=f"immunomon {_version()}")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true", help="show Prefect's INFO logs")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="errors only, no progress")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="write a realistic demo study and run the pipeline on it")
@@ -312,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="one pass of the nightly flow over a study folder")
     run.add_argument("--study", required=True, help="study folder (holds study.yaml)")
+    run.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="exit (code 2) instead of waiting when another pass holds the study",
+    )
     run.add_argument("--workers", type=int, default=None, help="parallel workers (default: cores)")
     run.add_argument("--dask", metavar="ADDRESS", help=DASK_HELP)
     run.set_defaults(func=_cmd_run)
@@ -396,10 +467,16 @@ DASK_HELP = (
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `immunomon` console script."""
-    # Before Prefect is imported: quiet logs, and no telemetry from a machine that is offline.
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
+    # Before Prefect is imported: INFO reaches the Prefect server (the lab's window on the
+    # runs), the terminal shows warnings (-v: everything, -q: errors only) and progress lines;
+    # no telemetry from a machine that is offline.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    console = "INFO" if args.verbose else "ERROR" if args.quiet else "WARNING"
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", console)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not args.quiet:
+        _show_progress()
     stopped_by: list[int] = []
 
     def stop(signum: int, _frame) -> None:
@@ -418,16 +495,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 143 if stopped_by else 130
-    except Exception as exc:  # a clear last word instead of a traceback for known errors
-        from cohort.study import StudyError
-        from flows.prefect_api import PrefectApiError
-        from gating.strategy import StrategyError
-        from panels.resolve import PanelError
-
-        if isinstance(exc, StudyError | StrategyError | PanelError | PrefectApiError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except ImmunomonError as exc:  # a user's mistake: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
 

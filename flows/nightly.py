@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import re
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,13 +17,14 @@ from pathlib import Path
 import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
+from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cohort.clinical import ClinicalData, ClinicalDataError, load_clinical, patient_windows
 from cohort.exports import mfi_table, populations_table, samples_table, write_csv
 from cohort.intake import plan_intake
 from cohort.store import Store
-from cohort.study import Study
+from cohort.study import Study, StudyError
 from flows.tasks import process_sample_task
 from flows.worker_pool import WorkerPool, local_workers, open_worker_pool, sample_worker_pool
 from gating.pipeline import PIPELINE_VERSION, replay_gates
@@ -40,6 +45,7 @@ class RunSummary:
     quarantined: int
     failed: int
     cohort_error: str = ""
+    failed_files: tuple[str, ...] = ()
 
 
 def software_version() -> str:
@@ -212,21 +218,43 @@ def methods_text(study: Study) -> list[str]:
     return lines
 
 
-@flow(name="immunomon-nightly", log_prints=True)
+def _run_name() -> str:
+    """Flow runs are named after the study folder and the day: ``STUDY-YYYY-MM-DD``."""
+    from prefect.runtime import flow_run
+
+    folder = Path(flow_run.parameters.get("study_root", "study")).name
+    return f"{folder}-{dt.datetime.now(dt.UTC).date().isoformat()}"
+
+
+@flow(name="immunomon-nightly", log_prints=True, flow_run_name=_run_name)
 def nightly_flow(
     study_root: str,
     workers: int = 1,
     hold: list[str] | None = None,
     dask_address: str | None = None,
-) -> RunSummary:
+    wait: bool = True,
+) -> RunSummary | State:
     """One pass over a study: intake, process new samples, write results and the report.
 
     The per-sample tasks run on a local pool of ``workers`` processes, or on the Dask cluster
     at ``dask_address``. Passes over one study never overlap (the study lock), so a file is
-    never processed twice by the watcher and the nightly schedule."""
+    never processed twice by the watcher and the nightly schedule.
+
+    The run ends Failed (what a Prefect automation watches) when the cohort step stopped or a
+    file failed to process; everything that could be committed is, and the summary is the
+    state's data."""
     study = Study(study_root)
-    with study.exclusive():
-        return _one_pass(study, workers, frozenset(hold or ()), dask_address)
+    logger = get_run_logger()
+    with study.exclusive(wait, waiting=logger.warning):
+        summary = _one_pass(study, workers, frozenset(hold or ()), dask_address)
+    problems = []
+    if summary.failed:
+        problems.append(
+            f"{summary.failed} file(s) failed to process: {', '.join(summary.failed_files)}"
+        )
+    if summary.cohort_error:
+        problems.append(f"cohort step stopped: {summary.cohort_error}")
+    return Failed(message="; ".join(problems), data=summary) if problems else summary
 
 
 @contextmanager
@@ -239,7 +267,13 @@ def per_sample_runner(workers: int, dask_address: str | None) -> Iterator:
     writes the store.
     """
     if dask_address:
-        from prefect_dask import DaskTaskRunner
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise StudyError(
+                "--dask needs the dask extra: pip install 'immunomon[dask]' (in .venv: "
+                ".venv/bin/pip install -e '.[dask]')"
+            ) from None
 
         with DaskTaskRunner(address=dask_address) as runner:
             yield lambda parameters: runner.submit(process_sample_task, parameters)
@@ -265,29 +299,119 @@ def _one_pass(
         len(plan.unchanged),
         len(plan.quarantined),
     )
+    for decision in plan.quarantined:
+        logger.warning("%s quarantined: %s", decision.path.name, decision.reason)
+    progress = RunProgress(len(plan.ready))
     with per_sample_runner(workers if len(plan.ready) > 1 else 1, dask_address) as submit:
-        processed, failed = _process_ready(plan.ready, study, store, run_id, logger, submit)
+        outcomes = _process_ready(plan.ready, study, store, run_id, logger, submit, progress)
         # The local pool, if one is open, draws the report's pages too.
         error = update_outputs(study, store, open_worker_pool())
     if error:
         logger.error("cohort step stopped: %s", error)
+    failed_files = tuple(o["file"] for o in outcomes if o["status"] == "failed")
+    processed = sum(o["status"] == "processed" for o in outcomes)
     counts = {
         "seen": plan.seen,
         "processed": processed,
         "quarantined": len(plan.quarantined),
-        "failed": failed,
+        "failed": len(failed_files),
     }
     store.finish_run(run_id, counts, "error" if error else "ok", error)
     store.close()
-    return RunSummary(
-        run_id, plan.seen, processed, len(plan.unchanged), len(plan.quarantined), failed, error
+    summary = RunSummary(
+        run_id,
+        plan.seen,
+        processed,
+        len(plan.unchanged),
+        len(plan.quarantined),
+        len(failed_files),
+        error,
+        failed_files,
+    )
+    rows = outcomes + [
+        {"file": d.path.name, "status": "quarantined", "reason": d.reason, "flags": ""}
+        for d in plan.quarantined
+    ]
+    rows += [
+        {"file": p.name, "status": "unchanged", "reason": "", "flags": ""} for p in plan.unchanged
+    ]
+    publish_run_artifacts(study, summary, rows)
+    return summary
+
+
+PROGRESS_LOGGER = "immunomon.progress"  # the terminal's progress lines (flows.cli shows them)
+
+
+class RunProgress:
+    """The pass's progress: a Prefect progress artifact the UI shows while it runs, and a line
+    per file (done of total, rate, time left) for the terminal."""
+
+    def __init__(self, total: int):
+        from prefect.artifacts import create_progress_artifact
+
+        self.total, self.done, self.started = total, 0, time.monotonic()
+        self.artifact_id = create_progress_artifact(
+            progress=0.0 if total else 100.0,
+            description=f"samples processed of {total} to process in this pass",
+        )
+
+    def step(self, file_name: str, status: str) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        self.done += 1
+        update_progress_artifact(self.artifact_id, progress=100.0 * self.done / self.total)
+        rate = self.done / max(time.monotonic() - self.started, 1e-9)
+        left = (self.total - self.done) / rate
+        logging.getLogger(PROGRESS_LOGGER).info(
+            "%d/%d %s %s (%.1f files/s, %s left)",
+            self.done,
+            self.total,
+            status,
+            file_name,
+            rate,
+            f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s",
+        )
+
+
+def publish_run_artifacts(study: Study, summary: RunSummary, rows: list[dict]) -> None:
+    """What the lab sees in the Prefect UI for this run: a table of every file the pass saw
+    (status, reason, flags), and a summary with where the report is."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    key = re.sub(r"[^a-z0-9-]+", "-", study.root.name.lower()).strip("-") or "study"
+    create_table_artifact(
+        key=f"{key}-files",
+        table=sorted(rows, key=lambda r: (r["status"] == "unchanged", r["file"])),
+        description=f"Every file of {study.root / 'inbox'} seen by run {summary.run_id}",
+    )
+    verdict = (
+        f"**cohort step stopped:** {summary.cohort_error}"
+        if summary.cohort_error
+        else f"Report: `{study.reports_dir / 'cohort_report.pdf'}`"
+    )
+    failed = (
+        "\n\nFailed to process (retried next run): " + ", ".join(summary.failed_files)
+        if summary.failed_files
+        else ""
+    )
+    create_markdown_artifact(
+        key=f"{key}-summary",
+        markdown=(
+            f"# {study.config.study}: run {summary.run_id}\n\n"
+            f"| seen | processed | unchanged | quarantined | failed |\n|---|---|---|---|---|\n"
+            f"| {summary.seen} | {summary.processed} | {summary.unchanged} | "
+            f"{summary.quarantined} | {summary.failed} |\n\n{verdict}{failed}\n\n"
+            f"Results: `{study.results_dir}`"
+        ),
+        description="The pass's outcome",
     )
 
 
 def _process_ready(
-    ready, study: Study, store: Store, run_id: str, logger, submit
-) -> tuple[int, int]:
-    """Submit one task per file; store each result, in its own transaction, as it completes."""
+    ready, study: Study, store: Store, run_id: str, logger, submit, progress: RunProgress
+) -> list[dict]:
+    """Submit one task per file; store each result, in its own transaction, as it completes.
+    Returns a row per file: file, status (processed | failed), reason, flags."""
     futures = {
         submit(
             {
@@ -302,14 +426,13 @@ def _process_ready(
         ): d
         for d in ready
     }
-    processed = failed = 0
+    outcomes = []
     for done, future in enumerate(as_completed(list(futures)), start=1):
         decision = futures[future]
         stat = decision.path.stat()
         try:
             record = future.result()
         except Exception as exc:  # one bad file never stops the others
-            failed += 1
             reason = f"processing failed: {type(exc).__name__}: {exc}. It will be retried next run"
             store.record_rejection(
                 decision.path.name,
@@ -320,6 +443,9 @@ def _process_ready(
                 reason,
             )
             logger.error("%s: %s", decision.path.name, reason)
+            outcomes.append(
+                {"file": decision.path.name, "status": "failed", "reason": reason, "flags": ""}
+            )
             continue
         if decision.replaces:
             logger.warning(
@@ -336,9 +462,17 @@ def _process_ready(
             run_id=run_id,
             replaces=decision.replaces,
         )
-        processed += 1
-        print(f"processed {done}/{len(futures)} {decision.path.name}")
-    return processed, failed
+        outcomes.append(
+            {
+                "file": decision.path.name,
+                "status": "processed",
+                "reason": "",
+                "flags": ";".join(record.flags),
+            }
+        )
+        logger.info("processed %d/%d %s", done, len(futures), decision.path.name)
+        progress.step(decision.path.name, "processed")
+    return outcomes
 
 
 def run_study(
@@ -346,6 +480,7 @@ def run_study(
     workers: int | None = None,
     hold: list[str] | None = None,
     dask_address: str | None = None,
+    wait: bool = True,
 ) -> RunSummary:
     """Run the nightly flow once: per-sample work on a local pool sized to the machine, or on
     the Dask cluster at ``dask_address``."""
@@ -354,7 +489,11 @@ def run_study(
     configured = nightly_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
     # Opened before the flow, so the workers load while Prefect starts; the flow reuses it.
     with sample_worker_pool(workers):
-        return configured(root, workers, hold, dask_address)
+        state = configured(root, workers, hold, dask_address, wait, return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, BaseException):  # a bug or an unusable study, not a finished pass
+        raise outcome
+    return outcome
 
 
 @flow(name="immunomon-report", log_prints=True)

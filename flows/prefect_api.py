@@ -16,12 +16,13 @@ from contextlib import ExitStack, contextmanager
 from functools import partial
 
 from flows.lifetime import die_with_parent
+from panels.errors import ImmunomonError
 
 STARTUP_TIMEOUT = 60.0  # seconds for a temporary server to answer
 _own_server: subprocess.Popen | None = None  # the temporary server of this command, if any
 
 
-class PrefectApiError(RuntimeError):
+class PrefectApiError(ImmunomonError):
     """Prefect's API did not answer; the message says which one and what to check."""
 
 

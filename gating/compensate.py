@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from panels.errors import ImmunomonError
 from panels.fcs import FcsData
 
 
-class CompensationError(Exception):
+class CompensationError(ImmunomonError):
     """A spillover matrix that does not fit the file's channels."""
 
     def __init__(self, reason: str):

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from gating.gates import BooleanGate, EllipseGate, RectangleGate
 from gating.records import AppliedGate
 from panels.config_files import find_config_file, load_yaml_model
+from panels.errors import ImmunomonError
 
 if TYPE_CHECKING:
     from gating.space import GatingSpace
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 QC_ROOT = "qc_passed"  # the events left after QC; parent of the first gate
 
 
-class StrategyError(Exception):
+class StrategyError(ImmunomonError):
     """A strategy file that cannot be used; the message names the file and the entry."""
 
 

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from panels.errors import ImmunomonError
 
-class FcsReadError(Exception):
+
+class FcsReadError(ImmunomonError):
     """A file that cannot be read as FCS; ``reason`` is written for a lab scientist."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
@@ -70,10 +72,15 @@ class FcsHeader:
         return [s if s.strip() else n for n, s in zip(self.pnn, self.pns, strict=True)]
 
     def spillover(self) -> tuple[list[str], np.ndarray] | None:
-        """The acquisition spillover matrix (``$SPILLOVER``, ``$SPILL`` or ``SPILL``), if any."""
-        for key in ("$SPILLOVER", "$SPILL", "SPILL", "SPILLOVER", "$COMP"):
+        """The acquisition spillover matrix (``$SPILLOVER``, ``$SPILL`` or ``SPILL``), if any.
+
+        A keyword that names its channels and gives no values (Miltenyi MACSQuant) is the
+        instrument's way of saying it recorded no compensation: None, noted at scan time."""
+        for key in SPILLOVER_KEYWORDS:
             text = self.keywords.get(key, "").strip()
             if text:
+                if names_without_values(text):
+                    return None
                 return parse_spillover(text, self.path, key)
         return None
 
@@ -114,6 +121,19 @@ class FcsData:
     def events(self) -> np.ndarray:
         """All channels as an (events x channels) float64 array (a new array each call)."""
         return self.channels(self.header.pnn)
+
+
+SPILLOVER_KEYWORDS = ("$SPILLOVER", "$SPILL", "SPILL", "SPILLOVER", "$COMP")
+
+
+def names_without_values(text: str) -> int:
+    """The channel count of a spillover keyword that lists ``n`` names and no values, else 0."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        n = int(parts[0])
+    except ValueError:
+        return 0
+    return n if n >= 1 and len(parts) == 1 + n else 0
 
 
 def parse_spillover(text: str, path: str | os.PathLike, key: str) -> tuple[list[str], np.ndarray]:
@@ -190,6 +210,10 @@ def scan_header(path: str | os.PathLike) -> FcsHeader:
     pnn = [kw.get(f"$P{i}N", "").strip() for i in range(1, n_par + 1)]
     pns = [kw.get(f"$P{i}S", "").strip() for i in range(1, n_par + 1)]
     pnn = _unique_channel_names(pnn, notes)
+    for key in SPILLOVER_KEYWORDS:
+        if n := names_without_values(kw.get(key, "")):
+            notes.append(f"{key} names {n} channels and gives no values: read as no compensation")
+            break
     datatype = kw.get("$DATATYPE", "").strip().upper()
     if datatype not in {"I", "F", "D"}:
         raise FcsReadError(
@@ -217,6 +241,12 @@ def scan_header(path: str | os.PathLike) -> FcsHeader:
             pnr.append(float(kw.get(f"$P{i}R", "0").strip() or 0))
         except ValueError:
             pnr.append(0.0)
+        if datatype == "I" and not pnr[-1] >= 1:
+            raise FcsReadError(
+                path,
+                f"keyword $P{i}R={kw.get(f'$P{i}R', '')!r} is not a range of integer data (a "
+                "whole number of at least 1): the header is damaged; export the sample again",
+            )
     byteord = re.sub(r"\s", "", kw.get("$BYTEORD", ""))
     if byteord not in _BYTEORDERS:
         raise FcsReadError(path, f"keyword $BYTEORD={byteord!r} is not a byte order we can decode")
@@ -297,6 +327,16 @@ def _locate_data_segment(
     candidates: list[tuple[str, int, int]] = []
     h_start, h_end = as_int(head.get("data start")), as_int(head.get("data end"))
     t_start, t_end = as_int(kw.get("$BEGINDATA")), as_int(kw.get("$ENDDATA"))
+    for source, first, last in (
+        ("HEADER", h_start, h_end),
+        ("$BEGINDATA/$ENDDATA", t_start, t_end),
+    ):
+        if first is not None and last is not None and (first < 0 or last < first):
+            raise FcsReadError(
+                path,
+                f"the {source} offsets of the DATA segment ({first}..{last}) are impossible "
+                "(negative or reversed): the file's header is damaged; export the sample again",
+            )
     if h_start and h_end:
         candidates.append(("HEADER", h_start, h_end))
     if t_start and t_end:
@@ -319,6 +359,14 @@ def _locate_data_segment(
             path,
             "the file holds a header but no event data (the DATA segment starts past the end of "
             "the file): export it again from the instrument software",
+        )
+    if start + expected > file_size >= end + 1:
+        # The DATA segment the offsets declare is all there; $TOT asks for more than it holds.
+        raise FcsReadError(
+            path,
+            f"keyword $TOT={kw.get('$TOT', '').strip()} asks for {expected:,} bytes of events "
+            f"but the DATA segment ({source}) holds {end - start + 1:,}: the header is damaged "
+            "(not an interrupted copy); export the sample again",
         )
     notes.append(
         f"DATA segment length from {source} is {end - start + 1} bytes but $TOT x $PnB gives "

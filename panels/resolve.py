@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from panels.config_files import find_config_file, load_yaml_model
+from panels.errors import ImmunomonError
 from panels.fcs import FcsHeader
 
 SCATTER_ALIASES: dict[str, tuple[str, ...]] = {
@@ -31,7 +32,7 @@ REQUIRED_SCATTER = ("FSC-A", "SSC-A")
 TIME_ALIASES = ("TIME", "HDR-T", "TIME-A", "CLOCK")
 
 
-class PanelError(Exception):
+class PanelError(ImmunomonError):
     """A file whose channels do not fit its panel; ``reason`` names the markers."""
 
     def __init__(self, reason: str):

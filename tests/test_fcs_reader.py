@@ -120,8 +120,24 @@ def test_real_instrument_files_load_or_are_rejected_with_a_reason():
             assert len(exc.reason) > 30, exc.reason
             outcomes[path.name] = exc.reason
     loaded = [k for k, v in outcomes.items() if v == "loaded"]
-    assert len(loaded) >= 11, outcomes
+    assert len(loaded) == 12, outcomes
     assert "no event data" in outcomes["sample_header.fcs"]
+    assert "not an FCS file" in outcomes["corrupted.fcs"]
+
+
+def test_macsquant_spillover_naming_channels_without_values_means_no_compensation(capsys):
+    """Miltenyi MACSQuant writes $SPILLOVER as a channel count and names, no values: the
+    instrument recorded no compensation. Read as none, with a note; `inspect` shows it."""
+    from flows.cli import main
+
+    macsquant = [p for p in _instrument_files() if "FCS3.1" in str(p) and p.name.startswith("EY_")]
+    assert len(macsquant) == 3
+    for path in macsquant:
+        header = scan_header(path)
+        assert header.spillover() is None
+        assert any("gives no values: read as no compensation" in n for n in header.notes)
+        assert main(["inspect", str(path)]) == 0
+        assert "spillover: none" in capsys.readouterr().out
 
 
 def test_real_files_equal_flowkit_where_flowkit_loads():
@@ -191,3 +207,52 @@ def test_inspect_prints_what_was_read(capsys):
     corrupted = next(p for p in _instrument_files() if p.name == "corrupted.fcs")
     assert main(["inspect", str(corrupted)]) == 2
     assert "not an FCS file" in capsys.readouterr().err
+
+
+def _patched(tmp_path, name: str, old: bytes, new: bytes, datatype: str = "F") -> Path:
+    """A valid file whose TEXT has ``old`` replaced by ``new`` (same total length, by a pad)."""
+    events = np.arange(300, dtype=np.float64).reshape(100, 3)
+    pad = b"x" * 40
+    path = write_fcs(
+        tmp_path / name,
+        events,
+        ["FSC-A", "SSC-A", "Time"],
+        keywords={"$ZPAD": pad.decode()},
+        datatype=datatype,
+        bits=16 if datatype == "I" else 32,
+        pnr=[1024.0] * 3,
+    )
+    raw = path.read_bytes()
+    assert old in raw
+    grown = len(new) - len(old)
+    raw = raw.replace(old, new, 1).replace(pad, pad[: len(pad) - grown], 1)
+    path.write_bytes(raw)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "datatype", "says"),
+    [
+        (b"|$TOT|100|", b"|$TOT|1000000000000|", "F", "keyword $TOT=1000000000000 asks for"),
+        (b"|$P1R|1024|", b"|$P1R|0.5|", "I", "keyword $P1R='0.5' is not a range"),
+    ],
+    ids=["TOT-too-large", "PnR-below-1"],
+)
+def test_a_header_that_cannot_describe_its_data_is_bad_data_with_the_keyword_named(
+    tmp_path, old, new, datatype, says
+):
+    """Not 'truncated' (that sends the scientist to copy again), not a crash retried every
+    night: a FcsReadError naming the keyword."""
+    path = _patched(tmp_path, "bad.fcs", old, new, datatype)
+    with pytest.raises(FcsReadError) as bad:
+        read_events(path)
+    assert says in bad.value.reason and not isinstance(bad.value, FcsTruncatedError)
+
+
+def test_negative_data_offsets_are_bad_data_not_an_io_error(tmp_path):
+    path = _patched(tmp_path, "neg.fcs", b"|$BEGINDATA|", b"|$BEGINDATA|-")
+    raw = bytearray(path.read_bytes())
+    raw[26:42] = b"       0       0"  # no HEADER offsets: only TEXT's (negative) are left
+    path.write_bytes(bytes(raw))
+    with pytest.raises(FcsReadError, match="offsets of the DATA segment .* are impossible"):
+        read_events(path)

@@ -384,3 +384,51 @@ def test_study_reference_registers_thresholds_and_regates_the_panel(tmp_path, pr
     assert mark.value == pytest.approx(landmark + offset, abs=1e-9)
     # Without a panel that registers anything, there is nothing to build: one clear line.
     assert main(["reference", "build", "--study", str(root), "--panel", "BCELL"]) == 2
+
+
+def test_a_failed_cohort_step_is_a_failed_flow_run_with_its_artifacts(tmp_path, prefect_harness):
+    """What a Prefect automation and the lab see: the run is named after the study folder and
+    the day, ends Failed when the cohort step stops (samples still committed), logs each
+    quarantine, and carries a table of every file seen and a summary naming the problem."""
+    import datetime as dt
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterName,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    from flows.nightly import run_study
+
+    root = _small_study(tmp_path / "failing")
+    (root / "inbox" / "P01_BL_NOPANEL.fcs").write_bytes(b"not cytometry")
+    visits = root / "clinical" / "visits.csv"
+    visits.write_text(visits.read_text().replace("visit_date", "visit_day", 1))
+    summary = run_study(root, 1)
+    assert summary.processed == 12 and summary.quarantined == 1
+    assert "visits.csv" in summary.cohort_error
+    name = f"failing-{dt.datetime.now(dt.UTC).date().isoformat()}"
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+        )
+        assert len(runs) == 1
+        run = runs[0]
+        assert run.state.is_failed() and "cohort step stopped" in run.state.message
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+        )
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+    by_key = {a.key: a for a in artifacts if a.key}
+    table = by_key["failing-files"].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert len(rows) == 13
+    assert {r["status"] for r in rows} == {"processed", "quarantined"}
+    assert "cohort step stopped" in by_key["failing-summary"].data
+    assert any(a.type == "progress" and a.data == 100.0 for a in artifacts)
+    assert any("P01_BL_NOPANEL.fcs quarantined" in log.message for log in logs)

@@ -1,0 +1,126 @@
+"""A user's mistake is one line on stderr and exit code 2, quickly, before any worker or Prefect
+server starts; never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from simulate.demo import FILENAME_PATTERN
+
+GOOD = {
+    "study": "errors",
+    "visits": {"BL": 0, "M1": 1},
+    "baseline": "BL",
+    "filename_pattern": FILENAME_PATTERN,
+    "panels": {"BCELL": "bcell"},
+}
+
+
+def _study(root: Path, config: dict | str, inbox: bool = True) -> Path:
+    root.mkdir(parents=True)
+    text = config if isinstance(config, str) else yaml.safe_dump(config)
+    (root / "study.yaml").write_text(text)
+    if inbox:
+        (root / "inbox").mkdir()
+    return root
+
+
+def _cases(tmp: Path) -> list[tuple[list[str], str]]:
+    bad_panel = tmp / "panel.yaml"
+    bad_panel.write_text("name: p\nmarkers: {CD19: null}\nlogicle: {w: wide}\n")
+    missing_strategy = tmp / "panel2.yaml"
+    missing_strategy.write_text("name: p\nmarkers: {CD19: null}\nstrategy: nowhere.yaml\n")
+    return [
+        (["run", "--study", str(tmp / "nowhere")], "study.yaml not found"),
+        (
+            ["run", "--study", str(_study(tmp / "s1", {**GOOD, "schedul": "0 2 * * *"}))],
+            "did you mean 'schedule'",
+        ),
+        (
+            ["run", "--study", str(_study(tmp / "s2", {**GOOD, "timezone": "Mars/Olympus"}))],
+            "unknown time zone 'Mars/Olympus'",
+        ),
+        (
+            ["run", "--study", str(_study(tmp / "s3", {**GOOD, "absolute_counts": "beads"}))],
+            "'beads' (single-platform counting with counting beads) is not implemented",
+        ),
+        (["run", "--study", str(_study(tmp / "s4", GOOD, inbox=False))], "inbox does not exist"),
+        (["run", "--study", str(_study(tmp / "s5", "study: [unclosed\n"))], "not valid YAML"),
+        (
+            [
+                "run",
+                "--study",
+                str(_study(tmp / "s6", {**GOOD, "filename_pattern": "(?P<patient>P)"})),
+            ],
+            "needs named groups",
+        ),
+        (
+            [
+                "run",
+                "--study",
+                str(_study(tmp / "s7", {**GOOD, "panels": {"BCELL": str(missing_strategy)}})),
+            ],
+            "nowhere.yaml",
+        ),
+        (["process", str(tmp / "none.fcs"), "--panel", "bcell"], "none.fcs: no such file"),
+        (["process", str(tmp), "--panel", "bcell"], "is a folder, not an FCS file"),
+        (["inspect", str(tmp / "none.fcs")], "none.fcs: no such file"),
+        (["process", str(tmp / "none.fcs"), "--panel", str(bad_panel)], "logicle.w"),
+    ]
+
+
+def test_each_user_mistake_is_one_line_and_exit_2_in_under_3_seconds(tmp_path):
+    for argv, expected in _cases(tmp_path):
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "flows.cli", *argv],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parents[1],
+            timeout=60,
+        )
+        elapsed = time.perf_counter() - started
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2, (argv, done.stderr[-1500:])
+        assert len(lines) == 1 and expected in lines[0], (argv, done.stderr[-1500:])
+        assert "Traceback" not in done.stderr and not done.stdout.strip()
+        assert elapsed < 3.0, (argv, elapsed)
+
+
+@pytest.mark.parametrize("flag", ["--version"])
+def test_version(flag, capsys):
+    from flows.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([flag])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("immunomon ")
+
+
+def test_no_wait_names_the_pass_that_holds_the_study(tmp_path):
+    """While another pass holds a study, `run --no-wait` says which (pid, host, start) in one
+    line with exit code 2 instead of waiting."""
+    import os
+
+    from cohort.study import Study
+
+    root = _study(tmp_path / "busy", GOOD)
+    with Study(root).exclusive():
+        assert f"by pid {os.getpid()}" in (root / ".immunomon.lock").read_text()
+        done = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "run", "--study", str(root), "--no-wait"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parents[1],
+            timeout=60,
+        )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-1500:]
+    assert "another pass holds the study" in lines[0] and f"by pid {os.getpid()}" in lines[0]
+    assert (root / ".immunomon.lock").read_text() == ""  # released, and says so
