@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -24,7 +26,7 @@ POPULATION_COLUMNS = [
     "pct_lymphocytes",
     "cells_per_ul",
     "missing_markers",  # set where the tube cannot measure the population (count empty)
-    "qc_flags",
+    "population_flags",  # this row's own: low_count, not_measured, patient_not_in_patients_csv
 ]
 MFI_COLUMNS = [
     "sample_id",
@@ -51,6 +53,7 @@ SAMPLE_COLUMNS = [
     "processed_at",
     "needs_review",
     "not_measured",
+    "qc_flags",  # every flag of the sample (QC, placement, reader repairs)
 ]
 
 
@@ -92,12 +95,17 @@ def populations_table(store: Store, study: Study, clinical: ClinicalData | None)
     lymph = pops[pops.population == "lymphocytes"].set_index("sample_key")["count"]
     pops["pct_lymphocytes"] = 100.0 * pops["count"] / pops.sample_key.map(lymph).replace(0, np.nan)
     pops["cells_per_ul"] = np.nan
+    # Sample-level flags live in samples.csv; a row keeps those about its own population.
+    pops["population_flags"] = [
+        ";".join(f for f in str(flags or "").split(";") if _about(f, population))
+        for flags, population in zip(pops.qc_flags, pops.population, strict=True)
+    ]
     if clinical is not None:
         # Clinical data often lag acquisitions: keep the sample, flag it, leave it out of stats.
         unknown = ~pops.patient_id.isin(clinical.patients.patient_id)
-        pops.loc[unknown, "qc_flags"] = [
+        pops.loc[unknown, "population_flags"] = [
             ";".join(filter(None, [flags, "patient_not_in_patients_csv"]))
-            for flags in pops.loc[unknown, "qc_flags"]
+            for flags in pops.loc[unknown, "population_flags"]
         ]
     if clinical is not None and study.config.absolute_counts == "dual_platform":
         per_ul = clinical.visits.set_index(["patient_id", "visit"])["lymphocytes_per_ul"]
@@ -105,6 +113,13 @@ def populations_table(store: Store, study: Study, clinical: ClinicalData | None)
         lymph_per_ul = np.array([per_ul.get(k, np.nan) for k in keys], dtype=float)
         pops["cells_per_ul"] = pops.pct_lymphocytes / 100.0 * lymph_per_ul
     return pops[POPULATION_COLUMNS]
+
+
+def _about(flag: str, population: str) -> bool:
+    """Whether a sample flag concerns one population (``low_count:POP<n``,
+    ``not_measured:POP(MARKER)``)."""
+    kind, _, rest = flag.partition(":")
+    return kind in ("low_count", "not_measured") and re.split(r"[<(]", rest)[0] == population
 
 
 def write_csv(frame: pd.DataFrame, path) -> None:

@@ -336,7 +336,10 @@ class Store:
     def files_frame(self) -> pd.DataFrame:
         return pd.read_sql_query(
             "SELECT f.file_name AS file, f.sha256, s.sample_id, s.patient_id, s.visit, s.panel, "
-            "f.status, f.reason, s.events, s.processed_at, s.qc_flags, f.first_seen "
+            # An earlier acquisition replaced under the same name is not a second result.
+            "CASE WHEN f.status='processed' AND s.superseded_by IS NOT NULL "
+            "THEN 'superseded' ELSE f.status END AS status, "
+            "f.reason, s.events, s.processed_at, s.qc_flags, f.first_seen "
             "FROM files f LEFT JOIN samples s ON s.sample_key=f.sample_key "
             "ORDER BY f.file_name, f.first_seen",
             self.conn,

@@ -220,7 +220,8 @@ def _title_page(pdf: PdfPages, ctx: ReportContext, samples: pd.DataFrame) -> Non
         + ", ".join(f"{k} {v[:12]}" for k, v in sorted(ctx.strategy_hashes.items())),
         "",
         f"Files processed: {counts.get('processed', 0)}   "
-        f"quarantined: {counts.get('quarantined', 0)}   failed: {counts.get('failed', 0)}",
+        f"quarantined: {counts.get('quarantined', 0)}   failed: {counts.get('failed', 0)}   "
+        f"replaced by a new acquisition: {counts.get('superseded', 0)}",
         f"Visits: {', '.join(ctx.visits)} (baseline {ctx.baseline})",
         "Panels: " + ", ".join(f"{k} = {v}" for k, v in ctx.panels.items()),
     ]
@@ -254,7 +255,8 @@ def _title_page(pdf: PdfPages, ctx: ReportContext, samples: pd.DataFrame) -> Non
 
 def _sample_states(samples: pd.DataFrame) -> pd.DataFrame:
     """Each sample's state for the completeness page (``reports.figures.SAMPLE_STATES``)."""
-    frame = samples.dropna(subset=["patient_id"]).copy()
+    # A replaced acquisition is history (the appendix lists it), not the sample's state.
+    frame = samples[samples.status != "superseded"].dropna(subset=["patient_id"]).copy()
     flags = frame.qc_flags.fillna("").str.split(";")
     processed = frame.status == "processed"
     frame["state"] = np.select(

@@ -260,7 +260,8 @@ def test_new_content_under_a_processed_name_is_a_new_acquisition(tmp_path, prefe
     assert not bcell.equals(before)  # the new acquisition's numbers are the current ones
     files = pd.read_csv(root / "results" / "samples.csv")
     rows = files[files.file == "P01_BL_BCELL.fcs"]
-    assert len(rows) == 2 and set(rows.status) == {"processed"}
+    assert len(rows) == 2 and sorted(rows.status) == ["processed", "superseded"]
+    assert rows[rows.status == "superseded"].reason.str.contains("replaced on").all()
     assert rows.reason.str.contains("replaces sha256").sum() == 1  # the conflict is reported
     assert rows.reason.str.contains("replaced on").sum() == 1
     with sqlite3.connect(root / "immunomon.db") as conn:

@@ -224,8 +224,9 @@ def test_patient_missing_from_clinical_data_is_processed_flagged_and_left_out(de
     summary = run_study(copy, workers=1)
     assert summary.processed == 1 and summary.cohort_error == ""
     pops = pd.read_csv(copy / "results" / "populations.csv")
-    flags = pops[pops.patient_id == "P17"].qc_flags
+    flags = pops[pops.patient_id == "P17"].population_flags
     assert len(flags) == 6 and flags.str.contains("patient_not_in_patients_csv").all()
+    assert "qc_flags" not in pops  # sample-level flags are in samples.csv only
     from pypdf import PdfReader
 
     first_page = PdfReader(copy / "reports" / "cohort_report.pdf").pages[0].extract_text()
