@@ -15,7 +15,8 @@ from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -68,6 +69,17 @@ def software_version() -> str:
     return f"immunomon {version} (commit {commit}, pipeline v{PIPELINE_VERSION})"
 
 
+@dataclass
+class CohortResults:
+    """What the cohort report is drawn from (every table is also a results/*.csv)."""
+
+    clinical: ClinicalData
+    populations: pd.DataFrame
+    statistics: pd.DataFrame
+    groups: dict[str, str]
+    windows: pd.DataFrame
+
+
 def update_outputs(study: Study, store: Store, pool: WorkerPool | None = None) -> str:
     """Write results/*.csv, statistics and the cohort report from the store; with a worker
     ``pool`` the report's pages are drawn on its processes.
@@ -75,6 +87,16 @@ def update_outputs(study: Study, store: Store, pool: WorkerPool | None = None) -
     Returns an error message when the clinical data stop the cohort step (the store and
     samples.csv are still written), else ''.
     """
+    results, error = write_results(study, store)
+    if results is not None:
+        write_report(study, store, results, pool)
+    return error
+
+
+def write_results(study: Study, store: Store) -> tuple[CohortResults | None, str]:
+    """results/samples.csv, populations.csv, mfi.csv, and with usable clinical data
+    clinical_windows.csv and statistics.csv. Returns the tables, or None and the clinical
+    error that stopped the cohort step."""
     study.ensure_output_folders()
     samples = samples_table(store)
     write_csv(samples, study.results_dir / "samples.csv")
@@ -87,7 +109,7 @@ def update_outputs(study: Study, store: Store, pool: WorkerPool | None = None) -
     write_csv(populations, study.results_dir / "populations.csv")
     write_csv(mfi_table(store), study.results_dir / "mfi.csv")
     if clinical is None:
-        return error
+        return None, error
     populations = populations[populations.missing_markers == ""]  # measured rows only
     groups = clinical.group_of()
     visits = list(study.config.visits)
@@ -101,19 +123,34 @@ def update_outputs(study: Study, store: Store, pool: WorkerPool | None = None) -
         STATISTICS_COLUMNS
     ]
     write_csv(statistics, study.results_dir / "statistics.csv")
+    return CohortResults(clinical, populations, statistics, groups, windows), ""
+
+
+def write_report(
+    study: Study, store: Store, results: CohortResults, pool: WorkerPool | None = None
+) -> Path:
+    """The cohort report PDF; with a worker ``pool`` its pages are drawn on its processes."""
+    path = study.reports_dir / "cohort_report.pdf"
     write_cohort_report(
-        study.reports_dir / "cohort_report.pdf",
-        report_context(study, store, clinical, populations),
+        path,
+        report_context(study, store, results.clinical, results.populations),
         store.files_frame(),
-        populations,
-        statistics,
-        groups,
-        windows,
-        kaplan_meier_curves(windows),
+        results.populations,
+        results.statistics,
+        results.groups,
+        results.windows,
+        kaplan_meier_curves(results.windows),
         executor=pool.executor if pool else None,
         parts=pool.workers if pool else 1,
     )
-    return ""
+    return path
+
+
+# The flow's stages as Prefect tasks, so the UI shows each with its duration and state. They
+# take the study's objects (not hashable): no caching.
+intake_task = task(name="intake", cache_policy=NO_CACHE)(plan_intake)
+results_task = task(name="results and statistics", cache_policy=NO_CACHE)(write_results)
+report_task = task(name="cohort report", cache_policy=NO_CACHE)(write_report)
 
 
 def write_qc_report_from_store(study: Study, store: Store, sample_id: str) -> Path:
@@ -291,7 +328,7 @@ def _one_pass(
     run_id = uuid.uuid4().hex[:12]
     store.start_run(run_id)
     current = {t: (s.sha256, PIPELINE_VERSION) for t, s in study.strategies.items()}
-    plan = plan_intake(study, store, current, hold)
+    plan = intake_task(study, store, current, hold)
     logger.info(
         "%d files in inbox: %d to process, %d unchanged, %d quarantined",
         plan.seen,
@@ -304,8 +341,10 @@ def _one_pass(
     progress = RunProgress(len(plan.ready))
     with per_sample_runner(workers if len(plan.ready) > 1 else 1, dask_address) as submit:
         outcomes = _process_ready(plan.ready, study, store, run_id, logger, submit, progress)
-        # The local pool, if one is open, draws the report's pages too.
-        error = update_outputs(study, store, open_worker_pool())
+        results, error = results_task(study, store)
+        if results is not None:
+            # The local pool, if one is open, draws the report's pages too.
+            report_task(study, store, results, open_worker_pool())
     if error:
         logger.error("cohort step stopped: %s", error)
     failed_files = tuple(o["file"] for o in outcomes if o["status"] == "failed")

@@ -9,6 +9,7 @@ shows every run).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -18,7 +19,10 @@ from flows.worker_pool import local_workers
 
 
 def deployment_name(study: Study) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", study.config.study.lower()).strip("-") or "study"
+    """The study's name and a short digest of its folder: two folders whose study.yaml carry
+    the same name (a copy, a training study) never take each other's deployments."""
+    slug = re.sub(r"[^a-z0-9]+", "-", study.config.study.lower()).strip("-") or "study"
+    return f"{slug}-{hashlib.sha256(str(study.root).encode()).hexdigest()[:6]}"
 
 
 def build_deployments(

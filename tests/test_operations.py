@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -300,7 +301,10 @@ def test_deployments_carry_the_study_schedule(tmp_path):
 
     root = _small_study(tmp_path / "study", keep=("P01",), visits=("BL",))
     nightly, report = build_deployments(root, workers=2)
-    assert nightly.name == "msc-ins-phase-i-demo-nightly"
+    assert re.fullmatch(r"msc-ins-phase-i-demo-[0-9a-f]{6}-nightly", nightly.name)
+    twin = tmp_path / "twin"  # same study.yaml, another folder: another deployment
+    shutil.copytree(root, twin)
+    assert build_deployments(twin, workers=2)[0].name != nightly.name
     assert nightly.schedules[0].schedule.cron == "0 2 * * *"
     assert nightly.parameters == {"study_root": str(root.resolve()), "workers": 2}
     assert report.parameters == {"study_root": str(root.resolve())}
@@ -414,6 +418,9 @@ def test_a_failed_cohort_step_is_a_failed_flow_run_with_its_artifacts(tmp_path, 
     assert summary.processed == 12 and summary.quarantined == 1
     assert "visits.csv" in summary.cohort_error
     name = f"failing-{dt.datetime.now(dt.UTC).date().isoformat()}"
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)  # logs are sent in batches: send them before reading
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
@@ -425,6 +432,12 @@ def test_a_failed_cohort_step_is_a_failed_flow_run_with_its_artifacts(tmp_path, 
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
         )
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+        )
+    stages = {t.name.rsplit("-", 1)[0] for t in tasks}
+    assert {"intake", "results and statistics"} <= stages, stages
+    assert sum(t.name.startswith("process ") for t in tasks) == 12  # one per sample file
     by_key = {a.key: a for a in artifacts if a.key}
     table = by_key["failing-files"].data
     rows = json.loads(table) if isinstance(table, str) else table
