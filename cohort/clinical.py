@@ -142,9 +142,47 @@ def load_clinical(folder: str | Path, visit_labels: list[str] | None = None) -> 
             f"{folder / 'visits.csv'}, line {row + 2}, column lymphocytes_per_ul: "
             f"{visits.lymphocytes_per_ul.iloc[row]!r} is not a number"
         )
+    implausible = (lymph <= 0) | (lymph > MAX_LYMPHOCYTES_PER_UL)
+    if implausible.any():
+        row = int(implausible.to_numpy().nonzero()[0][0])
+        raise ClinicalDataError(
+            f"{folder / 'visits.csv'}, line {row + 2}, column lymphocytes_per_ul: "
+            f"{visits.lymphocytes_per_ul.iloc[row]!r} is not a possible lymphocyte count "
+            f"(expected above 0 and at most {MAX_LYMPHOCYTES_PER_UL:,} per uL; leave it empty "
+            "when unknown)"
+        )
     visits["lymphocytes_per_ul"] = lymph
+    _check_within_life(folder, patients, "visits.csv", visits, "visit_date")
+    _check_within_life(folder, patients, "relapses.csv", relapses, "relapse_date")
+    _check_within_life(folder, patients, "medications.csv", medications, "start_date")
     medications = _check_medications(folder / "medications.csv", medications)
     return ClinicalData(patients, visits, relapses, medications)
+
+
+# Above any count seen outside leukaemia; a typo (an extra zero) lands here.
+MAX_LYMPHOCYTES_PER_UL = 30_000
+
+
+def _check_within_life(
+    folder: Path, patients: pd.DataFrame, name: str, frame: pd.DataFrame, column: str
+) -> None:
+    """A dated event lies between the patient's birth and last follow-up."""
+    people = patients.set_index("patient_id")
+    born = frame.patient_id.map(people.birth_date)
+    last = frame.patient_id.map(people.last_follow_up_date)
+    for wrong, what in ((frame[column] < born, "birth_date"), (frame[column] > last, None)):
+        if wrong.any():
+            row = int(wrong.to_numpy().nonzero()[0][0])
+            when = frame[column].iloc[row].date().isoformat()
+            limit = (born if what else last).iloc[row].date().isoformat()
+            relation = (
+                f"before the patient's birth_date ({limit})"
+                if what
+                else f"after the patient's last_follow_up_date ({limit})"
+            )
+            raise ClinicalDataError(
+                f"{folder / name}, line {row + 2}, column {column}: {when} is {relation}"
+            )
 
 
 def _check_medications(path: Path, meds: pd.DataFrame) -> pd.DataFrame:

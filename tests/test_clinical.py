@@ -52,6 +52,37 @@ def test_demo_clinical_data_load(study_copy):
             lambda f: f.assign(group=f.group.where(f.index != 2, "teen")),
             "patients.csv, line 4, column group",
         ),
+        (
+            "visits.csv",
+            lambda f: f.assign(
+                lymphocytes_per_ul=f.lymphocytes_per_ul.where(f.index != 2, "-1800")
+            ),
+            "visits.csv, line 4, column lymphocytes_per_ul: '-1800' is not a possible",
+        ),
+        (
+            "visits.csv",
+            lambda f: f.assign(
+                lymphocytes_per_ul=f.lymphocytes_per_ul.where(f.index != 2, "230000")
+            ),
+            "visits.csv, line 4, column lymphocytes_per_ul: '230000' is not a possible",
+        ),
+        (
+            "patients.csv",
+            lambda f: pd.concat([f, f.iloc[[3]]], ignore_index=True),
+            "patients.csv, line 18, column patient_id: 'P04' appears twice",
+        ),
+        (
+            "relapses.csv",
+            lambda f: f.assign(relapse_date=f.relapse_date.where(f.index != 0, "1990-01-01")),
+            "relapses.csv, line 2, column relapse_date: 1990-01-01 is before the patient's "
+            "birth_date",
+        ),
+        (
+            "relapses.csv",
+            lambda f: f.assign(relapse_date=f.relapse_date.where(f.index != 0, "2031-01-01")),
+            "relapses.csv, line 2, column relapse_date: 2031-01-01 is after the patient's "
+            "last_follow_up_date",
+        ),
     ],
 )
 def test_errors_name_file_line_column(study_copy, name, change, expected):
