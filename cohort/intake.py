@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cohort.study import SampleName, Study
@@ -76,11 +76,18 @@ class IntakePlan:
 
     ready: list[IntakeDecision]
     unchanged: list[Path]
-    quarantined: list[IntakeDecision]
+    quarantined: list[IntakeDecision]  # newly, by this pass
+    # quarantined before for the same reason (same content): not copied or reported again
+    still_quarantined: list[IntakeDecision] = field(default_factory=list)
 
     @property
     def seen(self) -> int:
-        return len(self.ready) + len(self.unchanged) + len(self.quarantined)
+        return (
+            len(self.ready)
+            + len(self.unchanged)
+            + len(self.quarantined)
+            + len(self.still_quarantined)
+        )
 
 
 def plan_intake(
@@ -135,6 +142,13 @@ def plan_intake(
         if decision.ready:
             shas_this_run[sha] = path.name
             plan.ready.append(decision)
+            continue
+        if record is not None and (record["status"], record["reason"]) == (
+            "quarantined",
+            decision.reason,
+        ):
+            store.touch_file(path.name, sha, stat.st_size, stat.st_mtime_ns)
+            plan.still_quarantined.append(decision)
             continue
         quarantine_copy(study, path, decision.reason)
         store.record_rejection(

@@ -89,15 +89,22 @@ def _run(
         from flows.nightly import run_study
 
         summary = run_study(root, workers, dask_address=dask_address, wait=wait)
+    before = f" (+{summary.still_quarantined} as before)" if summary.still_quarantined else ""
     print(
         f"run {summary.run_id}: {summary.seen} files seen, {summary.processed} processed, "
-        f"{summary.unchanged} unchanged, {summary.quarantined} quarantined, "
+        f"{summary.unchanged} unchanged, {summary.quarantined} quarantined{before}, "
         f"{summary.failed} failed in {time.perf_counter() - started:.1f} s"
     )
-    if summary.quarantined:
+    if summary.quarantined or summary.still_quarantined:
         print(f"  reasons: {root / 'quarantine'}/*.reason.txt")
-    if summary.cohort_error:
+    if summary.cohort_error:  # bad clinical input: the user's to fix
         print(f"cohort step stopped: {summary.cohort_error}", file=sys.stderr)
+        return 2
+    if summary.failed:
+        print(
+            f"failed to process (retried next run): {', '.join(summary.failed_files)}",
+            file=sys.stderr,
+        )
         return 1
     print(f"  results: {root / 'results'}  report: {root / 'reports' / 'cohort_report.pdf'}")
     return 0
@@ -171,7 +178,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     store.close()
     if error:
         print(f"cohort step stopped: {error}", file=sys.stderr)
-        return 1
+        return 2
     print(f"report written: {study.reports_dir / 'cohort_report.pdf'}")
     return 0
 

@@ -47,6 +47,7 @@ class RunSummary:
     failed: int
     cohort_error: str = ""
     failed_files: tuple[str, ...] = ()
+    still_quarantined: int = 0  # quarantined by an earlier pass, same content and reason
 
 
 def software_version() -> str:
@@ -330,11 +331,13 @@ def _one_pass(
     current = {t: (s.sha256, PIPELINE_VERSION) for t, s in study.strategies.items()}
     plan = intake_task(study, store, current, hold)
     logger.info(
-        "%d files in inbox: %d to process, %d unchanged, %d quarantined",
+        "%d files in inbox: %d to process, %d unchanged, %d newly quarantined, "
+        "%d quarantined before",
         plan.seen,
         len(plan.ready),
         len(plan.unchanged),
         len(plan.quarantined),
+        len(plan.still_quarantined),
     )
     for decision in plan.quarantined:
         logger.warning("%s quarantined: %s", decision.path.name, decision.reason)
@@ -366,10 +369,11 @@ def _one_pass(
         len(failed_files),
         error,
         failed_files,
+        len(plan.still_quarantined),
     )
     rows = outcomes + [
         {"file": d.path.name, "status": "quarantined", "reason": d.reason, "flags": ""}
-        for d in plan.quarantined
+        for d in plan.quarantined + plan.still_quarantined
     ]
     rows += [
         {"file": p.name, "status": "unchanged", "reason": "", "flags": ""} for p in plan.unchanged

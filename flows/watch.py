@@ -106,6 +106,12 @@ def watch_inbox(
         while not stop.is_set():
             files = study.inbox_files()  # scan: also finds files present before we started
             fresh = [p for p in files if handled.get(p) != _signature(p)]
+            # A file another pass (the nightly run) already processed or quarantined, as it is
+            # now, is not a copy in progress.
+            for path in _decided(study, fresh):
+                handled[path] = _signature(path)
+                tracker.forget([path])
+            fresh = [p for p in fresh if handled.get(p) != _signature(p)]
             ready, waiting = tracker.look(fresh, time.monotonic())
             if ready:
                 run(sorted(p.name for p in waiting))
@@ -118,6 +124,27 @@ def watch_inbox(
     finally:
         observer.stop()
         observer.join()
+
+
+def _decided(study: Study, paths: list[Path]) -> list[Path]:
+    """Of ``paths``, those the store records, at their current size and time, as processed or
+    quarantined."""
+    if not paths or not study.db_path.exists():
+        return []
+    from cohort.store import Store
+
+    store = Store(study.db_path)
+    try:
+        decided = []
+        for path in paths:
+            size, mtime_ns = _signature(path)
+            sha = store.known_sha256(path.name, size, mtime_ns)
+            record = store.file_record(path.name, sha) if sha else None
+            if record is not None and record["status"] in ("processed", "quarantined"):
+                decided.append(path)
+        return decided
+    finally:
+        store.close()
 
 
 def _signature(path: Path) -> tuple[int, int]:

@@ -446,3 +446,41 @@ def test_a_failed_cohort_step_is_a_failed_flow_run_with_its_artifacts(tmp_path, 
     assert "cohort step stopped" in by_key["failing-summary"].data
     assert any(a.type == "progress" and a.data == 100.0 for a in artifacts)
     assert any("P01_BL_NOPANEL.fcs quarantined" in log.message for log in logs)
+
+
+def test_watcher_does_not_wait_for_a_file_a_pass_already_quarantined(tmp_path, prefect_harness):
+    """A truncated file the nightly run has quarantined stays in the inbox (inputs are never
+    modified): the watcher must not report it as 'still copying' on every pass."""
+    from flows.nightly import run_study
+    from flows.watch import watch_inbox
+
+    root = _small_study(tmp_path / "study", keep=("P01",), visits=("BL",))
+    late = root / "inbox" / "P01_BL_TREG.fcs"
+    content = late.read_bytes()
+    late.unlink()
+    whole = (root / "inbox" / "P01_BL_BCELL.fcs").read_bytes()
+    (root / "inbox" / "P01_M1_BCELL.fcs").write_bytes(whole[: len(whole) // 2])
+    first = run_study(root, 1)
+    assert (first.processed, first.quarantined) == (1, 1)
+    runs, stop = [], threading.Event()
+
+    def run(hold):
+        runs.append(list(hold))
+        return run_study(root, 1, hold)
+
+    watcher = threading.Thread(
+        target=watch_inbox,
+        args=(root, run),
+        kwargs={"settle_seconds": 0.5, "poll_interval": 0.2, "stop": stop, "polling": True},
+    )
+    watcher.start()
+    late.write_bytes(content)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not runs:
+        time.sleep(0.2)
+    stop.set()
+    watcher.join(timeout=60)
+    assert runs == [[]]  # one pass, for the new file, holding nothing back
+    table = pd.read_csv(root / "results" / "samples.csv").set_index("file")
+    assert table.loc["P01_BL_TREG.fcs", "status"] == "processed"
+    assert table.loc["P01_M1_BCELL.fcs", "status"] == "quarantined"

@@ -87,8 +87,12 @@ def test_second_run_changes_nothing(demo_run):
         for n in ("samples.csv", "populations.csv", "statistics.csv")
     }
     report_before = _pdf_text(root / "reports" / "cohort_report.pdf")
+    quarantine = {p.name: p.stat().st_mtime_ns for p in (root / "quarantine").iterdir()}
     summary = run_study(root, workers=2)
     assert summary.processed == 0 and summary.unchanged == 182
+    # The three bad files are not quarantined, copied or reported again: counts are per pass.
+    assert (summary.quarantined, summary.still_quarantined) == (0, 3)
+    assert {p.name: p.stat().st_mtime_ns for p in (root / "quarantine").iterdir()} == quarantine
     for name, content in before.items():
         assert (root / "results" / name).read_bytes() == content, name
     assert _pdf_text(root / "reports" / "cohort_report.pdf") == report_before
