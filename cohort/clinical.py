@@ -125,6 +125,27 @@ def load_clinical(folder: str | Path, visit_labels: list[str] | None = None) -> 
                 f"{folder / name}, line {row + 2}, column patient_id: unknown patient "
                 f"{frame.patient_id.iloc[row]!r} (not in patients.csv)"
             )
+    visits = _check_visits(folder, visits, visit_labels)
+    _check_within_life(folder, patients, "visits.csv", visits, "visit_date")
+    _check_within_life(folder, patients, "relapses.csv", relapses, "relapse_date")
+    _check_within_life(folder, patients, "medications.csv", medications, "start_date")
+    medications = _check_medications(folder / "medications.csv", medications)
+    return ClinicalData(patients, visits, relapses, medications)
+
+
+def load_lymphocyte_counts(
+    folder: str | Path, visit_labels: list[str] | None = None
+) -> pd.DataFrame:
+    """visits.csv alone, checked on its own: what cells/uL need. Used when another clinical
+    file is broken, so an error that cannot affect cell counts does not blank them."""
+    folder = Path(folder)
+    return _check_visits(folder, _read(folder, "visits.csv"), visit_labels)
+
+
+def _check_visits(
+    folder: Path, visits: pd.DataFrame, visit_labels: list[str] | None
+) -> pd.DataFrame:
+    """Visit labels in the schedule; lymphocyte counts numbers and possible."""
     if visit_labels is not None:
         outside = ~visits.visit.isin(visit_labels)
         if outside.any():
@@ -152,11 +173,7 @@ def load_clinical(folder: str | Path, visit_labels: list[str] | None = None) -> 
             "when unknown)"
         )
     visits["lymphocytes_per_ul"] = lymph
-    _check_within_life(folder, patients, "visits.csv", visits, "visit_date")
-    _check_within_life(folder, patients, "relapses.csv", relapses, "relapse_date")
-    _check_within_life(folder, patients, "medications.csv", medications, "start_date")
-    medications = _check_medications(folder / "medications.csv", medications)
-    return ClinicalData(patients, visits, relapses, medications)
+    return visits
 
 
 # Above any count seen outside leukaemia; a typo (an extra zero) lands here.

@@ -80,9 +80,15 @@ def mfi_table(store: Store) -> pd.DataFrame:
     return frame[MFI_COLUMNS] if not frame.empty else pd.DataFrame(columns=MFI_COLUMNS)
 
 
-def populations_table(store: Store, study: Study, clinical: ClinicalData | None) -> pd.DataFrame:
+def populations_table(
+    store: Store,
+    study: Study,
+    clinical: ClinicalData | None,
+    lymphocyte_counts: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Counts and percentages per sample and population; absolute counts when clinical
-    lymphocyte counts are known (dual platform)."""
+    lymphocyte counts are known (dual platform): from ``clinical``, or, when another clinical
+    file is broken, from ``lymphocyte_counts`` (visits.csv checked alone)."""
     pops = store.current_populations()
     lost = store.current_not_measured()
     if not lost.empty:  # a row each, with empty counts, so the gap is visible, not silent
@@ -107,8 +113,9 @@ def populations_table(store: Store, study: Study, clinical: ClinicalData | None)
             ";".join(filter(None, [flags, "patient_not_in_patients_csv"]))
             for flags in pops.loc[unknown, "population_flags"]
         ]
-    if clinical is not None and study.config.absolute_counts == "dual_platform":
-        per_ul = clinical.visits.set_index(["patient_id", "visit"])["lymphocytes_per_ul"]
+    visits = clinical.visits if clinical is not None else lymphocyte_counts
+    if visits is not None and study.config.absolute_counts == "dual_platform":
+        per_ul = visits.set_index(["patient_id", "visit"])["lymphocytes_per_ul"]
         keys = list(zip(pops.patient_id, pops.visit, strict=True))
         lymph_per_ul = np.array([per_ul.get(k, np.nan) for k in keys], dtype=float)
         pops["cells_per_ul"] = pops.pct_lymphocytes / 100.0 * lymph_per_ul

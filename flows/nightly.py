@@ -21,7 +21,13 @@ from prefect.futures import as_completed
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from cohort.clinical import ClinicalData, ClinicalDataError, load_clinical, patient_windows
+from cohort.clinical import (
+    ClinicalData,
+    ClinicalDataError,
+    load_clinical,
+    load_lymphocyte_counts,
+    patient_windows,
+)
 from cohort.exports import mfi_table, populations_table, samples_table, write_csv
 from cohort.intake import plan_intake
 from cohort.store import Store
@@ -101,19 +107,24 @@ def write_results(study: Study, store: Store) -> tuple[CohortResults | None, str
     study.ensure_output_folders()
     samples = samples_table(store)
     write_csv(samples, study.results_dir / "samples.csv")
+    visits = list(study.config.visits)
+    counts = None
     try:
-        clinical: ClinicalData | None = load_clinical(study.clinical_dir, list(study.config.visits))
+        clinical: ClinicalData | None = load_clinical(study.clinical_dir, visits)
         error = ""
     except ClinicalDataError as exc:
         clinical, error = None, str(exc)
-    populations = populations_table(store, study, clinical)
+        try:  # an error elsewhere (a missing column of patients.csv) leaves cells/uL intact
+            counts = load_lymphocyte_counts(study.clinical_dir, visits)
+        except ClinicalDataError:
+            counts = None
+    populations = populations_table(store, study, clinical, counts)
     write_csv(populations, study.results_dir / "populations.csv")
     write_csv(mfi_table(store), study.results_dir / "mfi.csv")
     if clinical is None:
         return None, error
     populations = populations[populations.missing_markers == ""]  # measured rows only
     groups = clinical.group_of()
-    visits = list(study.config.visits)
     windows = patient_windows(clinical)
     write_csv(windows, study.results_dir / "clinical_windows.csv")
     parts = [

@@ -325,3 +325,26 @@ def test_mfi_csv_matches_flowkit_medians_on_the_stored_gates(demo_run):
         assert row["n"] == masks[population].sum()
         assert row["median"] == pytest.approx(expected, rel=1e-4, abs=0.5)
         assert 0.3 < row["median_logicle"] < 1.0  # these markers are positive there
+
+
+def test_a_clinical_error_that_cannot_affect_cell_counts_does_not_blank_them(demo_run, tmp_path):
+    """patients.csv without its sex column stops the cohort step, but cells/uL need only
+    visits.csv: populations.csv keeps them, equal to the full run's."""
+    from cohort.store import Store
+    from cohort.study import Study
+    from flows.nightly import update_outputs
+
+    root, _, _ = demo_run
+    copy = tmp_path / "study"
+    shutil.copytree(root, copy)
+    patients = pd.read_csv(copy / "clinical" / "patients.csv")
+    patients.drop(columns="sex").to_csv(copy / "clinical" / "patients.csv", index=False)
+    study = Study(copy)
+    store = Store(study.db_path)
+    error = update_outputs(study, store)
+    store.close()
+    assert "patients.csv: missing column(s) sex" in error
+    got = pd.read_csv(copy / "results" / "populations.csv")
+    full = pd.read_csv(root / "results" / "populations.csv")
+    assert got.cells_per_ul.notna().sum() > 1000
+    pd.testing.assert_series_equal(got.cells_per_ul, full.cells_per_ul)
