@@ -8,6 +8,8 @@ flow process talks to Prefect.
 
 from __future__ import annotations
 
+import errno
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -18,13 +20,29 @@ from flows.worker_pool import run_in_worker_pool
 from gating.apply import AnyStrategy
 from panels.resolve import Panel
 
+# I/O errors that can pass: a file locked by a copy tool or antivirus, a full disk, a share
+# that hiccups. Not EINVAL (a header asking for an impossible seek), ENOENT or EISDIR.
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EAGAIN,
+        errno.EBUSY,
+        errno.EACCES,
+        errno.EINTR,
+        errno.EIO,
+        errno.ENOSPC,
+        errno.ESTALE,
+        errno.ETIMEDOUT,
+        errno.ENOLCK,
+    }
+)
+
 
 def is_transient(task, task_run, state) -> bool:
-    """Retry I/O errors (a file locked by a copy tool, a full disk), not bad data or bugs."""
+    """Retry I/O errors that can pass, not bad data or bugs (retried every night in vain)."""
     try:
         state.result()
-    except OSError:
-        return True
+    except OSError as error:
+        return error.errno in TRANSIENT_ERRNOS
     except Exception:
         return False
     return False

@@ -124,3 +124,23 @@ def test_no_wait_names_the_pass_that_holds_the_study(tmp_path):
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-1500:]
     assert "another pass holds the study" in lines[0] and f"by pid {os.getpid()}" in lines[0]
     assert (root / ".immunomon.lock").read_text() == ""  # released, and says so
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (OSError(16, "Device or resource busy"), True),  # EBUSY: a copy tool holds the file
+        (OSError(28, "No space left on device"), True),  # ENOSPC
+        (OSError(22, "Invalid argument"), False),  # EINVAL: a header asking for a bad seek
+        (FileNotFoundError(2, "No such file"), False),
+        (ValueError("negative shift count"), False),  # a bug or bad data, not the weather
+    ],
+)
+def test_only_io_errors_that_can_pass_are_retried(error, retried):
+    from flows.tasks import is_transient
+
+    class FailedState:
+        def result(self):
+            raise error
+
+    assert is_transient(None, None, FailedState()) is retried
