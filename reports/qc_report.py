@@ -3,6 +3,7 @@ the QC steps with the events each removed, and the counts."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -177,7 +178,7 @@ def write_sample_qc_report(
                 if isinstance(g.gate, ThresholdMark):
                     how = g.gate.method if g.from_data else "DEFAULT"
                 lines.append(f"  {g.name:22} {how:11} {g.note[:68]}")
-        lines += ["", "Flags: " + ("; ".join(flags) if flags else "none")]
+        lines += ["", *textwrap.wrap("Flags: " + ("; ".join(flags) if flags else "none"), 130)]
         fig.text(0.06, 0.96, f"Sample QC report: {sample_id}", fontsize=14, weight="bold", va="top")
         fig.text(0.06, 0.92, "\n".join(lines), family="monospace", fontsize=6.5, va="top")
         pdf.savefig(fig)
