@@ -30,7 +30,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from gating.adaptive import Placement, place_threshold
 from gating.records import SampleGating
-from gating.strategy import Strategy, StrategyError
+from gating.strategy import Strategy, StrategyError, ThresholdSpec
 
 MIN_LANDMARK_EVENTS = 200
 REFERENCE_FOLDER = "references"
@@ -79,7 +79,7 @@ class StudyReference:
     sha256: str = field(default="", compare=False)
 
 
-def registered_thresholds(strategy: Strategy) -> dict[str, object]:
+def registered_thresholds(strategy: Strategy) -> dict[str, ThresholdSpec]:
     """The strategy's thresholds that name a landmark for registration."""
     return {name: t for name, t in strategy.thresholds.items() if t.registration is not None}
 
