@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,14 @@ class ClinicalData:
         return dict(zip(self.patients.patient_id, self.patients.group, strict=True))
 
 
+def _refuse_first(mask: pd.Series, path: Path, column: str, problem: Callable[[int], str]) -> None:
+    """ClinicalDataError at the first row where ``mask`` holds: the file, the line as a
+    spreadsheet shows it (the header is line 1), the column and ``problem(row)``."""
+    if mask.any():
+        row = int(mask.to_numpy().nonzero()[0][0])
+        raise ClinicalDataError(f"{path}, line {row + 2}, column {column}: {problem(row)}")
+
+
 def _read(folder: Path, name: str) -> pd.DataFrame:
     path = folder / name
     if not path.is_file():
@@ -72,12 +81,14 @@ def _read(folder: Path, name: str) -> pd.DataFrame:
         bad = parsed.isna() & (frame[column] != "")
         if column != "end_date":
             bad |= frame[column] == ""
-        if bad.any():
-            row = int(bad.to_numpy().nonzero()[0][0])
-            raise ClinicalDataError(
-                f"{path}, line {row + 2}, column {column}: {frame[column].iloc[row]!r} is not a "
-                "date in YYYY-MM-DD form"
-            )
+        _refuse_first(
+            bad,
+            path,
+            column,
+            lambda row, column=column: (
+                f"{frame[column].iloc[row]!r} is not a date in YYYY-MM-DD form"
+            ),
+        )
         frame[column] = parsed
     return frame
 
@@ -90,41 +101,42 @@ def load_clinical(folder: str | Path, visit_labels: list[str] | None = None) -> 
     relapses = _read(folder, "relapses.csv")
     medications = _read(folder, "medications.csv")
     p_path = folder / "patients.csv"
-    dup = patients.patient_id.duplicated()
-    if dup.any():
-        row = int(dup.to_numpy().nonzero()[0][0])
-        raise ClinicalDataError(
-            f"{p_path}, line {row + 2}, column patient_id: {patients.patient_id.iloc[row]!r} "
-            "appears twice"
-        )
-    bad_group = ~patients.group.isin(["child", "adult"])
-    if bad_group.any():
-        row = int(bad_group.to_numpy().nonzero()[0][0])
-        raise ClinicalDataError(
-            f"{p_path}, line {row + 2}, column group: {patients.group.iloc[row]!r} must be "
-            "'child' or 'adult'"
-        )
+    _refuse_first(
+        patients.patient_id.duplicated(),
+        p_path,
+        "patient_id",
+        lambda row: f"{patients.patient_id.iloc[row]!r} appears twice",
+    )
+    _refuse_first(
+        ~patients.group.isin(["child", "adult"]),
+        p_path,
+        "group",
+        lambda row: f"{patients.group.iloc[row]!r} must be 'child' or 'adult'",
+    )
     for column, earlier in (
         ("last_follow_up_date", "first_infusion_date"),
         ("first_infusion_date", "birth_date"),
     ):
-        order = patients[column] < patients[earlier]
-        if order.any():
-            row = int(order.to_numpy().nonzero()[0][0])
-            raise ClinicalDataError(f"{p_path}, line {row + 2}, column {column}: before {earlier}")
+        _refuse_first(
+            patients[column] < patients[earlier],
+            p_path,
+            column,
+            lambda _, earlier=earlier: f"before {earlier}",
+        )
     known = set(patients.patient_id)
     for name, frame in (
         ("visits.csv", visits),
         ("relapses.csv", relapses),
         ("medications.csv", medications),
     ):
-        unknown = ~frame.patient_id.isin(known)
-        if unknown.any():
-            row = int(unknown.to_numpy().nonzero()[0][0])
-            raise ClinicalDataError(
-                f"{folder / name}, line {row + 2}, column patient_id: unknown patient "
-                f"{frame.patient_id.iloc[row]!r} (not in patients.csv)"
-            )
+        _refuse_first(
+            ~frame.patient_id.isin(known),
+            folder / name,
+            "patient_id",
+            lambda row, ids=frame.patient_id: (
+                f"unknown patient {ids.iloc[row]!r} (not in patients.csv)"
+            ),
+        )
     visits = _check_visits(folder, visits, visit_labels)
     _check_within_life(folder, patients, "visits.csv", visits, "visit_date")
     _check_within_life(folder, patients, "relapses.csv", relapses, "relapse_date")
@@ -146,32 +158,34 @@ def _check_visits(
     folder: Path, visits: pd.DataFrame, visit_labels: list[str] | None
 ) -> pd.DataFrame:
     """Visit labels in the schedule; lymphocyte counts numbers and possible."""
+    path = folder / "visits.csv"
     if visit_labels is not None:
-        outside = ~visits.visit.isin(visit_labels)
-        if outside.any():
-            row = int(outside.to_numpy().nonzero()[0][0])
-            raise ClinicalDataError(
-                f"{folder / 'visits.csv'}, line {row + 2}, column visit: "
+        _refuse_first(
+            ~visits.visit.isin(visit_labels),
+            path,
+            "visit",
+            lambda row: (
                 f"{visits.visit.iloc[row]!r} is not in the study schedule "
                 f"({', '.join(visit_labels)})"
-            )
-    lymph = pd.to_numeric(visits.lymphocytes_per_ul.replace("", None), errors="coerce")
-    bad = lymph.isna() & (visits.lymphocytes_per_ul != "")
-    if bad.any():
-        row = int(bad.to_numpy().nonzero()[0][0])
-        raise ClinicalDataError(
-            f"{folder / 'visits.csv'}, line {row + 2}, column lymphocytes_per_ul: "
-            f"{visits.lymphocytes_per_ul.iloc[row]!r} is not a number"
+            ),
         )
-    implausible = (lymph <= 0) | (lymph > MAX_LYMPHOCYTES_PER_UL)
-    if implausible.any():
-        row = int(implausible.to_numpy().nonzero()[0][0])
-        raise ClinicalDataError(
-            f"{folder / 'visits.csv'}, line {row + 2}, column lymphocytes_per_ul: "
-            f"{visits.lymphocytes_per_ul.iloc[row]!r} is not a possible lymphocyte count "
-            f"(expected above 0 and at most {MAX_LYMPHOCYTES_PER_UL:,} per uL; leave it empty "
-            "when unknown)"
-        )
+    written = visits.lymphocytes_per_ul
+    lymph = pd.to_numeric(written.replace("", None), errors="coerce")
+    _refuse_first(
+        lymph.isna() & (written != ""),
+        path,
+        "lymphocytes_per_ul",
+        lambda row: f"{written.iloc[row]!r} is not a number",
+    )
+    _refuse_first(
+        (lymph <= 0) | (lymph > MAX_LYMPHOCYTES_PER_UL),
+        path,
+        "lymphocytes_per_ul",
+        lambda row: (
+            f"{written.iloc[row]!r} is not a possible lymphocyte count (expected above "
+            f"0 and at most {MAX_LYMPHOCYTES_PER_UL:,} per uL; leave it empty when unknown)"
+        ),
+    )
     visits["lymphocytes_per_ul"] = lymph
     return visits
 
@@ -187,33 +201,34 @@ def _check_within_life(
     people = patients.set_index("patient_id")
     born = frame.patient_id.map(people.birth_date)
     last = frame.patient_id.map(people.last_follow_up_date)
-    for wrong, what in ((frame[column] < born, "birth_date"), (frame[column] > last, None)):
-        if wrong.any():
-            row = int(wrong.to_numpy().nonzero()[0][0])
-            when = frame[column].iloc[row].date().isoformat()
-            limit = (born if what else last).iloc[row].date().isoformat()
-            relation = (
-                f"before the patient's birth_date ({limit})"
-                if what
-                else f"after the patient's last_follow_up_date ({limit})"
-            )
-            raise ClinicalDataError(
-                f"{folder / name}, line {row + 2}, column {column}: {when} is {relation}"
-            )
+    for wrong, limit, relation in (
+        (frame[column] < born, born, "before the patient's birth_date"),
+        (frame[column] > last, last, "after the patient's last_follow_up_date"),
+    ):
+        _refuse_first(
+            wrong,
+            folder / name,
+            column,
+            lambda row, limit=limit, relation=relation: (
+                f"{frame[column].iloc[row].date().isoformat()} is {relation} "
+                f"({limit.iloc[row].date().isoformat()})"
+            ),
+        )
 
 
 def _check_medications(path: Path, meds: pd.DataFrame) -> pd.DataFrame:
     dose = pd.to_numeric(meds.daily_dose_mg.replace("", None), errors="coerce")
-    bad = dose.isna() & (meds.daily_dose_mg != "")
-    if bad.any():
-        row = int(bad.to_numpy().nonzero()[0][0])
-        raise ClinicalDataError(f"{path}, line {row + 2}, column daily_dose_mg: not a number")
+    _refuse_first(
+        dose.isna() & (meds.daily_dose_mg != ""), path, "daily_dose_mg", lambda _: "not a number"
+    )
     meds["daily_dose_mg"] = dose
     meds["drug"] = meds.drug.str.lower()
-    reversed_ = meds.end_date.notna() & (meds.end_date < meds.start_date)
-    if reversed_.any():
-        row = int(reversed_.to_numpy().nonzero()[0][0])
-        raise ClinicalDataError(f"{path}, line {row + 2}, column end_date: before start_date")
+    _refuse_first(
+        meds.end_date.notna() & (meds.end_date < meds.start_date),
+        path,
+        "end_date",
+        lambda _: "before start_date",
+    )
     for (_, _), block in meds.groupby(["patient_id", "drug"], sort=False):
         block = block.sort_values("start_date")
         ends = block.end_date.fillna(pd.Timestamp.max)

@@ -12,16 +12,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from gating.apply import AnyStrategy, load_panel_strategy
-from gating.registration import REFERENCE_FOLDER, load_reference, with_reference
-from gating.strategy import Strategy
 from panels.config_files import load_yaml_model
 from panels.errors import ImmunomonError
 from panels.resolve import Panel, load_panel
+
+if TYPE_CHECKING:
+    from gating.apply import AnyStrategy
+
+REFERENCE_FOLDER = "references"  # study references of registered thresholds
 
 
 class StudyError(ImmunomonError):
@@ -196,6 +198,12 @@ class Study:
     def strategies(self) -> dict[str, AnyStrategy]:
         """Panel token -> gating strategy (YAML strategy, with the study's reference for its
         registered thresholds where one was built, or a FlowJo workspace)."""
+        # Imported here: the gating stack (scikit-learn) is ~1 s, and a study.yaml mistake
+        # should be reported before paying it.
+        from gating.apply import load_panel_strategy
+        from gating.registration import load_reference, with_reference
+        from gating.strategy import Strategy
+
         strategies = {}
         for token, panel in self.panels.items():
             strategy = load_panel_strategy(panel, self.root)

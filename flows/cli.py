@@ -247,8 +247,10 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_process(args: argparse.Namespace) -> int:
-    from gating.apply import gate_file, load_panel_strategy
     from panels.errors import readable_file
+
+    readable_file(args.file)  # before the gating stack (~1 s of imports) is loaded
+    from gating.apply import gate_file, load_panel_strategy
     from panels.fcs import FcsReadError
     from panels.resolve import load_panel
 
@@ -256,7 +258,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
     # A panel file's strategy (YAML or .wsp) may be named relative to the panel file.
     strategy = load_panel_strategy(panel, Path(panel.source).parent)
     try:
-        gating = gate_file(readable_file(args.file), panel, strategy).gating
+        gating = gate_file(args.file, panel, strategy).gating
     except FcsReadError as exc:
         raise FcsReadError(args.file, exc.reason) from None  # name the path as given
     if args.json:

@@ -33,7 +33,6 @@ from gating.records import SampleGating
 from gating.strategy import Strategy, StrategyError, ThresholdSpec
 
 MIN_LANDMARK_EVENTS = 200
-REFERENCE_FOLDER = "references"
 
 
 def landmark_peak(values: np.ndarray, peak: str, min_height: float = 0.1) -> float | None:
