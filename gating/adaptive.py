@@ -7,6 +7,7 @@ the sample, so a reviewer knows which gates were not data-driven.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import partial
 
@@ -87,8 +88,35 @@ def place_threshold_at_density_valley(
     return Placement(threshold, True, f"valley at {threshold:.3f}")
 
 
-def _fit_mixture(points: np.ndarray, max_components: int, seed: int) -> GaussianMixture:
+@dataclass(frozen=True)
+class Mixture:
+    """A fitted Gaussian mixture's parameters (components along the first axis)."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+
+    def swapped(self) -> Mixture:
+        """The same mixture with its two axes exchanged."""
+        order = [1, 0]
+        return Mixture(self.weights, self.means[:, order], self.covariances[:, order][:, :, order])
+
+
+# A marker pair defines two thresholds (CD24 and CD38 of transitional B): the second placement
+# reuses the first's fit, on the same events with the axes exchanged.
+_recent_fits: dict[tuple, Mixture] = {}
+
+
+def _fit_mixture(points: np.ndarray, max_components: int, seed: int) -> Mixture:
     """The Gaussian mixture (1..max_components, full covariances) with the lowest BIC."""
+    columns = [hashlib.sha1(np.ascontiguousarray(c).tobytes()).digest() for c in points.T]
+    key = (tuple(columns), max_components, seed)
+    if key in _recent_fits:
+        return _recent_fits[key]
+    if points.shape[1] == 2:
+        mirrored = ((columns[1], columns[0]), max_components, seed)
+        if mirrored in _recent_fits:
+            return _recent_fits[mirrored].swapped()
     best, best_bic = None, np.inf
     for k in range(1, max_components + 1):
         gmm = GaussianMixture(k, covariance_type="full", random_state=seed, reg_covar=1e-5)
@@ -96,7 +124,10 @@ def _fit_mixture(points: np.ndarray, max_components: int, seed: int) -> Gaussian
         bic = gmm.bic(points)
         if bic < best_bic:
             best, best_bic = gmm, bic
-    return best
+    fitted = Mixture(best.weights_, best.means_, best.covariances_)
+    _recent_fits.clear()  # only the last fit is worth keeping
+    _recent_fits[key] = fitted
+    return fitted
 
 
 def _balanced_boundary(
@@ -118,14 +149,12 @@ def _balanced_boundary(
     return float(brentq(excess, start, stop))
 
 
-def _balanced_corner(
-    gmm: GaussianMixture, population: int, rival: int, target: tuple[int, int]
-) -> float:
+def _balanced_corner(gmm: Mixture, population: int, rival: int, target: tuple[int, int]) -> float:
     """The first axis' limit of a corner gate (both limits at the same fraction of the way
     from the rival's mean to the population's) that lets in as many rival events as it
     leaves out population events, each component taken as independent along the axes."""
-    w, mu = gmm.weights_, gmm.means_
-    sd = np.sqrt(np.stack([np.diag(c) for c in gmm.covariances_]))
+    w, mu = gmm.weights, gmm.means
+    sd = np.sqrt(np.stack([np.diag(c) for c in gmm.covariances]))
 
     def limits(fraction: float) -> np.ndarray:
         return mu[rival] + fraction * (mu[population] - mu[rival])
@@ -184,8 +213,8 @@ def place_threshold_by_mixture(
     if points.shape[0] > max_fit_events:
         points = points[np.random.default_rng(seed).choice(points.shape[0], max_fit_events)]
     gmm = _fit_mixture(points, max_components, seed)
-    weights, means = gmm.weights_, gmm.means_
-    sds = np.sqrt(gmm.covariances_[:, 0, 0])
+    weights, means = gmm.weights, gmm.means
+    sds = np.sqrt(gmm.covariances[:, 0, 0])
     usable = [
         i
         for i in range(weights.size)
@@ -195,7 +224,7 @@ def place_threshold_by_mixture(
     if paired and len(usable) >= 2:
         direction = np.asarray(target, dtype=np.float64)
         population = max(usable, key=lambda i: float(means[i] @ direction))
-        shared = np.linalg.inv(gmm.covariances_[usable].mean(axis=0))
+        shared = np.linalg.inv(gmm.covariances[usable].mean(axis=0))
         rival = min(
             (i for i in usable if i != population),
             key=lambda i: float(
