@@ -73,10 +73,13 @@ def place_threshold_at_density_valley(
         for a, b in zip(turns, turns[1:], strict=False)
         if steps[a] < 0 < steps[b] and lo <= centres[(a + 1 + b) // 2] <= hi
     ]
+    # Events below each bin's lower edge, counted once (not one pass over the events per
+    # candidate): a bin's centre splits its own events about evenly.
+    below = np.count_nonzero(values < grid_lo) + np.concatenate([[0], np.cumsum(hist)])
     valid = []
     for k in candidates:
         left_peak, right_peak = density[: k + 1].max(), density[k:].max()
-        left_share = np.count_nonzero(values < centres[k]) / values.size
+        left_share = (below[k] + hist[k] / 2) / values.size
         if min(left_share, 1 - left_share) < min_side_share:
             continue
         if density[k] <= min_depth * min(left_peak, right_peak):

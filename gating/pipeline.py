@@ -135,9 +135,9 @@ def population_medians(
     """Median fluorescence of every marker of the tube in every reported population."""
     medians = []
     for population in populations:
-        rows = masks[population.population]
+        rows = np.flatnonzero(masks[population.population])  # once, not once per marker
         for marker, channel in resolved.marker_channels.items():
-            values = space.compensated[marker][rows]
+            values = space.compensated[marker].take(rows)
             median = float(np.median(values)) if values.size else float("nan")
             logicle = (
                 float(space.transforms[marker].exact(np.array([median]))[0])
