@@ -18,6 +18,7 @@ from scipy.stats import norm
 from sklearn.mixture import GaussianMixture
 
 DEEP_VALLEY = 0.05  # a valley at most this share of the lower peak: populations barely overlap
+SHALLOW_VALLEY = 0.5  # the most a valley may be and still count at all
 
 
 @dataclass(frozen=True)
@@ -30,26 +31,43 @@ class Placement:
     method: str = "valley"
 
 
-def place_threshold_at_density_valley(
+@dataclass(frozen=True)
+class DensityValleys:
+    """The local minima of a smoothed 1-D density inside some bounds, each with its depth
+    (its height over the lower of the peaks beside it); ``problem`` says why there are none."""
+
+    centres: np.ndarray
+    density: np.ndarray
+    depth: dict[int, float]  # bin -> depth, for minima with enough events on each side
+    bounds: tuple[float, float]
+    problem: str = ""
+
+    def place(self, default: float, max_depth: float) -> Placement:
+        """The lowest minimum at most ``max_depth`` deep, else ``default``."""
+        if self.problem:
+            return Placement(default, False, self.problem, "default")
+        valid = [k for k, depth in self.depth.items() if depth <= max_depth]
+        if not valid:
+            lo, hi = self.bounds
+            return Placement(default, False, f"no clear valley in [{lo:.2f}, {hi:.2f}]", "default")
+        threshold = float(self.centres[min(valid, key=lambda k: self.density[k])])
+        return Placement(threshold, True, f"valley at {threshold:.3f}")
+
+
+def density_valleys(
     values: np.ndarray,
     bounds: tuple[float, float],
-    default: float,
     *,
     bandwidth: float = 0.015,
-    min_depth: float = 0.5,
     min_side_share: float = 0.002,
-) -> Placement:
-    """Put a 1-D threshold at the lowest local minimum of the smoothed density inside
-    ``bounds``.
-
-    A valley counts only if each side holds at least ``min_side_share`` of the events and a
-    peak on each side rises above the valley by ``1 / min_depth`` (a valley at most half as
-    high as the lower of the two peaks, by default).
-    """
+) -> DensityValleys:
+    """The candidate valleys of ``values`` inside ``bounds``: local minima of the smoothed
+    density with at least ``min_side_share`` of the events on each side."""
     lo, hi = bounds
     values = values[np.isfinite(values)]
+    empty = np.empty(0)
     if values.size < 50:
-        return Placement(default, False, f"too few events ({values.size}) to place", "default")
+        return DensityValleys(empty, empty, {}, bounds, f"too few events ({values.size}) to place")
     # The density is needed over the bounds and the peaks beside them, not over outliers far
     # away (a ratio over a near-zero FSC-H can be huge): the grid reaches ``reach`` beyond.
     reach = max(hi - lo, 0.5)
@@ -59,9 +77,8 @@ def place_threshold_at_density_valley(
     hist, edges = np.histogram(values, bins=bins, range=(grid_lo, grid_hi))
     centres = (edges[:-1] + edges[1:]) / 2
     density = gaussian_filter1d(hist.astype(np.float64), sigma=bandwidth / (edges[1] - edges[0]))
-    inside = np.flatnonzero((centres >= lo) & (centres <= hi))
-    if inside.size == 0:
-        return Placement(default, False, "bounds outside the data", "default")
+    if not np.any((centres >= lo) & (centres <= hi)):
+        return DensityValleys(centres, density, {}, bounds, "bounds outside the data")
     # Candidates are the local minima inside the bounds (the middle of a flat stretch), so
     # wide bounds reaching into a population's tail do not hide a real valley elsewhere.
     # A minimum may be a flat stretch (no events between two clear populations): its middle.
@@ -76,19 +93,34 @@ def place_threshold_at_density_valley(
     # Events below each bin's lower edge, counted once (not one pass over the events per
     # candidate): a bin's centre splits its own events about evenly.
     below = np.count_nonzero(values < grid_lo) + np.concatenate([[0], np.cumsum(hist)])
-    valid = []
+    depth = {}
     for k in candidates:
-        left_peak, right_peak = density[: k + 1].max(), density[k:].max()
         left_share = (below[k] + hist[k] / 2) / values.size
         if min(left_share, 1 - left_share) < min_side_share:
             continue
-        if density[k] <= min_depth * min(left_peak, right_peak):
-            valid.append(k)
-    if not valid:
-        return Placement(default, False, f"no clear valley in [{lo:.2f}, {hi:.2f}]", "default")
-    k = min(valid, key=lambda i: density[i])
-    threshold = float(centres[k])
-    return Placement(threshold, True, f"valley at {threshold:.3f}")
+        lower_peak = min(density[: k + 1].max(), density[k:].max())
+        depth[k] = density[k] / lower_peak if lower_peak > 0 else 0.0
+    return DensityValleys(centres, density, depth, bounds)
+
+
+def place_threshold_at_density_valley(
+    values: np.ndarray,
+    bounds: tuple[float, float],
+    default: float,
+    *,
+    bandwidth: float = 0.015,
+    min_depth: float = SHALLOW_VALLEY,
+    min_side_share: float = 0.002,
+) -> Placement:
+    """Put a 1-D threshold at the lowest local minimum of the smoothed density inside
+    ``bounds``.
+
+    A valley counts only if each side holds at least ``min_side_share`` of the events and a
+    peak on each side rises above the valley by ``1 / min_depth`` (a valley at most half as
+    high as the lower of the two peaks, by default).
+    """
+    valleys = density_valleys(values, bounds, bandwidth=bandwidth, min_side_share=min_side_share)
+    return valleys.place(default, min_depth)
 
 
 @dataclass(frozen=True)
@@ -291,13 +323,14 @@ def place_threshold(
     # more (a shallow valley or none), a valley's position depends on the populations'
     # sizes, so the mixture's balanced boundary is preferred, and the shallow valley kept as
     # the fallback.
+    valleys = density_valleys(values, bounds)  # once, for the deep and the shallow look
     placers = (
-        partial(place_threshold_at_density_valley, min_depth=DEEP_VALLEY),
-        place_threshold_by_mixture,
-        place_threshold_at_density_valley,
+        partial(valleys.place, default, DEEP_VALLEY),
+        partial(place_threshold_by_mixture, values, bounds, default),
+        partial(valleys.place, default, SHALLOW_VALLEY),
     )
     for placer in placers:
-        place = placer(values, bounds, default)
+        place = placer()
         if place.from_data:
             return place
         tried.append(place.note)
