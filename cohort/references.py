@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cohort.study import Study
+from gating.apply import load_panel_strategy
 from gating.pipeline import gate_sample
 from gating.registration import (
     StudyReference,
@@ -24,13 +25,13 @@ def build_panel_reference(
 ) -> tuple[StudyReference, Path]:
     """Gate ``files`` (the panel's samples) with the strategy alone, pool their aligned
     values, place each registered threshold once, and write ``references/STRATEGY.yaml``."""
-    strategy = study.strategies[panel_token]
-    if not isinstance(strategy, Strategy) or not registered_thresholds(strategy):
+    # The strategy as written: any reference built before must not shape the new one.
+    base = load_panel_strategy(study.panels[panel_token], study.root)
+    if not isinstance(base, Strategy) or not registered_thresholds(base):
         raise StrategyError(
             f"panel {panel_token}: its strategy has no registered thresholds "
             "(a threshold with 'registration:'), so there is no reference to build"
         )
-    base = _without_reference(study, panel_token)
     collected = []
     for path in files:
         data = read_events(path)
@@ -39,10 +40,3 @@ def build_panel_reference(
         collected.append((path.stem, sample_landmarks(base, gating)))
     reference = build_reference(base, collected, software=software)
     return reference, write_reference(study.reference_path(base.name), reference)
-
-
-def _without_reference(study: Study, panel_token: str) -> Strategy:
-    """The panel's strategy as written, without any reference built before."""
-    from gating.apply import load_panel_strategy
-
-    return load_panel_strategy(study.panels[panel_token], study.root)

@@ -21,7 +21,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -222,15 +222,7 @@ def load_reference(path: Path, strategy: Strategy) -> StudyReference | None:
     identity = json.dumps(
         {n: t.offset for n, t in sorted(thresholds.items())}, sort_keys=True
     ).encode()
-    return StudyReference(
-        reference.strategy,
-        reference.strategy_sha256,
-        thresholds,
-        reference.sample_ids,
-        reference.built_at,
-        reference.software,
-        hashlib.sha256(identity).hexdigest(),
-    )
+    return replace(reference, sha256=hashlib.sha256(identity).hexdigest())
 
 
 def with_reference(strategy: Strategy, reference: StudyReference | None) -> Strategy:
