@@ -93,13 +93,103 @@ def _read(folder: Path, name: str) -> pd.DataFrame:
     return frame
 
 
-def load_clinical(folder: str | Path, visit_labels: list[str] | None = None) -> ClinicalData:
-    """Load and cross-check patients, visits, relapses and medications."""
+# What each clinical file feeds: when one is broken, only these are left out of a pass.
+FEEDS = {
+    "patients.csv": "the patient groups, hence every statistic and clinical figure",
+    "visits.csv": "cells/µL (populations.csv and their tests)",
+    "relapses.csv": "relapse rates and relapse-free survival (Kaplan-Meier, Cox)",
+    "medications.csv": "prednisone doses and drug use",
+}
+
+
+@dataclass(frozen=True)
+class ClinicalLoad:
+    """The clinical files as far as they are usable.
+
+    ``broken`` maps each unusable file to its error. ``data`` holds the usable files, a broken
+    file's table left empty; it is None when patients.csv is broken (nothing is grouped).
+    ``lymphocyte_counts`` is visits.csv checked on its own, so cells/µL survive a broken
+    patients.csv; None when visits.csv itself is broken."""
+
+    data: ClinicalData | None
+    broken: dict[str, str]
+    lymphocyte_counts: pd.DataFrame | None
+
+
+def load_clinical_parts(folder: str | Path, visit_labels: list[str] | None = None) -> ClinicalLoad:
+    """Load and cross-check each clinical file on its own, keeping the usable ones."""
     folder = Path(folder)
-    patients = _read(folder, "patients.csv")
-    visits = _read(folder, "visits.csv")
-    relapses = _read(folder, "relapses.csv")
-    medications = _read(folder, "medications.csv")
+    broken: dict[str, str] = {}
+
+    def attempt(name: str, load: Callable[[], pd.DataFrame]) -> pd.DataFrame | None:
+        try:
+            return load()
+        except ClinicalDataError as exc:
+            broken[name] = str(exc)
+            return None
+
+    patients = attempt(
+        "patients.csv", lambda: _check_patients(folder, _read(folder, "patients.csv"))
+    )
+    counts = attempt(
+        "visits.csv", lambda: _check_visits(folder, _read(folder, "visits.csv"), visit_labels)
+    )
+    if patients is None:
+        return ClinicalLoad(None, broken, counts)
+
+    def linked(name: str, column: str) -> pd.DataFrame:
+        frame = _read(folder, name)
+        _check_known_patients(folder, patients, name, frame)
+        _check_within_life(folder, patients, name, frame, column)
+        return frame
+
+    visits = None
+    if counts is not None:
+        # Checked against patients.csv too; cells/µL keep the counts either way.
+        visits = attempt("visits.csv", lambda: _linked_visits(folder, patients, counts))
+    relapses = attempt("relapses.csv", lambda: linked("relapses.csv", "relapse_date"))
+    medications = attempt(
+        "medications.csv",
+        lambda: _check_medications(
+            folder / "medications.csv", linked("medications.csv", "start_date")
+        ),
+    )
+
+    def usable(frame: pd.DataFrame | None, name: str) -> pd.DataFrame:
+        if frame is not None:
+            return frame
+        empty = pd.DataFrame({c: pd.Series(dtype=str) for c in REQUIRED[name]})
+        for column in DATE_COLUMNS[name]:
+            empty[column] = pd.Series(dtype="datetime64[ns]")
+        return empty
+
+    data = ClinicalData(
+        patients,
+        usable(visits, "visits.csv"),
+        usable(relapses, "relapses.csv"),
+        usable(medications, "medications.csv"),
+    )
+    return ClinicalLoad(data, broken, None if "visits.csv" in broken else counts)
+
+
+def load_clinical(folder: str | Path, visit_labels: list[str] | None = None) -> ClinicalData:
+    """Load and cross-check patients, visits, relapses and medications; the first broken
+    file's error is raised."""
+    loaded = load_clinical_parts(folder, visit_labels)
+    for name in REQUIRED:
+        if name in loaded.broken:
+            raise ClinicalDataError(loaded.broken[name])
+    assert loaded.data is not None
+    return loaded.data
+
+
+def _linked_visits(folder: Path, patients: pd.DataFrame, visits: pd.DataFrame) -> pd.DataFrame:
+    _check_known_patients(folder, patients, "visits.csv", visits)
+    _check_within_life(folder, patients, "visits.csv", visits, "visit_date")
+    return visits
+
+
+def _check_patients(folder: Path, patients: pd.DataFrame) -> pd.DataFrame:
     p_path = folder / "patients.csv"
     _refuse_first(
         patients.patient_id.duplicated(),
@@ -123,35 +213,18 @@ def load_clinical(folder: str | Path, visit_labels: list[str] | None = None) -> 
             column,
             lambda _, earlier=earlier: f"before {earlier}",
         )
-    known = set(patients.patient_id)
-    for name, frame in (
-        ("visits.csv", visits),
-        ("relapses.csv", relapses),
-        ("medications.csv", medications),
-    ):
-        _refuse_first(
-            ~frame.patient_id.isin(known),
-            folder / name,
-            "patient_id",
-            lambda row, ids=frame.patient_id: (
-                f"unknown patient {ids.iloc[row]!r} (not in patients.csv)"
-            ),
-        )
-    visits = _check_visits(folder, visits, visit_labels)
-    _check_within_life(folder, patients, "visits.csv", visits, "visit_date")
-    _check_within_life(folder, patients, "relapses.csv", relapses, "relapse_date")
-    _check_within_life(folder, patients, "medications.csv", medications, "start_date")
-    medications = _check_medications(folder / "medications.csv", medications)
-    return ClinicalData(patients, visits, relapses, medications)
+    return patients
 
 
-def load_lymphocyte_counts(
-    folder: str | Path, visit_labels: list[str] | None = None
-) -> pd.DataFrame:
-    """visits.csv alone, checked on its own: what cells/uL need. Used when another clinical
-    file is broken, so an error that cannot affect cell counts does not blank them."""
-    folder = Path(folder)
-    return _check_visits(folder, _read(folder, "visits.csv"), visit_labels)
+def _check_known_patients(
+    folder: Path, patients: pd.DataFrame, name: str, frame: pd.DataFrame
+) -> None:
+    _refuse_first(
+        ~frame.patient_id.isin(set(patients.patient_id)),
+        folder / name,
+        "patient_id",
+        lambda row: f"unknown patient {frame.patient_id.iloc[row]!r} (not in patients.csv)",
+    )
 
 
 def _check_visits(

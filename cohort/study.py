@@ -6,15 +6,17 @@ import datetime as dt
 import fcntl
 import os
 import re
+import signal
 import socket
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from panels.config_files import load_yaml_model
 from panels.errors import ImmunomonError
@@ -46,6 +48,9 @@ class StudyConfig(BaseModel):
     schedule: str = "0 2 * * *"
     timezone: str = "UTC"
     qc_reports: Literal["all", "flagged", "none"] = "all"  # per-sample QC PDFs to write
+    # A pass on this host that shows no progress (no sample committed, no stage finished) for
+    # this long is taken for hung: the next pass stops it and takes the study over.
+    stale_lock_minutes: float = Field(default=240.0, gt=0)
 
     @field_validator("filename_pattern")
     @classmethod
@@ -102,6 +107,23 @@ class SampleName:
         return f"{self.patient_id}_{self.visit}_{self.panel_token}"
 
 
+@dataclass(frozen=True)
+class StudyLease:
+    """The held study lock. ``renew`` records progress, so a waiting pass does not take this
+    one for hung."""
+
+    path: Path
+
+    def renew(self) -> None:
+        os.utime(self.path)
+
+
+def _lock_holder(text: str) -> tuple[int | None, str]:
+    """pid and host from the lock file's 'at T by pid P on HOST'."""
+    match = re.search(r"by pid (\d+) on (\S+)", text)
+    return (int(match[1]), match[2]) if match else (None, "")
+
+
 class Study:
     """A study folder on disk. Creates its output folders; never writes to inbox/."""
 
@@ -124,35 +146,59 @@ class Study:
     @contextmanager
     def exclusive(
         self, wait: bool = True, waiting: Callable[[str], None] | None = None
-    ) -> Iterator[None]:
+    ) -> Iterator[StudyLease]:
         """Hold the study's lock: one processing pass at a time (watcher, nightly, manual),
         so no file is claimed twice. Released on exit or when the holder dies (flock: the
         kernel frees it, so a killed pass never leaves the study locked).
 
-        The lock file says who holds it (pid, host, start). When it is held: with ``wait``,
-        ``waiting`` is told who holds it and the call blocks; without, StudyError."""
-        with open(self.root / ".immunomon.lock", "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        The lock file says who holds it (pid, host, start) and its modification time is the
+        holder's last progress (``StudyLease.renew``). A holder on this host silent for more
+        than ``stale_lock_minutes`` is hung: it is stopped (SIGTERM, then SIGKILL after 10 s)
+        and the lock taken over. Otherwise, with ``wait``, ``waiting`` is told who holds the
+        lock and the call blocks until it is free; without, StudyError."""
+        path = self.root / ".immunomon.lock"
+        stale_after = self.config.stale_lock_minutes * 60.0
+        with open(path, "a+") as fh:
+            told = stopping_since = None
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    pass
                 fh.seek(0)
-                holder = fh.read().strip() or "an unknown process"
-                message = f"{self.root}: waiting for the pass started {holder}"
-                if not wait:
+                holder = fh.read().strip() or "by an unknown process"
+                silent = time.time() - os.fstat(fh.fileno()).st_mtime
+                pid, host = _lock_holder(holder)
+                if silent > stale_after and host == socket.gethostname() and pid:
+                    if stopping_since is None:
+                        stopping_since = time.monotonic()
+                        if waiting:
+                            waiting(
+                                f"{self.root}: the pass started {holder} has shown no progress "
+                                f"for {silent / 60:.1f} min (stale_lock_minutes: "
+                                f"{self.config.stale_lock_minutes:g}); stopping it"
+                            )
+                    hard = time.monotonic() - stopping_since > 10.0
+                    with suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
+                elif not wait:
                     raise StudyError(
                         f"{self.root}: another pass holds the study (started {holder}); "
                         "try again when it ends, or leave out --no-wait to wait for it"
-                    ) from None
-                if waiting:
-                    waiting(message)
-                fcntl.flock(fh, fcntl.LOCK_EX)
+                    )
+                elif told != holder:
+                    told = holder
+                    if waiting:
+                        waiting(f"{self.root}: waiting for the pass started {holder}")
+                time.sleep(0.5)
             try:
                 fh.seek(0)
                 fh.truncate()
                 started = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
                 fh.write(f"at {started} by pid {os.getpid()} on {socket.gethostname()}\n")
                 fh.flush()
-                yield
+                yield StudyLease(path)
             finally:
                 fh.seek(0)
                 fh.truncate()

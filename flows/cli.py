@@ -160,7 +160,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from cohort.store import Store
     from cohort.study import Study
-    from flows.nightly import update_outputs, write_qc_report_from_store
+    from reports.outputs import update_outputs, write_qc_report_from_store
 
     study = Study(args.study)
     store = Store(study.db_path)
@@ -218,7 +218,7 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
     from cohort.references import build_panel_reference
     from cohort.store import Store
     from cohort.study import Study, StudyError
-    from flows.nightly import software_version
+    from reports.outputs import software_version
 
     study = Study(args.study)
     if args.panel not in study.config.panels:

@@ -5,42 +5,26 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
-import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from cohort.clinical import (
-    ClinicalData,
-    ClinicalDataError,
-    load_clinical,
-    load_lymphocyte_counts,
-    patient_windows,
-)
-from cohort.exports import mfi_table, populations_table, samples_table, write_csv
 from cohort.intake import plan_intake
 from cohort.store import Store
-from cohort.study import Study, StudyError
+from cohort.study import Study, StudyError, StudyLease
 from flows.tasks import process_sample_task
-from flows.worker_pool import WorkerPool, local_workers, open_worker_pool, sample_worker_pool
-from gating.pipeline import PIPELINE_VERSION, replay_gates
-from gating.space import GatingSpace
-from reports.cohort_report import ReportContext, write_cohort_report
-from reports.qc_report import write_sample_qc_report
-from stats.clinical import clinical_statistics, kaplan_meier_curves
-from stats.immuno import wilcoxon_vs_baseline
-from stats.tests import STATISTICS_COLUMNS
+from flows.worker_pool import local_workers, open_worker_pool, sample_worker_pool
+from gating.pipeline import PIPELINE_VERSION
+from reports.outputs import update_outputs, write_report, write_results
 
 
 @dataclass(frozen=True)
@@ -56,215 +40,11 @@ class RunSummary:
     still_quarantined: int = 0  # quarantined by an earlier pass, same content and reason
 
 
-def software_version() -> str:
-    """immunomon's version and, when run from a git checkout, the commit."""
-    try:
-        version = metadata.version("immunomon")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = "no git"
-    return f"immunomon {version} (commit {commit}, pipeline v{PIPELINE_VERSION})"
-
-
-@dataclass
-class CohortResults:
-    """What the cohort report is drawn from (every table is also a results/*.csv)."""
-
-    clinical: ClinicalData
-    populations: pd.DataFrame
-    statistics: pd.DataFrame
-    groups: dict[str, str]
-    windows: pd.DataFrame
-
-
-def update_outputs(study: Study, store: Store, pool: WorkerPool | None = None) -> str:
-    """Write results/*.csv, statistics and the cohort report from the store; with a worker
-    ``pool`` the report's pages are drawn on its processes.
-
-    Returns an error message when the clinical data stop the cohort step (the store and
-    samples.csv are still written), else ''.
-    """
-    results, error = write_results(study, store)
-    if results is not None:
-        write_report(study, store, results, pool)
-    return error
-
-
-def write_results(study: Study, store: Store) -> tuple[CohortResults | None, str]:
-    """results/samples.csv, populations.csv, mfi.csv, and with usable clinical data
-    clinical_windows.csv and statistics.csv. Returns the tables, or None and the clinical
-    error that stopped the cohort step."""
-    study.ensure_output_folders()
-    samples = samples_table(store)
-    write_csv(samples, study.results_dir / "samples.csv")
-    visits = list(study.config.visits)
-    counts = None
-    try:
-        clinical: ClinicalData | None = load_clinical(study.clinical_dir, visits)
-        error = ""
-    except ClinicalDataError as exc:
-        clinical, error = None, str(exc)
-        try:  # an error elsewhere (a missing column of patients.csv) leaves cells/uL intact
-            counts = load_lymphocyte_counts(study.clinical_dir, visits)
-        except ClinicalDataError:
-            counts = None
-    populations = populations_table(store, study, clinical, counts)
-    write_csv(populations, study.results_dir / "populations.csv")
-    write_csv(mfi_table(store), study.results_dir / "mfi.csv")
-    if clinical is None:
-        return None, error
-    populations = populations[populations.missing_markers == ""]  # measured rows only
-    groups = clinical.group_of()
-    windows = patient_windows(clinical)
-    write_csv(windows, study.results_dir / "clinical_windows.csv")
-    parts = [
-        wilcoxon_vs_baseline(populations, groups, study.config.baseline, visits),
-        clinical_statistics(windows),
-    ]
-    statistics = pd.concat([part for part in parts if not part.empty] or parts, ignore_index=True)[
-        STATISTICS_COLUMNS
-    ]
-    write_csv(statistics, study.results_dir / "statistics.csv")
-    return CohortResults(clinical, populations, statistics, groups, windows), ""
-
-
-def write_report(
-    study: Study, store: Store, results: CohortResults, pool: WorkerPool | None = None
-) -> Path:
-    """The cohort report PDF; with a worker ``pool`` its pages are drawn on its processes."""
-    path = study.reports_dir / "cohort_report.pdf"
-    write_cohort_report(
-        path,
-        report_context(study, store, results.clinical, results.populations),
-        store.files_frame(),
-        results.populations,
-        results.statistics,
-        results.groups,
-        results.windows,
-        kaplan_meier_curves(results.windows),
-        executor=pool.executor if pool else None,
-        parts=pool.workers if pool else 1,
-    )
-    return path
-
-
 # The flow's stages as Prefect tasks, so the UI shows each with its duration and state. They
 # take the study's objects (not hashable): no caching.
 intake_task = task(name="intake", cache_policy=NO_CACHE)(plan_intake)
 results_task = task(name="results and statistics", cache_policy=NO_CACHE)(write_results)
 report_task = task(name="cohort report", cache_policy=NO_CACHE)(write_report)
-
-
-def write_qc_report_from_store(study: Study, store: Store, sample_id: str) -> Path:
-    """Regenerate one sample's QC PDF from its recorded gates (no gate is placed anew)."""
-    from panels.fcs import read_events
-    from panels.resolve import resolve_panel
-
-    sample = store.current_sample(sample_id)
-    if sample is None:
-        raise LookupError(f"no processed sample {sample_id!r} in {study.db_path}")
-    key = sample["sample_key"]
-    gates = store.applied_gates(key)
-    if not gates:
-        source = study.strategies[sample["panel"]].source
-        raise LookupError(f"{sample_id} was gated with the FlowJo workspace {source}: no QC pages")
-    data = read_events(study.inbox / sample["file_name"])
-    resolved = resolve_panel(study.panels[sample["panel"]], data.header)
-    space = GatingSpace.of_sample(data, resolved)
-    masks = replay_gates(data, resolved, gates, space)
-    pops = store.current_populations()
-    pops = pops[pops.sample_key == key]
-    qc = store.qc_steps(key).rename(columns={"step": "name"})
-    return write_sample_qc_report(
-        study.qc_reports_dir / f"{sample_id}.pdf",
-        sample_id=sample_id,
-        file_name=sample["file_name"],
-        sha256=sample["sha256"],
-        gates=gates,
-        masks=masks,
-        dims=space,
-        data_channel=data.channel,
-        qc_steps=qc[["name", "events_in", "removed", "detail"]].to_dict("records"),
-        populations=pops[["population", "parent", "count", "parent_count"]].to_dict("records"),
-        flags=[f for f in (sample["qc_flags"] or "").split(";") if f],
-        software=f"result {key}, regenerated from the store",
-    )
-
-
-def report_context(
-    study: Study, store: Store, clinical: ClinicalData, populations: pd.DataFrame
-) -> ReportContext:
-    files = store.files_frame()
-    stamps = pd.concat([files.first_seen.dropna(), files.processed_at.dropna()])
-    clinical_dates = [
-        clinical.visits.visit_date.max(),
-        clinical.relapses.relapse_date.max(),
-        clinical.patients.last_follow_up_date.max(),
-    ]
-    known = set(clinical.patients.patient_id)
-    unknown = sorted(set(populations.patient_id) - known)
-    cfg = study.config
-    return ReportContext(
-        study=cfg.study,
-        visits=list(cfg.visits),
-        baseline=cfg.baseline,
-        panels={t: p.title for t, p in study.panels.items()},
-        strategy_hashes={t: s.sha256 for t, s in study.strategies.items()},
-        software=software_version(),
-        data_as_of=stamps.max() if not stamps.empty else "no data",
-        clinical_cut=str(max(d for d in clinical_dates if pd.notna(d)).date()),
-        unknown_patients=unknown,
-        methods=methods_text(study),
-    )
-
-
-def methods_text(study: Study) -> list[str]:
-    cfg = study.config
-    lines = [
-        "Processing of each FCS file (one Prefect task per file):",
-        "  - events read from the DATA segment as the TEXT keywords declare; compensation with",
-        "    the file's own $SPILLOVER/$SPILL matrix; logicle transform (T = channel $PnR, W, M,",
-        "    A from the panel) for markers, scatter scaled to its range;",
-        "  - QC: saturated (margin) events, time bins whose flow rate or mean signal jumps",
-        "    (robust z-score), doublets (FSC-A/FSC-H ratio at the density valley), debris",
-        "    (FSC-A at the density valley);",
-        "  - gates placed per sample within the bounds of the panel's strategy: thresholds at",
-        "    density valleys, lymphocytes by a Gaussian mixture on FSC-A/SSC-A; where the data",
-        "    show no valley the strategy's default is used and the sample is flagged.",
-        "",
-        "Measures: % of parent; % of lymphocytes; cells/µL = % of lymphocytes x the visit's",
-        f"lymphocyte count from clinical/visits.csv ({cfg.absolute_counts}).",
-        "",
-        f"Statistics: each visit against baseline ({cfg.baseline}) with a two-sided paired",
-        "Wilcoxon signed-rank test (scipy.stats.wilcoxon defaults: zero differences dropped,",
-        "no continuity correction; exact distribution for n <= 50 without ties, else normal",
-        "approximation), on patients with both samples. Benjamini-Hochberg adjustment over all",
-        "tests of one group and one measure. Groups: all patients, children, adults.",
-        "Samples of patients missing from patients.csv are excluded from statistics.",
-        "",
-        "Clinical windows: the 365 days before the first infusion and the 365 days after,",
-        "the latter censored at last_follow_up_date (a shortened window is named in the",
-        "method of each row). Relapse counts and cumulative prednisone (summed day by day",
-        "from the dose intervals) are compared per 365 days of observation, so missing",
-        "months are never counted as relapse-free or steroid-free. Drugs are counted on the",
-        "infusion day and at +365 days (patients not followed that long are left out).",
-        "Relapse-free survival: Kaplan-Meier per window; Cox proportional hazards",
-        "(lifelines, Efron ties, Wald test) with the window as covariate, unmatched and",
-        "stratified by patient. Drug use: Fisher's exact test per drug, two-sided.",
-    ]
-    for token, strategy in study.strategies.items():
-        lines.append(f"Strategy {token}: {strategy.source} (sha256 {strategy.sha256[:12]}).")
-    return lines
 
 
 def _run_name() -> str:
@@ -294,8 +74,8 @@ def nightly_flow(
     state's data."""
     study = Study(study_root)
     logger = get_run_logger()
-    with study.exclusive(wait, waiting=logger.warning):
-        summary = _one_pass(study, workers, frozenset(hold or ()), dask_address)
+    with study.exclusive(wait, waiting=logger.warning) as lease:
+        summary = _one_pass(study, lease, workers, frozenset(hold or ()), dask_address)
     problems = []
     if summary.failed:
         problems.append(
@@ -332,7 +112,7 @@ def per_sample_runner(workers: int, dask_address: str | None) -> Iterator:
 
 
 def _one_pass(
-    study: Study, workers: int, hold: frozenset[str], dask_address: str | None
+    study: Study, lease: StudyLease, workers: int, hold: frozenset[str], dask_address: str | None
 ) -> RunSummary:
     logger = get_run_logger()
     study.ensure_output_folders()
@@ -341,6 +121,7 @@ def _one_pass(
     store.start_run(run_id)
     current = {t: (s.sha256, PIPELINE_VERSION) for t, s in study.strategies.items()}
     plan = intake_task(study, store, current, hold)
+    lease.renew()
     logger.info(
         "%d files in inbox: %d to process, %d unchanged, %d newly quarantined, "
         "%d quarantined before",
@@ -352,13 +133,17 @@ def _one_pass(
     )
     for decision in plan.quarantined:
         logger.warning("%s quarantined: %s", decision.path.name, decision.reason)
-    progress = RunProgress(len(plan.ready))
+    progress = RunProgress(len(plan.ready), lease)
     with per_sample_runner(workers if len(plan.ready) > 1 else 1, dask_address) as submit:
         outcomes = _process_ready(plan.ready, study, store, run_id, logger, submit, progress)
         results, error = results_task(study, store)
+        lease.renew()
         if results is not None:
             # The local pool, if one is open, draws the report's pages too.
-            report_task(study, store, results, open_worker_pool())
+            pool = open_worker_pool()
+            report_task(
+                study, store, results, pool.executor if pool else None, pool.workers if pool else 1
+            )
     if error:
         logger.error("cohort step stopped: %s", error)
     failed_files = tuple(o["file"] for o in outcomes if o["status"] == "failed")
@@ -400,10 +185,10 @@ class RunProgress:
     """The pass's progress: a Prefect progress artifact the UI shows while it runs, and a line
     per file (done of total, rate, time left) for the terminal."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, lease: StudyLease):
         from prefect.artifacts import create_progress_artifact
 
-        self.total, self.done, self.started = total, 0, time.monotonic()
+        self.total, self.done, self.started, self.lease = total, 0, time.monotonic(), lease
         self.artifact_id = create_progress_artifact(
             progress=0.0 if total else 100.0,
             description=f"samples processed of {total} to process in this pass",
@@ -413,6 +198,7 @@ class RunProgress:
         from prefect.artifacts import update_progress_artifact
 
         self.done += 1
+        self.lease.renew()  # a committed sample is progress: this pass is not hung
         update_progress_artifact(self.artifact_id, progress=100.0 * self.done / self.total)
         rate = self.done / max(time.monotonic() - self.started, 1e-9)
         left = (self.total - self.done) / rate
@@ -500,6 +286,7 @@ def _process_ready(
             outcomes.append(
                 {"file": decision.path.name, "status": "failed", "reason": reason, "flags": ""}
             )
+            progress.step(decision.path.name, "failed")
             continue
         if decision.replaces:
             logger.warning(

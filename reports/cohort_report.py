@@ -51,6 +51,9 @@ class ReportContext:
     clinical_cut: str
     unknown_patients: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
+    # Clinical files that could not be used (file -> error) and what that leaves out.
+    broken_inputs: dict[str, str] = field(default_factory=dict)
+    left_out: list[str] = field(default_factory=list)
 
 
 def _text_pages(
@@ -133,9 +136,11 @@ def _report_sections(
         (0.3, partial(_completeness_page, ctx=context, samples=samples)),
     ]
     if windows is not None and curves is not None:
-        sections.append(
-            (0.7, partial(_clinical_pages, windows=windows, curves=curves, statistics=statistics))
-        )
+        if not context.broken_inputs:  # the figures need every clinical file
+            sections.append(
+                (0.7, partial(_clinical_figures, windows=windows, curves=curves, stats=statistics))
+            )
+        sections.append((0.02, partial(_clinical_table, statistics=statistics)))
     wilcox = statistics[statistics.analysis == "wilcoxon_vs_baseline"]
     data = populations[populations.patient_id.isin(groups)].copy()
     data["group"] = data.patient_id.map(groups)
@@ -225,6 +230,11 @@ def _title_page(pdf: PdfPages, ctx: ReportContext, samples: pd.DataFrame) -> Non
         f"Visits: {', '.join(ctx.visits)} (baseline {ctx.baseline})",
         "Panels: " + ", ".join(f"{k} = {v}" for k, v in ctx.panels.items()),
     ]
+    if ctx.broken_inputs:
+        lines += ["", "WARNING: clinical input could not be used. Fix it; the next pass redraws:"]
+        for error in ctx.broken_inputs.values():
+            lines += _wrap([f"  {error}"], 100)
+        lines += _wrap([f"  {line}" for line in ctx.left_out], 100)
     if ctx.unknown_patients:
         lines += [
             "",
@@ -316,7 +326,8 @@ def _stat(statistics: pd.DataFrame, analysis: str, group: str, measure: str | No
     return sel.iloc[0] if len(sel) else None
 
 
-def _clinical_pages(pdf, windows: pd.DataFrame, curves: dict, statistics: pd.DataFrame) -> None:
+def _clinical_figures(pdf, windows: pd.DataFrame, curves: dict, stats: pd.DataFrame) -> None:
+    statistics = stats
     fig, axes = plt.subplots(1, 3, figsize=A4_LANDSCAPE)
     fig.subplots_adjust(left=0.06, right=0.98, top=0.8, bottom=0.12, wspace=0.3)
     fig.suptitle(
@@ -399,6 +410,8 @@ def _clinical_pages(pdf, windows: pd.DataFrame, curves: dict, statistics: pd.Dat
     pdf.savefig(fig)
     plt.close(fig)
 
+
+def _clinical_table(pdf, statistics: pd.DataFrame) -> None:
     rows = statistics[statistics.analysis != "wilcoxon_vs_baseline"]
     header = (
         f"{'analysis':28} {'group':6} {'measure':28} {'n':>3} {'statistic':>10} "

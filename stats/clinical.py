@@ -16,6 +16,8 @@ from scipy import stats
 from stats.immuno import GROUPS
 from stats.tests import STATISTICS_COLUMNS, paired_wilcoxon
 
+COX_ANALYSES = ("relapse_free_cox_unmatched", "relapse_free_cox_stratified")
+
 
 def _groups(windows: pd.DataFrame):
     for group in GROUPS:
@@ -46,8 +48,11 @@ def _row(analysis, group, measure, **values) -> dict:
     return row
 
 
-def paired_before_after(windows: pd.DataFrame) -> pd.DataFrame:
-    """Relapse rate, number of drugs and prednisone dose, before vs after, paired Wilcoxon."""
+def paired_before_after(
+    windows: pd.DataFrame, leave_out: frozenset[str] = frozenset()
+) -> pd.DataFrame:
+    """Relapse rate, number of drugs and prednisone dose, before vs after, paired Wilcoxon
+    (analyses named in ``leave_out`` skipped)."""
     specs = [
         (
             "relapses_before_after",
@@ -73,6 +78,8 @@ def paired_before_after(windows: pd.DataFrame) -> pd.DataFrame:
     ]
     rows = []
     for analysis, measure, before, after, what in specs:
+        if analysis in leave_out:
+            continue
         for group, block in _groups(windows):
             res = paired_wilcoxon(block[before].to_numpy(float), block[after].to_numpy(float))
             rows.append(
@@ -138,8 +145,8 @@ def relapse_free_cox(windows: pd.DataFrame) -> pd.DataFrame:
     for group, block in _groups(windows):
         data = stacked_windows(block)
         for analysis, strata in (
-            ("relapse_free_cox_unmatched", None),
-            ("relapse_free_cox_stratified", ["patient_id"]),
+            (COX_ANALYSES[0], None),
+            (COX_ANALYSES[1], ["patient_id"]),
         ):
             base = (
                 "Cox proportional hazards (lifelines CoxPHFitter, Efron ties), time to first "
@@ -225,9 +232,14 @@ def kaplan_meier_curves(windows: pd.DataFrame) -> dict[tuple[str, str], KaplanMe
     return curves
 
 
-def clinical_statistics(windows: pd.DataFrame) -> pd.DataFrame:
-    """All clinical analyses of the trial's report, as statistics rows."""
-    return pd.concat(
-        [paired_before_after(windows), relapse_free_cox(windows), drug_use_fisher(windows)],
-        ignore_index=True,
-    )
+def clinical_statistics(
+    windows: pd.DataFrame, leave_out: frozenset[str] = frozenset()
+) -> pd.DataFrame:
+    """All clinical analyses of the trial's report, as statistics rows; the analyses named in
+    ``leave_out`` (their input is unusable) are not run."""
+    parts = [paired_before_after(windows, leave_out)]
+    if not leave_out.issuperset(COX_ANALYSES):
+        parts.append(relapse_free_cox(windows))
+    if "drug_use_fisher" not in leave_out:
+        parts.append(drug_use_fisher(windows))
+    return pd.concat(parts, ignore_index=True)

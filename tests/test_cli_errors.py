@@ -150,3 +150,48 @@ def test_only_io_errors_that_can_pass_are_retried(error, retried):
             raise error
 
     assert is_transient(None, None, FailedState()) is retried
+
+
+HOLDER = """
+import sys, time
+from cohort.study import Study
+with Study(sys.argv[1]).exclusive() as lease:
+    print("held", flush=True)
+    for _ in range(int(sys.argv[2])):
+        time.sleep(0.5)
+        if sys.argv[3] == "renew":
+            lease.renew()
+"""
+
+
+def _holder(root: Path, ticks: int, renew: bool) -> subprocess.Popen:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(root), str(ticks), "renew" if renew else "silent"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_hung_pass_is_stopped_and_its_lock_taken_over(tmp_path):
+    """A holder that shows no progress for longer than stale_lock_minutes is stopped and the
+    waiting pass gets the study; one that keeps renewing is waited for, not stopped."""
+    from cohort.study import Study
+
+    root = _study(tmp_path / "hung", {**GOOD, "stale_lock_minutes": 0.05})  # 3 s
+    silent = _holder(root, 600, renew=False)  # would hold for 5 min
+    told: list[str] = []
+    started = time.monotonic()
+    with Study(root).exclusive(waiting=told.append):
+        took = time.monotonic() - started
+    assert silent.wait(timeout=10) == -15  # SIGTERM
+    assert 2.5 < took < 10, took
+    assert any("has shown no progress" in m and "stopping it" in m for m in told), told
+
+    alive = _holder(root, 12, renew=True)  # 6 s of progress, then done
+    told.clear()
+    with Study(root).exclusive(waiting=told.append):
+        assert alive.wait(timeout=1) == 0  # it finished on its own
+    assert told and all("waiting for the pass started" in m for m in told), told

@@ -484,3 +484,36 @@ def test_watcher_does_not_wait_for_a_file_a_pass_already_quarantined(tmp_path, p
     table = pd.read_csv(root / "results" / "samples.csv").set_index("file")
     assert table.loc["P01_BL_TREG.fcs", "status"] == "processed"
     assert table.loc["P01_M1_BCELL.fcs", "status"] == "quarantined"
+
+
+def test_the_cli_sends_info_logs_to_the_prefect_api(tmp_path, prefect_harness):
+    """`immunomon run` without any logging setting: each processed file is an INFO line in
+    the flow run's logs on the server (what the lab reads in the UI), not only warnings."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter
+    from prefect.client.schemas.filters import LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL
+
+    root = _small_study(tmp_path / "chatty", keep=("P02",), visits=("BL",))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_LOGGING")}
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--study", str(root), "--workers", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parents[1],
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_="chatty-"))
+        )
+        assert len(runs) == 1
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[runs[0].id]))
+        )
+    info = [log.message for log in logs if log.level == 20]
+    assert any("files in inbox: 2 to process" in m for m in info), info
+    assert sum(m.startswith("processed ") for m in info) == 2, info

@@ -111,7 +111,7 @@ def test_report_drawn_on_the_workers_equals_one_drawn_in_one_process(demo_run):
 
     from cohort.store import Store
     from cohort.study import Study
-    from flows.nightly import update_outputs
+    from reports.outputs import update_outputs
 
     root, _, _ = demo_run
     path = root / "reports" / "cohort_report.pdf"
@@ -198,7 +198,7 @@ def test_cli_process_one_file(demo_run, capsys):
 def test_clinical_error_stops_cohort_step_but_keeps_samples(demo_run, tmp_path):
     from cohort.store import Store
     from cohort.study import Study
-    from flows.nightly import update_outputs
+    from reports.outputs import update_outputs
 
     root, _, _ = demo_run
     copy = tmp_path / "study"
@@ -332,7 +332,7 @@ def test_a_clinical_error_that_cannot_affect_cell_counts_does_not_blank_them(dem
     visits.csv: populations.csv keeps them, equal to the full run's."""
     from cohort.store import Store
     from cohort.study import Study
-    from flows.nightly import update_outputs
+    from reports.outputs import update_outputs
 
     root, _, _ = demo_run
     copy = tmp_path / "study"
@@ -348,3 +348,47 @@ def test_a_clinical_error_that_cannot_affect_cell_counts_does_not_blank_them(dem
     full = pd.read_csv(root / "results" / "populations.csv")
     assert got.cells_per_ul.notna().sum() > 1000
     pd.testing.assert_series_equal(got.cells_per_ul, full.cells_per_ul)
+
+
+def test_a_broken_relapses_file_leaves_out_only_what_it_feeds(demo_run, tmp_path):
+    """A relapse dated before birth: the relapse analyses and Kaplan-Meier are left out, the
+    rest (immunology, drugs, prednisone, cells/uL) is computed as before, and the report's
+    first page names the broken file and what is missing."""
+    from cohort.store import Store
+    from cohort.study import Study
+    from reports.outputs import update_outputs
+
+    root, _, _ = demo_run
+    copy = tmp_path / "study"
+    shutil.copytree(root, copy)
+    relapses = pd.read_csv(copy / "clinical" / "relapses.csv")
+    relapses.loc[2, "relapse_date"] = "1900-01-01"
+    relapses.to_csv(copy / "clinical" / "relapses.csv", index=False)
+    (copy / "reports" / "cohort_report.pdf").unlink()
+    study = Study(copy)
+    store = Store(study.db_path)
+    error = update_outputs(study, store)
+    store.close()
+    assert "relapses.csv, line 4, column relapse_date" in error
+    assert "before the patient's birth_date" in error
+
+    got = pd.read_csv(copy / "results" / "statistics.csv")
+    full = pd.read_csv(root / "results" / "statistics.csv")
+    relapse_rows = full.analysis.str.startswith(("relapses_before_after", "relapse_free_cox"))
+    assert relapse_rows.sum() == 3 + 6
+    assert not got.analysis.str.startswith(("relapses_before_after", "relapse_free_cox")).any()
+    pd.testing.assert_frame_equal(
+        got.reset_index(drop=True), full[~relapse_rows].reset_index(drop=True)
+    )
+    windows = pd.read_csv(copy / "results" / "clinical_windows.csv")
+    assert windows.relapses_after.isna().all() and windows.time_to_relapse_after.isna().all()
+    assert windows.prednisone_mg_before.notna().all()
+
+    text = subprocess.run(
+        ["pdftotext", "-l", "1", str(copy / "reports" / "cohort_report.pdf"), "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "clinical input could not be used" in text
+    assert "relapses.csv is broken, so this report leaves out relapse rates" in text

@@ -1,0 +1,259 @@
+"""The cohort's outputs from the study store: results/*.csv, the statistics and the cohort
+report, with the provenance and methods text the report prints.
+
+Plain functions (no Prefect): the nightly flow and ``immunomon report`` call them."""
+
+from __future__ import annotations
+
+import subprocess
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from cohort.clinical import FEEDS, ClinicalData, load_clinical_parts, patient_windows
+from cohort.exports import mfi_table, populations_table, samples_table, write_csv
+from cohort.store import Store
+from cohort.study import Study
+from gating.pipeline import PIPELINE_VERSION, replay_gates
+from gating.space import GatingSpace
+from reports.cohort_report import ReportContext, write_cohort_report
+from reports.qc_report import write_sample_qc_report
+from stats.clinical import COX_ANALYSES, clinical_statistics, kaplan_meier_curves
+from stats.immuno import wilcoxon_vs_baseline
+from stats.tests import STATISTICS_COLUMNS
+
+
+def software_version() -> str:
+    """immunomon's version and, when run from a git checkout, the commit."""
+    try:
+        version = metadata.version("immunomon")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "no git"
+    return f"immunomon {version} (commit {commit}, pipeline v{PIPELINE_VERSION})"
+
+
+@dataclass
+class CohortResults:
+    """What the cohort report is drawn from (every table is also a results/*.csv).
+
+    ``broken_inputs`` maps each unusable clinical file to its error; what it feeds is left
+    out of ``statistics``, ``windows`` and the report, whose first page says so."""
+
+    clinical: ClinicalData
+    populations: pd.DataFrame
+    statistics: pd.DataFrame
+    groups: dict[str, str]
+    windows: pd.DataFrame
+    broken_inputs: dict[str, str] = field(default_factory=dict)
+
+
+# The clinical analyses (statistics.csv ``analysis``) and window columns each file feeds.
+ANALYSES_FED_BY = {
+    "relapses.csv": {"relapses_before_after", *COX_ANALYSES},
+    "medications.csv": {"drugs_baseline_12m", "prednisone_before_after", "drug_use_fisher"},
+}
+WINDOW_COLUMNS_FED_BY = {
+    "relapses.csv": ("relapse", "time_to_relapse"),
+    "medications.csv": ("drugs", "n_drugs", "prednisone"),
+}
+
+
+def update_outputs(
+    study: Study, store: Store, executor: Executor | None = None, parts: int = 1
+) -> str:
+    """Write results/*.csv, statistics and the cohort report from the store; with a process
+    ``executor`` the report's pages are drawn in ``parts`` runs on it.
+
+    Returns the clinical error(s) that stopped all or part of the cohort step, else ''."""
+    results, error = write_results(study, store)
+    if results is not None:
+        write_report(study, store, results, executor, parts)
+    return error
+
+
+def write_results(study: Study, store: Store) -> tuple[CohortResults | None, str]:
+    """results/samples.csv, populations.csv, mfi.csv, and, while patients.csv is usable,
+    clinical_windows.csv and statistics.csv.
+
+    A broken clinical file blanks only what it feeds (``cohort.clinical.FEEDS``); the tables
+    are returned with the errors, or None (nothing grouped: statistics.csv and the report are
+    left as the last pass wrote them) when patients.csv itself is broken."""
+    study.ensure_output_folders()
+    samples = samples_table(store)
+    write_csv(samples, study.results_dir / "samples.csv")
+    visits = list(study.config.visits)
+    loaded = load_clinical_parts(study.clinical_dir, visits)
+    error = "; ".join(loaded.broken.values())
+    clinical = loaded.data
+    populations = populations_table(store, study, clinical, loaded.lymphocyte_counts)
+    write_csv(populations, study.results_dir / "populations.csv")
+    write_csv(mfi_table(store), study.results_dir / "mfi.csv")
+    if clinical is None:
+        return None, error
+    populations = populations[populations.missing_markers == ""]  # measured rows only
+    groups = clinical.group_of()
+    windows = patient_windows(clinical)
+    left_out = frozenset().union(*(ANALYSES_FED_BY.get(name, ()) for name in loaded.broken))
+    parts = [
+        wilcoxon_vs_baseline(populations, groups, study.config.baseline, visits),
+        clinical_statistics(windows, left_out),
+    ]
+    statistics = pd.concat([part for part in parts if not part.empty] or parts, ignore_index=True)[
+        STATISTICS_COLUMNS
+    ]
+    if "visits.csv" in loaded.broken:
+        statistics = statistics[statistics.measure != "cells_per_ul"].reset_index(drop=True)
+    for name, prefixes in WINDOW_COLUMNS_FED_BY.items():
+        if name in loaded.broken:  # a broken file's columns blank, not zero
+            windows[[c for c in windows.columns if c.startswith(prefixes)]] = None
+    write_csv(windows, study.results_dir / "clinical_windows.csv")
+    write_csv(statistics, study.results_dir / "statistics.csv")
+    results = CohortResults(clinical, populations, statistics, groups, windows, loaded.broken)
+    return results, error
+
+
+def write_report(
+    study: Study,
+    store: Store,
+    results: CohortResults,
+    executor: Executor | None = None,
+    parts: int = 1,
+) -> Path:
+    """The cohort report PDF; with a process ``executor`` its pages are drawn in ``parts``
+    runs on it."""
+    path = study.reports_dir / "cohort_report.pdf"
+    relapses_usable = "relapses.csv" not in results.broken_inputs
+    write_cohort_report(
+        path,
+        report_context(study, store, results),
+        store.files_frame(),
+        results.populations,
+        results.statistics,
+        results.groups,
+        results.windows,
+        kaplan_meier_curves(results.windows) if relapses_usable else {},
+        executor=executor,
+        parts=parts,
+    )
+    return path
+
+
+def report_context(study: Study, store: Store, results: CohortResults) -> ReportContext:
+    """What the report says about its own provenance and inputs."""
+    clinical, populations = results.clinical, results.populations
+    files = store.files_frame()
+    stamps = pd.concat([files.first_seen.dropna(), files.processed_at.dropna()])
+    clinical_dates = [
+        clinical.visits.visit_date.max(),
+        clinical.relapses.relapse_date.max(),
+        clinical.patients.last_follow_up_date.max(),
+    ]
+    known = set(clinical.patients.patient_id)
+    unknown = sorted(set(populations.patient_id) - known)
+    cfg = study.config
+    return ReportContext(
+        study=cfg.study,
+        visits=list(cfg.visits),
+        baseline=cfg.baseline,
+        panels={t: p.title for t, p in study.panels.items()},
+        strategy_hashes={t: s.sha256 for t, s in study.strategies.items()},
+        software=software_version(),
+        data_as_of=stamps.max() if not stamps.empty else "no data",
+        clinical_cut=str(max(d for d in clinical_dates if pd.notna(d)).date()),
+        unknown_patients=unknown,
+        methods=methods_text(study),
+        broken_inputs=results.broken_inputs,
+        left_out=[
+            f"{name} is broken, so this report leaves out {FEEDS[name]}"
+            for name in results.broken_inputs
+        ],
+    )
+
+
+def methods_text(study: Study) -> list[str]:
+    cfg = study.config
+    lines = [
+        "Processing of each FCS file (one Prefect task per file):",
+        "  - events read from the DATA segment as the TEXT keywords declare; compensation with",
+        "    the file's own $SPILLOVER/$SPILL matrix; logicle transform (T = channel $PnR, W, M,",
+        "    A from the panel) for markers, scatter scaled to its range;",
+        "  - QC: saturated (margin) events, time bins whose flow rate or mean signal jumps",
+        "    (robust z-score), doublets (FSC-A/FSC-H ratio at the density valley), debris",
+        "    (FSC-A at the density valley);",
+        "  - gates placed per sample within the bounds of the panel's strategy: thresholds at",
+        "    density valleys, lymphocytes by a Gaussian mixture on FSC-A/SSC-A; where the data",
+        "    show no valley the strategy's default is used and the sample is flagged.",
+        "",
+        "Measures: % of parent; % of lymphocytes; cells/µL = % of lymphocytes x the visit's",
+        f"lymphocyte count from clinical/visits.csv ({cfg.absolute_counts}).",
+        "",
+        f"Statistics: each visit against baseline ({cfg.baseline}) with a two-sided paired",
+        "Wilcoxon signed-rank test (scipy.stats.wilcoxon defaults: zero differences dropped,",
+        "no continuity correction; exact distribution for n <= 50 without ties, else normal",
+        "approximation), on patients with both samples. Benjamini-Hochberg adjustment over all",
+        "tests of one group and one measure. Groups: all patients, children, adults.",
+        "Samples of patients missing from patients.csv are excluded from statistics.",
+        "",
+        "Clinical windows: the 365 days before the first infusion and the 365 days after,",
+        "the latter censored at last_follow_up_date (a shortened window is named in the",
+        "method of each row). Relapse counts and cumulative prednisone (summed day by day",
+        "from the dose intervals) are compared per 365 days of observation, so missing",
+        "months are never counted as relapse-free or steroid-free. Drugs are counted on the",
+        "infusion day and at +365 days (patients not followed that long are left out).",
+        "Relapse-free survival: Kaplan-Meier per window; Cox proportional hazards",
+        "(lifelines, Efron ties, Wald test) with the window as covariate, unmatched and",
+        "stratified by patient. Drug use: Fisher's exact test per drug, two-sided.",
+    ]
+    for token, strategy in study.strategies.items():
+        lines.append(f"Strategy {token}: {strategy.source} (sha256 {strategy.sha256[:12]}).")
+    return lines
+
+
+def write_qc_report_from_store(study: Study, store: Store, sample_id: str) -> Path:
+    """Regenerate one sample's QC PDF from its recorded gates (no gate is placed anew)."""
+    from panels.fcs import read_events
+    from panels.resolve import resolve_panel
+
+    sample = store.current_sample(sample_id)
+    if sample is None:
+        raise LookupError(f"no processed sample {sample_id!r} in {study.db_path}")
+    key = sample["sample_key"]
+    gates = store.applied_gates(key)
+    if not gates:
+        source = study.strategies[sample["panel"]].source
+        raise LookupError(f"{sample_id} was gated with the FlowJo workspace {source}: no QC pages")
+    data = read_events(study.inbox / sample["file_name"])
+    resolved = resolve_panel(study.panels[sample["panel"]], data.header)
+    space = GatingSpace.of_sample(data, resolved)
+    masks = replay_gates(data, resolved, gates, space)
+    pops = store.current_populations()
+    pops = pops[pops.sample_key == key]
+    qc = store.qc_steps(key).rename(columns={"step": "name"})
+    return write_sample_qc_report(
+        study.qc_reports_dir / f"{sample_id}.pdf",
+        sample_id=sample_id,
+        file_name=sample["file_name"],
+        sha256=sample["sha256"],
+        gates=gates,
+        masks=masks,
+        dims=space,
+        data_channel=data.channel,
+        qc_steps=qc[["name", "events_in", "removed", "detail"]].to_dict("records"),
+        populations=pops[["population", "parent", "count", "parent_count"]].to_dict("records"),
+        flags=[f for f in (sample["qc_flags"] or "").split(";") if f],
+        software=f"result {key}, regenerated from the store",
+    )
