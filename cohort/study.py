@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from panels.config_files import load_yaml_model
 from panels.errors import ImmunomonError
 from panels.resolve import Panel, load_panel
+from stats.plan import AnalysisPlan
 
 if TYPE_CHECKING:
     from gating.apply import AnyStrategy
@@ -51,6 +52,7 @@ class StudyConfig(BaseModel):
     # A pass on this host that shows no progress (no sample committed, no stage finished) for
     # this long is taken for hung: the next pass stops it and takes the study over.
     stale_lock_minutes: float = Field(default=240.0, gt=0)
+    analysis: AnalysisPlan = Field(default_factory=AnalysisPlan)  # groups, endpoints, tests
 
     @field_validator("filename_pattern")
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,6 @@ from gating.records import NEEDS_REVIEW, REVIEW_FLAGS
 from reports.figures import (
     A4_LANDSCAPE,
     A4_PORTRAIT,
-    GROUP_LABEL,
     OKABE_ITO,
     boxplot_by_visit,
     completeness_matrix,
@@ -53,6 +52,14 @@ class ReportContext:
     methods: list[str] = field(default_factory=list)
     # Clinical files that could not be used (file -> error) and what that leaves out.
     broken_inputs: dict[str, str] = field(default_factory=dict)
+    # The analysis plan's groups in its order: name -> title, and name -> patients.csv groups.
+    groups: dict[str, str] = field(default_factory=dict)
+    group_patients: dict[str, list[str]] = field(default_factory=dict)
+
+    def members(self, frame: pd.DataFrame, group: str) -> pd.DataFrame:
+        """The rows of ``frame`` (with a patients.csv ``group`` column) in a plan group."""
+        return frame[frame.group.isin(self.group_patients[group])]
+
     left_out: list[str] = field(default_factory=list)
 
 
@@ -62,10 +69,15 @@ def _text_pages(
     lines: list[str],
     *,
     size: float = 7.0,
-    per_page: int = 70,
     landscape: bool = False,
 ) -> None:
-    """Monospaced text over as many pages as needed, title repeated."""
+    """Monospaced text over as many pages as needed, title repeated; lines wrapped and pages
+    filled to what the page holds at this size, so no text runs off it."""
+    width_in, height_in = A4_LANDSCAPE if landscape else A4_PORTRAIT
+    char_in, line_in = _monospace_metrics(size)
+    chars = int(width_in * 0.88 / char_in)
+    per_page = int(height_in * 0.86 / line_in)
+    lines = _wrap(lines, chars)
     pages = [lines[i : i + per_page] for i in range(0, max(len(lines), 1), per_page)] or [[]]
     for k, chunk in enumerate(pages, start=1):
         fig = plt.figure(figsize=A4_LANDSCAPE if landscape else A4_PORTRAIT)
@@ -74,6 +86,19 @@ def _text_pages(
         fig.text(0.06, 0.93, "\n".join(chunk), family="monospace", fontsize=size, va="top")
         pdf.savefig(fig)
         plt.close(fig)
+
+
+@cache
+def _monospace_metrics(size: float) -> tuple[float, float]:
+    """Width of a character and height of a line of monospaced text at ``size`` points, in
+    inches, as matplotlib lays them out (measured: small sizes round up)."""
+    fig = plt.figure(figsize=A4_PORTRAIT)
+    sample = ("Xg|[(µ" * 9)[:50]  # tall and deep glyphs: lines are as high as their tallest
+    probe = fig.text(0, 0.5, "\n".join([sample] * 20), family="monospace", fontsize=size)
+    fig.canvas.draw()
+    extent = probe.get_window_extent()
+    plt.close(fig)
+    return extent.width / 50 / fig.dpi, extent.height / 20 / fig.dpi
 
 
 def _fmt_p(p: float) -> str:
@@ -138,7 +163,16 @@ def _report_sections(
     if windows is not None and curves is not None:
         if not context.broken_inputs:  # the figures need every clinical file
             sections.append(
-                (0.7, partial(_clinical_figures, windows=windows, curves=curves, stats=statistics))
+                (
+                    0.7,
+                    partial(
+                        _clinical_figures,
+                        ctx=context,
+                        windows=windows,
+                        curves=curves,
+                        statistics=statistics,
+                    ),
+                )
             )
         sections.append((0.02, partial(_clinical_table, statistics=statistics)))
     wilcox = statistics[statistics.analysis == "wilcoxon_vs_baseline"]
@@ -326,24 +360,35 @@ def _stat(statistics: pd.DataFrame, analysis: str, group: str, measure: str | No
     return sel.iloc[0] if len(sel) else None
 
 
-def _clinical_figures(pdf, windows: pd.DataFrame, curves: dict, stats: pd.DataFrame) -> None:
-    statistics = stats
-    fig, axes = plt.subplots(1, 3, figsize=A4_LANDSCAPE)
+def _cox_text(statistics: pd.DataFrame, group: str) -> str:
+    """The stratified Cox hazard ratio with its three p-values, for a Kaplan-Meier title."""
+    rows = statistics[
+        (statistics.analysis == "relapse_free_cox_stratified") & (statistics.group == group)
+    ].set_index("test")
+    if "cox_wald" not in rows.index or not np.isfinite(rows.at["cox_wald", "effect"]):
+        return "stratified Cox: not estimable"
+    wald = rows.loc["cox_wald"]
+    p = {t: _fmt_p(rows.at[t, "p_value"]) if t in rows.index else "NA" for t in rows.index}
+    return (
+        f"stratified Cox HR {wald.effect:.3g} [{wald.ci_low:.3g}-{wald.ci_high:.3g}]\n"
+        f"p: Wald {p.get('cox_wald')}, LR {p.get('cox_likelihood_ratio', 'NA')}, "
+        f"exact {p.get('cox_exact_conditional', 'NA')}"
+    )
+
+
+def _clinical_figures(
+    pdf, ctx: ReportContext, windows: pd.DataFrame, curves: dict, statistics: pd.DataFrame
+) -> None:
+    fig, axes = plt.subplots(1, len(ctx.groups), figsize=A4_LANDSCAPE, squeeze=False)
+    axes = axes[0]
     fig.subplots_adjust(left=0.06, right=0.98, top=0.8, bottom=0.12, wspace=0.3)
     fig.suptitle(
         "Clinical outcomes: relapse-free survival, 12 months before vs after infusion",
         fontsize=12,
         weight="bold",
     )
-    for ax, group in zip(axes, ("all", "child", "adult"), strict=True):
-        cox = _stat(statistics, "relapse_free_cox_stratified", group)
-        text = (
-            "stratified Cox: not estimable"
-            if cox is None or not np.isfinite(cox.effect)
-            else f"stratified Cox HR {cox.effect:.3g} [{cox.ci_low:.3g}-{cox.ci_high:.3g}], "
-            f"p={_fmt_p(cox.p_value)}"
-        )
-        kaplan_meier_panel(ax, curves, group, text)
+    for ax, group in zip(axes, ctx.groups, strict=True):
+        kaplan_meier_panel(ax, curves, group, ctx.groups[group], _cox_text(statistics, group))
     short = windows[windows.after_days < windows.before_days]
     note = "; ".join(
         f"{r.patient_id} followed {r.after_days} days after infusion" for r in short.itertuples()
@@ -357,7 +402,7 @@ def _clinical_figures(pdf, windows: pd.DataFrame, curves: dict, stats: pd.DataFr
     pdf.savefig(fig)
     plt.close(fig)
 
-    fig, axes = plt.subplots(3, 4, figsize=A4_LANDSCAPE)
+    fig, axes = plt.subplots(len(ctx.groups), 4, figsize=A4_LANDSCAPE, squeeze=False)
     fig.subplots_adjust(left=0.06, right=0.98, top=0.9, bottom=0.06, hspace=0.55, wspace=0.4)
     fig.suptitle(
         "Clinical outcomes per patient: before vs after infusion (paired Wilcoxon), "
@@ -375,8 +420,8 @@ def _clinical_figures(pdf, windows: pd.DataFrame, curves: dict, stats: pd.DataFr
             "prednisone (mg/year)",
         ),
     ]
-    for row, group in enumerate(("all", "child", "adult")):
-        block = windows if group == "all" else windows[windows.group == group]
+    for row, group in enumerate(ctx.groups):
+        block = ctx.members(windows, group)
         for col, (analysis, before, after, label) in enumerate(specs):
             st = _stat(statistics, analysis, group)
             p = _fmt_p(st.p_value) if st is not None else "NA"
@@ -385,7 +430,7 @@ def _clinical_figures(pdf, windows: pd.DataFrame, curves: dict, stats: pd.DataFr
                 block[before].to_numpy(float),
                 block[after].to_numpy(float),
                 label,
-                f"{GROUP_LABEL[group]}: {label}\nWilcoxon p={p}",
+                f"{ctx.groups[group]}: {label}\nWilcoxon p={p}",
             )
         followed = block[block.drugs_12m.notna()]
         fisher = statistics[
@@ -405,7 +450,7 @@ def _clinical_figures(pdf, windows: pd.DataFrame, curves: dict, stats: pd.DataFr
             share_bl,
             share_12,
             dict(zip(fisher.measure, fisher.p_value, strict=True)),
-            f"{GROUP_LABEL[group]}: drugs (n={len(followed)})",
+            f"{ctx.groups[group]}: drugs (n={len(followed)})",
         )
     pdf.savefig(fig)
     plt.close(fig)
@@ -414,22 +459,27 @@ def _clinical_figures(pdf, windows: pd.DataFrame, curves: dict, stats: pd.DataFr
 def _clinical_table(pdf, statistics: pd.DataFrame) -> None:
     rows = statistics[statistics.analysis != "wilcoxon_vs_baseline"]
     header = (
-        f"{'analysis':28} {'group':6} {'measure':28} {'n':>3} {'statistic':>10} "
+        f"{'analysis':28} {'group':6} {'measure':28} {'test':24} {'n':>3} {'statistic':>10} "
         f"{'effect':>10} {'95% CI':>19} {'p':>9}"
     )
     lines = [header, "-" * len(header)]
     for r in rows.itertuples():
         ci = f"{r.ci_low:.3g}-{r.ci_high:.3g}" if np.isfinite(r.ci_low) else ""
         lines.append(
-            f"{r.analysis:28} {r.group:6} {r.measure:28} {r.n:>3.0f} "
+            f"{r.analysis:28} {r.group:6} {r.measure:28} {r.test:24} {r.n:>3.0f} "
             f"{r.statistic:>10.4g} {r.effect:>10.4g} {ci:>19} {_fmt_p(r.p_value):>9}"
         )
-    lines += ["", "Methods of each row (as run):"]
-    for r in rows.drop_duplicates("analysis").itertuples():
-        lines.append(f"- {r.analysis}: {r.method}")
-    _text_pages(
-        pdf, "Clinical outcome statistics", _wrap(lines, 150), size=6.3, per_page=75, landscape=True
-    )
+    lines += [
+        "",
+        "Clinical p-values are not adjusted. Kaplan-Meier medians (effect, days; inf = not "
+        "reached) are in results/statistics.csv, the curves' steps in results/km_curves.csv.",
+        "",
+        "Method of each row, as run (rows of one analysis and test differ only in counts; each "
+        "row's own text is its method column in statistics.csv):",
+    ]
+    for r in rows.drop_duplicates(["analysis", "test"]).itertuples():
+        lines.append(f"- {r.analysis} / {r.test}: {r.method}")
+    _text_pages(pdf, "Clinical outcome statistics", lines, size=6.3, landscape=True)
 
 
 def _wrap(lines: list[str], width: int) -> list[str]:
@@ -447,13 +497,14 @@ def _wrap(lines: list[str], width: int) -> list[str]:
 def _population_page(pdf, ctx: ReportContext, block: pd.DataFrame, tests: pd.DataFrame) -> None:
     """One population: % of parent and cells/µL per visit, all patients and by age group."""
     panel, population, parent = block.panel.iloc[0], block.population.iloc[0], block.parent.iloc[0]
-    fig, axes = plt.subplots(2, 3, figsize=A4_LANDSCAPE, sharey="row")
-    fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.08, hspace=0.35)
+    # Each panel its own y-axis: a shared one let the last group drawn cut off the others.
+    fig, axes = plt.subplots(2, len(ctx.groups), figsize=A4_LANDSCAPE, squeeze=False)
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.13, hspace=0.45)
     fig.suptitle(f"{panel}: {population}  (parent: {parent})", fontsize=12, weight="bold")
     for row, measure in enumerate(("pct_parent", "cells_per_ul")):
-        for col, group in enumerate(("all", "child", "adult")):
+        for col, group in enumerate(ctx.groups):
             ax = axes[row, col]
-            values = block if group == "all" else block[block.group == group]
+            values = ctx.members(block, group)
             own = tests[(tests.group == group) & (tests.measure == measure)]
             boxplot_by_visit(
                 ax,
@@ -462,13 +513,13 @@ def _population_page(pdf, ctx: ReportContext, block: pd.DataFrame, tests: pd.Dat
                 measure,
                 dict(zip(own.visit, own.p_value, strict=True)),
                 MEASURE_LABEL[measure],
-                OKABE_ITO[col],
+                OKABE_ITO[col % len(OKABE_ITO)],
             )
-            ax.set_title(f"{GROUP_LABEL[group]}: {MEASURE_LABEL[measure]}")
+            ax.set_title(f"{ctx.groups[group]}: {MEASURE_LABEL[measure]}")
             ax.set_xlabel("visit (months after first infusion)")
     fig.text(
         0.07,
-        0.015,
+        0.01,
         "Boxes: median and quartiles; whiskers: range; grey lines: "
         "patients. * p<0.05, ** p<0.01, paired Wilcoxon signed-rank vs baseline "
         "(unadjusted; adjusted p in the table).",
@@ -486,27 +537,35 @@ def _wilcoxon_tables(pdf, ctx: ReportContext, data: pd.DataFrame, wilcox: pd.Dat
     )
     lines = [header, "-" * len(header)]
     for r in wilcox.itertuples():
-        sel = data if r.group == "all" else data[data.group == r.group]
+        sel = ctx.members(data, r.group)
         sel = sel[(sel.panel == r.panel) & (sel.population == r.population)]
+        # Medians over the pairs the test used: patients with both visits measured.
+        wide = sel.pivot_table(
+            index="patient_id", columns="visit", values=r.measure, aggfunc="first"
+        )
+        pairs = wide[[ctx.baseline, r.visit]].dropna()
 
-        def summary(visit: str, measure: str = r.measure, sel: pd.DataFrame = sel) -> str:
-            v = sel.loc[sel.visit == visit, measure].dropna()
-            if v.empty:
+        def summary(values: pd.Series) -> str:
+            if values.empty:
                 return "NA"
-            q1, q2, q3 = np.percentile(v, [25, 50, 75])
+            q1, q2, q3 = np.percentile(values, [25, 50, 75])
             return f"{q2:.3g} [{q1:.3g}-{q3:.3g}]"
 
         lines.append(
             f"{r.group:6} {r.panel:6} {r.population:18} {r.measure:15} {r.visit:5} {r.n:>3} "
-            f"{summary(ctx.baseline):>24} {summary(r.visit):>24} {r.effect:>11.4g} "
-            f"{_fmt_p(r.p_value):>9} {_fmt_p(r.p_adjusted):>9}"
+            f"{summary(pairs[ctx.baseline]):>24} {summary(pairs[r.visit]):>24} "
+            f"{r.effect:>11.4g} {_fmt_p(r.p_value):>9} {_fmt_p(r.p_adjusted):>9}"
         )
+    lines += [
+        "",
+        "Medians [IQR] over the n patients with both visits (the test's pairs). p (BH): "
+        "Benjamini-Hochberg within the row's family (statistics.csv family column).",
+    ]
     _text_pages(
         pdf,
         "Paired Wilcoxon signed-rank tests against baseline",
         lines,
         size=6.2,
-        per_page=62,
         landscape=True,
     )
 
@@ -528,5 +587,4 @@ def _appendix(pdf: PdfPages, samples: pd.DataFrame) -> None:
         "Appendix: input files (name, status, sha256) and quarantine reasons",
         lines,
         size=6.5,
-        per_page=80,
     )

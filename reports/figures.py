@@ -15,8 +15,6 @@ import pandas as pd  # noqa: E402
 
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
-GROUP_LABEL = {"all": "All patients", "child": "Children", "adult": "Adults"}
-
 plt.rcParams.update(
     {
         # The PDF standard fonts (Helvetica, Courier): text stays text (searchable,
@@ -136,7 +134,7 @@ def completeness_matrix(ax, status: pd.DataFrame, visits: list[str], panels: lis
     )
 
 
-def kaplan_meier_panel(ax, curves: dict, group: str, hr_text: str) -> None:
+def kaplan_meier_panel(ax, curves: dict, group: str, title: str, hr_text: str) -> None:
     """Relapse-free survival before vs after infusion for one group (lifelines fitters)."""
     for colour, label in zip(OKABE_ITO[:2], ("before", "after"), strict=True):
         fitter = curves.get((group, label))
@@ -153,7 +151,7 @@ def kaplan_meier_panel(ax, curves: dict, group: str, hr_text: str) -> None:
     ax.set_xlim(0, 366)
     ax.set_xlabel("days since window start")
     ax.set_ylabel("relapse-free (proportion)")
-    ax.set_title(f"{GROUP_LABEL[group]}\n{hr_text}")
+    ax.set_title(f"{title}\n{hr_text}")
     ax.legend(loc="lower left", frameon=False)  # labels come from the fitters
 
 

@@ -5,6 +5,7 @@ Plain functions (no Prefect): the nightly flow and ``immunomon report`` call the
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -16,12 +17,17 @@ import pandas as pd
 from cohort.clinical import FEEDS, ClinicalData, load_clinical_parts, patient_windows
 from cohort.exports import mfi_table, populations_table, samples_table, write_csv
 from cohort.store import Store
-from cohort.study import Study
+from cohort.study import REFERENCE_FOLDER, Study
 from gating.pipeline import PIPELINE_VERSION, replay_gates
 from gating.space import GatingSpace
 from reports.cohort_report import ReportContext, write_cohort_report
 from reports.qc_report import write_sample_qc_report
-from stats.clinical import COX_ANALYSES, clinical_statistics, kaplan_meier_curves
+from stats.clinical import (
+    COX_ANALYSES,
+    clinical_statistics,
+    kaplan_meier_curves,
+    kaplan_meier_table,
+)
 from stats.immuno import wilcoxon_vs_baseline
 from stats.tests import STATISTICS_COLUMNS
 
@@ -58,13 +64,19 @@ class CohortResults:
     statistics: pd.DataFrame
     groups: dict[str, str]
     windows: pd.DataFrame
+    curves: dict  # Kaplan-Meier fitters by (group, window); empty when relapses are unusable
     broken_inputs: dict[str, str] = field(default_factory=dict)
 
 
 # The clinical analyses (statistics.csv ``analysis``) and window columns each file feeds.
 ANALYSES_FED_BY = {
     "relapses.csv": {"relapses_before_after", *COX_ANALYSES},
-    "medications.csv": {"drugs_baseline_12m", "prednisone_before_after", "drug_use_fisher"},
+    "medications.csv": {
+        "drugs_baseline_12m",
+        "prednisone_before_after",
+        "drug_use_fisher",
+        "drug_use_mcnemar",
+    },
 }
 WINDOW_COLUMNS_FED_BY = {
     "relapses.csv": ("relapse", "time_to_relapse"),
@@ -108,9 +120,10 @@ def write_results(study: Study, store: Store) -> tuple[CohortResults | None, str
     groups = clinical.group_of()
     windows = patient_windows(clinical)
     left_out = frozenset().union(*(ANALYSES_FED_BY.get(name, ()) for name in loaded.broken))
+    plan = study.config.analysis
     parts = [
-        wilcoxon_vs_baseline(populations, groups, study.config.baseline, visits),
-        clinical_statistics(windows, left_out),
+        wilcoxon_vs_baseline(populations, groups, study.config.baseline, visits, plan),
+        clinical_statistics(windows, plan, left_out),
     ]
     statistics = pd.concat([part for part in parts if not part.empty] or parts, ignore_index=True)[
         STATISTICS_COLUMNS
@@ -121,8 +134,12 @@ def write_results(study: Study, store: Store) -> tuple[CohortResults | None, str
         if name in loaded.broken:  # a broken file's columns blank, not zero
             windows[[c for c in windows.columns if c.startswith(prefixes)]] = None
     write_csv(windows, study.results_dir / "clinical_windows.csv")
+    curves = {} if "relapses.csv" in loaded.broken else kaplan_meier_curves(windows, plan)
+    write_csv(kaplan_meier_table(curves), study.results_dir / "km_curves.csv")
     write_csv(statistics, study.results_dir / "statistics.csv")
-    results = CohortResults(clinical, populations, statistics, groups, windows, loaded.broken)
+    results = CohortResults(
+        clinical, populations, statistics, groups, windows, curves, loaded.broken
+    )
     return results, error
 
 
@@ -136,7 +153,6 @@ def write_report(
     """The cohort report PDF; with a process ``executor`` its pages are drawn in ``parts``
     runs on it."""
     path = study.reports_dir / "cohort_report.pdf"
-    relapses_usable = "relapses.csv" not in results.broken_inputs
     write_cohort_report(
         path,
         report_context(study, store, results),
@@ -145,7 +161,7 @@ def write_report(
         results.statistics,
         results.groups,
         results.windows,
-        kaplan_meier_curves(results.windows) if relapses_usable else {},
+        results.curves,
         executor=executor,
         parts=parts,
     )
@@ -177,11 +193,45 @@ def report_context(study: Study, store: Store, results: CohortResults) -> Report
         unknown_patients=unknown,
         methods=methods_text(study),
         broken_inputs=results.broken_inputs,
+        groups=cfg.analysis.group_titles,
+        group_patients={g.name: g.patients for g in cfg.analysis.groups},
         left_out=[
             f"{name} is broken, so this report leaves out {FEEDS[name]}"
             for name in results.broken_inputs
         ],
     )
+
+
+LIBRARIES = ("numpy", "scipy", "pandas", "lifelines", "matplotlib", "flowkit", "prefect")
+
+
+def library_versions() -> dict[str, str]:
+    """The installed versions of the libraries the numbers depend on."""
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def input_hashes(study: Study) -> dict[str, str]:
+    """sha256 of every input the outputs depend on but the FCS files (those are in
+    samples.csv): study.yaml, the clinical CSVs, panel and strategy files, study references."""
+    paths = [study.root / "study.yaml", *sorted(study.clinical_dir.glob("*.csv"))]
+    for token, panel in study.panels.items():
+        strategy = study.strategies[token]
+        paths += [Path(panel.source), Path(strategy.source)]
+    paths += sorted((study.root / REFERENCE_FOLDER).glob("*.yaml"))
+    hashes = {}
+    for path in paths:
+        if path.is_file():
+            label = (
+                str(path.relative_to(study.root)) if path.is_relative_to(study.root) else str(path)
+            )
+            hashes[label] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes
 
 
 def methods_text(study: Study) -> list[str]:
@@ -194,19 +244,20 @@ def methods_text(study: Study) -> list[str]:
         "  - QC: saturated (margin) events, time bins whose flow rate or mean signal jumps",
         "    (robust z-score), doublets (FSC-A/FSC-H ratio at the density valley), debris",
         "    (FSC-A at the density valley);",
-        "  - gates placed per sample within the bounds of the panel's strategy: thresholds at",
-        "    density valleys, lymphocytes by a Gaussian mixture on FSC-A/SSC-A; where the data",
-        "    show no valley the strategy's default is used and the sample is flagged.",
+        "  - gates placed per sample within the bounds of the panel's strategy. A threshold takes",
+        "    the first method that finds a boundary: a 2-D Gaussian mixture on the marker pair",
+        "    that defines the population, a deep density valley, a 1-D mixture, a shallow",
+        "    valley; registered thresholds are placed once on the study's pooled, landmark-",
+        "    aligned samples (references/). Lymphocytes by a Gaussian mixture on FSC-A/SSC-A.",
+        "    A threshold left at the strategy's default sets needs_review on the sample.",
         "",
         "Measures: % of parent; % of lymphocytes; cells/µL = % of lymphocytes x the visit's",
         f"lymphocyte count from clinical/visits.csv ({cfg.absolute_counts}).",
         "",
-        f"Statistics: each visit against baseline ({cfg.baseline}) with a two-sided paired",
-        "Wilcoxon signed-rank test (scipy.stats.wilcoxon defaults: zero differences dropped,",
-        "no continuity correction; exact distribution for n <= 50 without ties, else normal",
-        "approximation), on patients with both samples. Benjamini-Hochberg adjustment over all",
-        "tests of one group and one measure. Groups: all patients, children, adults.",
-        "Samples of patients missing from patients.csv are excluded from statistics.",
+        f"Statistics (analysis plan of study.yaml): each visit against baseline ({cfg.baseline}),",
+        "paired, on the patients with both samples. Samples of patients missing from",
+        "patients.csv are excluded from statistics.",
+        *(f"  - {line}" for line in cfg.analysis.describe()),
         "",
         "Clinical windows: the 365 days before the first infusion and the 365 days after,",
         "the latter censored at last_follow_up_date (a shortened window is named in the",
@@ -214,12 +265,20 @@ def methods_text(study: Study) -> list[str]:
         "from the dose intervals) are compared per 365 days of observation, so missing",
         "months are never counted as relapse-free or steroid-free. Drugs are counted on the",
         "infusion day and at +365 days (patients not followed that long are left out).",
-        "Relapse-free survival: Kaplan-Meier per window; Cox proportional hazards",
-        "(lifelines, Efron ties, Wald test) with the window as covariate, unmatched and",
-        "stratified by patient. Drug use: Fisher's exact test per drug, two-sided.",
+        "Relapse-free survival: Kaplan-Meier per window (results/km_curves.csv); Cox",
+        "proportional hazards (lifelines, Efron ties) with the window as covariate, unmatched",
+        "(Wald and likelihood-ratio p) and stratified by patient (Wald, likelihood-ratio, and",
+        "the exact conditional p: a binomial test on the pairs whose first relapse is in one",
+        "window while the other is still at risk). Drug use: Fisher's exact test (as the",
+        "trial's report; treats the two dates as independent) and the exact McNemar test",
+        "(paired) per drug, two-sided. Clinical p-values are not adjusted for multiplicity.",
+        "",
+        "Software: "
+        + ", ".join(f"{name} {version}" for name, version in library_versions().items()),
+        "",
+        "Inputs (sha256):",
     ]
-    for token, strategy in study.strategies.items():
-        lines.append(f"Strategy {token}: {strategy.source} (sha256 {strategy.sha256[:12]}).")
+    lines += [f"  {digest}  {name}" for name, digest in input_hashes(study).items()]
     return lines
 
 

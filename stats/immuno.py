@@ -4,34 +4,33 @@ from __future__ import annotations
 
 import pandas as pd
 
+from stats.plan import AnalysisPlan
 from stats.tests import STATISTICS_COLUMNS, benjamini_hochberg, paired_wilcoxon
-
-MEASURES = ("pct_parent", "pct_lymphocytes", "cells_per_ul")
-GROUPS = ("all", "child", "adult")
 
 
 def wilcoxon_vs_baseline(
     populations: pd.DataFrame,
-    groups: dict[str, str],
+    patient_groups: dict[str, str],
     baseline: str,
     visits: list[str],
+    plan: AnalysisPlan,
 ) -> pd.DataFrame:
-    """Paired Wilcoxon signed-rank tests of each visit against baseline.
+    """Paired Wilcoxon signed-rank tests of each visit against baseline, as ``plan`` declares.
 
-    ``populations`` is the populations table; ``groups`` maps patient_id to 'child'/'adult'
-    (patients missing from it are left out). Pairs are the patients with both the baseline and
-    the visit. The Benjamini-Hochberg family is all tests of one group and one measure.
+    ``populations`` is the populations table; ``patient_groups`` maps patient_id to its
+    patients.csv group (patients missing from it are left out). Pairs are the patients with
+    both the baseline and the visit. Each row names its Benjamini-Hochberg ``family``.
     """
     rows = []
-    data = populations[populations.patient_id.isin(groups)].copy()
-    data["group"] = data.patient_id.map(groups)
-    for group in GROUPS:
-        in_group = data if group == "all" else data[data.group == group]
-        for measure in MEASURES:
-            family = []
+    data = populations[
+        populations.patient_id.isin(patient_groups)
+        & ~populations.population.isin(plan.not_endpoints)
+    ]
+    rule = plan.signed_rank.rule()
+    for group in plan.groups:
+        in_group = data[data.patient_id.isin(plan.members(group.name, patient_groups))]
+        for measure in plan.measures:
             for (panel, population), block in in_group.groupby(["panel", "population"], sort=False):
-                if population == "lymphocytes" and measure == "pct_lymphocytes":
-                    continue  # 100% by definition
                 wide = block.pivot_table(
                     index="patient_id", columns="visit", values=measure, aggfunc="first"
                 )
@@ -43,27 +42,32 @@ def wilcoxon_vs_baseline(
                     pair = wide[[baseline, visit]].dropna()
                     if pair.empty:
                         continue
-                    res = paired_wilcoxon(pair[baseline].to_numpy(), pair[visit].to_numpy())
-                    family.append(
+                    res = paired_wilcoxon(pair[baseline].to_numpy(), pair[visit].to_numpy(), rule)
+                    keys = {
+                        "group": group.name,
+                        "panel": panel,
+                        "measure": measure,
+                        "population": population,
+                        "visit": visit,
+                    }
+                    rows.append(
                         {
                             "analysis": "wilcoxon_vs_baseline",
-                            "group": group,
-                            "population": population,
-                            "measure": measure,
-                            "visit": visit,
+                            **keys,
+                            "family": "wilcoxon:" + ":".join(keys[k] for k in plan.family),
+                            "test": res.test,
                             "n": res.n,
                             "statistic": res.statistic,
                             "p_value": res.p_value,
                             "effect": res.effect,
                             "ci_low": float("nan"),
                             "ci_high": float("nan"),
-                            "method": f"{res.method}; effect = median({visit} - {baseline}); "
-                            f"BH over {group}/{measure}",
-                            "panel": panel,
+                            "method": f"{res.method}; effect = median({visit} - {baseline})",
                         }
                     )
-            adjusted = benjamini_hochberg([r["p_value"] for r in family])
-            for r, p_adj in zip(family, adjusted, strict=True):
-                r["p_adjusted"] = p_adj
-            rows.extend(family)
-    return pd.DataFrame(rows, columns=STATISTICS_COLUMNS)
+    table = pd.DataFrame(rows, columns=STATISTICS_COLUMNS)
+    if not table.empty:
+        table["p_adjusted"] = table.groupby("family", sort=False).p_value.transform(
+            lambda p: benjamini_hochberg(p.to_numpy())
+        )
+    return table

@@ -18,6 +18,8 @@ STATISTICS_COLUMNS = [
     "statistic",
     "p_value",
     "p_adjusted",
+    "family",  # the Benjamini-Hochberg family of p_adjusted; 'unadjusted' for clinical rows
+    "test",  # the test that ran, e.g. signed_rank_exact, fisher_exact, mcnemar_exact, cox_wald
     "effect",
     "ci_low",
     "ci_high",
@@ -32,34 +34,108 @@ class PairedResult:
     p_value: float
     effect: float  # median of (after - before)
     method: str
+    test: str = ""  # which test ran: signed_rank_exact, signed_rank_permutation, ...
 
 
-def paired_wilcoxon(before: np.ndarray, after: np.ndarray) -> PairedResult:
-    """Two-sided Wilcoxon signed-rank test with scipy's defaults (zero_method='wilcox',
-    no continuity correction, method='auto'), naming the method scipy actually used."""
+@dataclass(frozen=True)
+class SignedRankRule:
+    """How the signed-rank test is computed, chosen explicitly (never a library's 'auto').
+
+    Below ``exact_below`` non-zero pairs without ties, the exact signed-rank distribution
+    (as R's wilcox.test); with tied absolute differences or zeros and at most
+    ``enumerate_up_to`` non-zero pairs, an exact permutation test of the same statistic over
+    all 2^n sign patterns (mid-ranks); otherwise the normal approximation with continuity and
+    tie correction. ``zero_method`` 'wilcox' drops zero differences before ranking; 'pratt'
+    ranks them and then drops them."""
+
+    exact_below: int = 50
+    enumerate_up_to: int = 20
+    zero_method: str = "wilcox"
+
+    def __post_init__(self) -> None:
+        if self.zero_method not in ("wilcox", "pratt"):
+            raise ValueError(f"zero_method must be 'wilcox' or 'pratt', not {self.zero_method!r}")
+        if not 1 <= self.enumerate_up_to <= 24:  # 2^24 sign patterns is the memory limit
+            raise ValueError("enumerate_up_to must be between 1 and 24")
+
+
+def paired_wilcoxon(
+    before: np.ndarray, after: np.ndarray, rule: SignedRankRule = SignedRankRule()
+) -> PairedResult:
+    """Two-sided Wilcoxon signed-rank test of after - before, computed as ``rule`` says and
+    labelled with what ran. ``statistic`` is min(V+, V-), V+ being R's V."""
     before, after = np.asarray(before, float), np.asarray(after, float)
     ok = np.isfinite(before) & np.isfinite(after)
-    before, after = before[ok], after[ok]
-    diff = after - before
+    diff = after[ok] - before[ok]
     n = int(diff.size)
     effect = float(np.median(diff)) if n else float("nan")
-    nonzero = diff[diff != 0]
-    if nonzero.size < 1:
-        return PairedResult(n, float("nan"), float("nan"), effect, "not tested: no non-zero pairs")
-    # scipy's 'auto': exact distribution for n <= 50 without ties or zeros, else normal approx.
-    has_ties = np.unique(np.abs(nonzero)).size < nonzero.size
-    has_zeros = nonzero.size < n
-    exact = n <= 50 and not has_ties and not has_zeros
-    res = stats.wilcoxon(after, before, zero_method="wilcox", correction=False, method="auto")
-    kind = "exact" if exact else "normal approximation"
-    notes = []
-    if has_zeros:
-        notes.append(f"{n - nonzero.size} zero differences dropped")
+    zeros = int((diff == 0).sum())
+    if n - zeros < 1:
+        return PairedResult(
+            n, float("nan"), float("nan"), effect, "not tested: no non-zero pairs", "not_tested"
+        )
+    if rule.zero_method == "wilcox":
+        ranks = stats.rankdata(np.abs(diff[diff != 0]))
+    else:
+        ranks = stats.rankdata(np.abs(diff))[diff != 0]
+    signs = np.sign(diff[diff != 0])
+    m = ranks.size
+    has_ties = np.unique(ranks).size < m
+    v_plus = float(ranks[signs > 0].sum())
+    statistic = min(v_plus, float(ranks.sum()) - v_plus)
+    dropped = "dropped" if rule.zero_method == "wilcox" else "ranked, then dropped (Pratt)"
+    notes = [f"{zeros} zero difference(s) {dropped}"] if zeros else []
     if has_ties:
-        notes.append("ties")
-    detail = f" ({', '.join(notes)})" if notes else ""
-    method = f"Wilcoxon signed-rank, two-sided, {kind}{detail}; scipy.stats.wilcoxon defaults"
-    return PairedResult(n, float(res.statistic), float(res.pvalue), effect, method)
+        notes.append("tied |differences| given mid-ranks")
+    if not has_ties and not zeros and m < rule.exact_below:
+        p = float(stats.wilcoxon(diff, method="exact").pvalue)
+        test, kind = "signed_rank_exact", "exact signed-rank distribution"
+    elif m <= rule.enumerate_up_to:
+        p = _permutation_p(ranks, v_plus)
+        test, kind = "signed_rank_permutation", f"exact permutation test (all 2^{m} sign patterns)"
+    else:
+        p = _normal_p(ranks, v_plus)
+        test, kind = "signed_rank_normal_cc", "normal approximation, continuity and tie corrected"
+    detail = f" ({'; '.join(notes)})" if notes else ""
+    method = f"Wilcoxon signed-rank, two-sided, {kind}{detail}"
+    return PairedResult(n, statistic, p, effect, method, test)
+
+
+def _permutation_p(ranks: np.ndarray, v_plus: float) -> float:
+    """Two-sided exact p of V+ under random signs: 2 x the smaller tail, at most 1."""
+    m = ranks.size
+    patterns = (np.arange(2**m)[:, None] >> np.arange(m)) & 1
+    null = patterns @ ranks
+    eps = 1e-9 * max(1.0, float(ranks.sum()))  # mid-ranks are halves: compare with a margin
+    low = np.mean(null <= v_plus + eps)
+    high = np.mean(null >= v_plus - eps)
+    return float(min(1.0, 2.0 * min(low, high)))
+
+
+def _normal_p(ranks: np.ndarray, v_plus: float) -> float:
+    """Normal approximation of V+ with tie correction and continuity correction (R's)."""
+    m = ranks.size
+    mean = m * (m + 1) / 4.0
+    _, counts = np.unique(ranks, return_counts=True)
+    var = m * (m + 1) * (2 * m + 1) / 24.0 - float((counts**3 - counts).sum()) / 48.0
+    z = v_plus - mean
+    z = (z - np.sign(z) * 0.5) / np.sqrt(var)
+    return float(min(1.0, 2.0 * stats.norm.sf(abs(z))))
+
+
+def mcnemar_exact(before: np.ndarray, after: np.ndarray) -> tuple[int, int, float]:
+    """Exact McNemar test of paired yes/no: the discordant pairs (yes->no, no->yes) and the
+    two-sided binomial p of the smaller count out of both at 1/2 (1 when none is discordant)."""
+    before, after = np.asarray(before, bool), np.asarray(after, bool)
+    stopped = int((before & ~after).sum())
+    started = int((~before & after).sum())
+    total = stopped + started
+    p = (
+        1.0
+        if total == 0
+        else min(1.0, 2.0 * float(stats.binom.cdf(min(stopped, started), total, 0.5)))
+    )
+    return stopped, started, p
 
 
 def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:

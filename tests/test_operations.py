@@ -490,8 +490,12 @@ def test_the_cli_sends_info_logs_to_the_prefect_api(tmp_path, prefect_harness):
     """`immunomon run` without any logging setting: each processed file is an INFO line in
     the flow run's logs on the server (what the lab reads in the UI), not only warnings."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter
-    from prefect.client.schemas.filters import LogFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
     from prefect.settings import PREFECT_API_URL
 
     root = _small_study(tmp_path / "chatty", keep=("P02",), visits=("BL",))

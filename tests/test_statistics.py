@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from stats.immuno import wilcoxon_vs_baseline
-from stats.tests import benjamini_hochberg, paired_wilcoxon
+from stats.plan import AnalysisPlan
+from stats.tests import SignedRankRule, benjamini_hochberg, mcnemar_exact, paired_wilcoxon
 
 # Hollander & Wolfe (1973), p. 29: Hamilton depression scale factor IV, first (x) and second
 # (y) visit; R's ?wilcox.test example. wilcox.test(x, y, paired = TRUE) gives V = 40 and
@@ -24,9 +26,42 @@ def test_wilcoxon_hollander_wolfe_reference():
     assert abs(res.effect - np.median(np.array(HW_Y) - np.array(HW_X))) < 1e-12
 
 
-def test_wilcoxon_with_zero_differences_names_method():
+def test_wilcoxon_with_zero_differences_is_an_exact_permutation_test_and_says_so():
+    # One zero difference dropped, five positive: V+ = 15 is the most extreme of the 2^5 sign
+    # patterns, so two-sided p = 2/32. SciPy's 'auto' would not say which method it ran.
     res = paired_wilcoxon(np.array([1, 2, 3, 4, 5, 6.0]), np.array([1, 3, 5, 7, 9, 12.0]))
-    assert "zero differences dropped" in res.method
+    assert res.test == "signed_rank_permutation"
+    assert "1 zero difference(s) dropped" in res.method and "2^5 sign patterns" in res.method
+    assert res.p_value == 2 / 32
+
+
+def test_wilcoxon_with_ties_enumerates_mid_ranks_as_scipys_permutation_test():
+    before = np.array([10, 12, 9, 14, 11, 13, 8, 15, 10, 12.0])
+    after = np.array([12, 14, 8, 18, 13, 12, 10, 19, 10, 15.0])  # |d| tied, one zero
+    res = paired_wilcoxon(before, after)
+    d = (after - before)[after != before]
+    expected = stats.wilcoxon(d, method=stats.PermutationMethod(n_resamples=np.inf)).pvalue
+    assert res.test == "signed_rank_permutation" and "mid-ranks" in res.method
+    assert abs(res.p_value - expected) < 1e-12
+
+
+def test_wilcoxon_normal_approximation_is_rs_with_continuity_correction():
+    # R: wilcox.test(x, y, paired = TRUE, exact = FALSE, correct = TRUE): V = 40,
+    # z = (40 - 22.5 - 0.5) / sqrt(9 * 10 * 19 / 24), p = 0.04400.
+    rule = SignedRankRule(exact_below=5, enumerate_up_to=5)
+    res = paired_wilcoxon(np.array(HW_X), np.array(HW_Y), rule)
+    z = (40 - 22.5 - 0.5) / np.sqrt(9 * 10 * 19 / 24)
+    assert res.test == "signed_rank_normal_cc" and "continuity" in res.method
+    assert abs(res.p_value - 2 * stats.norm.sf(z)) < 1e-12
+    assert abs(res.p_value - 0.04400) < 5e-5
+
+
+def test_mcnemar_exact_counts_discordant_pairs():
+    # 7 patients stopped the drug, none started, 3 stayed on: p = 2 x (1/2)^7 = 0.015625.
+    on_baseline = np.array([1] * 10 + [0] * 3, bool)
+    on_12m = np.array([0] * 7 + [1] * 3 + [0] * 3, bool)
+    assert mcnemar_exact(on_baseline, on_12m) == (7, 0, 2 / 128)
+    assert mcnemar_exact(on_baseline, on_baseline)[2] == 1.0
 
 
 def test_benjamini_hochberg_matches_hand_computation():
@@ -63,7 +98,7 @@ def test_wilcoxon_vs_baseline_pairs_only_patients_with_both_visits():
         }
     )
     groups = {f"P{i}": ("child" if i < 5 else "adult") for i in range(9)} | {"P99": "child"}
-    table = wilcoxon_vs_baseline(pd.DataFrame(rows), groups, "BL", ["BL", "M1"])
+    table = wilcoxon_vs_baseline(pd.DataFrame(rows), groups, "BL", ["BL", "M1"], AnalysisPlan())
     everyone = table[(table.group == "all") & (table.measure == "pct_parent")].iloc[0]
     assert everyone.n == 9
     assert abs(everyone.p_value - 20 / 512) < 1e-12

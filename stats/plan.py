@@ -1,0 +1,115 @@
+"""The study's declared analysis plan (study.yaml ``analysis:``): the groups compared, the
+endpoints tested, the families of the Benjamini-Hochberg adjustment, the clinical analyses and
+how each test is computed. The one place these are spelled; every analysis reads them here."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from stats.tests import SignedRankRule
+
+Measure = Literal["pct_parent", "pct_lymphocytes", "cells_per_ul"]
+FamilyKey = Literal["group", "panel", "measure", "population", "visit"]
+ClinicalAnalysis = Literal[
+    "relapses_before_after",
+    "drugs_baseline_12m",
+    "prednisone_before_after",
+    "relapse_free_cox",
+    "drug_use_fisher",
+    "drug_use_mcnemar",
+]
+
+
+class GroupSpec(BaseModel):
+    """A group of patients analysed together: its name in statistics.csv, its title in the
+    report, and the patients.csv ``group`` values it takes in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    title: str
+    patients: list[str] = Field(min_length=1)
+
+
+class SignedRankSpec(BaseModel):
+    """How the Wilcoxon signed-rank test is computed (see ``stats.tests.SignedRankRule``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exact_below: int = Field(default=50, ge=1)
+    enumerate_up_to: int = Field(default=20, ge=1, le=24)
+    zero_method: Literal["wilcox", "pratt"] = "wilcox"
+
+    def rule(self) -> SignedRankRule:
+        return SignedRankRule(self.exact_below, self.enumerate_up_to, self.zero_method)
+
+
+DEFAULT_GROUPS = [
+    GroupSpec(name="all", title="All patients", patients=["child", "adult"]),
+    GroupSpec(name="child", title="Children", patients=["child"]),
+    GroupSpec(name="adult", title="Adults", patients=["adult"]),
+]
+
+
+class AnalysisPlan(BaseModel):
+    """study.yaml ``analysis:``; every key has the trial's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    groups: list[GroupSpec] = Field(default_factory=lambda: list(DEFAULT_GROUPS), min_length=1)
+    measures: list[Measure] = Field(
+        default_factory=lambda: ["pct_parent", "pct_lymphocytes", "cells_per_ul"], min_length=1
+    )
+    # Populations reported but not tested: QC gates, not endpoints.
+    not_endpoints: list[str] = Field(default_factory=lambda: ["lymphocytes"])
+    # The Benjamini-Hochberg family of a visit-vs-baseline test: the tests sharing these keys.
+    family: list[FamilyKey] = Field(default_factory=lambda: ["group", "panel", "measure"])
+    signed_rank: SignedRankSpec = Field(default_factory=SignedRankSpec)
+    clinical: list[ClinicalAnalysis] = Field(
+        default_factory=lambda: [
+            "relapses_before_after",
+            "drugs_baseline_12m",
+            "prednisone_before_after",
+            "relapse_free_cox",
+            "drug_use_fisher",
+            "drug_use_mcnemar",
+        ]
+    )
+
+    @field_validator("groups")
+    @classmethod
+    def _unique_names(cls, groups: list[GroupSpec]) -> list[GroupSpec]:
+        names = [g.name for g in groups]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"group name(s) used twice: {', '.join(repeated)}")
+        return groups
+
+    @property
+    def group_titles(self) -> dict[str, str]:
+        return {g.name: g.title for g in self.groups}
+
+    def members(self, group: str, patient_groups: dict[str, str]) -> set[str]:
+        """The patients of a plan group, from patient_id -> patients.csv group."""
+        spec = next(g for g in self.groups if g.name == group)
+        return {p for p, g in patient_groups.items() if g in spec.patients}
+
+    def describe(self) -> list[str]:
+        """The plan in words, for the report's Methods page."""
+        rule = self.signed_rank
+        return [
+            "Groups: "
+            + "; ".join(f"{g.name} = {g.title} ({', '.join(g.patients)})" for g in self.groups),
+            f"Endpoints: every population but {', '.join(self.not_endpoints) or 'none'} "
+            f"(QC gates), as {', '.join(self.measures)}.",
+            f"Benjamini-Hochberg families: the visit-vs-baseline tests sharing "
+            f"{' x '.join(self.family)}; clinical analyses unadjusted.",
+            f"Wilcoxon signed-rank, two-sided: exact distribution below {rule.exact_below} "
+            f"non-zero pairs without ties; with ties or zeros, an exact permutation test up to "
+            f"{rule.enumerate_up_to} non-zero pairs; else normal approximation with continuity "
+            f"and tie correction. Zero differences: {rule.zero_method} "
+            f"({'dropped' if rule.zero_method == 'wilcox' else 'ranked, then dropped'}).",
+            "Clinical analyses: " + ", ".join(self.clinical) + ".",
+        ]
