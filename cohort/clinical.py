@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from panels.errors import ImmunomonError
+from stats.plan import DEFAULT_PATIENT_GROUPS
 
 REQUIRED = {
     "patients.csv": [
@@ -116,8 +117,13 @@ class ClinicalLoad:
     lymphocyte_counts: pd.DataFrame | None
 
 
-def load_clinical_parts(folder: str | Path, visit_labels: list[str] | None = None) -> ClinicalLoad:
-    """Load and cross-check each clinical file on its own, keeping the usable ones."""
+def load_clinical_parts(
+    folder: str | Path,
+    visit_labels: list[str] | None = None,
+    patient_groups: Collection[str] = DEFAULT_PATIENT_GROUPS,
+) -> ClinicalLoad:
+    """Load and cross-check each clinical file on its own, keeping the usable ones.
+    ``patient_groups``: the values patients.csv ``group`` may take (the analysis plan's)."""
     folder = Path(folder)
     broken: dict[str, str] = {}
 
@@ -129,7 +135,8 @@ def load_clinical_parts(folder: str | Path, visit_labels: list[str] | None = Non
             return None
 
     patients = attempt(
-        "patients.csv", lambda: _check_patients(folder, _read(folder, "patients.csv"))
+        "patients.csv",
+        lambda: _check_patients(folder, _read(folder, "patients.csv"), patient_groups),
     )
     counts = attempt(
         "visits.csv", lambda: _check_visits(folder, _read(folder, "visits.csv"), visit_labels)
@@ -189,7 +196,7 @@ def _linked_visits(folder: Path, patients: pd.DataFrame, visits: pd.DataFrame) -
     return visits
 
 
-def _check_patients(folder: Path, patients: pd.DataFrame) -> pd.DataFrame:
+def _check_patients(folder: Path, patients: pd.DataFrame, groups: Collection[str]) -> pd.DataFrame:
     p_path = folder / "patients.csv"
     _refuse_first(
         patients.patient_id.duplicated(),
@@ -198,10 +205,13 @@ def _check_patients(folder: Path, patients: pd.DataFrame) -> pd.DataFrame:
         lambda row: f"{patients.patient_id.iloc[row]!r} appears twice",
     )
     _refuse_first(
-        ~patients.group.isin(["child", "adult"]),
+        ~patients.group.isin(groups),
         p_path,
         "group",
-        lambda row: f"{patients.group.iloc[row]!r} must be 'child' or 'adult'",
+        lambda row: (
+            f"{patients.group.iloc[row]!r} is not a group of the analysis plan "
+            f"({', '.join(groups)}); fix the value or the plan's groups in study.yaml"
+        ),
     )
     for column, earlier in (
         ("last_follow_up_date", "first_infusion_date"),

@@ -57,10 +57,23 @@ SAMPLE_COLUMNS = [
 ]
 
 
-def samples_table(store: Store) -> pd.DataFrame:
+def samples_table(store: Store, study: Study | None = None) -> pd.DataFrame:
     """One row per file seen, with its status and reason, whether a person must review it
-    before release, and the populations it could not measure (with the missing markers)."""
+    before release, and the populations it could not measure (with the missing markers).
+
+    With the ``study``, a file that never became a sample (quarantined, failed) is placed by
+    its name: patient, visit and panel, so a missing sample can say why it is missing."""
     files = store.files_frame()
+    if study is not None:
+        for i in files.index[files.sample_id.isna()]:
+            name = study.parse_name(files.at[i, "file"])
+            if not isinstance(name, str):
+                files.loc[i, ["sample_id", "patient_id", "visit", "panel"]] = [
+                    name.sample_id,
+                    name.patient_id,
+                    name.visit,
+                    name.panel_token,
+                ]
     flags = files.qc_flags.fillna("").str.split(";")
     files["needs_review"] = [
         (NEEDS_REVIEW in f) if status == "processed" else ""

@@ -379,6 +379,18 @@ class Store:
             self.conn,
         )
 
+    def current_qc_steps(self) -> pd.DataFrame:
+        """QC steps of every current result (sample_id, step, events_in, removed)."""
+        return self._current_rows(
+            "q.step, q.events_in, q.removed", "qc_steps q ON q.sample_key=s.sample_key"
+        )
+
+    def current_gates(self) -> pd.DataFrame:
+        """Gates of every current result: how each was placed (from_data, note)."""
+        return self._current_rows(
+            "g.gate, g.kind, g.from_data, g.note", "gates g ON g.sample_key=s.sample_key"
+        )
+
     def qc_steps(self, sample_key: str | None = None) -> pd.DataFrame:
         query = "SELECT * FROM qc_steps" + (" WHERE sample_key=?" if sample_key else "")
         return pd.read_sql_query(query, self.conn, params=(sample_key,) if sample_key else None)

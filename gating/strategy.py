@@ -125,6 +125,10 @@ class _GateSpec(_Spec):
         """Markers and scatter roles the gate itself is placed on (thresholds' excluded)."""
         return set()
 
+    def describe(self) -> str:
+        """The gate's definition in words, as a reviewer reads it."""
+        raise NotImplementedError
+
 
 class RectangleSpec(_GateSpec):
     """Limits per dimension: a threshold's name, a number, or null (open)."""
@@ -137,6 +141,17 @@ class RectangleSpec(_GateSpec):
 
     def dimensions_used(self) -> set[str]:
         return set(self.limits)
+
+    def describe(self) -> str:
+        parts = []
+        for dim, (low, high) in self.limits.items():
+            if low is not None and high is not None:
+                parts.append(f"{low} <= {dim} < {high}")
+            elif low is not None:
+                parts.append(f"{dim} >= {low}")
+            elif high is not None:
+                parts.append(f"{dim} < {high}")
+        return " and ".join(parts)
 
     def place(self, context: PlacementContext) -> AppliedGate:
         limits = {
@@ -158,6 +173,9 @@ class BooleanSpec(_GateSpec):
     def references(self) -> list[str]:
         return [r[4:].strip() if r.startswith("not ") else r for r in self.refs]
 
+    def describe(self) -> str:
+        return f" {self.op} ".join(self.refs)
+
     def place(self, context: PlacementContext) -> AppliedGate:
         refs = tuple(("not " + r[4:].strip()) if r.startswith("not ") else r for r in self.refs)
         return AppliedGate(self.name, self.parent, BooleanGate(self.op, refs), True, "")
@@ -178,6 +196,13 @@ class ScatterClusterSpec(_GateSpec):
 
     def dimensions_used(self) -> set[str]:
         return set(self.dimensions)
+
+    def describe(self) -> str:
+        x_dim, y_dim = self.dimensions
+        return (
+            f"ellipse around the lymphocyte cluster on {x_dim} x {y_dim}, chosen among "
+            f"{self.components} mixture components (chi-square distance {self.distance_square:g})"
+        )
 
     def place(self, context: PlacementContext) -> AppliedGate:
         from gating.adaptive import place_lymphocyte_ellipse
@@ -252,6 +277,23 @@ class Strategy:
     @property
     def reported(self) -> list[_GateSpec]:
         return [g for g in self.gates if g.report]
+
+    def definitions(self) -> list[str]:
+        """Every gate and threshold in words, from the strategy as it ran: what the report
+        prints as the populations' definitions."""
+        lines = [f"Strategy {self.name} v{self.version} ({self.source}, sha256 {self.sha256[:12]})"]
+        for gate in self.gates:
+            shown = "" if gate.report else "  [not reported]"
+            lines.append(f"  {gate.name} = {gate.parent} where {gate.describe()}{shown}")
+        for name, spec in self.thresholds.items():
+            how = f"placed among {spec.within} events within [{spec.bounds[0]:g}, "
+            how += f"{spec.bounds[1]:g}], default {spec.default:g}"
+            if spec.pair is not None:
+                how += f", by a 2-D mixture with {spec.pair.dimension}"
+            if name in self.offsets:
+                how += f"; registered: study offset {self.offsets[name]:+.3f} from the landmark"
+            lines.append(f"  {name}: {spec.dimension} threshold (logicle), {how}")
+        return lines
 
     def not_measurable(self, missing: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
         """Gates that cannot be placed on a tube lacking ``missing`` markers, each with the

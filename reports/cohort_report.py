@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pandas as pd
 from matplotlib.backends.backend_pdf import PdfPages
 
 from gating.records import NEEDS_REVIEW, REVIEW_FLAGS
+from reports.context import ReportContext
 from reports.figures import (
     A4_LANDSCAPE,
     A4_PORTRAIT,
@@ -24,43 +24,17 @@ from reports.figures import (
     boxplot_by_visit,
     completeness_matrix,
     drug_bars,
-    kaplan_meier_panel,
     paired_dots,
     plt,
 )
+from reports.monitor_pages import MonitorTables
+from reports.paper_figures import figure_2a, figure_2b, figure_3, figure_4
 
 MEASURE_LABEL = {
     "pct_parent": "% of parent",
     "pct_lymphocytes": "% of lymphocytes",
     "cells_per_ul": "cells/µL",
 }
-
-
-@dataclass(frozen=True)
-class ReportContext:
-    """What the report says about its own provenance."""
-
-    study: str
-    visits: list[str]
-    baseline: str
-    panels: dict[str, str]  # token -> panel title
-    strategy_hashes: dict[str, str]
-    software: str
-    data_as_of: str
-    clinical_cut: str
-    unknown_patients: list[str] = field(default_factory=list)
-    methods: list[str] = field(default_factory=list)
-    # Clinical files that could not be used (file -> error) and what that leaves out.
-    broken_inputs: dict[str, str] = field(default_factory=dict)
-    # The analysis plan's groups in its order: name -> title, and name -> patients.csv groups.
-    groups: dict[str, str] = field(default_factory=dict)
-    group_patients: dict[str, list[str]] = field(default_factory=dict)
-
-    def members(self, frame: pd.DataFrame, group: str) -> pd.DataFrame:
-        """The rows of ``frame`` (with a patients.csv ``group`` column) in a plan group."""
-        return frame[frame.group.isin(self.group_patients[group])]
-
-    left_out: list[str] = field(default_factory=list)
 
 
 def _text_pages(
@@ -118,6 +92,7 @@ def write_cohort_report(
     groups: dict[str, str],
     windows: pd.DataFrame | None = None,
     survival_curves: dict | None = None,
+    monitor: MonitorTables | None = None,
     *,
     executor: Executor | None = None,
     parts: int = 1,
@@ -133,8 +108,8 @@ def write_cohort_report(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    sections = _report_sections(
-        context, samples, populations, statistics, groups, windows, survival_curves
+    sections = report_sections(
+        context, samples, populations, statistics, groups, windows, survival_curves, monitor
     )
     metadata = {"Title": f"{context.study}: cohort report", "Creator": context.software}
     if executor is None or parts <= 1:
@@ -145,7 +120,7 @@ def write_cohort_report(
     return path
 
 
-def _report_sections(
+def report_sections(
     context: ReportContext,
     samples: pd.DataFrame,
     populations: pd.DataFrame,
@@ -153,27 +128,37 @@ def _report_sections(
     groups: dict[str, str],
     windows: pd.DataFrame | None,
     curves: dict | None,
+    monitor: MonitorTables | None = None,
 ) -> list[tuple[float, Section]]:
     """The report in page order, each section with its drawing cost in seconds as measured on
     the demo cohort (used only to share the work between processes)."""
     sections: list[tuple[float, Section]] = [
-        (0.02, partial(_title_page, ctx=context, samples=samples)),
-        (0.3, partial(_completeness_page, ctx=context, samples=samples)),
+        (0.02, partial(_title_page, ctx=context, samples=samples, monitor=monitor)),
     ]
-    if windows is not None and curves is not None:
+    if monitor is not None:
+        sections.append((0.02, partial(_disposition_pages, monitor=monitor)))
+    sections.append((0.3, partial(_completeness_page, ctx=context, samples=samples)))
+    if monitor is not None:
+        sections.append((0.03, partial(_monitor_pages, monitor=monitor)))
+    clinical = windows is not None and curves is not None
+    if clinical:
         if not context.broken_inputs:  # the figures need every clinical file
-            sections.append(
+            sections += [
                 (
-                    0.7,
+                    0.4,
                     partial(
-                        _clinical_figures,
+                        figure_2a,
                         ctx=context,
-                        windows=windows,
                         curves=curves,
                         statistics=statistics,
+                        windows=windows,
                     ),
-                )
-            )
+                ),
+                (
+                    0.5,
+                    partial(_clinical_figures, ctx=context, windows=windows, statistics=statistics),
+                ),
+            ]
         sections.append((0.02, partial(_clinical_table, statistics=statistics)))
     wilcox = statistics[statistics.analysis == "wilcoxon_vs_baseline"]
     data = populations[populations.patient_id.isin(groups)].copy()
@@ -181,8 +166,47 @@ def _report_sections(
     for (panel, population), block in data.groupby(["panel", "population"], sort=False):
         tests = wilcox[(wilcox.panel == panel) & (wilcox.population == population)]
         sections.append((0.35, partial(_population_page, ctx=context, block=block, tests=tests)))
+    sections.append((0.9, partial(_wilcoxon_tables, ctx=context, data=data, wilcox=wilcox)))
+    if clinical and not context.broken_inputs:
+        sections += [
+            (0.3, partial(figure_2b, ctx=context, windows=windows, statistics=statistics)),
+            (0.5, partial(figure_3, ctx=context, windows=windows, statistics=statistics)),
+        ]
+    members = context.members(data, context.figure_4_group) if context.figure_4_group else None
+    for k, (title, panel, populations_4, measure) in enumerate(context.figure_4):
+        if members is None or members.empty:
+            break
+        part = members.copy()
+        part.attrs["group"] = context.figure_4_group
+        sections.append(
+            (
+                0.3,
+                partial(
+                    figure_4,
+                    label=f"4{'ABCDEFGH'[k]}",
+                    title=title,
+                    group_title=context.groups[context.figure_4_group],
+                    members=part,
+                    specs=[(panel, population) for population in populations_4],
+                    measure=measure,
+                    visits=context.visits,
+                    statistics=statistics,
+                ),
+            )
+        )
+    if monitor is not None:
+        sections.append(
+            (
+                0.02,
+                partial(
+                    _text_pages,
+                    title="Populations: gate definitions, from the strategy files as run",
+                    lines=monitor.definitions,
+                    size=6.5,
+                ),
+            )
+        )
     sections += [
-        (0.9, partial(_wilcoxon_tables, ctx=context, data=data, wilcox=wilcox)),
         (
             0.02,
             partial(
@@ -195,6 +219,53 @@ def _report_sections(
         (0.04, partial(_appendix, samples=samples)),
     ]
     return sections
+
+
+def _disposition_pages(pdf: PdfPages, monitor: MonitorTables) -> None:
+    d = monitor.disposition
+    lines = ["Table 1. Baseline characteristics", "", *monitor.table_one, "", "Disposition", ""]
+    lines.append(
+        f"{'patient':8} {'group':6} {'sex':4} {'age (y)':>8} {'first infusion':>15} "
+        f"{'follow-up (d)':>14}  status"
+    )
+    for r in d.itertuples():
+        lines.append(
+            f"{r.patient_id:8} {r.group:6} {r.sex:4} {r.age_years:8.1f} "
+            f"{r.first_infusion_date:>15} {r.follow_up_days:14d}  {r.status}"
+        )
+    _text_pages(pdf, "Patients: disposition and baseline characteristics", lines, size=7.5)
+
+
+def _monitor_pages(pdf: PdfPages, monitor: MonitorTables) -> None:
+    missing = monitor.missing
+    lines = [
+        f"{len(missing)} scheduled sample(s) without a result. Each is left out of the pairs "
+        "it belongs to.",
+        "",
+        f"{'patient':8} {'visit':6} {'panel':6} {'file':24} why",
+    ]
+    lines += [
+        f"{r.patient_id:8} {r.visit:6} {r.panel:6} {r.file:24} {r.why}"
+        for r in missing.itertuples()
+    ]
+    _text_pages(pdf, "Missing samples and why", lines, size=7)
+    dev = monitor.deviations
+    errors = dev.verdict.str.startswith("ERROR").sum()
+    lines = [
+        f"{len(dev)} visit(s) outside their window, {errors} of them error(s). Scheduled day: "
+        "first infusion + months x 30.44 days (clinical/visits.csv visit_date). The samples "
+        "are kept in the analysis as dated; an error means the sample is not what its visit "
+        "label says (a 'baseline' drawn after the infusion).",
+        "",
+        f"{'patient':8} {'visit':6} {'scheduled':>11} {'visit date':>11} {'days off':>9}  verdict",
+    ]
+    lines += [
+        f"{r.patient_id:8} {r.visit:6} {r.scheduled:>11} {r.visit_date:>11} "
+        f"{r.days_from_schedule:9d}  {r.verdict}"
+        for r in dev.itertuples()
+    ]
+    _text_pages(pdf, "Visit-window deviations", lines, size=7)
+    _text_pages(pdf, "Quality control: cohort summary", monitor.qc, size=7.5)
 
 
 def _write_sections(path: Path, metadata: dict[str, str], sections: list[Section]) -> None:
@@ -248,7 +319,9 @@ def split_into_runs(costs: list[float], parts: int) -> list[range]:
     return [range(start, stop) for start, stop in zip(cuts, cuts[1:], strict=False)]
 
 
-def _title_page(pdf: PdfPages, ctx: ReportContext, samples: pd.DataFrame) -> None:
+def _title_page(
+    pdf: PdfPages, ctx: ReportContext, samples: pd.DataFrame, monitor: MonitorTables | None
+) -> None:
     counts = samples.status.value_counts()
     lines = [
         f"Study: {ctx.study}",
@@ -269,6 +342,21 @@ def _title_page(pdf: PdfPages, ctx: ReportContext, samples: pd.DataFrame) -> Non
         for error in ctx.broken_inputs.values():
             lines += _wrap([f"  {error}"], 100)
         lines += _wrap([f"  {line}" for line in ctx.left_out], 100)
+    if monitor is not None:
+        errors = monitor.deviations[monitor.deviations.verdict.str.startswith("ERROR")]
+        if len(errors):
+            listed = ", ".join(f"{r.patient_id} {r.visit}" for r in errors.itertuples())
+            lines += [""] + _wrap(
+                [
+                    f"ERROR: {len(errors)} visit(s) dated against the protocol: {listed} "
+                    "(see Visit-window deviations)"
+                ],
+                100,
+            )
+        lines.append(
+            f"Scheduled samples without a result: {len(monitor.missing)} "
+            "(see Missing samples and why)"
+        )
     if ctx.unknown_patients:
         lines += [
             "",
@@ -360,53 +448,14 @@ def _stat(statistics: pd.DataFrame, analysis: str, group: str, measure: str | No
     return sel.iloc[0] if len(sel) else None
 
 
-def _cox_text(statistics: pd.DataFrame, group: str) -> str:
-    """The stratified Cox hazard ratio with its three p-values, for a Kaplan-Meier title."""
-    rows = statistics[
-        (statistics.analysis == "relapse_free_cox_stratified") & (statistics.group == group)
-    ].set_index("test")
-    if "cox_wald" not in rows.index or not np.isfinite(rows.at["cox_wald", "effect"]):
-        return "stratified Cox: not estimable"
-    wald = rows.loc["cox_wald"]
-    p = {t: _fmt_p(rows.at[t, "p_value"]) if t in rows.index else "NA" for t in rows.index}
-    return (
-        f"stratified Cox HR {wald.effect:.3g} [{wald.ci_low:.3g}-{wald.ci_high:.3g}]\n"
-        f"p: Wald {p.get('cox_wald')}, LR {p.get('cox_likelihood_ratio', 'NA')}, "
-        f"exact {p.get('cox_exact_conditional', 'NA')}"
-    )
-
-
 def _clinical_figures(
-    pdf, ctx: ReportContext, windows: pd.DataFrame, curves: dict, statistics: pd.DataFrame
+    pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.DataFrame
 ) -> None:
-    fig, axes = plt.subplots(1, len(ctx.groups), figsize=A4_LANDSCAPE, squeeze=False)
-    axes = axes[0]
-    fig.subplots_adjust(left=0.06, right=0.98, top=0.8, bottom=0.12, wspace=0.3)
-    fig.suptitle(
-        "Clinical outcomes: relapse-free survival, 12 months before vs after infusion",
-        fontsize=12,
-        weight="bold",
-    )
-    for ax, group in zip(axes, ctx.groups, strict=True):
-        kaplan_meier_panel(ax, curves, group, ctx.groups[group], _cox_text(statistics, group))
-    short = windows[windows.after_days < windows.before_days]
-    note = "; ".join(
-        f"{r.patient_id} followed {r.after_days} days after infusion" for r in short.itertuples()
-    )
-    fig.text(
-        0.06,
-        0.03,
-        "Tick marks: censored windows. " + (f"Censored early: {note}." if note else ""),
-        fontsize=7,
-    )
-    pdf.savefig(fig)
-    plt.close(fig)
-
     fig, axes = plt.subplots(len(ctx.groups), 4, figsize=A4_LANDSCAPE, squeeze=False)
     fig.subplots_adjust(left=0.06, right=0.98, top=0.9, bottom=0.06, hspace=0.55, wspace=0.4)
     fig.suptitle(
         "Clinical outcomes per patient: before vs after infusion (paired Wilcoxon), "
-        "drugs at baseline vs +12 months (Fisher)",
+        "drugs at baseline vs +12 months (exact McNemar)",
         fontsize=11,
         weight="bold",
     )
@@ -434,7 +483,7 @@ def _clinical_figures(
             )
         followed = block[block.drugs_12m.notna()]
         fisher = statistics[
-            (statistics.analysis == "drug_use_fisher") & (statistics.group == group)
+            (statistics.analysis == "drug_use_mcnemar") & (statistics.group == group)
         ]
         n = max(len(followed), 1)
         share_bl = {

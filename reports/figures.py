@@ -134,27 +134,6 @@ def completeness_matrix(ax, status: pd.DataFrame, visits: list[str], panels: lis
     )
 
 
-def kaplan_meier_panel(ax, curves: dict, group: str, title: str, hr_text: str) -> None:
-    """Relapse-free survival before vs after infusion for one group (lifelines fitters)."""
-    for colour, label in zip(OKABE_ITO[:2], ("before", "after"), strict=True):
-        fitter = curves.get((group, label))
-        if fitter is None:
-            continue
-        fitter.plot_survival_function(
-            ax=ax,
-            ci_show=False,
-            color=colour,
-            show_censors=True,
-            censor_styles={"marker": "|", "ms": 6},
-        )
-    ax.set_ylim(0, 1.05)
-    ax.set_xlim(0, 366)
-    ax.set_xlabel("days since window start")
-    ax.set_ylabel("relapse-free (proportion)")
-    ax.set_title(f"{title}\n{hr_text}")
-    ax.legend(loc="lower left", frameon=False)  # labels come from the fitters
-
-
 def paired_dots(ax, before: np.ndarray, after: np.ndarray, ylabel: str, title: str) -> None:
     """Each patient's before and after values joined by a line."""
     for b, a in zip(before, after, strict=True):
@@ -174,7 +153,8 @@ def drug_bars(
     p_values: dict[str, float],
     title: str,
 ) -> None:
-    """Share of patients on each drug at baseline and +12 months, Fisher p above each pair."""
+    """Share of patients on each drug at baseline and +12 months, the paired test's p above
+    each pair."""
     drugs = sorted(share_baseline)
     x = np.arange(len(drugs))
     ax.bar(

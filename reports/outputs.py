@@ -20,7 +20,16 @@ from cohort.store import Store
 from cohort.study import REFERENCE_FOLDER, Study
 from gating.pipeline import PIPELINE_VERSION, replay_gates
 from gating.space import GatingSpace
+from gating.strategy import Strategy
 from reports.cohort_report import ReportContext, write_cohort_report
+from reports.monitor_pages import (
+    MonitorTables,
+    disposition_table,
+    missing_samples,
+    qc_summary,
+    table_one,
+    visit_deviations,
+)
 from reports.qc_report import write_sample_qc_report
 from stats.clinical import (
     COX_ANALYSES,
@@ -105,10 +114,12 @@ def write_results(study: Study, store: Store) -> tuple[CohortResults | None, str
     are returned with the errors, or None (nothing grouped: statistics.csv and the report are
     left as the last pass wrote them) when patients.csv itself is broken."""
     study.ensure_output_folders()
-    samples = samples_table(store)
+    samples = samples_table(store, study)
     write_csv(samples, study.results_dir / "samples.csv")
     visits = list(study.config.visits)
-    loaded = load_clinical_parts(study.clinical_dir, visits)
+    plan = study.config.analysis
+    patient_groups = list(dict.fromkeys(g for spec in plan.groups for g in spec.patients))
+    loaded = load_clinical_parts(study.clinical_dir, visits, patient_groups)
     error = "; ".join(loaded.broken.values())
     clinical = loaded.data
     populations = populations_table(store, study, clinical, loaded.lymphocyte_counts)
@@ -120,7 +131,6 @@ def write_results(study: Study, store: Store) -> tuple[CohortResults | None, str
     groups = clinical.group_of()
     windows = patient_windows(clinical)
     left_out = frozenset().union(*(ANALYSES_FED_BY.get(name, ()) for name in loaded.broken))
-    plan = study.config.analysis
     parts = [
         wilcoxon_vs_baseline(populations, groups, study.config.baseline, visits, plan),
         clinical_statistics(windows, plan, left_out),
@@ -156,16 +166,65 @@ def write_report(
     write_cohort_report(
         path,
         report_context(study, store, results),
-        store.files_frame(),
+        samples_table(store, study),
         results.populations,
         results.statistics,
         results.groups,
         results.windows,
         results.curves,
+        monitor_tables(study, store, results),
         executor=executor,
         parts=parts,
     )
     return path
+
+
+def monitor_tables(study: Study, store: Store, results: CohortResults) -> MonitorTables:
+    """Disposition, Table 1, missing samples, visit deviations, QC summary and the gate
+    definitions, for the report's monitor pages."""
+    cfg = study.config
+    clinical = results.clinical
+    cut = pd.Timestamp(report_context_cut(clinical))
+    disposition = disposition_table(clinical.patients, cut)
+    samples = samples_table(store, study)
+    visit_months = {v: float(m) for v, m in cfg.visits.items()}
+    definitions = []
+    for token, panel in study.panels.items():
+        strategy = study.strategies[token]
+        definitions.append(
+            f"Panel {token} ({panel.title}); markers, as the tube may label them: "
+            + "; ".join(f"{m} ({'/'.join(names)})" for m, names in panel.markers.items())
+        )
+        if isinstance(strategy, Strategy):
+            definitions += strategy.definitions()
+        else:
+            definitions.append(f"  gates from the FlowJo workspace {strategy.source}")
+        definitions.append("")
+    return MonitorTables(
+        disposition=disposition,
+        table_one=table_one(disposition, {g.name: g.patients for g in cfg.analysis.groups}),
+        missing=missing_samples(samples, clinical.patients, visit_months, list(cfg.panels)),
+        deviations=visit_deviations(
+            clinical.visits,
+            clinical.patients,
+            visit_months,
+            cfg.baseline,
+            cfg.analysis.visit_window_days,
+            cfg.analysis.baseline_window_days,
+        ),
+        qc=qc_summary(samples, store.current_qc_steps(), store.current_gates()),
+        definitions=definitions,
+    )
+
+
+def report_context_cut(clinical: ClinicalData) -> str:
+    """The clinical data cut: the latest date in the clinical files."""
+    dates = [
+        clinical.visits.visit_date.max(),
+        clinical.relapses.relapse_date.max(),
+        clinical.patients.last_follow_up_date.max(),
+    ]
+    return str(max(d for d in dates if pd.notna(d)).date())
 
 
 def report_context(study: Study, store: Store, results: CohortResults) -> ReportContext:
@@ -173,11 +232,6 @@ def report_context(study: Study, store: Store, results: CohortResults) -> Report
     clinical, populations = results.clinical, results.populations
     files = store.files_frame()
     stamps = pd.concat([files.first_seen.dropna(), files.processed_at.dropna()])
-    clinical_dates = [
-        clinical.visits.visit_date.max(),
-        clinical.relapses.relapse_date.max(),
-        clinical.patients.last_follow_up_date.max(),
-    ]
     known = set(clinical.patients.patient_id)
     unknown = sorted(set(populations.patient_id) - known)
     cfg = study.config
@@ -189,12 +243,17 @@ def report_context(study: Study, store: Store, results: CohortResults) -> Report
         strategy_hashes={t: s.sha256 for t, s in study.strategies.items()},
         software=software_version(),
         data_as_of=stamps.max() if not stamps.empty else "no data",
-        clinical_cut=str(max(d for d in clinical_dates if pd.notna(d)).date()),
+        clinical_cut=report_context_cut(clinical),
         unknown_patients=unknown,
         methods=methods_text(study),
         broken_inputs=results.broken_inputs,
         groups=cfg.analysis.group_titles,
         group_patients={g.name: g.patients for g in cfg.analysis.groups},
+        figure_4_group=cfg.analysis.figure_4.group,
+        figure_4=[
+            (part.title, part.panel, part.populations, part.measure)
+            for part in cfg.analysis.figure_4.parts
+        ],
         left_out=[
             f"{name} is broken, so this report leaves out {FEEDS[name]}"
             for name in results.broken_inputs

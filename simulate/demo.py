@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from simulate.fcs_writer import write_fcs
+from stats.plan import AnalysisPlan
 
 RANGE = 262144.0
 NEG = 80.0  # autofluorescence level of an unstained cell, in detector units
@@ -398,6 +399,8 @@ def simulate_study(root: str | Path, options: DemoOptions = DemoOptions()) -> Pa
         "panels": {"BCELL": "bcell", "TREG": "treg"},
         "absolute_counts": "dual_platform",
         "schedule": "0 2 * * *",
+        # The trial's analysis plan, every key written out (these are also the defaults).
+        "analysis": AnalysisPlan().model_dump(mode="json"),
     }
     (root / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
     patients, visits, relapses, meds = _clinical_tables(rng)
@@ -529,7 +532,10 @@ def _clinical_tables(rng: np.random.Generator):
         for visit, month in VISITS.items():
             if (pid, visit) in MISSED_VISITS or (pid == LOST_PATIENT and month > follow_up_months):
                 continue
-            day = infusion + dt.timedelta(days=int(round(30.44 * month)) + int(rng.integers(-4, 5)))
+            jitter = int(rng.integers(-4, 5))
+            if month == 0:  # baseline: drawn 1-5 days before the infusion, never after it
+                jitter = -abs(jitter) - 1
+            day = infusion + dt.timedelta(days=int(round(30.44 * month)) + jitter)
             lymph = rng.normal(2300 if child else 1700, 350)
             visits.append(
                 {

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from stats.tests import SignedRankRule
 
@@ -46,11 +46,45 @@ class SignedRankSpec(BaseModel):
         return SignedRankRule(self.exact_below, self.enumerate_up_to, self.zero_method)
 
 
+class Figure4Part(BaseModel):
+    """One part of the paper's Figure 4: populations of one panel, in one measure."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str
+    panel: str
+    populations: list[str] = Field(min_length=1)
+    measure: Measure
+
+
+class Figure4Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    group: str = "child"
+    parts: list[Figure4Part] = Field(
+        default_factory=lambda: [
+            Figure4Part(
+                title="total, transitional, mature naive and memory B cells",
+                panel="BCELL",
+                populations=["cd19_b", "transitional_b", "naive_b", "memory_b"],
+                measure="cells_per_ul",
+            ),
+            Figure4Part(
+                title="Treg, memory Treg and HLA-DR+ memory Treg",
+                panel="TREG",
+                populations=["treg", "memory_treg", "hladr_memory_treg"],
+                measure="pct_parent",
+            ),
+        ]
+    )
+
+
 DEFAULT_GROUPS = [
     GroupSpec(name="all", title="All patients", patients=["child", "adult"]),
     GroupSpec(name="child", title="Children", patients=["child"]),
     GroupSpec(name="adult", title="Adults", patients=["adult"]),
 ]
+DEFAULT_PATIENT_GROUPS = ("child", "adult")  # patients.csv group values of the default plan
 
 
 class AnalysisPlan(BaseModel):
@@ -78,6 +112,14 @@ class AnalysisPlan(BaseModel):
         ]
     )
 
+    # Visit windows: a follow-up visit within this many days of its scheduled day (months x
+    # 30.44 after the first infusion); baseline at most this many days before the infusion
+    # and never after it.
+    visit_window_days: float = Field(default=14.0, gt=0)
+    baseline_window_days: float = Field(default=60.0, gt=0)
+    # The trial paper's Figure 4: one group, its B-cell subsets and its Treg subsets.
+    figure_4: Figure4Spec = Field(default_factory=lambda: Figure4Spec())
+
     @field_validator("groups")
     @classmethod
     def _unique_names(cls, groups: list[GroupSpec]) -> list[GroupSpec]:
@@ -86,6 +128,12 @@ class AnalysisPlan(BaseModel):
         if repeated:
             raise ValueError(f"group name(s) used twice: {', '.join(repeated)}")
         return groups
+
+    @model_validator(mode="after")
+    def _figure_group_is_a_group(self) -> AnalysisPlan:
+        if self.figure_4.group not in {g.name for g in self.groups}:
+            raise ValueError(f"figure_4.group {self.figure_4.group!r} is not one of the groups")
+        return self
 
     @property
     def group_titles(self) -> dict[str, str]:

@@ -1,0 +1,310 @@
+"""The trial report's own figures, in its layout (Figures 2A, 2B, 3A, 3B, 4A, 4B), drawn from
+the same tables as the rest of the report. Where this report's analysis differs from the
+paper's on purpose, a sentence beside the figure says how."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from reports.context import ReportContext
+from reports.figures import A4_LANDSCAPE, OKABE_ITO, boxplot_by_visit, plt
+
+MEASURE_TITLE = {
+    "pct_parent": "% of parent",
+    "pct_lymphocytes": "% of lymphocytes",
+    "cells_per_ul": "cells/µL",
+}
+KM_TICKS = (0, 90, 180, 270, 365)
+
+
+def _fmt_p(p: float) -> str:
+    return "NA" if not np.isfinite(p) else f"{p:.3g}"
+
+
+def _row(statistics: pd.DataFrame, **keys) -> pd.Series | None:
+    sel = statistics
+    for key, value in keys.items():
+        sel = sel[sel[key] == value]
+    return sel.iloc[0] if len(sel) else None
+
+
+def _note(fig, text: str, y: float = 0.02) -> None:
+    fig.text(0.06, y, text, fontsize=7, color="0.25", wrap=True)
+
+
+def figure_2a(
+    pdf, ctx: ReportContext, curves: dict, statistics: pd.DataFrame, windows: pd.DataFrame
+) -> None:
+    """Relapse-free survival in the 12 months before vs after infusion, per group: the two
+    Kaplan-Meier curves, both Cox hazard ratios, medians and numbers at risk."""
+    fig = plt.figure(figsize=A4_LANDSCAPE)
+    fig.suptitle(
+        "Figure 2A. Relapse-free survival, 12 months before vs after infusion",
+        fontsize=12,
+        weight="bold",
+    )
+    width = 0.88 / len(ctx.groups)
+    for k, (group, title) in enumerate(ctx.groups.items()):
+        left = 0.06 + k * width
+        ax = fig.add_axes((left + 0.03, 0.36, width - 0.06, 0.4))
+        risk = fig.add_axes((left + 0.03, 0.13, width - 0.06, 0.12))
+        lines = []
+        for colour, window in zip(OKABE_ITO[:2], ("before", "after"), strict=True):
+            km = curves.get((group, window))
+            if km is None:
+                continue
+            km.plot_survival_function(
+                ax=ax,
+                ci_show=False,
+                color=colour,
+                show_censors=True,
+                censor_styles={"marker": "|", "ms": 6},
+                label=f"{window}: median {km.median_survival_time_:.0f} d",
+            )
+            table = km.event_table
+            at_risk = [
+                int(table.at_risk[table.index >= t].iloc[0]) if (table.index >= t).any() else 0
+                for t in KM_TICKS
+            ]
+            lines.append((window, colour, at_risk))
+        ax.set_xlim(-20, 385)
+        ax.set_ylim(0, 1.08)
+        ax.set_xticks(KM_TICKS)
+        ax.set_xlabel("days since the window's start")
+        ax.set_ylabel("relapse-free (proportion)")
+        hr = []
+        for analysis, label in (
+            ("relapse_free_cox_unmatched", "unmatched"),
+            ("relapse_free_cox_stratified", "stratified"),
+        ):
+            wald = _row(statistics, analysis=analysis, group=group, test="cox_wald")
+            if wald is None or not np.isfinite(wald.effect):
+                hr.append(f"{label}: not estimable")
+                continue
+            lr = _row(statistics, analysis=analysis, group=group, test="cox_likelihood_ratio")
+            lr_p = _fmt_p(lr.p_value) if lr is not None else "NA"
+            hr.append(
+                f"HR {label} {wald.effect:.2f} [{wald.ci_low:.2f}-{wald.ci_high:.2f}], "
+                f"p Wald {_fmt_p(wald.p_value)}, LR {lr_p}"
+            )
+        exact = _row(
+            statistics,
+            analysis="relapse_free_cox_stratified",
+            group=group,
+            test="cox_exact_conditional",
+        )
+        if exact is not None:
+            hr.append(f"stratified, exact conditional p {_fmt_p(exact.p_value)}")
+        ax.set_title(
+            f"{title} (n = {len(ctx.members(windows, group))})\n" + "\n".join(hr), fontsize=7
+        )
+        ax.legend(loc="upper right", frameon=False, fontsize=7)
+        risk.set_xlim(ax.get_xlim())
+        risk.set_ylim(-0.5, len(lines) - 0.5)
+        risk.set_xticks(KM_TICKS)
+        risk.set_yticks(range(len(lines)), [w for w, _, _ in lines][::-1])
+        for row, (_, colour, at_risk) in enumerate(reversed(lines)):
+            for t, count in zip(KM_TICKS, at_risk, strict=True):
+                risk.text(t, row, str(count), ha="center", va="center", color=colour, fontsize=7)
+        risk.set_title("numbers at risk", fontsize=7)
+        risk.tick_params(length=0, labelsize=7)
+        for spine in risk.spines.values():
+            spine.set_visible(False)
+    _note(
+        fig,
+        "Tick marks: censored windows (end of window or last follow-up). Hazard ratios: after "
+        "vs before infusion, Cox (Efron ties); stratified: each patient's two windows a matched "
+        "pair. Medians and the curves' steps: results/statistics.csv and results/km_curves.csv.",
+    )
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+def _drug_counts(block: pd.DataFrame, drugs: list[str]) -> tuple[dict, dict]:
+    def count(column: str) -> dict[str, int]:
+        on = block[column].dropna().astype(str).str.split(";")
+        return {d: int(on.apply(lambda s, d=d: d in s).sum()) for d in drugs}
+
+    return count("drugs_baseline"), count("drugs_12m")
+
+
+def figure_2b(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.DataFrame) -> None:
+    """Numbers of patients on each drug at baseline and at +12 months, per group."""
+    followed = windows[windows.drugs_12m.notna()]
+    drugs = sorted(set(statistics.loc[statistics.analysis == "drug_use_fisher", "measure"]))
+    fig, axes = plt.subplots(1, len(ctx.groups), figsize=A4_LANDSCAPE, squeeze=False)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.82, bottom=0.2, wspace=0.3)
+    fig.suptitle(
+        "Figure 2B. Patients on each drug at baseline and at +12 months",
+        fontsize=12,
+        weight="bold",
+    )
+    for ax, (group, title) in zip(axes[0], ctx.groups.items(), strict=True):
+        block = ctx.members(followed, group)
+        at_bl, at_12 = _drug_counts(block, drugs)
+        x = np.arange(len(drugs))
+        ax.bar(x - 0.2, [at_bl[d] for d in drugs], 0.4, color=OKABE_ITO[0], label="baseline")
+        ax.bar(x + 0.2, [at_12[d] for d in drugs], 0.4, color=OKABE_ITO[1], label="+12 months")
+        top = max(len(block), 1)
+        ax.set_ylim(0, top * 1.45)
+        for i, drug in enumerate(drugs):
+            fisher = _row(statistics, analysis="drug_use_fisher", group=group, measure=drug)
+            mcnemar = _row(statistics, analysis="drug_use_mcnemar", group=group, measure=drug)
+            ax.text(
+                i,
+                top * 1.08,
+                f"Fisher {_fmt_p(fisher.p_value if fisher is not None else np.nan)}\n"
+                f"McNemar {_fmt_p(mcnemar.p_value if mcnemar is not None else np.nan)}",
+                ha="center",
+                fontsize=6,
+            )
+        ax.set_xticks(x, drugs)
+        ax.set_ylabel("patients on the drug (count)")
+        ax.set_title(f"{title} (n = {len(block)} followed to +12 months)", fontsize=9)
+        ax.legend(frameon=False, fontsize=7, loc="upper right")
+    lost = windows[windows.drugs_12m.isna()]
+    _note(
+        fig,
+        "As the paper, counts of patients. Fisher's exact test is the paper's; it treats the two "
+        "dates as independent groups. McNemar's exact test is the paired test of the same "
+        "patients at both dates. Patients not followed to +12 months are left out at both "
+        "dates" + (f" ({', '.join(lost.patient_id)})." if len(lost) else "."),
+        y=0.05,
+    )
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+def figure_3(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.DataFrame) -> None:
+    """Figure 3A: relapses per patient in each 12-month window (counts); Figure 3B: number of
+    drugs per patient at baseline and +12 months. The lost patient's shorter window is shown."""
+    # The paper's Figure 3 is per age group: the plan's groups that are not the union of others.
+    subgroups = [g for g, p in ctx.group_patients.items() if len(p) == 1] or list(ctx.groups)
+    fig, axes = plt.subplots(2, len(subgroups), figsize=A4_LANDSCAPE, squeeze=False)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.88, bottom=0.17, hspace=0.55, wspace=0.2)
+    fig.suptitle(
+        "Figure 3. (A) relapses per patient, 12 months before vs after infusion; "
+        "(B) number of drugs per patient",
+        fontsize=11,
+        weight="bold",
+    )
+    for col, group in enumerate(subgroups):
+        block = ctx.members(windows, group)
+        x = np.arange(len(block))
+        short = (block.after_days < block.before_days).to_numpy()
+        ax = axes[0, col]
+        ax.bar(x - 0.2, block.relapses_before, 0.4, color=OKABE_ITO[0], label="before")
+        bars = ax.bar(x + 0.2, block.relapses_after, 0.4, color=OKABE_ITO[1], label="after")
+        top = max(float(block[["relapses_before", "relapses_after"]].max().max()), 1.0)
+        ax.set_ylim(0, top * 1.3 + 0.5)
+        for i, (bar, is_short) in enumerate(zip(bars, short, strict=True)):
+            if is_short:  # the window the patient was followed: a bar of 0 would hide it
+                bar.set_hatch("///")
+                bar.set_edgecolor("0.2")
+                days = int(block.after_days.iloc[i])
+                ax.text(
+                    x[i] + 0.2,
+                    bar.get_height() + 0.05,
+                    f"{days} d\nonly",
+                    ha="center",
+                    va="bottom",
+                    fontsize=5,
+                )
+        ax.set_xticks(x, block.patient_id, rotation=90, fontsize=6)
+        ax.set_ylabel("relapses (count)")
+        test = _row(statistics, analysis="relapses_before_after", group=group)
+        p = _fmt_p(test.p_value) if test is not None else "NA"
+        n_after = int((~short).sum())
+        ax.set_title(
+            f"3A {ctx.groups[group]}: n = {len(block)} before, {n_after} full windows after; "
+            f"rates p = {p}",
+            fontsize=8,
+        )
+        ax.legend(frameon=False, fontsize=6, loc="upper right")
+
+        ax = axes[1, col]
+        followed = block.n_drugs_12m.notna().to_numpy()
+        ax.bar(x - 0.2, block.n_drugs_baseline, 0.4, color=OKABE_ITO[0], label="baseline")
+        ax.bar(
+            x[followed] + 0.2,
+            block.n_drugs_12m[followed],
+            0.4,
+            color=OKABE_ITO[1],
+            label="+12 months",
+        )
+        top = max(float(block.n_drugs_baseline.max()), 1.0)
+        ax.set_ylim(0, top * 1.3 + 0.5)
+        for i in np.flatnonzero(~followed):
+            ax.text(
+                x[i] + 0.2, 0.1, "not\nfollowed", ha="center", fontsize=5, rotation=90, va="bottom"
+            )
+        ax.set_xticks(x, block.patient_id, rotation=90, fontsize=6)
+        ax.set_ylabel("drugs (count)")
+        test = _row(statistics, analysis="drugs_baseline_12m", group=group)
+        p = _fmt_p(test.p_value) if test is not None else "NA"
+        ax.set_title(
+            f"3B {ctx.groups[group]}: n = {int(followed.sum())} followed to +12 months; p = {p}",
+            fontsize=8,
+        )
+        ax.legend(frameon=False, fontsize=6, loc="upper right")
+    lost = windows[windows.after_days < windows.before_days]
+    lost_text = ", ".join(f"{r.patient_id} ({r.after_days} days)" for r in lost.itertuples())
+    _note(
+        fig,
+        "The paper shows counts (n = all patients before, those still followed after). The "
+        "tests here compare relapses per 365 days of observation with every patient, so a "
+        "shortened window is not read as fewer relapses; hatched: after-window shortened by "
+        f"loss to follow-up{': ' + lost_text if lost_text else ''}. Drug counts: patients "
+        "not followed to +12 months are left out of the test.",
+        y=0.03,
+    )
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+def figure_4(
+    pdf,
+    label: str,
+    title: str,
+    group_title: str,
+    members: pd.DataFrame,
+    specs: list[tuple[str, str]],
+    measure: str,
+    visits: list[str],
+    statistics: pd.DataFrame,
+) -> None:
+    """One part of Figure 4: a group's populations per visit, box-and-whisker, n per visit,
+    stars for the paired Wilcoxon test against baseline."""
+    fig, axes = plt.subplots(1, len(specs), figsize=A4_LANDSCAPE, squeeze=False)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.8, bottom=0.2, wspace=0.35)
+    fig.suptitle(f"Figure {label}. {group_title}: {title}", fontsize=12, weight="bold")
+    wilcox = statistics[statistics.analysis == "wilcoxon_vs_baseline"]
+    for ax, (panel, population) in zip(axes[0], specs, strict=True):
+        values = members[(members.panel == panel) & (members.population == population)]
+        tests = wilcox[
+            (wilcox.panel == panel)
+            & (wilcox.population == population)
+            & (wilcox.measure == measure)
+            & (wilcox.group == members.attrs["group"])
+        ]
+        boxplot_by_visit(
+            ax,
+            values,
+            visits,
+            measure,
+            dict(zip(tests.visit, tests.p_value, strict=True)),
+            MEASURE_TITLE[measure],
+            OKABE_ITO[1],
+        )
+        ax.set_title(f"{population} ({panel})", fontsize=9)
+        ax.set_xlabel("visit")
+    _note(
+        fig,
+        "Boxes: median and quartiles; whiskers: range; grey lines: patients; n under each "
+        "visit. * p<0.05, ** p<0.01: paired Wilcoxon signed-rank test against baseline "
+        "(unadjusted, as the paper; BH-adjusted p in results/statistics.csv).",
+        y=0.04,
+    )
+    pdf.savefig(fig)
+    plt.close(fig)

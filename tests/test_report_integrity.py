@@ -1,0 +1,288 @@
+"""The cohort report as a referee checks it: no page misstates (points and stars inside their
+own panels, nothing off the page), every p-value recomputed here by other means, and the
+sections a monitor asks for."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from reports.figure_checks import figure_problems
+from reports.figures import plt
+
+
+def test_figure_checks_catch_what_a_referee_rejected():
+    """The three faults of the first edition: a shared y-axis set by the last panel cutting off
+    another's values, a star drawn outside the panel it marks, a footnote over the axis
+    labels. A sound page has none."""
+    fig, (left, right) = plt.subplots(1, 2, sharey=True)
+    fig.subplots_adjust(bottom=0.1)
+    left.plot([0, 1, 2], [1, 9, 3], "o")  # children: up to 9
+    right.plot([0, 1, 2], [1, 2, 3], "o")  # adults: up to 3
+    right.set_ylim(0, 4)  # the last panel sets the shared top
+    right.text(1, 7.5, "**")  # its star, above its own axes
+    fig.text(0.1, 0.05, "footnote " * 8)  # where the tick labels are
+    problems = figure_problems(fig)
+    plt.close(fig)
+    assert any("point(s)" in p and "outside the limits" in p for p in problems), problems
+    assert any("annotation '**' leaves its axes" in p for p in problems), problems
+    assert any("footnote" in p and "overlaps the panel" in p for p in problems), problems
+
+    fig, ax = plt.subplots()
+    fig.subplots_adjust(bottom=0.2)
+    ax.plot([0, 1, 2], [1, 9, 3], "o")
+    ax.set_ylim(0, 10.5)
+    ax.text(1, 9.5, "**", ha="center")
+    fig.text(0.1, 0.02, "footnote")
+    assert figure_problems(fig) == []
+    plt.close(fig)
+
+
+class _CheckedPdf:
+    """Stands in for PdfPages: checks every page instead of saving it."""
+
+    def __init__(self):
+        self.titles: list[str] = []
+        self.problems: list[str] = []
+
+    def savefig(self, fig, **_):
+        title = fig._suptitle.get_text() if fig._suptitle else fig.texts[0].get_text()
+        self.titles.append(title.split("\n")[-1] if "report" in title else title)
+        self.problems += [
+            f"page {len(self.titles)} ({title[:50]}): {p}" for p in figure_problems(fig)
+        ]
+
+
+@pytest.fixture(scope="module")
+def report_pages(demo_run):
+    from cohort.exports import samples_table
+    from cohort.store import Store
+    from cohort.study import Study
+    from reports.cohort_report import report_sections
+    from reports.outputs import monitor_tables, report_context, write_results
+
+    root, _, _ = demo_run
+    study = Study(root)
+    store = Store(study.db_path)
+    results, error = write_results(study, store)
+    assert error == ""
+    sections = report_sections(
+        report_context(study, store, results),
+        samples_table(store, study),
+        results.populations,
+        results.statistics,
+        results.groups,
+        results.windows,
+        results.curves,
+        monitor_tables(study, store, results),
+    )
+    pdf = _CheckedPdf()
+    for _, draw in sections:
+        draw(pdf)
+    store.close()
+    return pdf
+
+
+def test_every_report_page_passes_the_figure_checks(report_pages):
+    assert len(report_pages.titles) > 30
+    assert report_pages.problems == []
+
+
+def test_the_report_has_the_papers_figures_and_what_a_monitor_asks_for(report_pages):
+    titles = "\n".join(report_pages.titles)
+    for expected in (
+        "Patients: disposition and baseline characteristics",
+        "Missing samples and why",
+        "Visit-window deviations",
+        "Quality control: cohort summary",
+        "Figure 2A. Relapse-free survival",
+        "Figure 2B. Patients on each drug",
+        "Figure 3. (A) relapses per patient",
+        "Figure 4A. Children:",
+        "Figure 4B. Children: Treg, memory Treg and HLA-DR+ memory Treg",
+        "Populations: gate definitions",
+        "Methods",
+    ):
+        assert expected in titles, expected
+    # The paper's figures follow the all / children / adults pages, as the issue asks.
+    assert titles.index("Figure 2B") > titles.index("TREG: hladr_memory_treg")
+
+
+@functools.cache
+def _sign_patterns(m: int) -> np.ndarray:
+    return np.array(list(itertools.product((0, 1), repeat=m)), dtype=float)
+
+
+def _signed_rank_p(diff: np.ndarray) -> float:
+    """Two-sided p of the signed-rank statistic, zeros dropped, mid-ranks for ties: every
+    sign pattern enumerated (up to 20 pairs), else R's normal approximation with continuity
+    correction. Written here from the definition, not from stats.tests."""
+    d = diff[diff != 0]
+    ranks = stats.rankdata(np.abs(d))
+    observed = ranks[d > 0].sum()
+    m = len(d)
+    if m == 0:
+        return float("nan")
+    if m <= 20:
+        null = _sign_patterns(m) @ ranks
+        low = np.mean(null <= observed + 1e-9)
+        high = np.mean(null >= observed - 1e-9)
+        return min(1.0, 2 * min(low, high))
+    _, ties = np.unique(ranks, return_counts=True)
+    sigma = math.sqrt(m * (m + 1) * (2 * m + 1) / 24 - (ties**3 - ties).sum() / 48)
+    z = observed - m * (m + 1) / 4
+    z = (z - math.copysign(0.5, z)) / sigma
+    return 2 * stats.norm.sf(abs(z))
+
+
+def test_every_wilcoxon_p_value_and_its_adjustment_reproduced(demo_run):
+    """From populations.csv and patients.csv: the pairs, the signed-rank p by enumeration,
+    and Benjamini-Hochberg (statsmodels) over each group x panel x measure, QC gates
+    (lymphocytes) not tested."""
+    from statsmodels.stats.multitest import multipletests
+
+    root, _, _ = demo_run
+    pops = pd.read_csv(root / "results" / "populations.csv")
+    pops = pops[pops.missing_markers.isna()]
+    patients = pd.read_csv(root / "clinical" / "patients.csv")
+    group_of = dict(zip(patients.patient_id, patients.group, strict=True))
+    table = pd.read_csv(root / "results" / "statistics.csv")
+    wilcox = table[table.analysis == "wilcoxon_vs_baseline"].copy()
+    assert "lymphocytes" not in set(wilcox.population)
+    expected = []
+    for r in wilcox.itertuples():
+        sel = pops[(pops.panel == r.panel) & (pops.population == r.population)]
+        sel = sel[
+            sel.patient_id.map(group_of).isin(["child", "adult"] if r.group == "all" else [r.group])
+        ]
+        wide = sel.pivot_table(index="patient_id", columns="visit", values=r.measure)
+        pair = wide[["BL", r.visit]].dropna()
+        assert len(pair) == r.n
+        expected.append(_signed_rank_p((pair[r.visit] - pair["BL"]).to_numpy()))
+    wilcox["expected"] = expected
+    assert np.allclose(wilcox.p_value, wilcox.expected, atol=1e-6, equal_nan=True)
+    for (group, panel, measure), block in wilcox.groupby(["group", "panel", "measure"]):
+        assert block.family.nunique() == 1
+        adjusted = multipletests(block.p_value, method="fdr_bh")[1]
+        assert np.allclose(block.p_adjusted, adjusted, atol=1e-9), (group, panel, measure)
+    assert wilcox.family.nunique() == 3 * 2 * 3  # groups x panels x measures
+
+
+def test_clinical_p_values_under_the_declared_methods_reproduced(demo_run):
+    """McNemar by counting discordant patients, Cox likelihood-ratio p with statsmodels'
+    PHReg, the exact conditional p by counting which window relapsed first."""
+    from statsmodels.duration.hazard_regression import PHReg
+
+    root, _, _ = demo_run
+    table = pd.read_csv(root / "results" / "statistics.csv")
+    windows = pd.read_csv(root / "results" / "clinical_windows.csv")
+    followed = windows[windows.drugs_12m.notna()]
+    members = {"all": ["child", "adult"], "child": ["child"], "adult": ["adult"]}
+    for group, kinds in members.items():
+        block = followed[followed.group.isin(kinds)]
+        for drug in ("cni", "mmf", "prednisone"):
+            on_bl = block.drugs_baseline.fillna("").str.split(";").apply(lambda s, d=drug: d in s)
+            on_12 = block.drugs_12m.fillna("").str.split(";").apply(lambda s, d=drug: d in s)
+            b, c = int((on_bl & ~on_12).sum()), int((~on_bl & on_12).sum())
+            p = (
+                1.0
+                if b + c == 0
+                else min(
+                    1.0, 2 * sum(math.comb(b + c, k) for k in range(min(b, c) + 1)) / 2 ** (b + c)
+                )
+            )
+            row = table[
+                (table.analysis == "drug_use_mcnemar")
+                & (table.group == group)
+                & (table.measure == drug)
+            ]
+            assert abs(row.p_value.iloc[0] - p) < 1e-9, (group, drug)
+
+        people = windows[windows.group.isin(kinds)]
+        long = pd.DataFrame(
+            {
+                "t": np.r_[people.time_to_relapse_before, people.time_to_relapse_after],
+                "e": np.r_[people.relapse_before, people.relapse_after].astype(int),
+                "after": np.r_[np.zeros(len(people)), np.ones(len(people))],
+                "id": np.r_[people.patient_id, people.patient_id],
+            }
+        )
+        for analysis, strata in (
+            ("relapse_free_cox_unmatched", None),
+            ("relapse_free_cox_stratified", long.id),
+        ):
+            model = PHReg(long.t, long[["after"]], status=long.e, strata=strata, ties="efron")
+            fit = model.fit()
+            lr = 2 * (fit.llf - model.loglike(np.zeros(1)))
+            rows = table[(table.analysis == analysis) & (table.group == group)].set_index("test")
+            assert abs(rows.at["cox_likelihood_ratio", "p_value"] - stats.chi2.sf(lr, 1)) < 1e-6
+            assert abs(rows.at["cox_wald", "p_value"] - fit.pvalues[0]) < 1e-6
+            assert abs(rows.at["cox_wald", "effect"] - math.exp(fit.params[0])) < 1e-5
+        # A pair informs the stratified model when one window relapses while the other is
+        # still at risk (censored no earlier); both on the same day carries no order.
+        after_first = before_first = 0
+        for r in people.itertuples():
+            t_b, e_b = r.time_to_relapse_before, r.relapse_before
+            t_a, e_a = r.time_to_relapse_after, r.relapse_after
+            after_first += bool(e_a and (t_a < t_b or (t_a == t_b and not e_b)))
+            before_first += bool(e_b and (t_b < t_a or (t_b == t_a and not e_a)))
+        m = after_first + before_first
+        exact = stats.binomtest(after_first, m, 0.5).pvalue
+        assert abs(rows.at["cox_exact_conditional", "p_value"] - exact) < 1e-9, group
+
+
+def test_visit_deviations_flag_a_baseline_after_the_infusion_and_late_visits():
+    from reports.monitor_pages import visit_deviations
+
+    patients = pd.DataFrame(
+        {"patient_id": ["A", "B"], "first_infusion_date": pd.to_datetime(["2024-01-10"] * 2)}
+    )
+    visits = pd.DataFrame(
+        {
+            "patient_id": ["A", "A", "B", "B"],
+            "visit": ["BL", "M3", "BL", "M3"],
+            # A: baseline 2 days after the infusion; M3 on day 91 (scheduled 91.3): fine.
+            # B: baseline 3 days before: fine; M3 30 days late.
+            "visit_date": pd.to_datetime(["2024-01-12", "2024-04-10", "2024-01-07", "2024-05-10"]),
+        }
+    )
+    found = visit_deviations(visits, patients, {"BL": 0, "M3": 3}, "BL", 14, 60)
+    assert list(zip(found.patient_id, found.visit, strict=True)) == [("A", "BL"), ("B", "M3")]
+    assert found.verdict.iloc[0] == "ERROR: baseline after the first infusion"
+    assert found.days_from_schedule.iloc[1] == 30
+
+
+def test_missing_samples_say_why(tmp_path):
+    from reports.monitor_pages import missing_samples
+
+    patients = pd.DataFrame(
+        {
+            "patient_id": ["A", "B"],
+            "first_infusion_date": pd.to_datetime(["2024-01-10"] * 2),
+            "last_follow_up_date": pd.to_datetime(["2025-01-20", "2024-03-01"]),
+        }
+    )
+    samples = pd.DataFrame(
+        {
+            "file": ["A_BL_X.fcs", "A_M3_X.fcs", "B_BL_X.fcs"],
+            "patient_id": ["A", "A", "B"],
+            "visit": ["BL", "M3", "BL"],
+            "panel": ["X", "X", "X"],
+            "status": ["processed", "quarantined", "processed"],
+            "reason": ["", "the file is truncated", ""],
+        }
+    )
+    why = missing_samples(samples, patients, {"BL": 0, "M3": 3, "M6": 6}, ["X"])
+    got = {(r.patient_id, r.visit): r.why for r in why.itertuples()}
+    assert got == {
+        ("A", "M3"): "quarantined: the file is truncated",
+        ("A", "M6"): "not received: no file in the inbox",
+        ("B", "M3"): "not collected: after the patient's last follow-up",
+        ("B", "M6"): "not collected: after the patient's last follow-up",
+    }
