@@ -79,7 +79,7 @@ class CohortResults:
 
 # The clinical analyses (statistics.csv ``analysis``) and window columns each file feeds.
 ANALYSES_FED_BY = {
-    "relapses.csv": {"relapses_before_after", *COX_ANALYSES},
+    "relapses.csv": {"relapses_before_after", *COX_ANALYSES, "kaplan_meier_median"},
     "medications.csv": {
         "drugs_baseline_12m",
         "prednisone_before_after",

@@ -68,6 +68,27 @@ def _cases(tmp: Path) -> list[tuple[list[str], str]]:
             ],
             "nowhere.yaml",
         ),
+        (
+            [
+                "run",
+                "--study",
+                str(_study(tmp / "s8", {**GOOD, "analysis": {"familly": ["group"]}})),
+            ],
+            "analysis.familly: unknown key",
+        ),
+        (
+            [
+                "run",
+                "--study",
+                str(
+                    _study(
+                        tmp / "s9",
+                        {**GOOD, "analysis": {"figure_4": {"group": "toddlers"}}},
+                    )
+                ),
+            ],
+            "figure_4.group 'toddlers' is not one of the groups",
+        ),
         (["process", str(tmp / "none.fcs"), "--panel", "bcell"], "none.fcs: no such file"),
         (["process", str(tmp), "--panel", "bcell"], "is a folder, not an FCS file"),
         (["inspect", str(tmp / "none.fcs")], "none.fcs: no such file"),
