@@ -263,7 +263,7 @@ def _monitor_pages(pdf: PdfPages, monitor: MonitorTables) -> None:
         f"{r.patient_id:8} {r.visit:6} {r.scheduled:>11} {r.visit_date:>11} "
         f"{r.days_from_schedule:9d}  {r.verdict}"
         for r in dev.itertuples()
-    ]
+    ] or ["(none)"]
     _text_pages(pdf, "Visit-window deviations", lines, size=7)
     _text_pages(pdf, "Quality control: cohort summary", monitor.qc, size=7.5)
 

@@ -170,7 +170,7 @@ def drug_bars(
     for i, d in enumerate(drugs):
         ax.text(i, 106, f"p={p_values.get(d, np.nan):.3g}", ha="center", fontsize=6)
     ax.set_xticks(x, drugs)
-    ax.set_ylim(0, 140)
+    ax.set_ylim(0, 165)  # room for the p-values (106) and the legend above them
     ax.set_yticks([0, 25, 50, 75, 100])
     ax.set_ylabel("patients on the drug (%)")
     ax.set_title(title)
