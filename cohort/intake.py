@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -91,7 +92,11 @@ class IntakePlan:
 
 
 def plan_intake(
-    study: Study, store, current_keys: dict[str, str], hold: frozenset[str] = frozenset()
+    study: Study,
+    store,
+    current_keys: dict[str, str],
+    hold: frozenset[str] = frozenset(),
+    sample_keys: Mapping[str, tuple[str, str]] | None = None,
 ) -> IntakePlan:
     """Walk inbox/: skip files already processed with the current strategy, quarantine the
     ones that cannot be processed (recording why), and list the rest for processing.
@@ -112,7 +117,10 @@ def plan_intake(
         record = store.file_record(path.name, sha)
         parsed = study.parse_name(path.name)
         if record is not None and record["status"] == "processed" and not isinstance(parsed, str):
-            strategy_sha, version = current_keys[parsed.panel_token]
+            # A sample with thresholds set in review has its own strategy identity.
+            strategy_sha, version = (sample_keys or {}).get(parsed.sample_id) or current_keys[
+                parsed.panel_token
+            ]
             key = sample_key(sha, strategy_sha, version)
             # A result superseded by another acquisition under this name is not current: the
             # file came back (A, then B, then A again) and is processed as the latest.

@@ -102,9 +102,13 @@ def now() -> str:
 class Store:
     """Thin typed access to the study database."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, shared_between_threads: bool = False):
+        """``shared_between_threads``: the connection is used from several threads, one at a
+        time under the caller's lock (the review server)."""
         self.path = Path(path)
-        self.conn = sqlite3.connect(self.path, timeout=60)
+        self.conn = sqlite3.connect(
+            self.path, timeout=60, check_same_thread=not shared_between_threads
+        )
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.executescript(SCHEMA)

@@ -246,6 +246,92 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_review(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from cohort.accounts import user_names
+    from cohort.store import Store
+    from cohort.study import Study, StudyError
+    from flows.review import create_app
+
+    study = Study(args.study)
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    if not loopback:
+        store = Store(study.db_path)
+        names = user_names(store.conn)
+        store.close()
+        if not names:
+            raise StudyError(
+                f"--host {args.host} opens the review to the network: add personal accounts "
+                f"first (immunomon users add NAME --study {args.study})"
+            )
+    app = create_app(study.root, accounts=not loopback)
+    print(f"review of {study.config.study}: http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    from cohort.audit import AuditLog
+    from cohort.store import Store
+    from cohort.study import Study
+
+    study = Study(args.study)
+    store = Store(study.db_path)
+    log = AuditLog(store.conn)
+    problem, count, head = log.verify(), len(log.entries()), log.head()
+    store.close()
+    if problem:
+        print(f"{study.db_path}: audit trail broken: {problem}", file=sys.stderr)
+        return 1
+    print(f"audit trail intact: {count} entries, head sha256 {head}")
+    return 0
+
+
+def _cmd_audit_export(args: argparse.Namespace) -> int:
+    from cohort.audit import AuditLog
+    from cohort.store import Store
+    from cohort.study import Study
+
+    study = Study(args.study)
+    out = Path(args.out) if args.out else study.results_dir / "audit_trail.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    store = Store(study.db_path)
+    count = AuditLog(store.conn).export_csv(out)
+    store.close()
+    print(f"wrote {count} audit entries to {out}")
+    return 0
+
+
+def _cmd_users_add(args: argparse.Namespace) -> int:
+    import getpass
+
+    from cohort.accounts import AccountError, add_user
+    from cohort.audit import AuditLog
+    from cohort.review import reviewer_name
+    from cohort.store import Store
+    from cohort.study import Study
+    from reports.outputs import software_version
+
+    study = Study(args.study)
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            raise AccountError("the two passwords differ: nothing was stored")
+    else:  # from a script: the password on the first line of stdin
+        password = sys.stdin.readline().rstrip("\n")
+    store = Store(study.db_path)
+    try:
+        add_user(store.conn, args.name, password)
+        AuditLog(store.conn).append(
+            reviewer_name(), "user_added", f"account {args.name} added", software_version()
+        )
+    finally:
+        store.close()
+    print(f"account {args.name} added to {study.db_path}")
+    return 0
+
+
 def _cmd_process(args: argparse.Namespace) -> int:
     from panels.errors import readable_file
 
@@ -454,6 +540,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--visits", help="only samples of these visits, comma-separated (e.g. BL for baseline)"
     )
     build.set_defaults(func=_cmd_reference_build)
+
+    review = sub.add_parser(
+        "review", help="the review and sign-off pages in the browser (http://127.0.0.1:8765)"
+    )
+    review.add_argument("--study", required=True, help="study folder")
+    review.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    review.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: loopback only; any other needs personal "
+        "accounts, see 'users add')",
+    )
+    review.set_defaults(func=_cmd_review)
+
+    audit = sub.add_parser("audit", help="the study's audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="recompute the hash chain of the audit trail")
+    verify.add_argument("--study", required=True, help="study folder")
+    verify.set_defaults(func=_cmd_audit_verify)
+    dump = audit_sub.add_parser("export", help="write the audit trail as CSV")
+    dump.add_argument("--study", required=True, help="study folder")
+    dump.add_argument("--out", help="output file (default: STUDY/results/audit_trail.csv)")
+    dump.set_defaults(func=_cmd_audit_export)
+
+    users = sub.add_parser("users", help="personal accounts for review from another machine")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    add = users_sub.add_parser("add", help="add an account (the password is asked twice)")
+    add.add_argument("name", help="the person's user name, e.g. jdupont")
+    add.add_argument("--study", required=True, help="study folder")
+    add.set_defaults(func=_cmd_users_add)
 
     process = sub.add_parser("process", help="gate one FCS file outside any study")
     process.add_argument("file", help="FCS file")

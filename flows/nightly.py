@@ -18,13 +18,15 @@ from prefect.futures import as_completed
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from cohort.audit import AuditLog
 from cohort.intake import plan_intake
+from cohort.review import overrides_in_force, panel_of, reviewer_name
 from cohort.store import Store
 from cohort.study import Study, StudyError, StudyLease
 from flows.tasks import process_sample_task
 from flows.worker_pool import local_workers, open_worker_pool, sample_worker_pool
 from gating.pipeline import PIPELINE_VERSION
-from reports.outputs import update_outputs, write_report, write_results
+from reports.outputs import software_version, update_outputs, write_report, write_results
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,20 @@ def _one_pass(
     run_id = uuid.uuid4().hex[:12]
     store.start_run(run_id)
     current = {t: (s.sha256, PIPELINE_VERSION) for t, s in study.strategies.items()}
-    plan = intake_task(study, store, current, hold)
+    audit = AuditLog(store.conn)
+    # Thresholds set by hand in review, under the panels' current strategies, stay applied.
+    manual = overrides_in_force(audit.entries(), {t: s.sha256 for t, s in study.strategies.items()})
+    strategy_of = {
+        sample_id: study.strategies[panel_of(sample_id)].with_overrides(values)
+        for sample_id, values in manual.items()
+    }
+    plan = intake_task(
+        study,
+        store,
+        current,
+        hold,
+        {sample_id: (s.sha256, PIPELINE_VERSION) for sample_id, s in strategy_of.items()},
+    )
     lease.renew()
     logger.info(
         "%d files in inbox: %d to process, %d unchanged, %d newly quarantined, "
@@ -135,7 +150,9 @@ def _one_pass(
         logger.warning("%s quarantined: %s", decision.path.name, decision.reason)
     progress = RunProgress(len(plan.ready), lease)
     with per_sample_runner(workers if len(plan.ready) > 1 else 1, dask_address) as submit:
-        outcomes = _process_ready(plan.ready, study, store, run_id, logger, submit, progress)
+        outcomes = _process_ready(
+            plan.ready, study, store, run_id, logger, submit, progress, strategy_of
+        )
         results, error = results_task(study, store)
         lease.renew()
         if results is not None:
@@ -155,6 +172,13 @@ def _one_pass(
         "failed": len(failed_files),
     }
     store.finish_run(run_id, counts, "error" if error else "ok", error)
+    audit.append(
+        reviewer_name(),
+        "pass",
+        error or "scheduled or manual processing pass",
+        software_version(),
+        detail={"run_id": run_id, **counts},
+    )
     store.close()
     summary = RunSummary(
         run_id,
@@ -248,7 +272,14 @@ def publish_run_artifacts(study: Study, summary: RunSummary, rows: list[dict]) -
 
 
 def _process_ready(
-    ready, study: Study, store: Store, run_id: str, logger, submit, progress: RunProgress
+    ready,
+    study: Study,
+    store: Store,
+    run_id: str,
+    logger,
+    submit,
+    progress: RunProgress,
+    strategy_of: dict,
 ) -> list[dict]:
     """Submit one task per file; store each result, in its own transaction, as it completes.
     Returns a row per file: file, status (processed | failed), reason, flags."""
@@ -259,7 +290,8 @@ def _process_ready(
                 "sha256": d.sha256,
                 "name": d.name,
                 "panel": study.panels[d.name.panel_token],
-                "strategy": study.strategies[d.name.panel_token],
+                "strategy": strategy_of.get(d.name.sample_id)
+                or study.strategies[d.name.panel_token],
                 "qc_report_dir": str(study.qc_reports_dir),
                 "qc_reports": study.config.qc_reports,
             }

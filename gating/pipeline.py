@@ -61,7 +61,10 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
             spec = strategy.thresholds[ref]
             within = masks[spec.within]
             place = None
-            if ref in strategy.offsets:
+            if ref in strategy.overrides:  # set by hand in review: as written
+                value = float(strategy.overrides[ref])
+                place = Placement(value, True, f"set by hand in review: {value:.3f}", "manual")
+            elif ref in strategy.offsets:
                 place = place_registered(
                     space[spec.dimension][masks[spec.registration.landmark_within]],
                     spec.registration.peak,

@@ -265,6 +265,22 @@ class Strategy:
     # from the study reference with this sha256; the strategy's sha256 then includes it.
     offsets: Mapping[str, float] = field(default_factory=dict)
     reference_sha256: str = ""
+    # Thresholds set by hand for one sample in review (``cohort.review``): used as written,
+    # recorded as 'manual'; the sha256 then includes them, so the result is a new one.
+    overrides: Mapping[str, float] = field(default_factory=dict)
+    base_sha256: str = ""  # the strategy's sha256 without the overrides
+
+    def with_overrides(self, overrides: Mapping[str, float]) -> Strategy:
+        """This strategy with one sample's hand-set thresholds."""
+        unknown = sorted(set(overrides) - set(self.thresholds))
+        if unknown:
+            raise StrategyError(f"{', '.join(unknown)}: not thresholds of strategy {self.name}")
+        if not overrides:
+            return self
+        base = self.base_sha256 or self.sha256
+        text = json.dumps({k: float(v) for k, v in sorted(overrides.items())})
+        digest = hashlib.sha256(f"{base}|manual|{text}".encode()).hexdigest()
+        return replace(self, overrides=dict(overrides), sha256=digest, base_sha256=base)
 
     def registered_with(
         self, offsets: Mapping[str, float], sha256: str, reference_sha256: str

@@ -217,6 +217,15 @@ def report_sections(
             ),
         ),
         (0.04, partial(_appendix, samples=samples)),
+        (
+            0.02,
+            partial(
+                _text_pages,
+                title="Review and sign-off",
+                lines=context.review_lines or ["(no review recorded)"],
+                size=7,
+            ),
+        ),
     ]
     return sections
 
@@ -337,6 +346,12 @@ def _title_page(
         f"Visits: {', '.join(ctx.visits)} (baseline {ctx.baseline})",
         "Panels: " + ", ".join(f"{k} = {v}" for k, v in ctx.panels.items()),
     ]
+    if ctx.preliminary:
+        lines += [
+            "",
+            f"PRELIMINARY: {ctx.preliminary} processed sample(s) not yet approved in review "
+            "(see Review and sign-off)",
+        ]
     if ctx.broken_inputs:
         lines += ["", "WARNING: clinical input could not be used. Fix it; the next pass redraws:"]
         for error in ctx.broken_inputs.values():

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from cohort.audit import AuditLog
 from cohort.clinical import FEEDS, ClinicalData, load_clinical_parts, patient_windows
 from cohort.exports import mfi_table, populations_table, samples_table, write_csv
+from cohort.review import review_states, status_frame
 from cohort.store import Store
 from cohort.study import REFERENCE_FOLDER, Study
 from gating.pipeline import PIPELINE_VERSION, replay_gates
@@ -93,6 +95,66 @@ WINDOW_COLUMNS_FED_BY = {
 }
 
 
+def review_table(study: Study, store: Store) -> pd.DataFrame:
+    """review_status and overridden_gates of every current sample, from the audit trail."""
+    files = store.files_frame()
+    current = files[files.status == "processed"].dropna(subset=["sample_id"])
+    strategy_of = {
+        r.sample_id: study.strategies[r.panel].sha256
+        for r in current.itertuples()
+        if r.panel in study.strategies
+    }
+    states = review_states(AuditLog(store.conn).entries(), strategy_of)
+    return status_frame(states, sorted(strategy_of))
+
+
+def review_lines(study: Study, store: Store, review: pd.DataFrame) -> list[str]:
+    """The report's review appendix: every override and exclusion in force with who, when and
+    why, and the sign-off counts per visit and panel."""
+    log = AuditLog(store.conn)
+    entries = log.entries()
+    undone = {e.detail.get("undoes") for e in entries if e.action == "undo"}
+    status = dict(zip(review.sample_id, review.review_status, strict=True))
+    lines = ["Overrides and exclusions in force (audit entry, UTC time, who, what, why):"]
+    shown = 0
+    for e in entries:
+        if e.seq in undone or e.action not in ("override", "exclude"):
+            continue
+        if e.action == "exclude" and status.get(e.sample_id) != "excluded":
+            continue  # approved again later
+        if e.action == "override":
+            what = (
+                f"{e.detail['threshold']} {e.detail.get('old') or float('nan'):.3f} -> "
+                f"{float(e.detail['new']):.3f}"
+            )
+        else:
+            what = "excluded from the statistics"
+        lines.append(f"  #{e.seq} {e.at[:19]} {e.who}: {e.sample_id} {what}; why: {e.reason}")
+        shown += 1
+    if not shown:
+        lines.append("  none")
+    lines += ["", "Sign-off per visit and panel (approved / excluded / overridden / to review):"]
+    review = review.assign(
+        visit=review.sample_id.str.rsplit("_", n=2).str[1],
+        panel=review.sample_id.str.rsplit("_", n=1).str[1],
+    )
+    for visit in study.config.visits:
+        for panel in study.panels:
+            block = review[(review.visit == visit) & (review.panel == panel)]
+            counts = block.review_status.value_counts()
+            lines.append(
+                f"  {visit:5} {panel:6} {counts.get('approved', 0):4d} "
+                f"{counts.get('excluded', 0):4d} {counts.get('overridden', 0):4d} "
+                f"{counts.get('to_review', 0):4d}"
+            )
+    lines += [
+        "",
+        f"Audit trail: {len(entries)} entries; head sha256 {log.head()}",
+        "(immunomon audit verify --study STUDY recomputes the chain up to this head.)",
+    ]
+    return lines
+
+
 def update_outputs(
     study: Study, store: Store, executor: Executor | None = None, parts: int = 1
 ) -> str:
@@ -114,7 +176,10 @@ def write_results(study: Study, store: Store) -> tuple[CohortResults | None, str
     are returned with the errors, or None (nothing grouped: statistics.csv and the report are
     left as the last pass wrote them) when patients.csv itself is broken."""
     study.ensure_output_folders()
-    samples = samples_table(store, study)
+    review = review_table(study, store)
+    samples = samples_table(store, study).merge(review, on="sample_id", how="left")
+    not_sample = samples.status != "processed"
+    samples.loc[not_sample, ["review_status", "overridden_gates"]] = ""
     write_csv(samples, study.results_dir / "samples.csv")
     visits = list(study.config.visits)
     plan = study.config.analysis
@@ -123,11 +188,15 @@ def write_results(study: Study, store: Store) -> tuple[CohortResults | None, str
     error = "; ".join(loaded.broken.values())
     clinical = loaded.data
     populations = populations_table(store, study, clinical, loaded.lymphocyte_counts)
+    populations = populations.merge(review, on="sample_id", how="left")
     write_csv(populations, study.results_dir / "populations.csv")
     write_csv(mfi_table(store), study.results_dir / "mfi.csv")
     if clinical is None:
         return None, error
-    populations = populations[populations.missing_markers == ""]  # measured rows only
+    # Measured rows of samples not excluded in review.
+    populations = populations[
+        (populations.missing_markers == "") & (populations.review_status != "excluded")
+    ]
     groups = clinical.group_of()
     windows = patient_windows(clinical)
     left_out = frozenset().union(*(ANALYSES_FED_BY.get(name, ()) for name in loaded.broken))
@@ -229,6 +298,7 @@ def report_context_cut(clinical: ClinicalData) -> str:
 
 def report_context(study: Study, store: Store, results: CohortResults) -> ReportContext:
     """What the report says about its own provenance and inputs."""
+    review = review_table(study, store)
     clinical, populations = results.clinical, results.populations
     files = store.files_frame()
     stamps = pd.concat([files.first_seen.dropna(), files.processed_at.dropna()])
@@ -247,6 +317,9 @@ def report_context(study: Study, store: Store, results: CohortResults) -> Report
         unknown_patients=unknown,
         methods=methods_text(study),
         broken_inputs=results.broken_inputs,
+        preliminary=int(review.review_status.isin(["to_review", "overridden"]).sum()),
+        review_lines=review_lines(study, store, review),
+        audit_head=AuditLog(store.conn).head(),
         groups=cfg.analysis.group_titles,
         group_patients={g.name: g.patients for g in cfg.analysis.groups},
         figure_4_group=cfg.analysis.figure_4.group,
@@ -341,23 +414,30 @@ def methods_text(study: Study) -> list[str]:
     return lines
 
 
-def write_qc_report_from_store(study: Study, store: Store, sample_id: str) -> Path:
-    """Regenerate one sample's QC PDF from its recorded gates (no gate is placed anew)."""
+def replay_current(study: Study, store: Store, sample_id: str):
+    """A sample's current result replayed on its events: (sample row, gates, masks, gating
+    space, events). Nothing is placed anew."""
     from panels.fcs import read_events
     from panels.resolve import resolve_panel
 
     sample = store.current_sample(sample_id)
     if sample is None:
         raise LookupError(f"no processed sample {sample_id!r} in {study.db_path}")
-    key = sample["sample_key"]
-    gates = store.applied_gates(key)
+    gates = store.applied_gates(sample["sample_key"])
     if not gates:
         source = study.strategies[sample["panel"]].source
-        raise LookupError(f"{sample_id} was gated with the FlowJo workspace {source}: no QC pages")
+        raise LookupError(f"{sample_id} was gated with the FlowJo workspace {source}: no gates")
     data = read_events(study.inbox / sample["file_name"])
     resolved = resolve_panel(study.panels[sample["panel"]], data.header)
     space = GatingSpace.of_sample(data, resolved)
     masks = replay_gates(data, resolved, gates, space)
+    return sample, gates, masks, space, data
+
+
+def write_qc_report_from_store(study: Study, store: Store, sample_id: str) -> Path:
+    """Regenerate one sample's QC PDF from its recorded gates (no gate is placed anew)."""
+    sample, gates, masks, space, data = replay_current(study, store, sample_id)
+    key = sample["sample_key"]
     pops = store.current_populations()
     pops = pops[pops.sample_key == key]
     qc = store.qc_steps(key).rename(columns={"step": "name"})

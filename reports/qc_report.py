@@ -127,6 +127,11 @@ _DRAWERS = {
 }
 
 
+def drawable(gates: list[AppliedGate]) -> list[AppliedGate]:
+    """The gates that are drawn (boolean and raw-range gates are listed, not drawn)."""
+    return [g for g in gates if type(g.gate) in _DRAWERS]
+
+
 def write_sample_qc_report(
     path: str | Path,
     *,
@@ -145,7 +150,7 @@ def write_sample_qc_report(
     """Write one sample's QC PDF. ``data_channel(name)`` returns a raw channel's values."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    drawn = [g for g in gates if type(g.gate) in _DRAWERS]
+    drawn = drawable(gates)
     tmp = path.with_name(path.name + ".tmp")
     with PdfPages(tmp, metadata={"Title": f"QC report {sample_id}", "CreationDate": None}) as pdf:
         fig = plt.figure(figsize=A4_PORTRAIT)

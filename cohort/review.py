@@ -1,0 +1,170 @@
+"""Review and sign-off: each sample's review state, derived from the audit trail, and the
+actions a lab scientist takes on it (adjust a threshold, approve, exclude, undo).
+
+The trail is the only record: a sample's state is what its entries, in order, leave once the
+undone ones are set aside. An override is tied to the strategy it was made under; when that
+strategy changes, the override is not applied and the sample goes back to review."""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from cohort.audit import AuditEntry, AuditError, AuditLog
+
+REVIEW_STATES = ("to_review", "overridden", "approved", "excluded")
+
+
+@dataclass(frozen=True)
+class Override:
+    threshold: str
+    value: float
+    strategy_sha256: str  # the panel strategy (without overrides) it was made under
+    seq: int
+    who: str
+    reason: str
+
+
+@dataclass
+class ReviewStatus:
+    """A sample's review state: ``status`` one of REVIEW_STATES."""
+
+    sample_id: str
+    status: str = "to_review"
+    overrides: dict[str, Override] = field(default_factory=dict)
+    decided_by: str = ""
+    decided_at: str = ""
+    reason: str = ""
+    note: str = ""  # e.g. an override from an earlier strategy, not applied
+
+    def applied_overrides(self, strategy_sha256: str) -> dict[str, float]:
+        """Threshold -> value of the overrides made under this strategy."""
+        return {
+            t: o.value for t, o in self.overrides.items() if o.strategy_sha256 == strategy_sha256
+        }
+
+
+def review_states(
+    entries: list[AuditEntry], strategy_of: dict[str, str] | None = None
+) -> dict[str, ReviewStatus]:
+    """Each reviewed sample's state from the trail. ``strategy_of`` maps sample_id -> the
+    current panel strategy's sha256: overrides made under another one are not applied and
+    send the sample back to review."""
+    undone = {e.detail.get("undoes") for e in entries if e.action == "undo"}
+    states: dict[str, ReviewStatus] = {}
+    last_override: dict[str, int] = {}
+    decision: dict[str, AuditEntry] = {}
+    for e in entries:
+        if e.seq in undone or e.action not in ("override", "approve", "exclude"):
+            continue
+        state = states.setdefault(e.sample_id, ReviewStatus(e.sample_id))
+        if e.action == "override":
+            d = e.detail
+            state.overrides[d["threshold"]] = Override(
+                d["threshold"], float(d["new"]), d["strategy_sha256"], e.seq, e.who, e.reason
+            )
+            last_override[e.sample_id] = e.seq
+        else:
+            decision[e.sample_id] = e
+    for sample_id, state in states.items():
+        current = (strategy_of or {}).get(sample_id)
+        stale = [o for o in state.overrides.values() if current and o.strategy_sha256 != current]
+        made = decision.get(sample_id)
+        if stale:
+            names = ", ".join(o.threshold for o in stale)
+            state.status = "to_review"
+            state.note = (
+                f"override of {names} was made under strategy {stale[0].strategy_sha256[:12]}; "
+                f"the strategy changed, so it is not applied: look again"
+            )
+        elif made is not None and made.seq > last_override.get(sample_id, 0):
+            state.status = "approved" if made.action == "approve" else "excluded"
+        elif state.overrides:
+            state.status = "overridden"
+        if made is not None:
+            state.decided_by, state.decided_at, state.reason = made.who, made.at, made.reason
+    return states
+
+
+def overrides_in_force(
+    entries: list[AuditEntry], strategy_of_panel: dict[str, str]
+) -> dict[str, dict[str, float]]:
+    """sample_id -> threshold -> value of the overrides the nightly pass applies: those made
+    under the panel's current strategy (``strategy_of_panel``: panel token -> sha256)."""
+    strategy_of = {}
+    for e in entries:
+        if e.sample_id:
+            strategy_of[e.sample_id] = strategy_of_panel.get(panel_of(e.sample_id), "")
+    states = review_states(entries, strategy_of)
+    out = {}
+    for sample_id, state in states.items():
+        applied = state.applied_overrides(strategy_of.get(sample_id, ""))
+        if applied:
+            out[sample_id] = applied
+    return out
+
+
+def reviewer_name() -> str:
+    """Who runs a pass from this process: the login name (never blank)."""
+    try:
+        return getpass.getuser() or "unknown"
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def panel_of(sample_id: str) -> str:
+    """The panel token of a sample id (PATIENT_VISIT_PANEL, ``cohort.study.SampleName``)."""
+    return sample_id.rsplit("_", 1)[-1]
+
+
+def status_frame(states: dict[str, ReviewStatus], sample_ids: list[str]) -> pd.DataFrame:
+    """review_status and overridden_gates per sample_id (to_review where never reviewed)."""
+    rows = []
+    for sample_id in sample_ids:
+        state = states.get(sample_id, ReviewStatus(sample_id))
+        rows.append(
+            {
+                "sample_id": sample_id,
+                "review_status": state.status,
+                "overridden_gates": ";".join(sorted(state.overrides))
+                if state.status != "to_review" or not state.note
+                else "",
+            }
+        )
+    return pd.DataFrame(rows, columns=["sample_id", "review_status", "overridden_gates"])
+
+
+def undoable(entries: list[AuditEntry], sample_id: str) -> AuditEntry | None:
+    """The sample's latest override, approval or exclusion not undone yet (what Undo reverses)."""
+    undone = {e.detail.get("undoes") for e in entries if e.action == "undo"}
+    for e in reversed(entries):
+        if e.sample_id == sample_id and e.action in ("override", "approve", "exclude"):
+            if e.seq not in undone:
+                return e
+    return None
+
+
+def record_decision(
+    log: AuditLog, sample_id: str, action: str, who: str, reason: str, software: str
+) -> AuditEntry:
+    """Approve or exclude a sample."""
+    if action not in ("approve", "exclude"):
+        raise AuditError(f"unknown decision {action!r}")
+    return log.append(who, action, reason, software, sample_id)
+
+
+def record_undo(log: AuditLog, sample_id: str, who: str, reason: str, software: str) -> AuditEntry:
+    """Undo the sample's latest action, as a new entry."""
+    target = undoable(log.entries(), sample_id)
+    if target is None:
+        raise AuditError(f"{sample_id}: nothing to undo")
+    return log.append(
+        who,
+        "undo",
+        reason,
+        software,
+        sample_id,
+        {"undoes": target.seq, "action": target.action, **target.detail},
+    )
