@@ -466,7 +466,16 @@ def create_app(study_root: str | Path, accounts: bool = False) -> FastAPI:
 
 
 # page data ----------------------------------------------------------------------------------
-ATTENTION_ORDER = {"failed": 0, "to_review": 1, "overridden": 2, "approved": 3, "excluded": 4}
+# Today's order: what needs someone first (a file that could not be used, then samples to
+# review), then what is done.
+ATTENTION_ORDER = {
+    "failed": 0,
+    "quarantined": 0,
+    "to_review": 1,
+    "overridden": 2,
+    "approved": 3,
+    "excluded": 4,
+}
 
 
 def today_rows(server: ReviewServer) -> pd.DataFrame:
@@ -479,7 +488,7 @@ def today_rows(server: ReviewServer) -> pd.DataFrame:
         for s, st in zip(samples.sample_id, samples.status, strict=True)
     ]
     drift = drift_table(server)
-    flagged = drift[drift.flagged].groupby("sample_id").key.apply(list).to_dict()
+    flagged = drift.loc[drift.flagged.astype(bool)].groupby("sample_id").key.apply(list).to_dict()
     attention = []
     for r in samples.itertuples():
         items = []
@@ -495,7 +504,7 @@ def today_rows(server: ReviewServer) -> pd.DataFrame:
         attention.append(items)
     samples["attention"] = attention
     samples["rank"] = [
-        ATTENTION_ORDER.get("failed" if st == "failed" else rs, 5) - (0.5 if a else 0)
+        ATTENTION_ORDER.get(rs or st, 5) - (0.5 if a else 0)
         for st, rs, a in zip(samples.status, samples.review_status, attention, strict=True)
     ]
     stamp = samples.processed_at.fillna("")
@@ -533,7 +542,9 @@ def drift_table(server: ReviewServer) -> pd.DataFrame:
     )
     frame = pd.DataFrame(rows, columns=["sample_id", "patient_id", "visit", "key", "value"])
     if frame.empty:
-        return frame.assign(move=[], z=[], flagged=[])
+        return frame.assign(
+            move=pd.Series(dtype=float), z=pd.Series(dtype=float), flagged=pd.Series(dtype=bool)
+        )
     return drift_scores(frame)
 
 

@@ -1,0 +1,254 @@
+"""Review and sign-off in a real browser (Debian's Chromium driven by Playwright): a lab
+scientist adjusts one sample's threshold, approves one sample and excludes another; the store,
+results, statistics, the report and the audit trail all follow, and the nightly pass keeps the
+override. Screenshots of each page are written to the test's folder."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed"),
+]
+# Headless as root on a closed network: no sandbox, no background connections.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ROOT = Path(__file__).parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *argv],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def reviewed(demo_run, tmp_path_factory):
+    """A copy of the demo study, reviewed in the browser; yields what the test checks."""
+    root, _, _ = demo_run
+    study = tmp_path_factory.mktemp("review") / "study"
+    shutil.copytree(root, study)
+    shots = tmp_path_factory.mktemp("screenshots")
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "review", "--study", str(study), "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        server.kill()
+        pytest.fail(f"the review server did not start: {server.stdout.read()}")
+    pages = {}
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(base + "/")
+            assert "/whoami" in page.url  # the name is asked once per browser session
+            page.fill("#name", "jdupont")
+            page.click("#start")
+            page.screenshot(path=shots / "today.png")
+            pages["today"] = page.inner_text("#files")
+
+            page.goto(base + "/patient/P04?panel=BCELL")
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=shots / "patient.png", full_page=True)
+            pages["patient"] = page.inner_text("#thresholds")
+
+            page.goto(base + "/sample/P04_M1_BCELL")
+            page.select_option("#threshold", "t_cd19")
+            page.fill("#value", "0.62")
+            page.fill("#adjust-reason", "CD19 dim tail is not B cells")
+            page.click("#adjust")
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=shots / "sample.png", full_page=True)
+            pages["adjusted_status"] = page.inner_text("#review-status")
+            pages["change"] = page.inner_text("#change")
+
+            page.goto(base + "/sample/P04_M3_BCELL")
+            page.fill("#decide-reason", "gates look right")
+            page.click("#approve")
+            pages["approved_status"] = page.inner_text("#review-status")
+
+            page.goto(base + "/sample/P05_M1_BCELL")
+            page.fill("#decide-reason", "haemolysed sample")
+            page.click("#exclude")
+            pages["excluded_status"] = page.inner_text("#review-status")
+
+            page.goto(base + "/signoff")
+            page.screenshot(path=shots / "signoff.png", full_page=True)
+            pages["signoff"] = page.inner_text("#signoff")
+            page.click("#publish")
+            page.wait_for_load_state("networkidle")
+            pages["published"] = page.inner_text("#message")
+            browser.close()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            pytest.fail("the review server did not stop on SIGTERM within 15 s")
+    return {"root": root, "study": study, "pages": pages, "shots": shots}
+
+
+def test_pages_show_files_patient_sample_and_signoff(reviewed):
+    pages = reviewed["pages"]
+    assert "P04_M1_BCELL" in pages["today"] and "to_review" in pages["today"]
+    assert "t_cd19" in pages["patient"] and "M12" in pages["patient"]
+    for name in ("today", "patient", "sample", "signoff"):
+        assert (reviewed["shots"] / f"{name}.png").stat().st_size > 20_000, name
+    assert "results and the cohort report rewritten" in pages["published"]
+
+
+def test_an_adjusted_threshold_regates_that_sample_only(reviewed):
+    from cohort.store import Store
+
+    pages, study = reviewed["pages"], reviewed["study"]
+    assert pages["adjusted_status"] == "overridden"
+    before_after = [line.split("\t") for line in pages["change"].splitlines()[1:]]
+    cd19 = next(row for row in before_after if row[0] == "cd19_b")
+    assert int(cd19[2]) < int(cd19[1])  # a higher CD19 threshold keeps fewer B cells
+    store = Store(study / "immunomon.db")
+    sample = store.current_sample("P04_M1_BCELL")
+    mark = next(g for g in store.applied_gates(sample["sample_key"]) if g.name == "t_cd19")
+    assert (mark.gate.value, mark.gate.method) == (0.62, "manual")
+    # Only this sample has a new result: every other current result is the demo run's.
+    original = Store(reviewed["root"] / "immunomon.db")
+    keys = set(store.files_frame().sample_id) - {"P04_M1_BCELL"}
+    now = store.current_populations()
+    then = original.current_populations()
+    for frame in (now, then):
+        frame.drop(frame[~frame.sample_id.isin(keys)].index, inplace=True)
+    assert set(now.sample_key) == set(then.sample_key)
+    store.close()
+    original.close()
+    populations = pd.read_csv(study / "results" / "populations.csv")
+    row = populations[
+        (populations.sample_id == "P04_M1_BCELL") & (populations.population == "cd19_b")
+    ]
+    assert row.review_status.iloc[0] == "overridden" and row.overridden_gates.iloc[0] == "t_cd19"
+    samples = pd.read_csv(study / "results" / "samples.csv").set_index("sample_id")
+    assert samples.at["P04_M3_BCELL", "review_status"] == "approved"
+
+
+def test_an_excluded_sample_leaves_the_statistics_and_is_listed_in_the_report(reviewed):
+    pages, root, study = reviewed["pages"], reviewed["root"], reviewed["study"]
+    assert pages["excluded_status"] == "excluded"
+    before = pd.read_csv(root / "results" / "statistics.csv")
+    after = pd.read_csv(study / "results" / "statistics.csv")
+    keys = ["analysis", "group", "panel", "population", "measure", "visit", "test"]
+    merged = before.merge(after, on=keys, suffixes=("_before", "_after"))
+    m1_bcell = merged[(merged.visit == "M1") & (merged.panel == "BCELL")]
+    # P05 (a child) is out of every M1 B-cell pair of all patients and of children.
+    assert (
+        m1_bcell[m1_bcell.group.isin(["all", "child"])].n_after
+        == m1_bcell[m1_bcell.group.isin(["all", "child"])].n_before - 1
+    ).all()
+    other = merged[merged.visit != "M1"]
+    assert (other.n_after == other.n_before).all()
+    text = subprocess.run(
+        ["pdftotext", "-layout", str(study / "reports" / "cohort_report.pdf"), "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "Review and sign-off" in text
+    assert "P05_M1_BCELL excluded from the statistics; why: haemolysed sample" in text
+    assert "P04_M1_BCELL t_cd19" in text and "CD19 dim tail is not B cells" in text
+    assert "PRELIMINARY:" in text  # most samples are not approved yet
+
+
+def test_the_audit_trail_verifies_exports_and_catches_an_edit(reviewed, tmp_path):
+    study = reviewed["study"]
+    done = _cli("audit", "verify", "--study", str(study))
+    assert done.returncode == 0 and "audit trail intact" in done.stdout, done.stderr
+    out = tmp_path / "trail.csv"
+    assert _cli("audit", "export", "--study", str(study), "--out", str(out)).returncode == 0
+    trail = pd.read_csv(out)
+    actions = list(trail.action)
+    assert actions[:1] == ["pass"] and {"override", "approve", "exclude"} <= set(actions)
+    assert (trail.who[trail.action != "pass"] == "jdupont").all()
+    override = trail[trail.action == "override"].iloc[0]
+    assert "counts_before" in override.detail and override.reason == "CD19 dim tail is not B cells"
+    copy = tmp_path / "tampered"
+    shutil.copytree(study, copy)
+    with sqlite3.connect(copy / "immunomon.db") as conn:
+        seq = int(override.seq)
+        conn.execute("UPDATE audit SET reason='typo fixed' WHERE seq=?", (seq,))
+    done = _cli("audit", "verify", "--study", str(copy))
+    assert done.returncode == 1
+    assert f"entry {seq} was altered after it was written" in done.stderr
+
+
+def test_the_nightly_pass_keeps_the_override_and_undo_is_a_new_entry(reviewed, tmp_path):
+    from cohort.audit import AuditLog
+    from cohort.review import ReviewStatus
+    from cohort.store import Store
+    from flows.nightly import run_study
+    from flows.review import ReviewServer
+
+    study = tmp_path / "study"
+    shutil.copytree(reviewed["study"], study)
+    summary = run_study(study, 1)
+    assert summary.processed == 0 and summary.unchanged == 182  # the override stays current
+    server = ReviewServer(study, accounts=False)
+    assert server.states()["P04_M1_BCELL"].status == "overridden"
+    assert server.undo("P04_M1_BCELL", "jdupont", "wrong sample") == "override"
+    store = Store(study / "immunomon.db")
+    sample = store.current_sample("P04_M1_BCELL")
+    mark = next(g for g in store.applied_gates(sample["sample_key"]) if g.name == "t_cd19")
+    assert mark.gate.method != "manual"
+    entries = AuditLog(store.conn).entries()
+    assert entries[-1].action == "undo" and any(e.action == "override" for e in entries)
+    assert AuditLog(store.conn).verify() == ""
+    store.close()
+    after_undo = server.states().get("P04_M1_BCELL", ReviewStatus("P04_M1_BCELL"))
+    assert after_undo.status == "to_review" and not after_undo.overrides
+
+
+def test_review_never_writes_to_the_inbox(reviewed, demo_run):
+    _, _, inbox_before = demo_run
+    inbox = reviewed["study"] / "inbox"
+    assert {p.name: p.read_bytes() for p in inbox.iterdir()} == inbox_before
