@@ -15,6 +15,7 @@ import pandas as pd
 from cohort.audit import AuditEntry, AuditError, AuditLog
 
 REVIEW_STATES = ("to_review", "overridden", "approved", "excluded")
+REVIEW_ACTIONS = ("override", "approve", "exclude", "undo")  # audit actions a person takes
 
 
 @dataclass(frozen=True)

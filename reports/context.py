@@ -28,11 +28,10 @@ class ReportContext:
     groups: dict[str, str] = field(default_factory=dict)
     group_patients: dict[str, list[str]] = field(default_factory=dict)
     # The paper's Figure 4: its group, and per part (title, panel, populations, measure).
-    # Review and sign-off (``cohort.review``): samples neither approved nor excluded, the
-    # appendix lines (overrides, exclusions, sign-off counts) and the audit trail's head.
+    # Review and sign-off (``cohort.review``): samples neither approved nor excluded, and the
+    # appendix lines (overrides, exclusions, sign-off counts, the audit trail's head).
     preliminary: int = 0
     review_lines: list[str] = field(default_factory=list)
-    audit_head: str = ""
     figure_4_group: str = ""
     figure_4: list[tuple[str, str, list[str], str]] = field(default_factory=list)
 

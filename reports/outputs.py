@@ -17,7 +17,7 @@ import pandas as pd
 from cohort.audit import AuditLog
 from cohort.clinical import FEEDS, ClinicalData, load_clinical_parts, patient_windows
 from cohort.exports import mfi_table, populations_table, samples_table, write_csv
-from cohort.review import review_states, status_frame
+from cohort.review import REVIEW_ACTIONS, review_states, status_frame
 from cohort.store import Store
 from cohort.study import REFERENCE_FOLDER, Study
 from gating.pipeline import PIPELINE_VERSION, replay_gates
@@ -147,11 +147,19 @@ def review_lines(study: Study, store: Store, review: pd.DataFrame) -> list[str]:
                 f"{counts.get('excluded', 0):4d} {counts.get('overridden', 0):4d} "
                 f"{counts.get('to_review', 0):4d}"
             )
-    lines += [
-        "",
-        f"Audit trail: {len(entries)} entries; head sha256 {log.head()}",
-        "(immunomon audit verify --study STUDY recomputes the chain up to this head.)",
-    ]
+    # The trail up to the last review action: processing passes (entries too) do not change
+    # the report, so a pass that finds nothing new leaves it identical.
+    review_entries = [e for e in entries if e.action in REVIEW_ACTIONS]
+    if review_entries:
+        last = review_entries[-1]
+        lines += [
+            "",
+            f"Audit trail: {len(review_entries)} review entries; the trail up to the last of "
+            f"them (#{last.seq}, {last.at[:19]} UTC) has head sha256 {last.hash}.",
+            "immunomon audit verify --study STUDY recomputes the chain through it.",
+        ]
+    else:
+        lines += ["", "Audit trail: no review entries yet."]
     return lines
 
 
@@ -319,7 +327,6 @@ def report_context(study: Study, store: Store, results: CohortResults) -> Report
         broken_inputs=results.broken_inputs,
         preliminary=int(review.review_status.isin(["to_review", "overridden"]).sum()),
         review_lines=review_lines(study, store, review),
-        audit_head=AuditLog(store.conn).head(),
         groups=cfg.analysis.group_titles,
         group_patients={g.name: g.patients for g in cfg.analysis.groups},
         figure_4_group=cfg.analysis.figure_4.group,
