@@ -219,6 +219,14 @@ def create_app(study_root: str | Path, accounts: bool = False) -> FastAPI:
     def who(request: Request) -> str | None:
         return request.session.get("who")
 
+    def acting(request: Request, csrf: str) -> str:
+        """The signed-in person making a change, the form's token checked."""
+        check_csrf(request, csrf)
+        name = who(request)
+        if not name:
+            raise HTTPException(401, "sign in first: every change is recorded under a name")
+        return name
+
     def render(request: Request, template: str, **context) -> HTMLResponse:
         context.setdefault("title", template.removesuffix(".html").title())
         return TEMPLATES.TemplateResponse(
@@ -353,14 +361,12 @@ def create_app(study_root: str | Path, accounts: bool = False) -> FastAPI:
         reason: str = Form(""),
         csrf: str = Form(""),
     ):
-        check_csrf(request, csrf)
-        if not who(request):
-            return login_page(request)
+        person = acting(request, csrf)
         try:
             number = float(value)
         except ValueError:
             raise AuditError(f"{value!r} is not a number") from None
-        before, after = server.adjust(sample_id, threshold, number, who(request), reason)
+        before, after = server.adjust(sample_id, threshold, number, person, reason)
         request.session["change"] = [
             {"population": p, "before": before.get(p, ""), "after": after.get(p, "")}
             for p in dict.fromkeys([*before, *after])
@@ -377,22 +383,18 @@ def create_app(study_root: str | Path, accounts: bool = False) -> FastAPI:
         password: str = Form(""),
         csrf: str = Form(""),
     ):
-        check_csrf(request, csrf)
-        if not who(request):
-            return login_page(request)
+        person = acting(request, csrf)
         if action not in ("approve", "exclude"):
             raise HTTPException(400, "action must be approve or exclude")
         reauthenticate(request, password)
-        server.decide([sample_id], action, who(request), reason)
+        server.decide([sample_id], action, person, reason)
         request.session["message"] = f"{sample_id}: {action}d"
         return RedirectResponse(f"/sample/{sample_id}", status_code=303)
 
     @app.post("/sample/{sample_id}/undo")
     def undo(request: Request, sample_id: str, reason: str = Form(""), csrf: str = Form("")):
-        check_csrf(request, csrf)
-        if not who(request):
-            return login_page(request)
-        action = server.undo(sample_id, who(request), reason)
+        person = acting(request, csrf)
+        action = server.undo(sample_id, person, reason)
         request.session["message"] = f"{sample_id}: the last {action} is undone"
         return RedirectResponse(f"/sample/{sample_id}", status_code=303)
 
@@ -417,9 +419,7 @@ def create_app(study_root: str | Path, accounts: bool = False) -> FastAPI:
         password: str = Form(""),
         csrf: str = Form(""),
     ):
-        check_csrf(request, csrf)
-        if not who(request):
-            return login_page(request)
+        person = acting(request, csrf)
         reauthenticate(request, password)
         with server.lock:
             rows = today_rows(server)
@@ -429,15 +429,13 @@ def create_app(study_root: str | Path, accounts: bool = False) -> FastAPI:
             & (rows.status == "processed")
             & rows.review_status.isin(["to_review", "overridden"])
         ]
-        count = server.decide(list(pending.sample_id), "approve", who(request), reason)
+        count = server.decide(list(pending.sample_id), "approve", person, reason)
         request.session["message"] = f"{count} sample(s) of {visit} {panel} approved"
         return RedirectResponse("/signoff", status_code=303)
 
     @app.post("/publish")
     def publish(request: Request, csrf: str = Form("")):
-        check_csrf(request, csrf)
-        if not who(request):
-            return login_page(request)
+        acting(request, csrf)
         error = server.publish()
         request.session["message"] = "results and the cohort report rewritten" + (
             f"; clinical input problem: {error}" if error else ""

@@ -76,6 +76,7 @@ class CohortResults:
     groups: dict[str, str]
     windows: pd.DataFrame
     curves: dict  # Kaplan-Meier fitters by (group, window); empty when relapses are unusable
+    review: pd.DataFrame  # review_status and overridden_gates per current sample
     broken_inputs: dict[str, str] = field(default_factory=dict)
 
 
@@ -225,7 +226,7 @@ def write_results(study: Study, store: Store) -> tuple[CohortResults | None, str
     write_csv(kaplan_meier_table(curves), study.results_dir / "km_curves.csv")
     write_csv(statistics, study.results_dir / "statistics.csv")
     results = CohortResults(
-        clinical, populations, statistics, groups, windows, curves, loaded.broken
+        clinical, populations, statistics, groups, windows, curves, review, loaded.broken
     )
     return results, error
 
@@ -306,7 +307,7 @@ def report_context_cut(clinical: ClinicalData) -> str:
 
 def report_context(study: Study, store: Store, results: CohortResults) -> ReportContext:
     """What the report says about its own provenance and inputs."""
-    review = review_table(study, store)
+    review = results.review
     clinical, populations = results.clinical, results.populations
     files = store.files_frame()
     stamps = pd.concat([files.first_seen.dropna(), files.processed_at.dropna()])
