@@ -15,6 +15,8 @@ from cohort.audit import AuditError, AuditLog
 from cohort.review import overrides_in_force, review_states
 from cohort.store import Store
 
+ROOT = Path(__file__).parents[1]
+
 
 @pytest.fixture()
 def log(tmp_path):
@@ -163,8 +165,50 @@ def test_review_on_the_network_needs_accounts(study):
         [sys.executable, "-m", "flows.cli", "review", "--study", str(study), "--host", "0.0.0.0"],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).parents[1],
+        cwd=ROOT,
         timeout=60,
     )
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "add personal accounts first" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_changed_strategy_drops_the_override_and_sends_the_sample_back(tmp_path, prefect_harness):
+    """An override survives passes while the strategy stays; a new strategy re-gates the
+    sample without it and puts it back to review, saying which override was not applied."""
+    import yaml
+
+    from flows.nightly import run_study
+    from flows.review import ReviewServer
+    from simulate.demo import DemoOptions, simulate_study
+
+    root = tmp_path / "study"
+    simulate_study(root, DemoOptions(events_per_file=3000, include_bad_files=False))
+    for path in list((root / "inbox").iterdir()):
+        if not path.name.startswith(("P01_BL_BCELL", "P01_M1_BCELL")):
+            path.unlink()
+    config = yaml.safe_load((root / "study.yaml").read_text())
+    config["qc_reports"] = "none"
+    (root / "study.yaml").write_text(yaml.safe_dump(config))
+    assert run_study(root, 1).processed == 2
+    server = ReviewServer(root, accounts=False)
+    server.adjust("P01_M1_BCELL", "t_cd27", 0.55, "ana", "memory tail")
+    assert run_study(root, 1).processed == 0  # the override is the current result
+
+    strategy = yaml.safe_load((ROOT / "gating" / "strategies" / "bcell.yaml").read_text())
+    strategy["version"] += 1
+    strategy["qc"]["min_population_events"] = 40
+    (root / "bcell_v4.yaml").write_text(yaml.safe_dump(strategy))
+    panel = yaml.safe_load((ROOT / "panels" / "bcell.yaml").read_text())
+    panel["strategy"] = "bcell_v4.yaml"
+    (root / "bcell_panel.yaml").write_text(yaml.safe_dump(panel))
+    config["panels"]["BCELL"] = "bcell_panel.yaml"
+    (root / "study.yaml").write_text(yaml.safe_dump(config))
+
+    assert run_study(root, 1).processed == 2  # both re-gated with the new strategy
+    server = ReviewServer(root, accounts=False)
+    state = server.states()["P01_M1_BCELL"]
+    assert state.status == "to_review" and "t_cd27" in state.note and "not applied" in state.note
+    sample = server.store.current_sample("P01_M1_BCELL")
+    mark = next(g for g in server.store.applied_gates(sample["sample_key"]) if g.name == "t_cd27")
+    assert mark.gate.method != "manual"
