@@ -451,6 +451,16 @@ def create_app(study_root: str | Path, accounts: bool = False) -> FastAPI:
             png = sample_plot(server, sample_id, bool(compact))
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
+    @app.get("/hist/{sample_id}/{threshold}.json")
+    def threshold_histogram(request: Request, sample_id: str, threshold: str):
+        """The events a threshold is placed among, binned, with its current value: what the
+        sample page draws to drag the threshold on."""
+        if not who(request):
+            raise HTTPException(401, "sign in first")
+        with server.lock:
+            server.sample(sample_id)
+            return threshold_bins(server, sample_id, threshold)
+
     @app.get("/audit.csv")
     def audit_csv(request: Request):
         if not who(request):
@@ -701,6 +711,32 @@ def signoff_rows(server: ReviewServer) -> list[dict]:
                 | {state: int(counts.get(state, 0)) for state in REVIEW_STATES}
             )
     return out
+
+
+def threshold_bins(server: ReviewServer, sample_id: str, threshold: str) -> dict:
+    """Histogram (logicle 0-1, 120 bins) of a threshold's marker among the events it is placed
+    in, its current value and its placement bounds."""
+    from gating.gates import ThresholdMark
+    from gating.strategy import Strategy
+    from reports.outputs import replay_current
+
+    sample, gates, masks, space, _ = replay_current(server.study, server.store, sample_id)
+    strategy = server.study.strategies[sample["panel"]]
+    if not isinstance(strategy, Strategy) or threshold not in strategy.thresholds:
+        raise HTTPException(404, f"no threshold {threshold!r} for {sample_id}")
+    spec = strategy.thresholds[threshold]
+    mark = next(g.gate for g in gates if g.name == threshold and isinstance(g.gate, ThresholdMark))
+    values = np.asarray(space[spec.dimension])[masks[spec.within]]
+    counts, edges = np.histogram(values[np.isfinite(values)], bins=120, range=(0.0, 1.0))
+    return {
+        "threshold": threshold,
+        "dimension": spec.dimension,
+        "within": spec.within,
+        "value": float(mark.value),
+        "bounds": list(spec.bounds),
+        "edges": edges.round(6).tolist(),
+        "counts": counts.tolist(),
+    }
 
 
 def sample_plot(server: ReviewServer, sample_id: str, compact: bool) -> bytes:

@@ -97,8 +97,19 @@ def reviewed(demo_run, tmp_path_factory):
             pages["patient"] = page.inner_text("#thresholds")
 
             page.goto(base + "/sample/P04_M1_BCELL")
-            page.select_option("#threshold", "t_cd19")
-            page.fill("#value", "0.62")
+            # Drag the CD19 threshold on its histogram to 0.62: the form takes the value.
+            page.select_option("#drag-threshold", "t_cd19")
+            page.wait_for_function(
+                "document.getElementById('drag-info').textContent.includes('CD19')"
+            )
+            box = page.locator("#hist").bounding_box()
+            y = box["y"] + box["height"] / 2
+            left, width = box["x"] + 1 + 10, box["width"] - 2 - 20  # border, padding
+            page.mouse.move(left + 0.45 * width, y)
+            page.mouse.down()
+            page.mouse.move(left + 0.62 * width, y, steps=8)
+            page.mouse.up()
+            pages["dragged"] = (page.input_value("#threshold"), page.input_value("#value"))
             page.fill("#adjust-reason", "CD19 dim tail is not B cells")
             page.click("#adjust")
             page.wait_for_load_state("networkidle")
@@ -147,13 +158,15 @@ def test_an_adjusted_threshold_regates_that_sample_only(reviewed):
 
     pages, study = reviewed["pages"], reviewed["study"]
     assert pages["adjusted_status"] == "overridden"
+    threshold, value = pages["dragged"]
+    assert threshold == "t_cd19" and abs(float(value) - 0.62) <= 0.003
     before_after = [line.split("\t") for line in pages["change"].splitlines()[1:]]
     cd19 = next(row for row in before_after if row[0] == "cd19_b")
     assert int(cd19[2]) < int(cd19[1])  # a higher CD19 threshold keeps fewer B cells
     store = Store(study / "immunomon.db")
     sample = store.current_sample("P04_M1_BCELL")
     mark = next(g for g in store.applied_gates(sample["sample_key"]) if g.name == "t_cd19")
-    assert (mark.gate.value, mark.gate.method) == (0.62, "manual")
+    assert (mark.gate.value, mark.gate.method) == (float(value), "manual")
     # Only this sample has a new result: every other current result is the demo run's.
     original = Store(reviewed["root"] / "immunomon.db")
     keys = set(store.files_frame().sample_id) - {"P04_M1_BCELL"}
