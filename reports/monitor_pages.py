@@ -98,10 +98,11 @@ def missing_samples(
     patients: pd.DataFrame,
     visit_months: dict[str, float],
     panels: list[str],
+    excluded: dict[str, str] | None = None,
 ) -> pd.DataFrame:
-    """Every scheduled sample (patient x visit x panel) without a current processed result,
-    with why: quarantined or failed (with the reason), not yet due, after the patient's last
-    follow-up, or not received."""
+    """Every scheduled sample (patient x visit x panel) without a result in the statistics,
+    with why: quarantined or failed (with the reason), excluded in review (``excluded``:
+    sample_id -> the reason given), after the patient's last follow-up, or not received."""
     current = samples[samples.status != "superseded"]
     rows = []
     for p in patients.itertuples():
@@ -113,9 +114,14 @@ def missing_samples(
                     & (current.visit == visit)
                     & (current.panel == panel)
                 ]
-                if (mine.status == "processed").any():
-                    continue
-                if len(mine):
+                processed = mine[mine.status == "processed"]
+                if len(processed):
+                    sample_id = processed.iloc[-1].sample_id
+                    if sample_id not in (excluded or {}):
+                        continue
+                    why = f"excluded in review: {excluded[sample_id]}"
+                    mine = processed
+                elif len(mine):
                     last = mine.iloc[-1]
                     why = f"{last.status}: {last.reason}"
                 elif due > p.last_follow_up_date:

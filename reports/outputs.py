@@ -96,6 +96,13 @@ WINDOW_COLUMNS_FED_BY = {
 }
 
 
+def excluded_in_review(store: Store, review: pd.DataFrame) -> dict[str, str]:
+    """sample_id -> the reason given, for the samples the review table has excluded."""
+    states = review_states(AuditLog(store.conn).entries())
+    excluded = review.sample_id[review.review_status == "excluded"]
+    return {s: states[s].reason for s in excluded if s in states}
+
+
 def review_table(study: Study, store: Store) -> pd.DataFrame:
     """review_status and overridden_gates of every current sample, from the audit trail."""
     files = store.files_frame()
@@ -281,7 +288,13 @@ def monitor_tables(study: Study, store: Store, results: CohortResults) -> Monito
     return MonitorTables(
         disposition=disposition,
         table_one=table_one(disposition, {g.name: g.patients for g in cfg.analysis.groups}),
-        missing=missing_samples(samples, clinical.patients, visit_months, list(cfg.panels)),
+        missing=missing_samples(
+            samples,
+            clinical.patients,
+            visit_months,
+            list(cfg.panels),
+            excluded_in_review(store, results.review),
+        ),
         deviations=visit_deviations(
             clinical.visits,
             clinical.patients,

@@ -271,6 +271,7 @@ def test_missing_samples_say_why(tmp_path):
     samples = pd.DataFrame(
         {
             "file": ["A_BL_X.fcs", "A_M3_X.fcs", "B_BL_X.fcs"],
+            "sample_id": ["A_BL_X", "A_M3_X", "B_BL_X"],
             "patient_id": ["A", "A", "B"],
             "visit": ["BL", "M3", "BL"],
             "panel": ["X", "X", "X"],
@@ -278,9 +279,11 @@ def test_missing_samples_say_why(tmp_path):
             "reason": ["", "the file is truncated", ""],
         }
     )
-    why = missing_samples(samples, patients, {"BL": 0, "M3": 3, "M6": 6}, ["X"])
+    months = {"BL": 0, "M3": 3, "M6": 6}
+    why = missing_samples(samples, patients, months, ["X"], {"B_BL_X": "clotted tube"})
     got = {(r.patient_id, r.visit): r.why for r in why.itertuples()}
     assert got == {
+        ("B", "BL"): "excluded in review: clotted tube",
         ("A", "M3"): "quarantined: the file is truncated",
         ("A", "M6"): "not received: no file in the inbox",
         ("B", "M3"): "not collected: after the patient's last follow-up",

@@ -211,6 +211,7 @@ def test_an_excluded_sample_leaves_the_statistics_and_is_listed_in_the_report(re
     assert "P05_M1_BCELL excluded from the statistics; why: haemolysed sample" in text
     assert "P04_M1_BCELL t_cd19" in text and "CD19 dim tail is not B cells" in text
     assert "PRELIMINARY:" in text  # most samples are not approved yet
+    assert "excluded in review: haemolysed sample" in text  # listed with the missing samples
 
 
 def test_the_audit_trail_verifies_exports_and_catches_an_edit(reviewed, tmp_path):
