@@ -33,6 +33,7 @@ from cohort.review import (
 )
 from cohort.store import Store
 from cohort.study import Study
+from panels.errors import ImmunomonError
 from reports.outputs import software_version, update_outputs
 from stats.drift import DRIFT_Z, drift_scores
 
@@ -86,7 +87,8 @@ class ReviewServer:
         from flows.sample_work import process_sample_file
         from gating.strategy import Strategy
 
-        with self.lock:
+        # Not while a pass writes results: the same file must not be gated twice at once.
+        with self.lock, self.study.exclusive(wait=False):
             sample = self.sample(sample_id)
             strategy = self.study.strategies[sample["panel"]]
             if not isinstance(strategy, Strategy):
@@ -151,7 +153,7 @@ class ReviewServer:
         """Undo the sample's last action; an undone override re-gates the sample."""
         from flows.sample_work import process_sample_file
 
-        with self.lock:
+        with self.lock, self.study.exclusive(wait=False):
             sample = self.sample(sample_id)
             entry = record_undo(self.log, sample_id, who, reason, self.software)
             if entry.detail.get("action") == "override":
@@ -257,8 +259,8 @@ def create_app(study_root: str | Path, accounts: bool = False) -> FastAPI:
             server.sign_in_failed(who(request), request.client.host if request.client else "")
             raise HTTPException(403, "the password does not match: nothing was signed")
 
-    @app.exception_handler(AuditError)
-    async def audit_error(request: Request, exc: AuditError) -> Response:
+    @app.exception_handler(ImmunomonError)  # a refused action, e.g. a pass holds the study
+    async def refused(request: Request, exc: ImmunomonError) -> Response:
         request.session["error"] = str(exc)
         return RedirectResponse(request.headers.get("referer", "/"), status_code=303)
 

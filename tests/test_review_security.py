@@ -178,6 +178,7 @@ def test_a_changed_strategy_drops_the_override_and_sends_the_sample_back(tmp_pat
     sample without it and puts it back to review, saying which override was not applied."""
     import yaml
 
+    from cohort.study import Study, StudyError
     from flows.nightly import run_study
     from flows.review import ReviewServer
     from simulate.demo import DemoOptions, simulate_study
@@ -192,6 +193,10 @@ def test_a_changed_strategy_drops_the_override_and_sends_the_sample_back(tmp_pat
     (root / "study.yaml").write_text(yaml.safe_dump(config))
     assert run_study(root, 1).processed == 2
     server = ReviewServer(root, accounts=False)
+    with Study(root).exclusive():  # a pass is writing results: no re-gating meanwhile
+        with pytest.raises(StudyError, match="another pass holds the study"):
+            server.adjust("P01_M1_BCELL", "t_cd27", 0.55, "ana", "memory tail")
+    assert server.states() == {}  # nothing recorded for the refused adjustment
     server.adjust("P01_M1_BCELL", "t_cd27", 0.55, "ana", "memory tail")
     assert run_study(root, 1).processed == 0  # the override is the current result
 
