@@ -47,18 +47,36 @@ class ReviewStatus:
         }
 
 
+def undone(entries: list[AuditEntry]) -> set[int]:
+    """The sequence numbers of the entries an undo has reversed."""
+    return {e.detail.get("undoes") for e in entries if e.action == "undo"}
+
+
+def current_review_states(study, store) -> dict[str, ReviewStatus]:
+    """The review state of every sample with a current result, judged against its panel's
+    current strategy (``study``: cohort.study.Study, ``store``: cohort.store.Store)."""
+    files = store.files_frame()
+    current = files[files.status == "processed"].dropna(subset=["sample_id"])
+    strategy_of = {
+        r.sample_id: study.strategies[r.panel].sha256
+        for r in current.itertuples()
+        if r.panel in study.strategies
+    }
+    return review_states(AuditLog(store.conn).entries(), strategy_of)
+
+
 def review_states(
     entries: list[AuditEntry], strategy_of: dict[str, str] | None = None
 ) -> dict[str, ReviewStatus]:
     """Each reviewed sample's state from the trail. ``strategy_of`` maps sample_id -> the
     current panel strategy's sha256: overrides made under another one are not applied and
     send the sample back to review."""
-    undone = {e.detail.get("undoes") for e in entries if e.action == "undo"}
+    reversed_ = undone(entries)
     states: dict[str, ReviewStatus] = {}
     last_override: dict[str, int] = {}
     decision: dict[str, AuditEntry] = {}
     for e in entries:
-        if e.seq in undone or e.action not in ("override", "approve", "exclude"):
+        if e.seq in reversed_ or e.action not in ("override", "approve", "exclude"):
             continue
         state = states.setdefault(e.sample_id, ReviewStatus(e.sample_id))
         if e.action == "override":
@@ -139,10 +157,10 @@ def status_frame(states: dict[str, ReviewStatus], sample_ids: list[str]) -> pd.D
 
 def undoable(entries: list[AuditEntry], sample_id: str) -> AuditEntry | None:
     """The sample's latest override, approval or exclusion not undone yet (what Undo reverses)."""
-    undone = {e.detail.get("undoes") for e in entries if e.action == "undo"}
+    reversed_ = undone(entries)
     for e in reversed(entries):
         if e.sample_id == sample_id and e.action in ("override", "approve", "exclude"):
-            if e.seq not in undone:
+            if e.seq not in reversed_:
                 return e
     return None
 

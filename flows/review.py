@@ -27,9 +27,9 @@ from cohort.exports import samples_table
 from cohort.review import (
     REVIEW_STATES,
     ReviewStatus,
+    current_review_states,
     record_decision,
     record_undo,
-    review_states,
 )
 from cohort.store import Store
 from cohort.study import Study
@@ -56,17 +56,8 @@ class ReviewServer:
         self.failures: dict[tuple[str, str], deque] = defaultdict(deque)
 
     # state ---------------------------------------------------------------------------------
-    def base_strategy_sha(self, panel: str) -> str:
-        return self.study.strategies[panel].sha256
-
     def states(self) -> dict[str, ReviewStatus]:
-        current = self.store.files_frame()
-        strategy_of = {
-            r.sample_id: self.base_strategy_sha(r.panel)
-            for r in current.dropna(subset=["sample_id"]).itertuples()
-            if r.panel in self.study.strategies
-        }
-        return review_states(self.log.entries(), strategy_of)
+        return current_review_states(self.study, self.store)
 
     def sample(self, sample_id: str) -> dict:
         sample = self.store.current_sample(sample_id)

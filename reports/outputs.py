@@ -17,7 +17,13 @@ import pandas as pd
 from cohort.audit import AuditLog
 from cohort.clinical import FEEDS, ClinicalData, load_clinical_parts, patient_windows
 from cohort.exports import mfi_table, populations_table, samples_table, write_csv
-from cohort.review import REVIEW_ACTIONS, review_states, status_frame
+from cohort.review import (
+    REVIEW_ACTIONS,
+    ReviewStatus,
+    current_review_states,
+    status_frame,
+    undone,
+)
 from cohort.store import Store
 from cohort.study import REFERENCE_FOLDER, Study
 from gating.pipeline import PIPELINE_VERSION, replay_gates
@@ -77,6 +83,7 @@ class CohortResults:
     windows: pd.DataFrame
     curves: dict  # Kaplan-Meier fitters by (group, window); empty when relapses are unusable
     review: pd.DataFrame  # review_status and overridden_gates per current sample
+    excluded: dict[str, str]  # sample_id -> the reason given, for samples excluded in review
     broken_inputs: dict[str, str] = field(default_factory=dict)
 
 
@@ -96,24 +103,11 @@ WINDOW_COLUMNS_FED_BY = {
 }
 
 
-def excluded_in_review(store: Store, review: pd.DataFrame) -> dict[str, str]:
-    """sample_id -> the reason given, for the samples the review table has excluded."""
-    states = review_states(AuditLog(store.conn).entries())
-    excluded = review.sample_id[review.review_status == "excluded"]
-    return {s: states[s].reason for s in excluded if s in states}
-
-
-def review_table(study: Study, store: Store) -> pd.DataFrame:
-    """review_status and overridden_gates of every current sample, from the audit trail."""
+def review_table(states: dict[str, ReviewStatus], store: Store) -> pd.DataFrame:
+    """review_status and overridden_gates of every current sample."""
     files = store.files_frame()
     current = files[files.status == "processed"].dropna(subset=["sample_id"])
-    strategy_of = {
-        r.sample_id: study.strategies[r.panel].sha256
-        for r in current.itertuples()
-        if r.panel in study.strategies
-    }
-    states = review_states(AuditLog(store.conn).entries(), strategy_of)
-    return status_frame(states, sorted(strategy_of))
+    return status_frame(states, sorted(set(current.sample_id)))
 
 
 def review_lines(study: Study, store: Store, review: pd.DataFrame) -> list[str]:
@@ -121,12 +115,12 @@ def review_lines(study: Study, store: Store, review: pd.DataFrame) -> list[str]:
     why, and the sign-off counts per visit and panel."""
     log = AuditLog(store.conn)
     entries = log.entries()
-    undone = {e.detail.get("undoes") for e in entries if e.action == "undo"}
+    reversed_ = undone(entries)
     status = dict(zip(review.sample_id, review.review_status, strict=True))
     lines = ["Overrides and exclusions in force (audit entry, UTC time, who, what, why):"]
     shown = 0
     for e in entries:
-        if e.seq in undone or e.action not in ("override", "exclude"):
+        if e.seq in reversed_ or e.action not in ("override", "exclude"):
             continue
         if e.action == "exclude" and status.get(e.sample_id) != "excluded":
             continue  # approved again later
@@ -192,7 +186,8 @@ def write_results(study: Study, store: Store) -> tuple[CohortResults | None, str
     are returned with the errors, or None (nothing grouped: statistics.csv and the report are
     left as the last pass wrote them) when patients.csv itself is broken."""
     study.ensure_output_folders()
-    review = review_table(study, store)
+    states = current_review_states(study, store)
+    review = review_table(states, store)
     samples = samples_table(store, study).merge(review, on="sample_id", how="left")
     not_sample = samples.status != "processed"
     samples.loc[not_sample, ["review_status", "overridden_gates"]] = ""
@@ -232,8 +227,9 @@ def write_results(study: Study, store: Store) -> tuple[CohortResults | None, str
     curves = {} if "relapses.csv" in loaded.broken else kaplan_meier_curves(windows, plan)
     write_csv(kaplan_meier_table(curves), study.results_dir / "km_curves.csv")
     write_csv(statistics, study.results_dir / "statistics.csv")
+    excluded = {s: state.reason for s, state in states.items() if state.status == "excluded"}
     results = CohortResults(
-        clinical, populations, statistics, groups, windows, curves, review, loaded.broken
+        clinical, populations, statistics, groups, windows, curves, review, excluded, loaded.broken
     )
     return results, error
 
@@ -293,7 +289,7 @@ def monitor_tables(study: Study, store: Store, results: CohortResults) -> Monito
             clinical.patients,
             visit_months,
             list(cfg.panels),
-            excluded_in_review(store, results.review),
+            results.excluded,
         ),
         deviations=visit_deviations(
             clinical.visits,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -227,38 +228,26 @@ def relapse_free_cox(windows: pd.DataFrame, plan: AnalysisPlan) -> pd.DataFrame:
                 "ci_high": float(s["exp(coef) upper 95%"]),
             }
             lr = model.log_likelihood_ratio_test()
+            # The tests of one fit share its hazard ratio: a row each, told apart by ``test``.
+            cox_row = partial(_row, analysis, group, measure, n=len(block), **hr)
             rows += [
-                _row(
-                    analysis,
-                    group,
-                    measure,
-                    n=len(block),
+                cox_row(
                     statistic=float(s["z"]),
                     p_value=float(s["p"]),
                     test="cox_wald",
                     method=f"{base}; Wald test (z); effect = hazard ratio, Wald 95% CI",
-                    **hr,
                 ),
-                _row(
-                    analysis,
-                    group,
-                    measure,
-                    n=len(block),
+                cox_row(
                     statistic=float(lr.test_statistic),
                     p_value=float(lr.p_value),
                     test="cox_likelihood_ratio",
                     method=f"{base}; likelihood-ratio test (chi-squared, 1 df, against beta = 0)",
-                    **hr,
                 ),
             ]
             if strata:
                 order = pair_order(block)
                 rows.append(
-                    _row(
-                        analysis,
-                        group,
-                        measure,
-                        n=len(block),
+                    cox_row(
                         statistic=float(order.after_first),
                         p_value=exact_conditional_pairs(order),
                         test="cox_exact_conditional",
@@ -267,7 +256,6 @@ def relapse_free_cox(windows: pd.DataFrame, plan: AnalysisPlan) -> pd.DataFrame:
                         f"{order.before_first} before (binomial, 1/2, two-sided); "
                         f"{order.tied} pair(s) tied on the day left out; statistic = pairs "
                         "relapsing first after",
-                        **hr,
                     )
                 )
     return pd.DataFrame(rows, columns=STATISTICS_COLUMNS)
