@@ -390,9 +390,11 @@ class Store:
         )
 
     def current_gates(self) -> pd.DataFrame:
-        """Gates of every current result: how each was placed (from_data, note)."""
+        """Gates of every current result: how each was placed (from_data, note) and where
+        (parameters, JSON)."""
         return self._current_rows(
-            "g.gate, g.kind, g.from_data, g.note", "gates g ON g.sample_key=s.sample_key"
+            "g.gate, g.kind, g.from_data, g.note, g.parameters",
+            "gates g ON g.sample_key=s.sample_key",
         )
 
     def qc_steps(self, sample_key: str | None = None) -> pd.DataFrame:

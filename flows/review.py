@@ -8,6 +8,7 @@ sample id from a request is only ever looked up in the store."""
 from __future__ import annotations
 
 import hmac
+import json
 import secrets
 import threading
 import time
@@ -514,30 +515,45 @@ def today_rows(server: ReviewServer) -> pd.DataFrame:
 
 
 def drift_table(server: ReviewServer) -> pd.DataFrame:
-    """Drift scores of every current sample's thresholds, population % and marker medians."""
-    gates = server.store.current_gates()
-    params = server.store.conn.execute(
-        "SELECT s.sample_id, g.gate, g.parameters FROM samples s JOIN gates g "
-        "ON g.sample_key=s.sample_key WHERE s.superseded_by IS NULL AND g.kind='threshold'"
-    ).fetchall()
-    import json
-
-    rows = []
-    meta = gates.drop_duplicates("sample_id").set_index("sample_id")[["patient_id", "visit"]]
-    for sample_id, gate, text in params:
-        if sample_id in meta.index:
-            value = json.loads(text).get("value")
-            m = meta.loc[sample_id]
-            rows.append((sample_id, m.patient_id, m.visit, f"threshold {gate}", value))
+    """Drift scores of every current sample's thresholds, population % and the medians of
+    each reported population's own markers (those its gate is drawn on)."""
+    marks = server.store.current_gates()
+    marks = marks[marks.kind == "threshold"]
+    rows = [
+        (
+            r.sample_id,
+            r.patient_id,
+            r.visit,
+            f"threshold {r.gate}",
+            json.loads(r.parameters)["value"],
+        )
+        for r in marks.itertuples()
+    ]
     pops = server.store.current_populations()
     pct = 100.0 * pops["count"] / pops.parent_count.replace(0, np.nan)
     rows += list(
+        zip(pops.sample_id, pops.patient_id, pops.visit, "% " + pops.population, pct, strict=True)
+    )
+    medians = server.store.current_medians()
+    own = {
+        (panel, gate.name, marker)
+        for panel in server.study.panels
+        for gate in _reported(server, panel)
+        for marker in getattr(gate, "limits", {})
+        if not marker.startswith(("FSC", "SSC"))
+    }
+    gating_marker = np.array(
+        [k in own for k in zip(medians.panel, medians.population, medians.marker, strict=True)],
+        dtype=bool,
+    )
+    medians = medians.loc[gating_marker]
+    rows += list(
         zip(
-            pops.sample_id,
-            pops.patient_id,
-            pops.visit,
-            "% " + pops.population,
-            pct,
+            medians.sample_id,
+            medians.patient_id,
+            medians.visit,
+            "median " + medians.population + " " + medians.marker,
+            medians.median_logicle,
             strict=True,
         )
     )
@@ -580,26 +596,6 @@ def patient_context(server: ReviewServer, patient_id: str, panel: str) -> dict:
             out.append((key.removeprefix(prefix), cells))
         return out
 
-    medians = server.store.current_medians()
-    medians = medians[(medians.patient_id == patient_id) & (medians.panel == panel)]
-    own = {
-        (p.name, m)
-        for p in _reported(server, panel)
-        for m in getattr(p, "limits", {})
-        if not m.startswith(("FSC", "SSC"))
-    }
-    mfi_rows = []
-    for population, marker in sorted(own):
-        sel = medians[(medians.population == population) & (medians.marker == marker)]
-        if sel.empty:
-            continue
-        values = dict(zip(sel.visit, sel.median_logicle, strict=True))
-        mfi_rows.append(
-            (
-                f"{population} {marker}",
-                [{"text": f"{values[v]:.3f}", "flag": ""} if v in values else None for v in visits],
-            )
-        )
     return {
         "patient_id": patient_id,
         "panel": panel,
@@ -608,7 +604,7 @@ def patient_context(server: ReviewServer, patient_id: str, panel: str) -> dict:
         "samples": samples,
         "thresholds": grid("threshold ", "{:.3f}"),
         "populations": grid("% ", "{:.2f}"),
-        "mfi": mfi_rows,
+        "mfi": grid("median ", "{:.3f}"),
         "z_limit": DRIFT_Z,
     }
 

@@ -95,6 +95,7 @@ def reviewed(demo_run, tmp_path_factory):
             page.wait_for_load_state("networkidle")
             page.screenshot(path=shots / "patient.png", full_page=True)
             pages["patient"] = page.inner_text("#thresholds")
+            pages["patient_mfi"] = page.inner_text("#mfi")
 
             page.goto(base + "/sample/P04_M1_BCELL")
             # Drag the CD19 threshold on its histogram to 0.62: the form takes the value.
@@ -148,6 +149,7 @@ def test_pages_show_files_patient_sample_and_signoff(reviewed):
     pages = reviewed["pages"]
     assert "P04_M1_BCELL" in pages["today"] and "to_review" in pages["today"]
     assert "t_cd19" in pages["patient"] and "M12" in pages["patient"]
+    assert "cd19_b CD19" in pages["patient_mfi"] and "transitional_b CD24" in pages["patient_mfi"]
     for name in ("today", "patient", "sample", "signoff"):
         assert (reviewed["shots"] / f"{name}.png").stat().st_size > 20_000, name
     assert "results and the cohort report rewritten" in pages["published"]
@@ -241,7 +243,7 @@ def test_the_nightly_pass_keeps_the_override_and_undo_is_a_new_entry(reviewed, t
     from cohort.review import ReviewStatus
     from cohort.store import Store
     from flows.nightly import run_study
-    from flows.review import ReviewServer
+    from flows.review import ReviewServer, drift_table
 
     study = tmp_path / "study"
     shutil.copytree(reviewed["study"], study)
@@ -249,6 +251,10 @@ def test_the_nightly_pass_keeps_the_override_and_undo_is_a_new_entry(reviewed, t
     assert summary.processed == 0 and summary.unchanged == 182  # the override stays current
     server = ReviewServer(study, accounts=False)
     assert server.states()["P04_M1_BCELL"].status == "overridden"
+    # Drift is scored on thresholds, population shares and the gating markers' medians.
+    keys = set(drift_table(server).key)
+    assert {"threshold t_cd19", "% cd19_b", "median cd19_b CD19"} <= keys
+    assert not any(k.startswith("median cd19_b IgD") for k in keys)  # not its gating marker
     assert server.undo("P04_M1_BCELL", "jdupont", "wrong sample") == "override"
     store = Store(study / "immunomon.db")
     sample = store.current_sample("P04_M1_BCELL")
