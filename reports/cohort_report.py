@@ -86,20 +86,13 @@ Section = Callable[[PdfPages], None]
 def write_cohort_report(
     path: str | Path,
     context: ReportContext,
-    samples: pd.DataFrame,
-    populations: pd.DataFrame,
-    statistics: pd.DataFrame,
-    groups: dict[str, str],
-    windows: pd.DataFrame | None = None,
-    survival_curves: dict | None = None,
-    monitor: MonitorTables | None = None,
+    sections: list[tuple[float, Section]],
     *,
     executor: Executor | None = None,
     parts: int = 1,
 ) -> Path:
-    """Write the cohort report PDF; returns its path. ``windows`` (per-patient clinical
-    windows) and ``survival_curves`` (Kaplan-Meier fitters by group and window) add the
-    clinical outcome pages.
+    """Write the cohort report PDF from its ``sections`` (``report_sections``); returns its
+    path.
 
     With an ``executor`` (processes), the pages are drawn in ``parts`` runs of consecutive
     sections, one per process, and the parts are joined in order: the same pages, in about
@@ -108,9 +101,6 @@ def write_cohort_report(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    sections = report_sections(
-        context, samples, populations, statistics, groups, windows, survival_curves, monitor
-    )
     metadata = {"Title": f"{context.study}: cohort report", "Creator": context.software}
     if executor is None or parts <= 1:
         _write_sections(tmp, metadata, [draw for _, draw in sections])
@@ -131,7 +121,9 @@ def report_sections(
     monitor: MonitorTables | None = None,
 ) -> list[tuple[float, Section]]:
     """The report in page order, each section with its drawing cost in seconds as measured on
-    the demo cohort (used only to share the work between processes)."""
+    the demo cohort (used only to share the work between processes). ``windows`` (per-patient
+    clinical windows) and ``curves`` (Kaplan-Meier fitters by group and window) add the
+    clinical outcome pages."""
     sections: list[tuple[float, Section]] = [
         (0.02, partial(_title_page, ctx=context, samples=samples, monitor=monitor)),
     ]

@@ -29,7 +29,7 @@ from cohort.study import REFERENCE_FOLDER, Study
 from gating.pipeline import PIPELINE_VERSION, replay_gates
 from gating.space import GatingSpace
 from gating.strategy import Strategy
-from reports.cohort_report import ReportContext, write_cohort_report
+from reports.cohort_report import ReportContext, report_sections, write_cohort_report
 from reports.monitor_pages import (
     MonitorTables,
     disposition_table,
@@ -234,6 +234,24 @@ def write_results(study: Study, store: Store) -> tuple[CohortResults | None, str
     return results, error
 
 
+def cohort_report_sections(
+    study: Study, store: Store, results: CohortResults
+) -> tuple[ReportContext, list]:
+    """The cohort report's context and its sections in page order, as written."""
+    context = report_context(study, store, results)
+    sections = report_sections(
+        context,
+        samples_table(store, study),
+        results.populations,
+        results.statistics,
+        results.groups,
+        results.windows,
+        results.curves,
+        monitor_tables(study, store, results),
+    )
+    return context, sections
+
+
 def write_report(
     study: Study,
     store: Store,
@@ -243,21 +261,14 @@ def write_report(
 ) -> Path:
     """The cohort report PDF; with a process ``executor`` its pages are drawn in ``parts``
     runs on it."""
-    path = study.reports_dir / "cohort_report.pdf"
-    write_cohort_report(
-        path,
-        report_context(study, store, results),
-        samples_table(store, study),
-        results.populations,
-        results.statistics,
-        results.groups,
-        results.windows,
-        results.curves,
-        monitor_tables(study, store, results),
+    context, sections = cohort_report_sections(study, store, results)
+    return write_cohort_report(
+        study.reports_dir / "cohort_report.pdf",
+        context,
+        sections,
         executor=executor,
         parts=parts,
     )
-    return path
 
 
 def monitor_tables(study: Study, store: Store, results: CohortResults) -> MonitorTables:

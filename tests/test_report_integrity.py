@@ -61,27 +61,16 @@ class _CheckedPdf:
 
 @pytest.fixture(scope="module")
 def report_pages(demo_run):
-    from cohort.exports import samples_table
     from cohort.store import Store
     from cohort.study import Study
-    from reports.cohort_report import report_sections
-    from reports.outputs import monitor_tables, report_context, write_results
+    from reports.outputs import cohort_report_sections, write_results
 
     root, _, _ = demo_run
     study = Study(root)
     store = Store(study.db_path)
     results, error = write_results(study, store)
     assert error == ""
-    sections = report_sections(
-        report_context(study, store, results),
-        samples_table(store, study),
-        results.populations,
-        results.statistics,
-        results.groups,
-        results.windows,
-        results.curves,
-        monitor_tables(study, store, results),
-    )
+    _, sections = cohort_report_sections(study, store, results)  # the report as written
     pdf = _CheckedPdf()
     for _, draw in sections:
         draw(pdf)
