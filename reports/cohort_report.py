@@ -28,7 +28,7 @@ from reports.figures import (
     plt,
 )
 from reports.monitor_pages import MonitorTables
-from reports.paper_figures import figure_2a, figure_2b, figure_3, figure_4
+from reports.paper_figures import figure_2a, figure_2b, figure_3, figure_4, statistic_row
 
 MEASURE_LABEL = {
     "pct_parent": "% of parent",
@@ -448,13 +448,6 @@ def _completeness_page(pdf: PdfPages, ctx: ReportContext, samples: pd.DataFrame)
     plt.close(fig)
 
 
-def _stat(statistics: pd.DataFrame, analysis: str, group: str, measure: str | None = None):
-    sel = statistics[(statistics.analysis == analysis) & (statistics.group == group)]
-    if measure is not None:
-        sel = sel[sel.measure == measure]
-    return sel.iloc[0] if len(sel) else None
-
-
 def _clinical_figures(
     pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.DataFrame
 ) -> None:
@@ -479,7 +472,7 @@ def _clinical_figures(
     for row, group in enumerate(ctx.groups):
         block = ctx.members(windows, group)
         for col, (analysis, before, after, label) in enumerate(specs):
-            st = _stat(statistics, analysis, group)
+            st = statistic_row(statistics, analysis=analysis, group=group)
             p = _fmt_p(st.p_value) if st is not None else "NA"
             paired_dots(
                 axes[row, col],

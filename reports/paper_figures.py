@@ -22,7 +22,8 @@ def _fmt_p(p: float) -> str:
     return "NA" if not np.isfinite(p) else f"{p:.3g}"
 
 
-def _row(statistics: pd.DataFrame, **keys) -> pd.Series | None:
+def statistic_row(statistics: pd.DataFrame, **keys) -> pd.Series | None:
+    """The first statistics row with these column values, or None."""
     sel = statistics
     for key, value in keys.items():
         sel = sel[sel[key] == value]
@@ -78,17 +79,19 @@ def figure_2a(
             ("relapse_free_cox_unmatched", "unmatched"),
             ("relapse_free_cox_stratified", "stratified"),
         ):
-            wald = _row(statistics, analysis=analysis, group=group, test="cox_wald")
+            wald = statistic_row(statistics, analysis=analysis, group=group, test="cox_wald")
             if wald is None or not np.isfinite(wald.effect):
                 hr.append(f"{label}: not estimable")
                 continue
-            lr = _row(statistics, analysis=analysis, group=group, test="cox_likelihood_ratio")
+            lr = statistic_row(
+                statistics, analysis=analysis, group=group, test="cox_likelihood_ratio"
+            )
             lr_p = _fmt_p(lr.p_value) if lr is not None else "NA"
             hr.append(
                 f"HR {label} {wald.effect:.2f} [{wald.ci_low:.2f}-{wald.ci_high:.2f}], "
                 f"p Wald {_fmt_p(wald.p_value)}, LR {lr_p}"
             )
-        exact = _row(
+        exact = statistic_row(
             statistics,
             analysis="relapse_free_cox_stratified",
             group=group,
@@ -149,8 +152,12 @@ def figure_2b(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Dat
         top = max(len(block), 1)
         ax.set_ylim(0, top * 1.45)
         for i, drug in enumerate(drugs):
-            fisher = _row(statistics, analysis="drug_use_fisher", group=group, measure=drug)
-            mcnemar = _row(statistics, analysis="drug_use_mcnemar", group=group, measure=drug)
+            fisher = statistic_row(
+                statistics, analysis="drug_use_fisher", group=group, measure=drug
+            )
+            mcnemar = statistic_row(
+                statistics, analysis="drug_use_mcnemar", group=group, measure=drug
+            )
             ax.text(
                 i,
                 top * 1.08,
@@ -213,7 +220,7 @@ def figure_3(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Data
                 )
         ax.set_xticks(x, block.patient_id, rotation=90, fontsize=6)
         ax.set_ylabel("relapses (count)")
-        test = _row(statistics, analysis="relapses_before_after", group=group)
+        test = statistic_row(statistics, analysis="relapses_before_after", group=group)
         p = _fmt_p(test.p_value) if test is not None else "NA"
         n_after = int((~short).sum())
         ax.set_title(
@@ -241,7 +248,7 @@ def figure_3(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Data
             )
         ax.set_xticks(x, block.patient_id, rotation=90, fontsize=6)
         ax.set_ylabel("drugs (count)")
-        test = _row(statistics, analysis="drugs_baseline_12m", group=group)
+        test = statistic_row(statistics, analysis="drugs_baseline_12m", group=group)
         p = _fmt_p(test.p_value) if test is not None else "NA"
         ax.set_title(
             f"3B {ctx.groups[group]}: n = {int(followed.sum())} followed to +12 months; p = {p}",
