@@ -32,7 +32,16 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 """
 GENESIS = "0" * 64
-ACTIONS = ("pass", "override", "approve", "exclude", "undo", "sign_in_failed", "user_added")
+ACTIONS = (
+    "pass",
+    "override",
+    "approve",
+    "exclude",
+    "undo",
+    "sign_in_failed",
+    "user_added",
+    "template",  # an expert study template set or changed (cohort.templates)
+)
 EXPORT_COLUMNS = [
     "seq",
     "at",
