@@ -115,11 +115,16 @@ def _read_document(path: Path) -> dict:
     return doc if isinstance(doc, dict) else {}
 
 
-def _write_document(path: Path, doc: dict) -> None:
+def _stage_document(path: Path, doc: dict) -> Path:
+    """Write ``doc`` beside ``path``; the caller puts it in place (``Path.replace``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(_HEADER + yaml.safe_dump(doc, sort_keys=False))
-    tmp.replace(path)
+    return tmp
+
+
+def _write_document(path: Path, doc: dict) -> None:
+    _stage_document(path, doc).replace(path)
 
 
 def _template_of(panel: str, strategy: str, name: str, entry: dict) -> ExpertTemplate:
@@ -142,14 +147,21 @@ def panel_templates(study: Study, panel: str) -> dict[str, ExpertTemplate]:
     """Threshold -> expert template in force for the panel (those of the strategy as it is
     now: a template set under another strategy version is not applied, like its reference)."""
     base, _ = _base_strategy(study, panel)
-    doc = _read_document(study.reference_path(base.name))
+    path = study.reference_path(base.name)
+    doc = _read_document(path)
     if doc.get("strategy_sha256") != base.sha256:
         return {}
-    return {
-        name: _template_of(panel, base.name, name, entry)
-        for name, entry in (doc.get("thresholds") or {}).items()
-        if isinstance(entry, dict) and entry.get("method") == TEMPLATE_METHOD
-    }
+    try:
+        return {
+            name: _template_of(panel, base.name, name, entry)
+            for name, entry in (doc.get("thresholds") or {}).items()
+            if isinstance(entry, dict) and entry.get("method") == TEMPLATE_METHOD
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TemplateError(
+            f"{path}: a template entry lacks {exc} (edited by hand?); set it again with "
+            "`immunomon reference set`"
+        ) from None
 
 
 def _sample_landmark(study: Study, panel: str, base, threshold: str, sample_id: str) -> float:
@@ -249,23 +261,19 @@ def set_template(
         given_on = POOLED
     offset = round(value - landmark, 6)
     set_at = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
-    reference_landmark = float(previous["landmark_reference"]) if previous else landmark
-    entries[threshold] = {
-        "offset": offset,
-        "landmark_reference": reference_landmark,
-        "samples": int(previous["samples"]) if previous else 1,
-        "events": int(previous["events"]) if previous else 0,
-        "method": TEMPLATE_METHOD,
-        "note": f"expert template set by {who} at {set_at}",
-        "template": {
-            "value": round(float(value), 6),
-            "given_on": given_on,
-            "landmark": round(landmark, 6),
-            "set_by": who,
-            "reason": reason,
-            "set_at": set_at,
-        },
-    }
+    template = ExpertTemplate(
+        panel,
+        base.name,
+        threshold,
+        offset,
+        round(float(value), 6),
+        given_on,
+        round(landmark, 6),
+        who,
+        reason,
+        set_at,
+    )
+    entries[threshold] = _entry(template, previous)
     document = {
         "strategy": base.name,
         "strategy_sha256": base.sha256,
@@ -275,28 +283,33 @@ def set_template(
         "samples": list(doc.get("samples", [])),
     }
     before = load_reference(path, base) if path.is_file() else None
-    _write_document(path, document)
-    after = load_reference(path, base)  # the file must load as the pipeline will load it
-    template = _template_of(panel, base.name, threshold, entries[threshold])
-    entry = AuditLog(store.conn).append(
-        who,
-        AUDIT_ACTION,
-        reason,
-        software,
-        detail={
-            "panel": panel,
-            "strategy": base.name,
-            "threshold": threshold,
-            "value": template.value,
-            "given_on": given_on,
-            "landmark": template.landmark,
-            "old_offset": None if previous is None else float(previous["offset"]),
-            "old_method": "" if previous is None else str(previous.get("method", "")),
-            "new_offset": offset,
-            "reference_sha256_old": before.sha256 if before else "",
-            "reference_sha256_new": after.sha256 if after else "",
-        },
-    )
+    staged = _stage_document(path, document)
+    after = load_reference(staged, base)  # it must load as the pipeline will load it
+    # Audited first, then put in force: no template applies without its audit entry.
+    try:
+        entry = AuditLog(store.conn).append(
+            who,
+            AUDIT_ACTION,
+            reason,
+            software,
+            detail={
+                "panel": panel,
+                "strategy": base.name,
+                "threshold": threshold,
+                "value": template.value,
+                "given_on": given_on,
+                "landmark": template.landmark,
+                "old_offset": None if previous is None else float(previous["offset"]),
+                "old_method": "" if previous is None else str(previous.get("method", "")),
+                "new_offset": offset,
+                "reference_sha256_old": before.sha256 if before else "",
+                "reference_sha256_new": after.sha256 if after else "",
+            },
+        )
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    staged.replace(path)
     return TemplateChange(
         template,
         None if previous is None else float(previous["offset"]),
@@ -306,6 +319,28 @@ def set_template(
     )
 
 
+def _entry(template: ExpertTemplate, placed: dict | None) -> dict:
+    """A template's entry in the reference file; the pooled scale (``landmark_reference``)
+    and the counts of the automatic placement it replaces are kept where there was one."""
+    placed = placed or {}
+    return {
+        "offset": template.offset,
+        "landmark_reference": float(placed.get("landmark_reference", template.landmark)),
+        "samples": int(placed.get("samples", 1)),
+        "events": int(placed.get("events", 0)),
+        "method": TEMPLATE_METHOD,
+        "note": f"expert template set by {template.set_by} at {template.set_at}",
+        "template": {
+            "value": template.value,
+            "given_on": template.given_on,
+            "landmark": template.landmark,
+            "set_by": template.set_by,
+            "reason": template.reason,
+            "set_at": template.set_at,
+        },
+    }
+
+
 def keep_templates(path: Path, templates: dict[str, ExpertTemplate]) -> None:
     """Put ``templates`` back into a reference file just rebuilt (``reference build`` keeps an
     expert's decision rather than overwrite it with the automatic placement)."""
@@ -313,24 +348,8 @@ def keep_templates(path: Path, templates: dict[str, ExpertTemplate]) -> None:
         return
     doc = _read_document(path)
     entries = dict(doc.get("thresholds") or {})
-    for name, t in templates.items():
-        placed = entries.get(name) or {}
-        entries[name] = {
-            "offset": t.offset,
-            "landmark_reference": placed.get("landmark_reference", t.landmark),
-            "samples": placed.get("samples", 1),
-            "events": placed.get("events", 0),
-            "method": TEMPLATE_METHOD,
-            "note": f"expert template set by {t.set_by} at {t.set_at}",
-            "template": {
-                "value": t.value,
-                "given_on": t.given_on,
-                "landmark": t.landmark,
-                "set_by": t.set_by,
-                "reason": t.reason,
-                "set_at": t.set_at,
-            },
-        }
+    for name, template in templates.items():
+        entries[name] = _entry(template, entries.get(name))
     doc["thresholds"] = entries
     _write_document(path, doc)
 
@@ -339,10 +358,13 @@ def template_methods_lines(study: Study) -> list[str]:
     """The report's Methods sentences naming each template in force and who set it."""
     lines = []
     for panel in study.config.panels:
+        if study.panels[panel].uses_workspace:
+            continue  # its gates are the workspace's
         try:
             templates = panel_templates(study, panel)
-        except TemplateError:
-            continue  # a workspace panel has no templates
+        except TemplateError as error:
+            lines.append(f"{panel}: templates not readable: {error}")
+            continue
         for t in templates.values():
             on = "the pooled aligned samples" if t.given_on == POOLED else f"sample {t.given_on}"
             lines.append(

@@ -250,3 +250,14 @@ def test_cli_reference_set(pooled):
     entries = AuditLog(Store(pooled.db_path).conn).entries()
     assert [e.who for e in entries if e.action == "template"] == ["Dr CLI"]
     assert np.isfinite(panel_templates(Study(pooled.root), PANEL)["t_cd45ra"].offset)
+
+
+def test_a_template_entry_edited_by_hand_is_named_not_a_traceback(pooled):
+    store = Store(pooled.db_path)
+    set_template(pooled, store, PANEL, "t_cd45ra", 0.46, who="A", reason="r")
+    store.close()
+    path = pooled.reference_path("treg")
+    path.write_text(path.read_text().replace("set_by:", "signed_by:"))
+    with pytest.raises(TemplateError, match="treg.yaml: a template entry lacks 'set_by'"):
+        panel_templates(Study(pooled.root), PANEL)
+    assert "templates not readable" in template_methods_lines(Study(pooled.root))[0]
