@@ -89,7 +89,7 @@ def remove_user(conn: sqlite3.Connection, name: str) -> None:
     with conn:
         gone = conn.execute("DELETE FROM users WHERE name=?", (name,)).rowcount
     if not gone:
-        raise AccountError(f"no user {name!r} (see immunomon users list)")
+        raise AccountError(f"no user {name!r} in this study")
 
 
 def record_failed_sign_in(conn: sqlite3.Connection, name: str, address: str) -> None:

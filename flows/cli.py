@@ -250,22 +250,12 @@ def _cmd_review(args: argparse.Namespace) -> int:
     import uvicorn
 
     from flows.review import create_app
-    from flows.review_security import review_site
+    from flows.review_security import review_site, server_options
 
     study, site, accounts = review_site(args)
     app = create_app(study.root, accounts=accounts, site=site)
     print(f"review of {study.config.study}: {min(site.origins)}/ (Ctrl-C stops)")
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        ssl_certfile=args.tls_cert,
-        ssl_keyfile=args.tls_key,
-        # X-Forwarded-* only from the configured proxy (uvicorn trusts 127.0.0.1 by default)
-        proxy_headers=bool(site.trusted_proxy),
-        forwarded_allow_ips=site.trusted_proxy or "",
-    )
+    uvicorn.run(app, **server_options(site, args.tls_cert, args.tls_key))
     return 0
 
 

@@ -70,11 +70,6 @@ class ReviewServer:
             pops.loc[pops.sample_key == sample_key, ["population", "count"]].itertuples(index=False)
         )
 
-    def needs_signature(self, sample_id: str, action: str) -> bool:
-        """Whether ``action`` (override, undo) on the sample would change a signed entry."""
-        with self.lock:
-            return superseded(self.log.entries(), sample_id, action) is not None
-
     # accounts ------------------------------------------------------------------------------
     def fingerprint(self, name: str) -> str | None:
         if not self.accounts:
@@ -250,9 +245,20 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
 
     def signed_for(request: Request, person: str, password: str, sample_id: str, action: str):
         """True once signed when the action changes a signed entry (False: it does not)."""
-        if not server.needs_signature(sample_id, action):
+        with server.lock:
+            entry = superseded(server.log.entries(), sample_id, action)
+        if entry is None:
             return False
-        guard.signature(request, person, password)
+        try:
+            guard.signature(request, person, password)
+        except HTTPException as exc:
+            if exc.status_code != 403:
+                raise
+            raise HTTPException(
+                403,
+                f"{sample_id}: this {action} changes #{entry.seq} ({entry.action} by "
+                f"{entry.who}), a signed decision: {exc.detail}",
+            ) from None
         return True
 
     @app.exception_handler(ImmunomonError)  # a refused action, e.g. a pass holds the study

@@ -134,6 +134,9 @@ class SignInLimiter:
 
     def failed(self, account: str | None, address: str, device: str = "") -> None:
         now = self.clock()
+        for table in (self.by_account, self.by_address, self.by_device):
+            for key in [k for k, times in table.items() if now - times[-1] > self.window_s]:
+                del table[key]  # bounded: only keys with failures in the window stay
         self.by_address[address].append(now)
         if account is not None:
             self.by_account[account].append(now)
@@ -438,3 +441,17 @@ def routes_and_checks(app) -> list[tuple[set[str], str, list]]:
         return found
 
     return walk(app.routes)
+
+
+def server_options(site: Site, tls_cert: str | None = None, tls_key: str | None = None) -> dict:
+    """uvicorn's options for ``site``: X-Forwarded-* believed only from the configured proxy
+    (uvicorn's default trusts them from 127.0.0.1, i.e. from anyone on the machine)."""
+    return {
+        "host": site.host,
+        "port": site.port,
+        "log_level": "warning",
+        "ssl_certfile": tls_cert,
+        "ssl_keyfile": tls_key,
+        "proxy_headers": bool(site.trusted_proxy),
+        "forwarded_allow_ips": site.trusted_proxy or "",
+    }
