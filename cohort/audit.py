@@ -370,18 +370,19 @@ def verify_trail(conn: sqlite3.Connection, anchors: list[Anchor]) -> TrailCheck:
                 )
                 chain_ok = False
         prev, expected_seq = digest, seq + 1
+    beyond = [a for a in anchors if a.seq > check.head_seq]
+    if beyond:  # the end was cut: one problem, named by the furthest anchor
+        last = max(beyond, key=lambda a: a.seq)
+        check.problems.append(
+            f"the trail ends at entry {check.head_seq} but {last.describe()} names entry "
+            f"{last.seq} ({len(beyond)} anchor(s) past the end): entries "
+            f"{check.head_seq + 1}-{last.seq} (at least) were deleted"
+        )
     for anchor in anchors:
+        if anchor.seq > check.head_seq:
+            continue
         if anchor.seq not in hashes:
-            if anchor.seq > check.head_seq:
-                check.problems.append(
-                    f"the trail ends at entry {check.head_seq} but {anchor.describe()} names "
-                    f"entry {anchor.seq}: entries {check.head_seq + 1}-{anchor.seq} (at least) "
-                    f"were deleted"
-                )
-            else:
-                check.problems.append(
-                    f"entry {anchor.seq}, named by {anchor.describe()}, is missing"
-                )
+            check.problems.append(f"entry {anchor.seq}, named by {anchor.describe()}, is missing")
         elif hashes[anchor.seq] != anchor.hash:
             check.problems.append(
                 f"entry {anchor.seq} is not the one {anchor.describe()} names (hash "
