@@ -238,6 +238,34 @@ def test_the_audit_trail_verifies_exports_and_catches_an_edit(reviewed, tmp_path
     assert f"entry {seq} was altered after it was written" in done.stderr
 
 
+def test_the_report_anchors_the_trail_and_a_cut_end_is_found(reviewed, tmp_path):
+    """Each action in the browser and the report left an anchor beside the study; the PDF
+    prints one; deleting the trail's last entries then fails verify, naming them."""
+    import re
+
+    study = reviewed["study"]
+    anchors = [line for line in (study / "audit_anchors.jsonl").read_text().splitlines() if line]
+    assert len(anchors) >= 4  # adjust, approve, exclude, and the report of the publish
+    text = subprocess.run(
+        ["pdftotext", "-layout", str(study / "reports" / "cohort_report.pdf"), "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    printed = re.search(r"--anchor\s+(\d+:[0-9a-f]{64})", text)[1]
+    done = _cli("audit", "verify", "--study", str(study), "--anchor", printed)
+    assert done.returncode == 0 and "anchor(s) checked" in done.stdout, done.stderr
+    copy = tmp_path / "cut"
+    shutil.copytree(study, copy)
+    seq = int(printed.split(":")[0])
+    with sqlite3.connect(copy / "immunomon.db") as conn:
+        conn.execute("DELETE FROM audit WHERE seq >= ?", (seq - 1,))
+    (copy / "audit_anchors.jsonl").unlink()  # even with the study's anchor file gone
+    done = _cli("audit", "verify", "--study", str(copy), "--anchor", printed)
+    assert done.returncode == 1 and f"names entry {seq}" in done.stderr
+    assert "were deleted" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_the_nightly_pass_keeps_the_override_and_undo_is_a_new_entry(reviewed, tmp_path):
     from cohort.audit import AuditLog
     from cohort.review import ReviewStatus
