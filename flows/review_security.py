@@ -27,6 +27,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SESSION_HOURS = 12
 MAX_SIGNATURE_FAILURES = 5  # wrong passwords on signed actions before the session ends
 DEVICE_COOKIE = "immunomon_device"
+MAX_SESSIONS = 10_000
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,8 @@ class ReviewGuard:
         now = self.clock()
         for sid in [s for s, r in self.sessions.items() if now - r.started > SESSION_HOURS * 3600]:
             del self.sessions[sid]
+        while len(self.sessions) >= MAX_SESSIONS:  # bounded: the oldest session goes first
+            del self.sessions[next(iter(self.sessions))]
         sid = secrets.token_urlsafe(32)
         fingerprint = self.fingerprint(name) if self.accounts else None
         self.sessions[sid] = SessionRecord(name, fingerprint, now)

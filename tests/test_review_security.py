@@ -672,3 +672,22 @@ def test_a_changed_strategy_drops_the_override_and_sends_the_sample_back(tmp_pat
     sample = server.store.current_sample("P01_M1_BCELL")
     mark = next(g for g in server.store.applied_gates(sample["sample_key"]) if g.name == "t_cd27")
     assert mark.gate.method != "manual"
+
+
+def test_sessions_held_by_the_server_are_bounded(monkeypatch):
+    import flows.review_security as security
+
+    monkeypatch.setattr(security, "MAX_SESSIONS", 3)
+    guard = security.ReviewGuard(
+        security.Site(), False, lambda name: None, lambda name, pw: False, lambda n, a: None
+    )
+
+    class Browser:  # what start_session and who read of a request
+        def __init__(self):
+            self.session = {}
+
+    browsers = [Browser() for _ in range(5)]
+    for i, browser in enumerate(browsers):
+        guard.start_session(browser, f"person{i}")
+    assert len(guard.sessions) == 3
+    assert guard.who(browsers[0]) is None and guard.who(browsers[-1]) == "person4"
