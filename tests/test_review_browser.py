@@ -42,6 +42,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _screenshot(page, path: Path, full_page: bool = False) -> None:
+    """A screenshot, tried again when a loaded machine's compositor misses its deadline
+    (Chromium: "Unable to capture screenshot")."""
+    for attempt in range(4):
+        try:
+            page.screenshot(path=path, full_page=full_page, timeout=60_000)
+            return
+        except playwright.Error as exc:
+            if "Unable to capture screenshot" not in str(exc) or attempt == 3:
+                raise
+            time.sleep(2.0)
+
+
 def _cli(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "flows.cli", *argv],
@@ -88,12 +101,12 @@ def reviewed(demo_run, tmp_path_factory):
             assert "/whoami" in page.url  # the name is asked once per browser session
             page.fill("#name", "jdupont")
             page.click("#start")
-            page.screenshot(path=shots / "today.png")
+            _screenshot(page, shots / "today.png")
             pages["today"] = page.inner_text("#files")
 
             page.goto(base + "/patient/P04?panel=BCELL")
             page.wait_for_load_state("networkidle")
-            page.screenshot(path=shots / "patient.png", full_page=True)
+            _screenshot(page, shots / "patient.png", full_page=True)
             pages["patient"] = page.inner_text("#thresholds")
             pages["patient_mfi"] = page.inner_text("#mfi")
 
@@ -114,7 +127,7 @@ def reviewed(demo_run, tmp_path_factory):
             page.fill("#adjust-reason", "CD19 dim tail is not B cells")
             page.click("#adjust")
             page.wait_for_load_state("networkidle")
-            page.screenshot(path=shots / "sample.png", full_page=True)
+            _screenshot(page, shots / "sample.png", full_page=True)
             pages["adjusted_status"] = page.inner_text("#review-status")
             pages["change"] = page.inner_text("#change")
 
@@ -129,7 +142,7 @@ def reviewed(demo_run, tmp_path_factory):
             pages["excluded_status"] = page.inner_text("#review-status")
 
             page.goto(base + "/signoff")
-            page.screenshot(path=shots / "signoff.png", full_page=True)
+            _screenshot(page, shots / "signoff.png", full_page=True)
             pages["signoff"] = page.inner_text("#signoff")
             page.click("#publish")
             page.wait_for_load_state("networkidle")
