@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from cohort.audit import AuditLog
+from cohort.audit import AuditLog, anchors_path
 from cohort.study import Study
 from panels.errors import ImmunomonError
 
@@ -287,7 +287,7 @@ def set_template(
     after = load_reference(staged, base)  # it must load as the pipeline will load it
     # Audited first, then put in force: no template applies without its audit entry.
     try:
-        entry = AuditLog(store.conn).append(
+        entry = AuditLog(store.conn, anchors=anchors_path(study.root)).append(
             who,
             AUDIT_ACTION,
             reason,

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from cohort.audit import AuditLog
+from cohort.audit import AuditLog, anchors_path, read_anchors, verify_trail
 from cohort.references import build_panel_reference
 from cohort.store import Store
 from cohort.study import Study
@@ -123,7 +123,10 @@ def test_setting_a_template_is_audited_with_who_why_and_the_old_and_new_offsets(
     assert entries[1].detail["new_offset"] == pytest.approx(second.template.offset)
     assert entries[1].detail["reference_sha256_old"] != entries[1].detail["reference_sha256_new"]
     assert second.audit_seq == entries[1].seq and second.regates
-    log.verify()  # the chain holds
+    assert log.verify() == ""  # the chain holds
+    anchors, problems = read_anchors(anchors_path(pooled.root))
+    assert not problems and {a.seq for a in anchors} >= {e.seq for e in entries}  # anchored
+    assert verify_trail(store.conn, anchors).problems == []
     store.close()
     template = panel_templates(Study(pooled.root), PANEL)["t_cd45ra"]
     assert (template.set_by, template.reason, template.given_on) == ("Dr B", "moved up", POOLED)
