@@ -253,7 +253,8 @@ def plan_intake(
         if entry.path.name in hold:
             continue
         if entry.kind:
-            _refuse_entry(study, store, plan, entry)
+            with suppress(FileNotFoundError):  # removed since the listing
+                _refuse_entry(study, store, plan, entry)
             continue
         try:
             stat = os.lstat(entry.path)
