@@ -166,19 +166,19 @@ def _int_keyword(kw: dict[str, str], key: str, path: Path) -> int:
         ) from None
 
 
-class _ToDebugLog(logging.Handler):
-    """fcsparser logs its complaints (an illegal UTF-8 byte...) as WARNINGs, which reach the
-    terminal before our one-line reason: they go to our log at DEBUG instead."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        logging.getLogger("immunomon.fcs").debug("fcsparser: %s", record.getMessage())
+def _to_debug_log(record: logging.LogRecord) -> bool:
+    """fcsparser logs its complaints (an illegal UTF-8 byte...) as WARNINGs, which reached the
+    terminal before our one-line reason: they go to our log at DEBUG instead. A filter on
+    fcsparser's own logger drops the record before any handler, including ones a logging
+    setup (Prefect's, pytest's) attaches to its parents later."""
+    logging.getLogger("immunomon.fcs").debug("fcsparser: %s", record.getMessage())
+    return False
 
 
 def _quiet_fcsparser() -> None:
-    logger = logging.getLogger("fcsparser")
-    if not any(isinstance(h, _ToDebugLog) for h in logger.handlers):
-        logger.addHandler(_ToDebugLog())
-    logger.propagate = False
+    logger = logging.getLogger("fcsparser.api")  # fcsparser's getLogger(__name__)
+    if _to_debug_log not in logger.filters:
+        logger.addFilter(_to_debug_log)
 
 
 def _parse_text_segment(path: Path) -> dict:
