@@ -106,20 +106,19 @@ def current_workspace_samples(study, store, sample_ids: list[str] | None = None)
 
 
 def sample_groups(study, samples) -> dict[str, list[str]]:
-    """FlowJo groups: per panel, per visit (in the study's visit order), per review state."""
+    """FlowJo groups: per panel and per visit (in study.yaml's order), per review state."""
     groups: dict[str, list[str]] = {}
-    by_key = [
-        ("Panel", lambda s: s.keywords["PANEL"], list(study.config.panels)),
-        ("Visit", lambda s: s.keywords["VISIT"], list(study.config.visits)),
-        ("Review", lambda s: s.keywords["REVIEW STATUS"], []),
-    ]
-    for title, key, order in by_key:
-        values = sorted(
-            {key(s) for s in samples},
-            key=lambda v: (v not in order, order.index(v) if v in order else 0, v),
-        )
-        for value in values:
-            groups[f"{title} {value}"] = [s.sample_id for s in samples if key(s) == value]
+    for title, keyword, order in (
+        ("Panel", "PANEL", list(study.config.panels)),
+        ("Visit", "VISIT", list(study.config.visits)),
+        ("Review", "REVIEW STATUS", []),
+    ):
+        values = {s.keywords[keyword] for s in samples}
+        ordered = [v for v in order if v in values] + sorted(values - set(order))
+        for value in ordered:
+            groups[f"{title} {value}"] = [
+                s.sample_id for s in samples if s.keywords[keyword] == value
+            ]
     return groups
 
 

@@ -291,3 +291,62 @@ def test_a_replaced_inbox_file_is_left_out_with_the_reason(small_study, tmp_path
     assert "left out P13_BL_TREG" in err and "run a pass" in err
     names = [n.get("name") for n in etree.parse(str(out)).getroot().iter("SampleNode")]
     assert "P13_BL_TREG.fcs" not in names and len(names) == 7
+
+
+def _gated_sample(path, panel_token, name):
+    from gating.pipeline import gate_sample
+    from gating.strategy import load_strategy
+    from gating.wsp_export import WorkspaceSample
+    from panels.fcs import read_events
+    from panels.resolve import load_panel, resolve_panel
+
+    data = read_events(path)
+    resolved = resolve_panel(load_panel(name), data.header)
+    gating = gate_sample(data, resolved, load_strategy(name))
+    counts = {k: int(v.sum()) for k, v in gating.masks.items()}
+    return WorkspaceSample(path.stem, path, data.header, resolved, gating.gates, counts)
+
+
+def _assert_read_back(sample, wsp):
+    from flows.gates_export import StudyExport, check_export
+
+    checks = check_export(StudyExport(wsp, [sample], {sample.sample_id: wsp}), "wsp")
+    assert len(checks) >= 11
+    assert all(c.agrees for c in checks), [c for c in checks if not c.agrees]
+
+
+def test_clogged_file_time_ranges_become_rectangles_joined_by_an_or_node(tmp_path):
+    from gating.wsp_export import write_workspace
+    from simulate.demo import population_frequencies, simulate_sample
+    from simulate.fcs_writer import write_fcs
+
+    rng = np.random.default_rng(8)
+    shares = population_frequencies("BCELL", "adult", "BL", rng, rng)
+    events, pnn, _, spill = simulate_sample("BCELL", shares, 30000, rng, clog=True)
+    spill_text = ",".join(["7", *pnn[3:10], *(f"{v:.6g}" for v in spill.ravel())])
+    pns = ["", "", "", "IgD", "CD24", "CD27", "CD19", "CD38", "CD45", "IgM", ""]
+    path = write_fcs(tmp_path / "P01_BL_BCELL.fcs", events, pnn, pns, {"$SPILLOVER": spill_text})
+    sample = _gated_sample(path, "BCELL", "bcell")
+    wsp = write_workspace(tmp_path / "clog.wsp", [sample], {})
+    node = etree.parse(str(wsp)).getroot().find(".//OrNode[@name='stable_flow']")
+    assert node is not None and len(node.find("Dependents")) >= 2
+    _assert_read_back(sample, wsp)
+
+
+def test_file_without_spillover_exports_uncompensated_parameters(tmp_path):
+    from gating.wsp_export import write_workspace
+    from tests.conftest import write_simulated
+
+    source, _ = write_simulated(tmp_path / "with.fcs", "TREG", n_events=8000, seed=5)
+    from panels.fcs import read_events
+    from simulate.fcs_writer import write_fcs
+
+    data = read_events(source)
+    path = write_fcs(
+        tmp_path / "P02_BL_TREG.fcs", data.events, data.header.pnn, data.header.pns, {}
+    )
+    sample = _gated_sample(path, "TREG", "treg")
+    wsp = write_workspace(tmp_path / "plain.wsp", [sample], {})
+    text = wsp.read_text()
+    assert "spilloverMatrix" not in text and 'data-type:name="Comp-' not in text
+    _assert_read_back(sample, wsp)
