@@ -41,6 +41,7 @@ from lxml import etree
 
 from gating.export import to_flowkit_strategy
 from gating.records import ALL_EVENTS, AppliedGate
+from panels.errors import ImmunomonError
 from panels.fcs import FcsHeader
 from panels.resolve import ResolvedPanel
 
@@ -61,6 +62,10 @@ DISPLAY_BINS = 256.0
 ALL_SAMPLES = "All Samples"
 # Keywords we add to each sample; FlowJo lists them with the file's own keywords.
 KEYWORD_PREFIX = "IMMUNOMON "
+
+
+class FlowJoFormError(ImmunomonError):
+    """A gate or transform the FlowJo workspace cannot hold; names the sample and the gate."""
 
 
 def _g(tag: str) -> str:
@@ -188,13 +193,13 @@ def ellipse_foci_and_edges(
 
 def _ellipse(parent_el, gate, strategy, comp_id) -> None:
     if len(gate.dimensions) != 2:
-        raise ValueError(f"gate {gate.gate_name}: FlowJo ellipses have 2 dimensions")
+        raise FlowJoFormError(f"gate {gate.gate_name}: FlowJo ellipses have 2 dimensions")
     for dim in gate.dimensions:
         transform = (
             strategy.get_transform(dim.transformation_ref) if dim.transformation_ref else None
         )
         if transform is None or not hasattr(transform, "param_t"):
-            raise ValueError(
+            raise FlowJoFormError(
                 f"gate {gate.gate_name}: FlowJo stores an ellipse in display units; "
                 f"dimension {dim.id} needs a linear or logicle transform"
             )
@@ -230,7 +235,7 @@ def _population(parent_el, name, gate, strategy, comp_id, ids, path, count, note
     }
     writer = writers.get(type(gate))
     if writer is None:
-        raise ValueError(f"gate {name}: no FlowJo form for flowkit {type(gate).__name__}")
+        raise FlowJoFormError(f"gate {name}: no FlowJo form for flowkit {type(gate).__name__}")
     writer(gate_el, gate, strategy, comp_id)
     for child in gate_el:
         child.set(_g("id"), ids[path + (name,)])
@@ -328,7 +333,7 @@ def _add_transforms(sample_el, strategy, comp_id) -> None:
                     el.set(_t("maxRange"), _number(transform.param_t))
                     el.set("gain", "1")
                 else:
-                    raise ValueError(
+                    raise FlowJoFormError(
                         f"dimension {dim.id}: no FlowJo form for {type(transform).__name__}"
                     )
                 etree.SubElement(el, _d("parameter")).set(_d("name"), label)
@@ -403,7 +408,12 @@ def workspace_document(
         node.set("owningGroup", "")
         node.set("count", str(sample.counts.get(ALL_EVENTS, sample.header.n_events)))
         node.set("sampleID", number)
-        _sample_tree(node, sample, int(number))
+        try:
+            _sample_tree(node, sample, int(number))
+        except FlowJoFormError as exc:
+            raise FlowJoFormError(
+                f"{sample.sample_id}: {exc}; export it with --format gatingml instead"
+            ) from exc
     return etree.ElementTree(root)
 
 

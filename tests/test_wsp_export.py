@@ -350,3 +350,20 @@ def test_file_without_spillover_exports_uncompensated_parameters(tmp_path):
     text = wsp.read_text()
     assert "spilloverMatrix" not in text and 'data-type:name="Comp-' not in text
     _assert_read_back(sample, wsp)
+
+
+def test_a_gate_without_flowjo_form_is_one_error_naming_sample_and_gate(tmp_path):
+    from dataclasses import replace
+
+    from gating.gates import EllipseGate
+    from gating.wsp_export import FlowJoFormError, write_workspace
+    from panels.errors import ImmunomonError
+    from tests.conftest import write_simulated
+
+    path, _ = write_simulated(tmp_path / "P03_BL_TREG.fcs", "TREG", n_events=5000, seed=9)
+    sample = _gated_sample(path, "TREG", "treg")
+    three_d = EllipseGate(("FSC-A", "SSC-A", "CD3"), (0.2, 0.05, 0.5), tuple(np.eye(3) * 0.01), 9.0)
+    gates = [replace(g, gate=three_d) if g.name == "lymphocytes" else g for g in sample.gates]
+    with pytest.raises(FlowJoFormError, match="P03_BL_TREG: gate lymphocytes") as raised:
+        write_workspace(tmp_path / "x.wsp", [replace(sample, gates=gates)], {})
+    assert isinstance(raised.value, ImmunomonError) and "--format gatingml" in str(raised.value)
