@@ -367,3 +367,31 @@ def test_a_gate_without_flowjo_form_is_one_error_naming_sample_and_gate(tmp_path
     with pytest.raises(FlowJoFormError, match="P03_BL_TREG: gate lymphocytes") as raised:
         write_workspace(tmp_path / "x.wsp", [replace(sample, gates=gates)], {})
     assert isinstance(raised.value, ImmunomonError) and "--format gatingml" in str(raised.value)
+
+
+def test_marker_polygon_and_limitless_range_read_back_equal(tmp_path):
+    """Gate forms other strategies use: a polygon on two logicle markers (stored in channel
+    units, drawn in logicle) and a range that every event passes (a step not run)."""
+    from dataclasses import replace
+
+    from gating.gates import PolygonGate, RawRangeGate
+    from gating.pipeline import replay_gates
+    from gating.records import AppliedGate
+    from gating.wsp_export import write_workspace
+    from panels.fcs import read_events
+    from tests.conftest import write_simulated
+
+    path, _ = write_simulated(tmp_path / "P04_BL_TREG.fcs", "TREG", n_events=12000, seed=12)
+    sample = _gated_sample(path, "TREG", "treg")
+    channel = sample.resolved.marker_channels["CD3"]
+    arm = PolygonGate(("CD127", "CD25"), ((0.1, 0.5), (0.55, 0.45), (0.6, 0.95), (0.05, 0.9)))
+    gates = [
+        replace(g, gate=RawRangeGate({}, (channel,))) if g.name == "singlets" else g
+        for g in sample.gates
+    ] + [AppliedGate("cd25_arm", "cd4_t", arm, True, "test polygon")]
+    masks = replay_gates(read_events(path), sample.resolved, gates)
+    counts = {k: int(v.sum()) for k, v in masks.items()}
+    assert 0 < counts["cd25_arm"] < counts["cd4_t"]
+    edited = replace(sample, gates=gates, counts=counts)
+    wsp = write_workspace(tmp_path / "forms.wsp", [edited], {})
+    _assert_read_back(edited, wsp)
