@@ -555,7 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="sample id, e.g. P01_M3_BCELL (repeat for several; default: every current sample)",
     )
-    export.add_argument("--format", choices=("gatingml", "wsp"), default="gatingml")
+    export.add_argument(
+        "--format",
+        choices=("gatingml", "wsp"),
+        default="gatingml",
+        help="wsp: one FlowJo 10 workspace; gatingml: GatingML 2.0 (default)",
+    )
     export.add_argument(
         "--out",
         help="output: the .wsp file (default STUDY/results/gates/STUDY.wsp), the GatingML "
