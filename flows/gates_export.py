@@ -6,7 +6,7 @@ groups per panel, per visit and per review state, and the review state as keywor
 describes one gating, not a set of samples, so each sample has its own file, named by its id.
 
 Orchestration only: the store says which samples are current and what gates they went through,
-the gating package writes the files, and ``check_*`` reads them back with flowkit.
+the gating package writes the files, and ``check_export`` reads them back with flowkit.
 """
 
 from __future__ import annotations
