@@ -259,13 +259,34 @@ def _subpopulations(element):
     return found if found is not None else etree.SubElement(element, "Subpopulations")
 
 
+def gate_annotations(gates: list[AppliedGate]) -> dict[str, str]:
+    """Gate name -> how it was placed, as FlowJo shows a population's annotation: the gate's
+    note and, for a rectangle, each threshold at one of its limits with its own placement
+    (valley, mixture, registered, default, set by hand in review)."""
+    from gating.gates import RectangleGate, ThresholdMark
+
+    marks = [g for g in gates if isinstance(g.gate, ThresholdMark)]
+    notes = {}
+    for applied in gates:
+        note = applied.note
+        if isinstance(applied.gate, RectangleGate):
+            used = [
+                f"{m.name} = {m.gate.value:.3f} ({m.gate.method}: {m.note})"
+                for m in marks
+                if m.gate.value in applied.gate.limits.get(m.gate.dimension, ())
+            ]
+            note = "; ".join([note, *used]) if used else note
+        notes[applied.name] = note
+    return notes
+
+
 def _sample_tree(sample_node, sample: WorkspaceSample, sample_number: int) -> None:
     """The sample's gate tree under its SampleNode, from its flowkit gating strategy."""
     import flowkit as fk
 
     strategy = to_flowkit_strategy(sample.gates, sample.resolved, sample.header)
     comp_id = next(iter(strategy.comp_matrices), None)
-    notes = {g.name: g.note for g in sample.gates}
+    notes = gate_annotations(sample.gates)
     element_of: dict[tuple, etree._Element] = {("root",): sample_node}
     ids: dict[tuple, str] = {}
     helper_counts: dict[str, int] = {}

@@ -153,9 +153,19 @@ def test_workspace_is_flowjo_xml_naming_every_sample_with_groups_and_review_keyw
     # Each sample carries its own file's matrix, as FlowJo's acquisition-defined one.
     matrix = workspace.get_comp_matrix("P01_BL_TREG.fcs")
     assert matrix is not None and len(matrix.detectors) == 7
-    # How each gate was placed is its population's annotation.
-    notes = {p.get("name"): p.get("annotation") for p in doc.iter("Population")}
-    assert "registered" in notes["cd19_b"] or "valley" in notes["cd19_b"] or notes["cd19_b"]
+    # Each population shows our count, and how its gate was placed as its annotation.
+    sample = next(s for s in _current_samples(root) if s.sample_id == "P01_M9_BCELL")
+    node = next(n for n in doc.iter("SampleNode") if n.get("name") == "P01_M9_BCELL.fcs")
+    shown = {p.get("name"): p for p in node.iter("Population")}
+    for gate in sample.gates:
+        if gate.gate.selects_events and gate.kind != "boolean":
+            assert int(shown[gate.name].get("count")) == sample.counts[gate.name], gate.name
+            assert shown[gate.name].get("annotation").startswith(gate.note), gate.name
+    assert int(node.find(".//AndNode[@name='memory_b']").get("count")) == sample.counts["memory_b"]
+    # The hand-set threshold is named, with how it was set, on the gates that use it.
+    for name in ("cd27neg_b", "cd27pos_b", "transitional_b"):
+        assert "t_cd27 = 0.550 (manual: set by hand" in shown[name].get("annotation"), name
+    assert "t_cd27" not in shown["cd19_b"].get("annotation")
 
 
 def test_exported_ellipse_reads_back_on_our_ellipse(small_study, tmp_path):
