@@ -416,3 +416,102 @@ def place_lymphocyte_ellipse(
         f"lowest-SSC cell cluster: {len(merged)} of {components} mixture components "
         f"(weight {weights[merged].sum():.2f}) at FSC {mean[0]:.3f}, SSC {mean[1]:.3f}",
     )
+
+
+# A cloud's location and spreads need this many events on its far side (the side the
+# population it is measured against does not reach).
+MIN_CLOUD_EVENTS = 150
+
+
+@dataclass(frozen=True)
+class CloudArm:
+    """A population leaving a sample's main cloud along a diagonal (Tregs: the CD25-high arm
+    of the CD4 T cells towards lower CD127), as a polygon on (x, y): the ``y``-high,
+    ``x``-low corner, relative to the cloud, with a diagonal edge. ``cloud`` is the cloud's
+    (x peak, x spread, y peak, y spread) the polygon was built from."""
+
+    vertices: tuple[tuple[float, float], ...]
+    cloud: tuple[float, float, float, float]
+    from_data: bool
+    note: str
+    method: str
+
+
+def _half_spread(values: np.ndarray, centre: float) -> float:
+    """The SD of a normal whose one half beyond ``centre`` these values are (1.4826 x the
+    median distance): the spread of a cloud measured on its side away from a neighbour."""
+    return float(1.4826 * np.median(np.abs(values - centre))) if values.size else float("nan")
+
+
+def _mode(values: np.ndarray, peak: str = "high") -> float | None:
+    """The uppermost ('high') peak of the smoothed density rising to a tenth of the highest."""
+    from gating.registration import landmark_peak
+
+    return landmark_peak(values, peak)
+
+
+def place_cloud_arm(
+    x: np.ndarray,
+    y: np.ndarray,
+    default_cloud: tuple[float, float, float, float],
+    *,
+    min_rise: float = 1.0,
+    min_fall: float = 0.5,
+    min_distance: float = 2.0,
+    span: tuple[float, float] = (-0.5, 1.5),
+) -> CloudArm:
+    """The x-low, y-high arm of a sample's main cloud, as experts draw it on CD127 x CD25.
+
+    The main cloud is found on its own far side, where the arm does not reach: its x
+    location is the uppermost peak of x, its x spread that of the events above the peak; its
+    y location is the uppermost peak of y among those events, its y spread that of the events
+    above it. In those spreads (z-scores), the arm is every event at least ``min_rise``
+    above the cloud on y, at least ``min_fall`` below it on x, and at least ``min_distance``
+    away from the cloud's centre along the diagonal ((z_y - z_x) / sqrt 2): a polygon with a
+    horizontal lower edge, a vertical right edge and the corner between them cut
+    diagonally (the Lyoplate / FlowJo Treg template's shape), which follows the cloud when
+    detector gains or staining move it. No boundary between two populations is fitted: the
+    limits are measured on the cloud alone (as openCyto's gate_tail is), so an arm that
+    merges into the cloud is not split at a chance density dip. With fewer than
+    ``MIN_CLOUD_EVENTS`` on the cloud's far side, ``default_cloud`` (x peak, x spread, y
+    peak, y spread) is used and the placement is not from the data.
+    """
+    finite = np.isfinite(x) & np.isfinite(y)
+    x, y = x[finite].astype(np.float64), y[finite].astype(np.float64)
+    cloud, problem = None, ""
+    x_peak = _mode(x) if x.size >= MIN_CLOUD_EVENTS else None
+    if x_peak is None:
+        problem = f"no cloud peak on x among {x.size} events"
+    else:
+        far = x >= x_peak
+        if np.count_nonzero(far) < MIN_CLOUD_EVENTS:
+            problem = f"{np.count_nonzero(far)} events above the cloud's x peak"
+        else:
+            y_far = y[far]
+            y_peak = _mode(y_far) if y_far.size >= 200 else None
+            y_peak = float(np.median(y_far)) if y_peak is None else y_peak
+            x_sd = _half_spread(x[far], x_peak)
+            y_sd = _half_spread(y_far[y_far >= y_peak], y_peak)
+            if x_sd > 0 and y_sd > 0:
+                cloud = (float(x_peak), x_sd, float(y_peak), y_sd)
+            else:
+                problem = "the cloud has no spread"
+    from_data = cloud is not None
+    x_peak, x_sd, y_peak, y_sd = cloud if from_data else default_cloud
+    lo, hi = span
+    floor_y = y_peak + min_rise * y_sd
+    right_x = x_peak - min_fall * x_sd
+    diagonal = min_distance * np.sqrt(2.0)  # z_y - z_x at least this
+    corner_x = x_peak + (min_rise - diagonal) * x_sd  # the diagonal meets the lower edge
+    corner_y = y_peak + (diagonal - min_fall) * y_sd  # the diagonal meets the right edge
+    if corner_x >= right_x:  # the diagonal does not cut the corner: a plain rectangle
+        vertices = ((lo, floor_y), (right_x, floor_y), (right_x, hi), (lo, hi))
+    else:
+        vertices = ((lo, floor_y), (corner_x, floor_y), (right_x, corner_y), (right_x, hi), (lo, hi))
+    where = (
+        f"cloud at x {x_peak:.3f} (SD {x_sd:.3f}), y {y_peak:.3f} (SD {y_sd:.3f}); arm: "
+        f"y >= {floor_y:.3f}, x < {right_x:.3f}, {min_distance:g} SD from the cloud diagonally"
+    )
+    if not from_data:
+        return CloudArm(vertices, default_cloud, False, f"{problem}: default cloud; {where}", "default")
+    return CloudArm(vertices, cloud, True, where, "cloud_arm")
