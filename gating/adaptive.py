@@ -425,10 +425,11 @@ MIN_CLOUD_EVENTS = 150
 
 @dataclass(frozen=True)
 class CloudArm:
-    """A population leaving a sample's main cloud along a diagonal (Tregs: the CD25-high arm
-    of the CD4 T cells towards lower CD127), as a polygon on (x, y): the ``y``-high,
-    ``x``-low corner, relative to the cloud, with a diagonal edge. ``cloud`` is the cloud's
-    (x peak, x spread, y peak, y spread) the polygon was built from."""
+    """A population leaving a sample's main cloud towards one corner of a marker pair (Tregs:
+    the CD25-high arm of the CD4 T cells towards lower CD127; transitional B: the CD24-high
+    CD38-high tip of the CD27- B cells), as a polygon on (x, y) relative to the cloud, with
+    a diagonal edge. ``cloud`` is the cloud's (x peak, x spread, y peak, y spread) the
+    polygon was built from."""
 
     vertices: tuple[tuple[float, float], ...]
     cloud: tuple[float, float, float, float]
@@ -443,11 +444,33 @@ def _half_spread(values: np.ndarray, centre: float) -> float:
     return float(1.4826 * np.median(np.abs(values - centre))) if values.size else float("nan")
 
 
-def _mode(values: np.ndarray, peak: str = "high") -> float | None:
-    """The uppermost ('high') peak of the smoothed density rising to a tenth of the highest."""
+def _cloud_on_far_side(
+    x: np.ndarray, y: np.ndarray, direction: tuple[int, int]
+) -> tuple[tuple[float, float, float, float] | None, str]:
+    """The main cloud's (x peak, x SD, y peak, y SD), measured where the arm is not.
+
+    On x the cloud is the outermost density peak on the side away from the arm (the arm
+    leaves it towards ``direction[0]``) and its spread that of the events beyond the peak on
+    that side; among those events (no arm there) y's outermost peak towards the arm and the
+    spread of the events beyond it."""
     from gating.registration import landmark_peak
 
-    return landmark_peak(values, peak)
+    away = "high" if direction[0] < 0 else "low"
+    x_peak = landmark_peak(x, away) if x.size >= MIN_CLOUD_EVENTS else None
+    if x_peak is None:
+        return None, f"no cloud peak on x among {x.size} events"
+    far = (x >= x_peak) if direction[0] < 0 else (x <= x_peak)
+    if np.count_nonzero(far) < MIN_CLOUD_EVENTS:
+        return None, f"{np.count_nonzero(far)} events beyond the cloud's x peak"
+    y_far = y[far]
+    toward = "high" if direction[1] > 0 else "low"
+    y_peak = landmark_peak(y_far, toward)
+    y_peak = float(np.median(y_far)) if y_peak is None else y_peak
+    y_side = y_far[(y_far >= y_peak) if direction[1] > 0 else (y_far <= y_peak)]
+    x_sd, y_sd = _half_spread(x[far], x_peak), _half_spread(y_side, y_peak)
+    if not (x_sd > 0 and y_sd > 0):
+        return None, "the cloud has no spread"
+    return (float(x_peak), x_sd, float(y_peak), y_sd), ""
 
 
 def place_cloud_arm(
@@ -455,63 +478,63 @@ def place_cloud_arm(
     y: np.ndarray,
     default_cloud: tuple[float, float, float, float],
     *,
+    direction: tuple[int, int] = (-1, 1),
     min_rise: float = 1.0,
     min_fall: float = 0.5,
     min_distance: float = 2.0,
     span: tuple[float, float] = (-0.5, 1.5),
 ) -> CloudArm:
-    """The x-low, y-high arm of a sample's main cloud, as experts draw it on CD127 x CD25.
+    """The arm of a sample's main cloud towards ``direction`` (+1 high, -1 low on x and y),
+    as experts draw it: Tregs on CD127 x CD25 (-1, +1), transitional B on CD38 x CD24 (+1, +1).
 
-    The main cloud is found on its own far side, where the arm does not reach: its x
-    location is the uppermost peak of x, its x spread that of the events above the peak; its
-    y location is the uppermost peak of y among those events, its y spread that of the events
-    above it. In those spreads (z-scores), the arm is every event at least ``min_rise``
-    above the cloud on y, at least ``min_fall`` below it on x, and at least ``min_distance``
-    away from the cloud's centre along the diagonal ((z_y - z_x) / sqrt 2): a polygon with a
-    horizontal lower edge, a vertical right edge and the corner between them cut
-    diagonally (the Lyoplate / FlowJo Treg template's shape), which follows the cloud when
-    detector gains or staining move it. No boundary between two populations is fitted: the
-    limits are measured on the cloud alone (as openCyto's gate_tail is), so an arm that
-    merges into the cloud is not split at a chance density dip. With fewer than
-    ``MIN_CLOUD_EVENTS`` on the cloud's far side, ``default_cloud`` (x peak, x spread, y
-    peak, y spread) is used and the placement is not from the data.
+    The main cloud is measured on its far side, where the arm does not reach
+    (``_cloud_on_far_side``). In its spreads (z-scores, signed towards the arm), the arm is
+    every event at least ``min_rise`` beyond the cloud's peak on y, ``min_fall`` on x, and
+    ``min_distance`` from it along the diagonal ((z_x + z_y) / sqrt 2): a polygon with two
+    straight edges and the corner between them cut diagonally (the shape of the Lyoplate /
+    FlowJo Treg template), which follows the cloud when detector gains or staining move it.
+    No boundary between two populations is fitted: on the real files the arm shows no
+    density dip along the diagonal (it merges into the cloud), so the limits are measured on
+    the cloud alone, as openCyto's gate_tail does. With fewer than ``MIN_CLOUD_EVENTS`` on
+    the cloud's far side, ``default_cloud`` (x peak, x SD, y peak, y SD) is used and the
+    placement is not from the data.
     """
     finite = np.isfinite(x) & np.isfinite(y)
     x, y = x[finite].astype(np.float64), y[finite].astype(np.float64)
-    cloud, problem = None, ""
-    x_peak = _mode(x) if x.size >= MIN_CLOUD_EVENTS else None
-    if x_peak is None:
-        problem = f"no cloud peak on x among {x.size} events"
-    else:
-        far = x >= x_peak
-        if np.count_nonzero(far) < MIN_CLOUD_EVENTS:
-            problem = f"{np.count_nonzero(far)} events above the cloud's x peak"
-        else:
-            y_far = y[far]
-            y_peak = _mode(y_far) if y_far.size >= 200 else None
-            y_peak = float(np.median(y_far)) if y_peak is None else y_peak
-            x_sd = _half_spread(x[far], x_peak)
-            y_sd = _half_spread(y_far[y_far >= y_peak], y_peak)
-            if x_sd > 0 and y_sd > 0:
-                cloud = (float(x_peak), x_sd, float(y_peak), y_sd)
-            else:
-                problem = "the cloud has no spread"
+    cloud, problem = _cloud_on_far_side(x, y, direction)
     from_data = cloud is not None
     x_peak, x_sd, y_peak, y_sd = cloud if from_data else default_cloud
-    lo, hi = span
-    floor_y = y_peak + min_rise * y_sd
-    right_x = x_peak - min_fall * x_sd
-    diagonal = min_distance * np.sqrt(2.0)  # z_y - z_x at least this
-    corner_x = x_peak + (min_rise - diagonal) * x_sd  # the diagonal meets the lower edge
-    corner_y = y_peak + (diagonal - min_fall) * y_sd  # the diagonal meets the right edge
-    if corner_x >= right_x:  # the diagonal does not cut the corner: a plain rectangle
-        vertices = ((lo, floor_y), (right_x, floor_y), (right_x, hi), (lo, hi))
+    dx, dy = direction
+    # Corners in signed z-units (towards the arm), then back to the axes. ``far`` reaches
+    # past the data on every side.
+    far = 4 * (span[1] - span[0]) / min(x_sd, y_sd)
+    diagonal = min_distance * np.sqrt(2.0)  # z_x + z_y at least this
+    if diagonal <= min_fall + min_rise:  # the diagonal does not cut the corner
+        corners = [(min_fall, far), (min_fall, min_rise), (far, min_rise), (far, far)]
     else:
-        vertices = ((lo, floor_y), (corner_x, floor_y), (right_x, corner_y), (right_x, hi), (lo, hi))
+        corners = [
+            (min_fall, far),
+            (min_fall, diagonal - min_fall),
+            (diagonal - min_rise, min_rise),
+            (far, min_rise),
+            (far, far),
+        ]
+    lo, hi = span
+    vertices = tuple(
+        (
+            float(np.clip(x_peak + dx * zx * x_sd, lo, hi)),
+            float(np.clip(y_peak + dy * zy * y_sd, lo, hi)),
+        )
+        for zx, zy in corners
+    )
+    x_limit, y_limit = x_peak + dx * min_fall * x_sd, y_peak + dy * min_rise * y_sd
     where = (
         f"cloud at x {x_peak:.3f} (SD {x_sd:.3f}), y {y_peak:.3f} (SD {y_sd:.3f}); arm: "
-        f"y >= {floor_y:.3f}, x < {right_x:.3f}, {min_distance:g} SD from the cloud diagonally"
+        f"y {'>=' if dy > 0 else '<='} {y_limit:.3f}, x {'>=' if dx > 0 else '<='} "
+        f"{x_limit:.3f}, {min_distance:g} SD from the cloud diagonally"
     )
     if not from_data:
-        return CloudArm(vertices, default_cloud, False, f"{problem}: default cloud; {where}", "default")
+        return CloudArm(
+            vertices, default_cloud, False, f"{problem}: default cloud; {where}", "default"
+        )
     return CloudArm(vertices, cloud, True, where, "cloud_arm")

@@ -229,15 +229,17 @@ class ScatterClusterSpec(_GateSpec):
 
 
 class CloudArmSpec(_GateSpec):
-    """The population leaving the parent's main cloud as an arm, high on ``dimensions[1]``
-    and low on ``dimensions[0]`` relative to the cloud (Tregs: the CD25-high arm of the CD4 T
-    cells towards lower CD127), as a polygon placed per sample
+    """The population leaving the parent's main cloud as an arm towards ``target`` on
+    ``dimensions`` (Tregs: the CD25-high arm of the CD4 T cells towards lower CD127;
+    transitional B: the CD24-high CD38-high tip of the CD27- B cells), as a polygon placed per sample
     (``gating.adaptive.place_cloud_arm``); limits in the cloud's own spreads."""
 
     kind: Literal["cloud_arm"]
     dimensions: tuple[str, str]
-    min_rise: float = Field(1.0, ge=0.0)  # above the cloud's peak on dimensions[1], in SDs
-    min_fall: float = Field(0.5, ge=0.0)  # below the cloud's peak on dimensions[0], in SDs
+    # where the arm leaves the cloud on each dimension
+    target: tuple[Literal["high", "low"], Literal["high", "low"]] = ("low", "high")
+    min_rise: float = Field(1.0, ge=0.0)  # beyond the cloud's peak on dimensions[1], in SDs
+    min_fall: float = Field(0.5, ge=0.0)  # beyond the cloud's peak on dimensions[0], in SDs
     min_distance: float = Field(2.0, ge=0.0)  # from the cloud's centre along the diagonal
     # x peak, x SD, y peak, y SD (logicle) where the sample's cloud cannot be measured
     default_cloud: tuple[float, float, float, float]
@@ -247,10 +249,11 @@ class CloudArmSpec(_GateSpec):
 
     def describe(self) -> str:
         x_dim, y_dim = self.dimensions
+        x_side, y_side = self.target
         return (
-            f"{y_dim}-high {x_dim}-low arm of the parent's main cloud: {y_dim} at least "
-            f"{self.min_rise:g} SD above the cloud, {x_dim} {self.min_fall:g} SD below it and "
-            f"{self.min_distance:g} SD from it along the diagonal (cloud measured on its far "
+            f"{y_dim}-{y_side} {x_dim}-{x_side} arm of the parent's main cloud: {y_dim} at "
+            f"least {self.min_rise:g} SD beyond the cloud, {x_dim} at least {self.min_fall:g} SD "
+            f"beyond it and {self.min_distance:g} SD from it along the diagonal (cloud measured on its far "
             "side, per sample)"
         )
 
@@ -263,6 +266,7 @@ class CloudArmSpec(_GateSpec):
             context.space[x_dim][within],
             context.space[y_dim][within],
             self.default_cloud,
+            direction=tuple(1 if side == "high" else -1 for side in self.target),
             min_rise=self.min_rise,
             min_fall=self.min_fall,
             min_distance=self.min_distance,
