@@ -19,6 +19,18 @@ from sklearn.mixture import GaussianMixture
 
 DEEP_VALLEY = 0.05  # a valley at most this share of the lower peak: populations barely overlap
 SHALLOW_VALLEY = 0.5  # the most a valley may be and still count at all
+# The separation floor for mixtures: Ashman's D = sqrt(2) |m1 - m2| / sqrt(s1^2 + s2^2) of the
+# two components a boundary is placed between. D > 2 is the usual criterion of a clean split;
+# the boundaries real expert-gated files showed to be wrong (Tregs, transitional B) came from
+# components "1.02-1.08x their spreads apart", D 2.0-2.2. Below the floor no boundary is taken
+# from the mixture. (For valleys the measure is the dip's depth, 1 - valley / lower peak, and
+# its floor 1 - SHALLOW_VALLEY.)
+SEPARATION_FLOOR = 2.5
+
+
+def ashman_d(mean_a: float, sd_a: float, mean_b: float, sd_b: float) -> float:
+    """Ashman's D of two normal components: their distance in their pooled spread."""
+    return float(np.sqrt(2.0) * abs(mean_a - mean_b) / np.sqrt(sd_a**2 + sd_b**2))
 
 
 @dataclass(frozen=True)
@@ -29,6 +41,9 @@ class Placement:
     from_data: bool
     note: str
     method: str = "valley"
+    # How far apart the populations on either side are: Ashman's D for a mixture, the dip's
+    # depth (1 - valley / lower peak) for a valley; None where nothing was measured.
+    separation: float | None = None
 
 
 @dataclass(frozen=True)
@@ -50,8 +65,9 @@ class DensityValleys:
         if not valid:
             lo, hi = self.bounds
             return Placement(default, False, f"no clear valley in [{lo:.2f}, {hi:.2f}]", "default")
-        threshold = float(self.centres[min(valid, key=lambda k: self.density[k])])
-        return Placement(threshold, True, f"valley at {threshold:.3f}")
+        lowest = min(valid, key=lambda k: self.density[k])
+        threshold, dip = float(self.centres[lowest]), 1.0 - self.depth[lowest]
+        return Placement(threshold, True, f"valley at {threshold:.3f} (dip {dip:.2f})", "valley", dip)
 
 
 def density_valleys(
@@ -222,6 +238,7 @@ def place_threshold_by_mixture(
     min_weight: float = 0.01,
     min_events: int = 20,
     min_separation: float = 1.0,
+    min_ashman_d: float = SEPARATION_FLOOR,
     max_fit_events: int = 20000,
     seed: int = 0,
 ) -> Placement:
@@ -235,7 +252,8 @@ def place_threshold_by_mixture(
     where the two are equally many of their own standard deviations away along ``values``'
     axis. It counts only inside ``bounds``, between components of at least ``min_weight`` and
     ``min_events``, whose means lie ``min_separation`` times the sum of their spreads apart
-    (1.0: about 2 SD when the spreads are equal); otherwise ``default``.
+    and whose Ashman's D along the axis reaches ``min_ashman_d`` (the separation floor);
+    otherwise ``default``, the note saying whether the floor refused a boundary.
     """
     paired = partner is not None
     points = np.column_stack([values, partner]) if paired else values[:, None]
@@ -271,9 +289,11 @@ def place_threshold_by_mixture(
         ordered = sorted(usable, key=lambda i: means[i, 0])
         pairs = list(zip(ordered, ordered[1:], strict=False))
     lo, hi = bounds
-    best: tuple[float, float] | None = None
+    best: tuple[float, float, float] | None = None
+    below_floor: list[float] = []
     for a, b in pairs:
         gap = abs(means[a, 0] - means[b, 0]) / (sds[a] + sds[b])
+        d = ashman_d(means[a, 0], sds[a], means[b, 0], sds[b])
         if paired:
             cut = _balanced_corner(gmm, a, b, target)
         else:
@@ -282,23 +302,35 @@ def place_threshold_by_mixture(
                 [(weights[i], means[i, 0], sds[i]) for i in ordered[:split]],
                 [(weights[i], means[i, 0], sds[i]) for i in ordered[split:]],
             )
-        if gap >= min_separation and lo <= cut <= hi and (best is None or gap > best[1]):
-            best = (float(cut), float(gap))
+        if not (gap >= min_separation and lo <= cut <= hi):
+            continue
+        if d < min_ashman_d:
+            below_floor.append(d)
+        elif best is None or gap > best[1]:
+            best = (float(cut), float(gap), d)
     if best is None:
+        floor = (
+            f"; below the separation floor (Ashman's D {max(below_floor):.2f} < "
+            f"{min_ashman_d:g})"
+            if below_floor
+            else ""
+        )
         return Placement(
             default,
             False,
             f"no mixture components {min_separation:g}x their spreads apart with a boundary in "
-            f"[{lo:.2f}, {hi:.2f}]",
+            f"[{lo:.2f}, {hi:.2f}]" + floor,
             "default",
+            max(below_floor) if below_floor else None,
         )
-    cut, gap = best
+    cut, gap, d = best
     return Placement(
         cut,
         True,
         f"{'2-D' if paired else '1-D'} mixture of {weights.size}: boundary at {cut:.3f} "
-        f"(components {gap:.2f}x their spreads apart)",
+        f"(components {gap:.2f}x their spreads apart, Ashman's D {d:.2f})",
         method,
+        d,
     )
 
 
@@ -314,11 +346,12 @@ def place_threshold(
     marker pair (where the strategy names a partner), a deep density valley, a 1-D mixture, a
     shallower valley; else ``default``, and the sample needs review."""
     tried = []
+    first = Placement(default, False, "")
     if partner is not None:
-        place = place_threshold_by_mixture(values, bounds, default, partner=partner, target=target)
-        if place.from_data:
-            return place
-        tried.append(place.note)
+        first = place_threshold_by_mixture(values, bounds, default, partner=partner, target=target)
+        if first.from_data:
+            return first
+        tried.append(first.note)
     # A deep valley separates populations that barely overlap: take it. Where they overlap
     # more (a shallow valley or none), a valley's position depends on the populations'
     # sizes, so the mixture's balanced boundary is preferred, and the shallow valley kept as
@@ -329,12 +362,21 @@ def place_threshold(
         partial(place_threshold_by_mixture, values, bounds, default),
         partial(valleys.place, default, SHALLOW_VALLEY),
     )
+    refused = [first.separation] if partner is not None and first.separation else []
     for placer in placers:
         place = placer()
         if place.from_data:
             return place
         tried.append(place.note)
-    return Placement(default, False, "; ".join(tried) + "; default", "default")
+        if place.separation is not None:
+            refused.append(place.separation)
+    note = "; ".join(tried) + "; default"
+    return Placement(default, False, note, "default", max(refused) if refused else None)
+
+
+def refused_by_floor(place: Placement) -> bool:
+    """The data had a boundary, but below the separation floor, and it was not taken."""
+    return not place.from_data and place.separation is not None
 
 
 @dataclass(frozen=True)

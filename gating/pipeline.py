@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gating.adaptive import Placement, place_threshold
+from gating.adaptive import Placement, place_threshold, refused_by_floor
 from gating.gates import ThresholdMark
 from gating.qc import passed_through, run_qc
 from gating.records import (
@@ -85,7 +85,11 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
             placed[ref] = place.value
             if not place.from_data:
                 flags.append(f"default_threshold:{ref}")
-            mark = ThresholdMark(spec.dimension, place.value, spec.bounds, place.method)
+            if refused_by_floor(place):  # a boundary was there, too weak to be measured
+                flags.append(f"below_separation_floor:{ref}")
+            mark = ThresholdMark(
+                spec.dimension, place.value, spec.bounds, place.method, place.separation
+            )
             gates.append(AppliedGate(ref, spec.within, mark, place.from_data, place.note))
         return placed[ref]
 
