@@ -14,7 +14,9 @@ our Treg gate against FlowJo's Treg gate (drawn on Foxp3 x CD127; our panel has 
 CD25 stands in for it). FlowJo's T cells of the 412C, 423C and 428C files are gated inside
 ``non-B`` (CD19-): their CD3 shares its channel with IgD, so our CD3 gate, without CD19, also
 takes IgD+ B cells; CD4 % of T is then compared to FlowJo's T cells plus its CD3-IgD+ B cells
-too (``fj_cd4_pct_t_with_b``). The scored files are those with at least 100 FlowJo Tregs.
+too, and FlowJo's CD4 gate excludes CD4+CD8+ cells, which a panel without CD8 cannot:
+``fj_cd4dp_pct_t_with_b`` is FlowJo's (CD4 + CD4+CD8+) % of (T cells + the B cells our T gate
+takes), the number our CD4 % of T can be held to. The scored files are those with at least 100 FlowJo Tregs.
 With ``--plots``, each file's CD127 x CD25 of our CD4 T cells with our Treg polygon, FlowJo's
 Tregs marked, and Foxp3 x CD127 with FlowJo's gate's events and ours.
 """
@@ -37,14 +39,27 @@ from panels.resolve import load_panel, resolve_panel
 HERE = Path(__file__).resolve().parent
 FOLDER = "flowatlas_tissues"
 MIN_FLOWJO_TREGS = 100
-FLOWJO_GATES = ("T cells", "CD4", "Treg", "B cells")
+FLOWJO_GATES = ("T cells", "CD4", "CD4+ CD8+", "Treg", "B cells")
+# The files FlowJo gated at least MIN_FLOWJO_TREGS Tregs in (README of the folder).
+SCORED = (
+    "390C_Lung_029.fcs",
+    "403C_donor_Lung_026.fcs",
+    "412C_BM_032.fcs",
+    "412C_mLN_026.fcs",
+    "423_Donor_Lung_032.fcs",
+    "428_Donor_Lung_029.fcs",
+)
 
 
-def flowjo_memberships(folder: Path) -> dict[str, dict[str, np.ndarray]]:
+def flowjo_memberships(
+    folder: Path, only: tuple[str, ...] | None = None
+) -> dict[str, dict[str, np.ndarray]]:
     """Per file: FlowJo's gates' event membership, as flowkit replays the workspace."""
     import flowkit as fk
 
     files = pd.read_csv(folder / "files.csv")
+    if only is not None:
+        files = files[files.file.isin(only)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         workspace = fk.Workspace(str(folder / "flowatlas.wsp"), fcs_samples=str(folder / "fcs"))
@@ -71,11 +86,14 @@ def pct(part: np.ndarray, whole: np.ndarray) -> float:
     return 100.0 * np.count_nonzero(part & whole) / n if n else float("nan")
 
 
-def evaluate(folder: Path, plots: Path | None = None) -> pd.DataFrame:
-    """One row per file: ours beside FlowJo's, how our Treg gate was placed, and the F1."""
+def evaluate(
+    folder: Path, plots: Path | None = None, only: tuple[str, ...] | None = None
+) -> pd.DataFrame:
+    """One row per file (``only``: those files): ours beside FlowJo's, how our Treg gate was
+    placed, and the F1."""
     panel = replace(load_panel("treg"), enters_at="lymphocytes")
     strategy = load_strategy("treg")
-    flowjo = flowjo_memberships(folder)
+    flowjo = flowjo_memberships(folder, only)
     rows = []
     for name, theirs in flowjo.items():
         data = read_events(folder / "fcs" / name)
@@ -84,6 +102,10 @@ def evaluate(folder: Path, plots: Path | None = None) -> pd.DataFrame:
         t_ours, cd4_ours, treg_ours = masks["t_cells"], masks["cd4_t"], masks["treg"]
         t_fj, cd4_fj, treg_fj = theirs["T cells"], theirs["CD4"], theirs["Treg"]
         b_fj = theirs.get("B cells", np.zeros_like(t_fj))
+        dp_fj = theirs["CD4+ CD8+"]
+        # What our panel (no CD8, no CD19) can tell apart: FlowJo's CD4 and CD4+CD8+ cells
+        # among its T cells and the B cells our CD3-IgD gate takes.
+        t_comparable = t_fj | (b_fj & t_ours)
         treg_gate = next(g for g in gating.gates if g.name == "treg")
         rows.append(
             {
@@ -94,7 +116,7 @@ def evaluate(folder: Path, plots: Path | None = None) -> pd.DataFrame:
                 "t_cells_f1": f1_score(t_ours, t_fj),
                 "cd4_pct_t": pct(cd4_ours, t_ours),
                 "fj_cd4_pct_t": pct(cd4_fj, t_fj),
-                "fj_cd4_pct_t_with_b": pct(cd4_fj, t_fj | (b_fj & t_ours)),
+                "fj_cd4dp_pct_t_with_b": pct(cd4_fj | dp_fj, t_comparable),
                 "treg_pct_cd4": pct(treg_ours, cd4_ours),
                 "fj_treg_pct_cd4": pct(treg_fj, cd4_fj),
                 "tregs": int(treg_ours.sum()),
@@ -102,6 +124,7 @@ def evaluate(folder: Path, plots: Path | None = None) -> pd.DataFrame:
                 "treg_f1": f1_score(treg_ours, treg_fj),
                 "treg_from_data": treg_gate.from_data,
                 "treg_placement": treg_gate.note,
+                "lymphocytes": int(masks["lymphocytes"].sum()),
                 "needs_review": gating.needs_review,
                 "flags": ";".join(gating.flags),
             }
@@ -139,8 +162,11 @@ def plot(path: Path, name: str, gating, theirs: dict[str, np.ndarray]) -> None:
     left.legend(loc="lower left", fontsize=6, markerscale=4)
     left.set_title(f"{name}: our CD4 T ({int(cd4.sum())})", fontsize=8)
     foxp3 = next(
-        (c for c, label in zip(space.data.header.pnn, space.data.header.pns, strict=True)
-         if c == "FJComp-561 585_15-A"),
+        (
+            c
+            for c, label in zip(space.data.header.pnn, space.data.header.pns, strict=True)
+            if c == "FJComp-561 585_15-A"
+        ),
         None,
     )
     if foxp3 is not None:
@@ -149,10 +175,23 @@ def plot(path: Path, name: str, gating, theirs: dict[str, np.ndarray]) -> None:
         fx = Logicle(262144.0, 0.5, 4.5, 0.0).exact(space.data.channel(foxp3).astype(np.float64))
         both = cd4 | theirs["CD4"]
         right.scatter(fx[both], x[both], s=1, color="0.6", alpha=0.35, label="CD4 (ours or FlowJo)")
-        right.scatter(fx[fj], x[fj], s=6, facecolors="none", edgecolors="tab:red", lw=0.5,
-                      label=f"FlowJo Treg ({int(fj.sum())})")
-        right.scatter(fx[ours], x[ours], s=1, color="tab:blue", alpha=0.6,
-                      label=f"our Treg ({int(ours.sum())})")
+        right.scatter(
+            fx[fj],
+            x[fj],
+            s=6,
+            facecolors="none",
+            edgecolors="tab:red",
+            lw=0.5,
+            label=f"FlowJo Treg ({int(fj.sum())})",
+        )
+        right.scatter(
+            fx[ours],
+            x[ours],
+            s=1,
+            color="tab:blue",
+            alpha=0.6,
+            label=f"our Treg ({int(ours.sum())})",
+        )
         right.set(xlim=(0, 1), ylim=(0, 1), xlabel="Foxp3 (logicle)", ylabel="CD127 (logicle)")
         right.legend(loc="lower left", fontsize=6, markerscale=4)
         right.set_title("FlowJo's plane: Foxp3 x CD127", fontsize=8)
@@ -171,9 +210,20 @@ def main() -> None:
         raise SystemExit(f"no FlowAtlas workspace under {folder}")
     table = evaluate(folder, args.plots)
     columns = [
-        "file", "t_cells", "fj_t_cells", "cd4_pct_t", "fj_cd4_pct_t", "fj_cd4_pct_t_with_b",
-        "treg_pct_cd4", "fj_treg_pct_cd4", "tregs", "fj_tregs", "treg_f1", "treg_from_data",
-        "needs_review", "scored",
+        "file",
+        "t_cells",
+        "fj_t_cells",
+        "cd4_pct_t",
+        "fj_cd4_pct_t",
+        "fj_cd4dp_pct_t_with_b",
+        "treg_pct_cd4",
+        "fj_treg_pct_cd4",
+        "tregs",
+        "fj_tregs",
+        "treg_f1",
+        "treg_from_data",
+        "needs_review",
+        "scored",
     ]
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(table[columns].round(2).to_string(index=False))
@@ -183,8 +233,12 @@ def main() -> None:
         f"\nscored files (>= {MIN_FLOWJO_TREGS} FlowJo Tregs): {len(scored)}; Treg % of CD4 within "
         f"max(1.5, 20%) of FlowJo: {within}/{len(scored)}; median Treg F1 "
         f"{scored.treg_f1.median():.3f}; CD4 % of T max abs difference "
-        f"{(scored.cd4_pct_t - scored.fj_cd4_pct_t).abs().max():.2f} points"
+        f"{(scored.cd4_pct_t - scored.fj_cd4_pct_t).abs().max():.2f} points from FlowJo's CD4, "
+        f"{(scored.cd4_pct_t - scored.fj_cd4dp_pct_t_with_b).abs().max():.2f} from CD4 + CD4+CD8+"
     )
+    placed = table.treg_placement.str.split(":").str[0].value_counts()
+    print("Treg gate placed by: " + ", ".join(f"{k} {v}" for k, v in placed.items()))
+    print(f"needs review: {int(table.needs_review.sum())} of {len(table)} files")
     for row in table.itertuples():
         print(f"{row.file}: {row.treg_placement}")
 

@@ -67,7 +67,9 @@ class DensityValleys:
             return Placement(default, False, f"no clear valley in [{lo:.2f}, {hi:.2f}]", "default")
         lowest = min(valid, key=lambda k: self.density[k])
         threshold, dip = float(self.centres[lowest]), 1.0 - self.depth[lowest]
-        return Placement(threshold, True, f"valley at {threshold:.3f} (dip {dip:.2f})", "valley", dip)
+        return Placement(
+            threshold, True, f"valley at {threshold:.3f} (dip {dip:.2f})", "valley", dip
+        )
 
 
 def density_valleys(
@@ -310,8 +312,7 @@ def place_threshold_by_mixture(
             best = (float(cut), float(gap), d)
     if best is None:
         floor = (
-            f"; below the separation floor (Ashman's D {max(below_floor):.2f} < "
-            f"{min_ashman_d:g})"
+            f"; below the separation floor (Ashman's D {max(below_floor):.2f} < {min_ashman_d:g})"
             if below_floor
             else ""
         )

@@ -106,12 +106,15 @@ class QcResult:
         return evaluate_gates([gate], space, self.masks)[gate.name]
 
 
-def passed_through(name: str, parent: str, resolved: ResolvedPanel, why: str) -> AppliedGate:
+def passed_through(
+    name: str, parent: str, resolved: ResolvedPanel, why: str, from_data: bool = True
+) -> AppliedGate:
     """A step not run on this file, recorded as a gate every event passes (so the tree, the
-    replay and the GatingML export keep their shape; a limitless range on a real channel)."""
+    replay and the GatingML export keep their shape; a limitless range on a channel the file
+    has, which flowkit can find)."""
     channel = next(iter(resolved.marker_channels.values()), "")
     gate = RawRangeGate({}, (channel,) if channel else ())
-    return AppliedGate(name, parent, gate, True, f"skipped: {why}")
+    return AppliedGate(name, parent, gate, from_data, f"skipped: {why}")
 
 
 def run_qc(
@@ -179,8 +182,8 @@ def _stable_flow_gate(
 ) -> AppliedGate:
     if not resolved.time_channel:
         result.flags.append("no_time_channel:time_qc_skipped")
-        return AppliedGate(
-            "stable_flow", "in_range", RawRangeGate({}), False, "no Time channel: nothing removed"
+        return passed_through(
+            "stable_flow", "in_range", resolved, "no Time channel, nothing removed", False
         )
     keep_ranges, detail = stable_time_ranges(
         space.data.channel(resolved.time_channel),
