@@ -16,7 +16,8 @@ CD25 stands in for it). FlowJo's T cells of the 412C, 423C and 428C files are ga
 takes IgD+ B cells; CD4 % of T is then compared to FlowJo's T cells plus its CD3-IgD+ B cells
 too, and FlowJo's CD4 gate excludes CD4+CD8+ cells, which a panel without CD8 cannot:
 ``fj_cd4dp_pct_t_with_b`` is FlowJo's (CD4 + CD4+CD8+) % of (T cells + the B cells our T gate
-takes), the number our CD4 % of T can be held to. The scored files are those with at least 100 FlowJo Tregs.
+takes), the number our CD4 % of T can be held to. The scored files are those with at least
+100 FlowJo Tregs.
 With ``--plots``, each file's CD127 x CD25 of our CD4 T cells with our Treg polygon, FlowJo's
 Tregs marked, and Foxp3 x CD127 with FlowJo's gate's events and ours.
 """

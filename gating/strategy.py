@@ -230,9 +230,9 @@ class ScatterClusterSpec(_GateSpec):
 
 class CloudArmSpec(_GateSpec):
     """The population leaving the parent's main cloud as an arm towards ``target`` on
-    ``dimensions`` (Tregs: the CD25-high arm of the CD4 T cells towards lower CD127;
-    transitional B: the CD24-high CD38-high tip of the CD27- B cells), as a polygon placed per sample
-    (``gating.adaptive.place_cloud_arm``); limits in the cloud's own spreads."""
+    ``dimensions`` (Tregs: the CD25-high arm of the CD4 T cells towards lower CD127), as a
+    polygon placed per sample (``gating.adaptive.place_cloud_arm``); limits in the cloud's
+    own spreads."""
 
     kind: Literal["cloud_arm"]
     dimensions: tuple[str, str]
@@ -252,9 +252,9 @@ class CloudArmSpec(_GateSpec):
         x_side, y_side = self.target
         return (
             f"{y_dim}-{y_side} {x_dim}-{x_side} arm of the parent's main cloud: {y_dim} at "
-            f"least {self.min_rise:g} SD beyond the cloud, {x_dim} at least {self.min_fall:g} SD "
-            f"beyond it and {self.min_distance:g} SD from it along the diagonal (cloud measured on its far "
-            "side, per sample)"
+            f"least {self.min_rise:g} SD beyond the cloud, {x_dim} at least "
+            f"{self.min_fall:g} SD beyond it and {self.min_distance:g} SD from it along the "
+            "diagonal (cloud measured on its far side, per sample)"
         )
 
     def place(self, context: PlacementContext) -> AppliedGate:

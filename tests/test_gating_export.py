@@ -36,9 +36,7 @@ def _assert_flowkit_counts_equal(path, gating, strategy):
 
 
 # Every gate of the tree, QC included (treg v5: the Treg polygon replaced two rectangles).
-@pytest.mark.parametrize(
-    ("panel", "name", "gates"), [("BCELL", "bcell", 11), ("TREG", "treg", 10)]
-)
+@pytest.mark.parametrize(("panel", "name", "gates"), [("BCELL", "bcell", 11), ("TREG", "treg", 10)])
 def test_flowkit_reproduces_every_gate_count(tmp_path, panel, name, gates):
     path, _ = write_simulated(tmp_path / "s.fcs", panel, n_events=15000, seed=21)
     data, resolved, gating = _gated(path, name)
