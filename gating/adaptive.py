@@ -464,6 +464,9 @@ def place_lymphocyte_ellipse(
 # A cloud's location and spreads need this many events on its far side (the side the
 # population it is measured against does not reach).
 MIN_CLOUD_EVENTS = 150
+# A dip along the arm's diagonal is believed among at least this many events beyond the
+# cloud's limits (a few hundred scattered events show chance dips).
+MIN_ARM_EVENTS = 400
 
 
 @dataclass(frozen=True)
@@ -548,6 +551,20 @@ def place_cloud_arm(
     from_data = cloud is not None
     x_peak, x_sd, y_peak, y_sd = cloud if from_data else default_cloud
     dx, dy = direction
+    valley_note = ""
+    if from_data:
+        # Where the arm is a population of its own (a dip along the diagonal between the
+        # cloud's tail and it, at least as deep as the separation floor for valleys), the
+        # diagonal goes through the dip; else it is the cloud's tail rule above.
+        zx, zy = dx * (x - x_peak) / x_sd, dy * (y - y_peak) / y_sd
+        along = ((zx + zy) / np.sqrt(2.0))[(zx >= min_fall) & (zy >= min_rise)]
+        valleys = density_valleys(
+            along, (min_distance, min_distance + 6.0), bandwidth=0.3, min_side_share=0.05
+        )
+        dip = valleys.place(min_distance, SHALLOW_VALLEY)
+        if dip.from_data and along.size >= MIN_ARM_EVENTS:
+            min_distance = dip.value
+            valley_note = f"; diagonal at a dip {dip.separation:.2f} deep, {dip.value:.2f} SD out"
     # Corners in signed z-units (towards the arm), then back to the axes. ``far`` reaches
     # past the data on every side.
     far = 4 * (span[1] - span[0]) / min(x_sd, y_sd)
@@ -574,7 +591,7 @@ def place_cloud_arm(
     where = (
         f"cloud at x {x_peak:.3f} (SD {x_sd:.3f}), y {y_peak:.3f} (SD {y_sd:.3f}); arm: "
         f"y {'>=' if dy > 0 else '<='} {y_limit:.3f}, x {'>=' if dx > 0 else '<='} "
-        f"{x_limit:.3f}, {min_distance:g} SD from the cloud diagonally"
+        f"{x_limit:.3f}, {min_distance:.3g} SD from the cloud diagonally{valley_note}"
     )
     if not from_data:
         return CloudArm(
