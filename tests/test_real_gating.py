@@ -183,3 +183,13 @@ def test_too_small_a_cloud_falls_back_to_the_default_cloud():
     )
     assert not placed.from_data and placed.method == "default"
     assert placed.cloud == (0.6, 0.05, 0.3, 0.05)
+
+
+def test_a_panel_file_declares_where_its_files_enter(tmp_path):
+    path = tmp_path / "treg_export.yaml"
+    path.write_text(
+        "name: treg\nmarkers: {CD3: [CD3], CD4: [CD4], CD25: [CD25], CD127: [CD127]}\n"
+        "strategy: treg\nenters_at: lymphocytes\n"
+    )
+    assert load_panel(str(path)).enters_at == "lymphocytes"
+    assert load_panel("treg").enters_at == ""
