@@ -19,6 +19,18 @@ from sklearn.mixture import GaussianMixture
 
 DEEP_VALLEY = 0.05  # a valley at most this share of the lower peak: populations barely overlap
 SHALLOW_VALLEY = 0.5  # the most a valley may be and still count at all
+# The separation floor for mixtures: Ashman's D = sqrt(2) |m1 - m2| / sqrt(s1^2 + s2^2) of the
+# two components a boundary is placed between. D > 2 is the usual criterion of a clean split;
+# the boundaries real expert-gated files showed to be wrong (Tregs, transitional B) came from
+# components "1.02-1.08x their spreads apart", D 2.0-2.2. Below the floor no boundary is taken
+# from the mixture. (For valleys the measure is the dip's depth, 1 - valley / lower peak, and
+# its floor 1 - SHALLOW_VALLEY.)
+SEPARATION_FLOOR = 2.5
+
+
+def ashman_d(mean_a: float, sd_a: float, mean_b: float, sd_b: float) -> float:
+    """Ashman's D of two normal components: their distance in their pooled spread."""
+    return float(np.sqrt(2.0) * abs(mean_a - mean_b) / np.sqrt(sd_a**2 + sd_b**2))
 
 
 @dataclass(frozen=True)
@@ -29,6 +41,9 @@ class Placement:
     from_data: bool
     note: str
     method: str = "valley"
+    # How far apart the populations on either side are: Ashman's D for a mixture, the dip's
+    # depth (1 - valley / lower peak) for a valley; None where nothing was measured.
+    separation: float | None = None
 
 
 @dataclass(frozen=True)
@@ -50,8 +65,11 @@ class DensityValleys:
         if not valid:
             lo, hi = self.bounds
             return Placement(default, False, f"no clear valley in [{lo:.2f}, {hi:.2f}]", "default")
-        threshold = float(self.centres[min(valid, key=lambda k: self.density[k])])
-        return Placement(threshold, True, f"valley at {threshold:.3f}")
+        lowest = min(valid, key=lambda k: self.density[k])
+        threshold, dip = float(self.centres[lowest]), 1.0 - self.depth[lowest]
+        return Placement(
+            threshold, True, f"valley at {threshold:.3f} (dip {dip:.2f})", "valley", dip
+        )
 
 
 def density_valleys(
@@ -222,6 +240,7 @@ def place_threshold_by_mixture(
     min_weight: float = 0.01,
     min_events: int = 20,
     min_separation: float = 1.0,
+    min_ashman_d: float = SEPARATION_FLOOR,
     max_fit_events: int = 20000,
     seed: int = 0,
 ) -> Placement:
@@ -235,7 +254,8 @@ def place_threshold_by_mixture(
     where the two are equally many of their own standard deviations away along ``values``'
     axis. It counts only inside ``bounds``, between components of at least ``min_weight`` and
     ``min_events``, whose means lie ``min_separation`` times the sum of their spreads apart
-    (1.0: about 2 SD when the spreads are equal); otherwise ``default``.
+    and whose Ashman's D along the axis reaches ``min_ashman_d`` (the separation floor);
+    otherwise ``default``, the note saying whether the floor refused a boundary.
     """
     paired = partner is not None
     points = np.column_stack([values, partner]) if paired else values[:, None]
@@ -271,9 +291,11 @@ def place_threshold_by_mixture(
         ordered = sorted(usable, key=lambda i: means[i, 0])
         pairs = list(zip(ordered, ordered[1:], strict=False))
     lo, hi = bounds
-    best: tuple[float, float] | None = None
+    best: tuple[float, float, float] | None = None
+    below_floor: list[float] = []
     for a, b in pairs:
         gap = abs(means[a, 0] - means[b, 0]) / (sds[a] + sds[b])
+        d = ashman_d(means[a, 0], sds[a], means[b, 0], sds[b])
         if paired:
             cut = _balanced_corner(gmm, a, b, target)
         else:
@@ -282,23 +304,34 @@ def place_threshold_by_mixture(
                 [(weights[i], means[i, 0], sds[i]) for i in ordered[:split]],
                 [(weights[i], means[i, 0], sds[i]) for i in ordered[split:]],
             )
-        if gap >= min_separation and lo <= cut <= hi and (best is None or gap > best[1]):
-            best = (float(cut), float(gap))
+        if not (gap >= min_separation and lo <= cut <= hi):
+            continue
+        if d < min_ashman_d:
+            below_floor.append(d)
+        elif best is None or gap > best[1]:
+            best = (float(cut), float(gap), d)
     if best is None:
+        floor = (
+            f"; below the separation floor (Ashman's D {max(below_floor):.2f} < {min_ashman_d:g})"
+            if below_floor
+            else ""
+        )
         return Placement(
             default,
             False,
             f"no mixture components {min_separation:g}x their spreads apart with a boundary in "
-            f"[{lo:.2f}, {hi:.2f}]",
+            f"[{lo:.2f}, {hi:.2f}]" + floor,
             "default",
+            max(below_floor) if below_floor else None,
         )
-    cut, gap = best
+    cut, gap, d = best
     return Placement(
         cut,
         True,
         f"{'2-D' if paired else '1-D'} mixture of {weights.size}: boundary at {cut:.3f} "
-        f"(components {gap:.2f}x their spreads apart)",
+        f"(components {gap:.2f}x their spreads apart, Ashman's D {d:.2f})",
         method,
+        d,
     )
 
 
@@ -314,11 +347,12 @@ def place_threshold(
     marker pair (where the strategy names a partner), a deep density valley, a 1-D mixture, a
     shallower valley; else ``default``, and the sample needs review."""
     tried = []
+    first = Placement(default, False, "")
     if partner is not None:
-        place = place_threshold_by_mixture(values, bounds, default, partner=partner, target=target)
-        if place.from_data:
-            return place
-        tried.append(place.note)
+        first = place_threshold_by_mixture(values, bounds, default, partner=partner, target=target)
+        if first.from_data:
+            return first
+        tried.append(first.note)
     # A deep valley separates populations that barely overlap: take it. Where they overlap
     # more (a shallow valley or none), a valley's position depends on the populations'
     # sizes, so the mixture's balanced boundary is preferred, and the shallow valley kept as
@@ -329,12 +363,21 @@ def place_threshold(
         partial(place_threshold_by_mixture, values, bounds, default),
         partial(valleys.place, default, SHALLOW_VALLEY),
     )
+    refused = [first.separation] if partner is not None and first.separation else []
     for placer in placers:
         place = placer()
         if place.from_data:
             return place
         tried.append(place.note)
-    return Placement(default, False, "; ".join(tried) + "; default", "default")
+        if place.separation is not None:
+            refused.append(place.separation)
+    note = "; ".join(tried) + "; default"
+    return Placement(default, False, note, "default", max(refused) if refused else None)
+
+
+def refused_by_floor(place: Placement) -> bool:
+    """The data had a boundary, but below the separation floor, and it was not taken."""
+    return not place.from_data and place.separation is not None
 
 
 @dataclass(frozen=True)
@@ -416,3 +459,142 @@ def place_lymphocyte_ellipse(
         f"lowest-SSC cell cluster: {len(merged)} of {components} mixture components "
         f"(weight {weights[merged].sum():.2f}) at FSC {mean[0]:.3f}, SSC {mean[1]:.3f}",
     )
+
+
+# A cloud's location and spreads need this many events on its far side (the side the
+# population it is measured against does not reach).
+MIN_CLOUD_EVENTS = 150
+# A dip along the arm's diagonal is believed among at least this many events beyond the
+# cloud's limits (a few hundred scattered events show chance dips).
+MIN_ARM_EVENTS = 400
+
+
+@dataclass(frozen=True)
+class CloudArm:
+    """A population leaving a sample's main cloud towards one corner of a marker pair (Tregs:
+    the CD25-high arm of the CD4 T cells towards lower CD127; transitional B: the CD24-high
+    CD38-high tip of the CD27- B cells), as a polygon on (x, y) relative to the cloud, with
+    a diagonal edge. ``cloud`` is the cloud's (x peak, x spread, y peak, y spread) the
+    polygon was built from."""
+
+    vertices: tuple[tuple[float, float], ...]
+    cloud: tuple[float, float, float, float]
+    from_data: bool
+    note: str
+    method: str
+
+
+def _half_spread(values: np.ndarray, centre: float) -> float:
+    """The SD of a normal whose one half beyond ``centre`` these values are (1.4826 x the
+    median distance): the spread of a cloud measured on its side away from a neighbour."""
+    return float(1.4826 * np.median(np.abs(values - centre))) if values.size else float("nan")
+
+
+def _cloud_on_far_side(
+    x: np.ndarray, y: np.ndarray, direction: tuple[int, int]
+) -> tuple[tuple[float, float, float, float] | None, str]:
+    """The main cloud's (x peak, x SD, y peak, y SD), measured where the arm is not.
+
+    On x the cloud is the outermost density peak on the side away from the arm (the arm
+    leaves it towards ``direction[0]``) and its spread that of the events beyond the peak on
+    that side; among those events (no arm there) y's outermost peak towards the arm and the
+    spread of the events beyond it."""
+    from gating.registration import landmark_peak
+
+    away = "high" if direction[0] < 0 else "low"
+    x_peak = landmark_peak(x, away) if x.size >= MIN_CLOUD_EVENTS else None
+    if x_peak is None:
+        return None, f"no cloud peak on x among {x.size} events"
+    far = (x >= x_peak) if direction[0] < 0 else (x <= x_peak)
+    if np.count_nonzero(far) < MIN_CLOUD_EVENTS:
+        return None, f"{np.count_nonzero(far)} events beyond the cloud's x peak"
+    y_far = y[far]
+    toward = "high" if direction[1] > 0 else "low"
+    y_peak = landmark_peak(y_far, toward)
+    y_peak = float(np.median(y_far)) if y_peak is None else y_peak
+    y_side = y_far[(y_far >= y_peak) if direction[1] > 0 else (y_far <= y_peak)]
+    x_sd, y_sd = _half_spread(x[far], x_peak), _half_spread(y_side, y_peak)
+    if not (x_sd > 0 and y_sd > 0):
+        return None, "the cloud has no spread"
+    return (float(x_peak), x_sd, float(y_peak), y_sd), ""
+
+
+def place_cloud_arm(
+    x: np.ndarray,
+    y: np.ndarray,
+    default_cloud: tuple[float, float, float, float],
+    *,
+    direction: tuple[int, int] = (-1, 1),
+    min_rise: float = 1.0,
+    min_fall: float = 0.5,
+    min_distance: float = 2.0,
+    span: tuple[float, float] = (-0.5, 1.5),
+) -> CloudArm:
+    """The arm of a sample's main cloud towards ``direction`` (+1 high, -1 low on x and y),
+    as experts draw it: Tregs on CD127 x CD25 (-1, +1), transitional B on CD38 x CD24 (+1, +1).
+
+    The main cloud is measured on its far side, where the arm does not reach
+    (``_cloud_on_far_side``). In its spreads (z-scores, signed towards the arm), the arm is
+    every event at least ``min_rise`` beyond the cloud's peak on y, ``min_fall`` on x, and
+    ``min_distance`` from it along the diagonal ((z_x + z_y) / sqrt 2): a polygon with two
+    straight edges and the corner between them cut diagonally (the shape of the Lyoplate /
+    FlowJo Treg template), which follows the cloud when detector gains or staining move it.
+    No boundary between two populations is fitted: on the real files the arm shows no
+    density dip along the diagonal (it merges into the cloud), so the limits are measured on
+    the cloud alone, as openCyto's gate_tail does. With fewer than ``MIN_CLOUD_EVENTS`` on
+    the cloud's far side, ``default_cloud`` (x peak, x SD, y peak, y SD) is used and the
+    placement is not from the data.
+    """
+    finite = np.isfinite(x) & np.isfinite(y)
+    x, y = x[finite].astype(np.float64), y[finite].astype(np.float64)
+    cloud, problem = _cloud_on_far_side(x, y, direction)
+    from_data = cloud is not None
+    x_peak, x_sd, y_peak, y_sd = cloud if from_data else default_cloud
+    dx, dy = direction
+    valley_note = ""
+    if from_data:
+        # Where the arm is a population of its own (a dip along the diagonal between the
+        # cloud's tail and it, at least as deep as the separation floor for valleys), the
+        # diagonal goes through the dip; else it is the cloud's tail rule above.
+        zx, zy = dx * (x - x_peak) / x_sd, dy * (y - y_peak) / y_sd
+        along = ((zx + zy) / np.sqrt(2.0))[(zx >= min_fall) & (zy >= min_rise)]
+        valleys = density_valleys(
+            along, (min_distance, min_distance + 6.0), bandwidth=0.3, min_side_share=0.05
+        )
+        dip = valleys.place(min_distance, SHALLOW_VALLEY)
+        if dip.from_data and along.size >= MIN_ARM_EVENTS:
+            min_distance = dip.value
+            valley_note = f"; diagonal at a dip {dip.separation:.2f} deep, {dip.value:.2f} SD out"
+    # Corners in signed z-units (towards the arm), then back to the axes. ``far`` reaches
+    # past the data on every side.
+    far = 4 * (span[1] - span[0]) / min(x_sd, y_sd)
+    diagonal = min_distance * np.sqrt(2.0)  # z_x + z_y at least this
+    if diagonal <= min_fall + min_rise:  # the diagonal does not cut the corner
+        corners = [(min_fall, far), (min_fall, min_rise), (far, min_rise), (far, far)]
+    else:
+        corners = [
+            (min_fall, far),
+            (min_fall, diagonal - min_fall),
+            (diagonal - min_rise, min_rise),
+            (far, min_rise),
+            (far, far),
+        ]
+    lo, hi = span
+    vertices = tuple(
+        (
+            float(np.clip(x_peak + dx * zx * x_sd, lo, hi)),
+            float(np.clip(y_peak + dy * zy * y_sd, lo, hi)),
+        )
+        for zx, zy in corners
+    )
+    x_limit, y_limit = x_peak + dx * min_fall * x_sd, y_peak + dy * min_rise * y_sd
+    where = (
+        f"cloud at x {x_peak:.3f} (SD {x_sd:.3f}), y {y_peak:.3f} (SD {y_sd:.3f}); arm: "
+        f"y {'>=' if dy > 0 else '<='} {y_limit:.3f}, x {'>=' if dx > 0 else '<='} "
+        f"{x_limit:.3f}, {min_distance:.3g} SD from the cloud diagonally{valley_note}"
+    )
+    if not from_data:
+        return CloudArm(
+            vertices, default_cloud, False, f"{problem}: default cloud; {where}", "default"
+        )
+    return CloudArm(vertices, cloud, True, where, "cloud_arm")

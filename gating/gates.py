@@ -388,21 +388,28 @@ class ThresholdMark(Gate):
     dimension: str
     value: float
     bounds: tuple[float, float]
-    method: str = "valley"  # valley | mixture_2d | mixture_1d | default | manual
+    method: str = "valley"  # valley | mixture_2d | mixture_1d | registered | default | manual
+    # Ashman's D of a mixture's boundary, the dip depth of a valley's; for a default, the
+    # best separation the floor refused (``gating.adaptive.SEPARATION_FLOOR``); else None.
+    separation: float | None = None
 
     @property
     def dimensions(self) -> tuple[str, ...]:
         return (self.dimension,)
 
     def parameters(self) -> dict:
-        return {"value": self.value, "bounds": list(self.bounds), "method": self.method}
+        out = {"value": self.value, "bounds": list(self.bounds), "method": self.method}
+        if self.separation is not None:
+            out["separation"] = round(float(self.separation), 4)
+        return out
 
     @classmethod
     def from_parameters(cls, dimensions, parameters) -> ThresholdMark:
         lo, hi = parameters["bounds"]
-        # Records before pipeline 5 did not name the method.
+        # Records before pipeline 5 did not name the method, before 6 the separation.
         method = parameters.get("method", "unrecorded")
-        return cls(dimensions[0], float(parameters["value"]), (lo, hi), method)
+        separation = parameters.get("separation")
+        return cls(dimensions[0], float(parameters["value"]), (lo, hi), method, separation)
 
     def apply(self, parent, masks, space):
         raise TypeError("a threshold mark records a placement; it selects no events")

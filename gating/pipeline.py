@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from gating.adaptive import Placement, place_threshold
+from gating.adaptive import Placement, place_threshold, refused_by_floor
 from gating.gates import ThresholdMark
-from gating.qc import run_qc
+from gating.qc import passed_through, run_qc
 from gating.records import (
     NEEDS_REVIEW,
     REVIEW_FLAGS,
@@ -27,11 +27,11 @@ from gating.records import (
 )
 from gating.registration import landmark_peak
 from gating.space import GatingSpace
-from gating.strategy import Limit, PlacementContext, Strategy
+from gating.strategy import QC_ROOT, Limit, PlacementContext, Strategy, StrategyError
 from panels.fcs import FcsData
 from panels.resolve import ResolvedPanel
 
-PIPELINE_VERSION = "5"  # bump when a change alters counts for an unchanged strategy and file
+PIPELINE_VERSION = "6"  # bump when a change alters counts for an unchanged strategy and file
 
 
 def replay_gates(
@@ -48,8 +48,12 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
     """Run QC and the strategy's gate tree on one sample."""
     space = GatingSpace.of_sample(data, resolved)
     flags = [] if space.spillover is not None else ["no_spillover_keyword:uncompensated"]
-    qc = run_qc(space, resolved, strategy.qc)
+    entry = resolved.panel.enters_at
+    entered = entry_and_ancestors(strategy, entry, resolved.panel.source or resolved.panel.name)
+    qc = run_qc(space, resolved, strategy.qc, entry=entry)
     flags += qc.flags
+    if entry:
+        flags += [f"entered_at:{entry}", "skipped:" + ",".join(entered)]
     gates, masks = qc.gates, qc.masks
     placed: dict[str, float] = {}
 
@@ -81,7 +85,11 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
             placed[ref] = place.value
             if not place.from_data:
                 flags.append(f"default_threshold:{ref}")
-            mark = ThresholdMark(spec.dimension, place.value, spec.bounds, place.method)
+            if refused_by_floor(place):  # a boundary was there, too weak to be measured
+                flags.append(f"below_separation_floor:{ref}")
+            mark = ThresholdMark(
+                spec.dimension, place.value, spec.bounds, place.method, place.separation
+            )
             gates.append(AppliedGate(ref, spec.within, mark, place.from_data, place.note))
         return placed[ref]
 
@@ -90,7 +98,11 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
     for spec in strategy.gates:
         if spec.name in not_measured:
             continue
-        applied = spec.place(context)
+        if spec.name in entered:  # the file is this population already: nothing to place
+            why = f"the file is an export of {entry} (already gated)"
+            applied = passed_through(spec.name, spec.parent, resolved, why)
+        else:
+            applied = spec.place(context)
         if not applied.from_data:
             flags.append(f"default_gate:{applied.name}")
         gates.append(applied)
@@ -114,6 +126,23 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
     return SampleGating(
         data.header.n_events, populations, qc.steps, gates, flags, masks, space, lost, medians
     )
+
+
+def entry_and_ancestors(strategy: Strategy, entry: str, where: str) -> list[str]:
+    """The gates a file entering the tree at ``entry`` has already been through (the entry
+    and its ancestors, top first); an unknown gate is an error naming the panel."""
+    if not entry:
+        return []
+    parents = {spec.name: spec.parent for spec in strategy.gates}
+    if entry not in parents:
+        raise StrategyError(
+            f"{where}: enters_at: {entry!r} is not a gate of strategy {strategy.name} "
+            f"(gates: {', '.join(parents)})"
+        )
+    chain = [entry]
+    while parents.get(chain[-1], QC_ROOT) != QC_ROOT:
+        chain.append(parents[chain[-1]])
+    return chain[::-1]
 
 
 def place_registered(

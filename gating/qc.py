@@ -106,8 +106,26 @@ class QcResult:
         return evaluate_gates([gate], space, self.masks)[gate.name]
 
 
-def run_qc(space: GatingSpace, resolved: ResolvedPanel, settings: QcSettings) -> QcResult:
-    """Margin events, time anomalies, doublets and debris, in that order (``QC_STEPS``)."""
+def passed_through(
+    name: str, parent: str, resolved: ResolvedPanel, why: str, from_data: bool = True
+) -> AppliedGate:
+    """A step not run on this file, recorded as a gate every event passes (so the tree, the
+    replay and the GatingML export keep their shape; a limitless range on a channel the file
+    has, which flowkit can find)."""
+    channel = next(iter(resolved.marker_channels.values()), "")
+    gate = RawRangeGate({}, (channel,) if channel else ())
+    return AppliedGate(name, parent, gate, from_data, f"skipped: {why}")
+
+
+def run_qc(
+    space: GatingSpace, resolved: ResolvedPanel, settings: QcSettings, *, entry: str = ""
+) -> QcResult:
+    """Margin events, time anomalies, doublets and debris, in that order (``QC_STEPS``).
+
+    With ``entry`` (the files are exports of the gate of that name: already gated, without
+    scatter), doublets and debris are not looked for on scatter that is not there: the steps
+    are recorded as passed through and flagged ``skipped:singlets,debris``; margin events and
+    unstable flow (where the export kept Time) are still removed."""
     data = space.data
     h = data.header
     n = h.n_events
@@ -119,6 +137,26 @@ def run_qc(space: GatingSpace, resolved: ResolvedPanel, settings: QcSettings) ->
         AppliedGate("in_range", ALL_EVENTS, margin, True, "saturated events removed"), space
     )
     result.apply(_stable_flow_gate(space, resolved, settings, result), space)
+    if entry:
+        why = f"the file is an export of {entry} (already gated)"
+        result.apply(passed_through("singlets", "stable_flow", resolved, why), space)
+        result.apply(passed_through(QC_ROOT, "singlets", resolved, why), space)
+        result.flags.append("skipped:singlets,debris")
+    else:
+        _singlets_and_debris(space, settings, result)
+    parent_count = n
+    notes = {g.name: g.note for g in result.gates}
+    for name, step in QC_STEPS.items():
+        count = int(np.count_nonzero(result.masks[name]))
+        result.steps.append(QcStep(step, parent_count, parent_count - count, notes[name]))
+        parent_count = count
+    removed = n - parent_count
+    if n and removed / n > settings.max_removed_share:
+        result.flags.append(f"qc_removed:{removed / n:.0%}>{settings.max_removed_share:.0%}")
+    return result
+
+
+def _singlets_and_debris(space: GatingSpace, settings: QcSettings, result: QcResult) -> None:
     result.apply(_singlet_gate(space, settings, result), space)
     debris = place_debris_threshold(
         space["FSC-A"][result.masks["singlets"]],
@@ -137,16 +175,6 @@ def run_qc(space: GatingSpace, resolved: ResolvedPanel, settings: QcSettings) ->
     )
     if not debris.from_data:
         result.flags.append("default_gate:debris")
-    parent_count = n
-    notes = {g.name: g.note for g in result.gates}
-    for name, step in QC_STEPS.items():
-        count = int(np.count_nonzero(result.masks[name]))
-        result.steps.append(QcStep(step, parent_count, parent_count - count, notes[name]))
-        parent_count = count
-    removed = n - parent_count
-    if n and removed / n > settings.max_removed_share:
-        result.flags.append(f"qc_removed:{removed / n:.0%}>{settings.max_removed_share:.0%}")
-    return result
 
 
 def _stable_flow_gate(
@@ -154,8 +182,8 @@ def _stable_flow_gate(
 ) -> AppliedGate:
     if not resolved.time_channel:
         result.flags.append("no_time_channel:time_qc_skipped")
-        return AppliedGate(
-            "stable_flow", "in_range", RawRangeGate({}), False, "no Time channel: nothing removed"
+        return passed_through(
+            "stable_flow", "in_range", resolved, "no Time channel, nothing removed", False
         )
     keep_ranges, detail = stable_time_ranges(
         space.data.channel(resolved.time_channel),

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gating.gates import BooleanGate, EllipseGate, RectangleGate
+from gating.gates import BooleanGate, EllipseGate, PolygonGate, RectangleGate
 from gating.records import AppliedGate
 from panels.config_files import find_config_file, load_yaml_model
 from panels.errors import ImmunomonError
@@ -228,7 +228,56 @@ class ScatterClusterSpec(_GateSpec):
         return AppliedGate(self.name, self.parent, gate, place.from_data, place.note)
 
 
-GateSpec = Annotated[RectangleSpec | BooleanSpec | ScatterClusterSpec, Field(discriminator="kind")]
+class CloudArmSpec(_GateSpec):
+    """The population leaving the parent's main cloud as an arm towards ``target`` on
+    ``dimensions`` (Tregs: the CD25-high arm of the CD4 T cells towards lower CD127), as a
+    polygon placed per sample (``gating.adaptive.place_cloud_arm``); limits in the cloud's
+    own spreads."""
+
+    kind: Literal["cloud_arm"]
+    dimensions: tuple[str, str]
+    # where the arm leaves the cloud on each dimension
+    target: tuple[Literal["high", "low"], Literal["high", "low"]] = ("low", "high")
+    min_rise: float = Field(1.0, ge=0.0)  # beyond the cloud's peak on dimensions[1], in SDs
+    min_fall: float = Field(0.5, ge=0.0)  # beyond the cloud's peak on dimensions[0], in SDs
+    min_distance: float = Field(2.0, ge=0.0)  # from the cloud's centre along the diagonal
+    # x peak, x SD, y peak, y SD (logicle) where the sample's cloud cannot be measured
+    default_cloud: tuple[float, float, float, float]
+
+    def dimensions_used(self) -> set[str]:
+        return set(self.dimensions)
+
+    def describe(self) -> str:
+        x_dim, y_dim = self.dimensions
+        x_side, y_side = self.target
+        return (
+            f"{y_dim}-{y_side} {x_dim}-{x_side} arm of the parent's main cloud: {y_dim} at "
+            f"least {self.min_rise:g} SD beyond the cloud, {x_dim} at least "
+            f"{self.min_fall:g} SD beyond it and {self.min_distance:g} SD from it along the "
+            "diagonal (cloud measured on its far side, per sample)"
+        )
+
+    def place(self, context: PlacementContext) -> AppliedGate:
+        from gating.adaptive import place_cloud_arm
+
+        x_dim, y_dim = self.dimensions
+        within = context.masks[self.parent]
+        arm = place_cloud_arm(
+            context.space[x_dim][within],
+            context.space[y_dim][within],
+            self.default_cloud,
+            direction=tuple(1 if side == "high" else -1 for side in self.target),
+            min_rise=self.min_rise,
+            min_fall=self.min_fall,
+            min_distance=self.min_distance,
+        )
+        gate = PolygonGate(self.dimensions, arm.vertices)
+        return AppliedGate(self.name, self.parent, gate, arm.from_data, f"{arm.method}: {arm.note}")
+
+
+GateSpec = Annotated[
+    RectangleSpec | BooleanSpec | ScatterClusterSpec | CloudArmSpec, Field(discriminator="kind")
+]
 
 
 class StrategyFile(_Spec):
@@ -258,7 +307,7 @@ class Strategy:
     version: int
     qc: QcSettings
     thresholds: dict[str, ThresholdSpec]
-    gates: tuple[RectangleSpec | BooleanSpec | ScatterClusterSpec, ...]
+    gates: tuple[RectangleSpec | BooleanSpec | ScatterClusterSpec | CloudArmSpec, ...]
     sha256: str
     source: str
     # Registered thresholds' study offsets from their landmarks (``gating.registration``),

@@ -57,6 +57,10 @@ class Panel:
     source: str = ""
     # With a FlowJo workspace as strategy: group, template_sample, populations (name -> gate).
     workspace: dict = field(default_factory=dict)
+    # The gate at which the files enter the strategy's tree, for exports of an already gated
+    # population (FlowJo, Diva, CyTOF-style; no scatter): the QC and gates above it are not
+    # run and the samples are flagged so (``gating.pipeline``). Empty: the whole tree.
+    enters_at: str = ""
 
     @property
     def uses_workspace(self) -> bool:
@@ -107,6 +111,8 @@ class PanelFile(BaseModel):
     logicle: _Logicle = _Logicle()
     strategy: str | None = None  # built-in name, YAML path or FlowJo workspace; default: name
     workspace: _WorkspaceOptions | None = None
+    # a gate of the strategy (e.g. lymphocytes) the files are already gated to
+    enters_at: str | None = None
 
 
 def load_panel(name_or_path: str, base_dir: Path | None = None) -> Panel:
@@ -124,6 +130,7 @@ def load_panel(name_or_path: str, base_dir: Path | None = None) -> Panel:
         strategy=parsed.strategy or parsed.name,
         source=str(path),
         workspace=workspace,
+        enters_at=parsed.enters_at or "",
     )
 
 
@@ -163,7 +170,8 @@ def resolve_panel(panel: Panel, header: FcsHeader) -> ResolvedPanel:
     missing FSC-A/SSC-A (YAML strategies gate lymphocytes on them) raises PanelError naming
     what is wrong.
     """
-    required_scatter = () if panel.uses_workspace else REQUIRED_SCATTER
+    # Files entering below the lymphocyte gate are gated without scatter.
+    required_scatter = () if panel.uses_workspace or panel.enters_at else REQUIRED_SCATTER
     missing, ambiguous = [], []
     marker_channels: dict[str, str] = {}
     for marker, aliases in panel.markers.items():

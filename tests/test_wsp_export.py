@@ -321,7 +321,7 @@ def _assert_read_back(sample, wsp):
     from flows.gates_export import StudyExport, check_export
 
     checks = check_export(StudyExport(wsp, [sample], {sample.sample_id: wsp}), "wsp")
-    assert len(checks) >= 11
+    assert len(checks) >= 10  # every gate of the tree (treg v5 has 10, bcell 11)
     assert all(c.agrees for c in checks), [c for c in checks if not c.agrees]
 
 

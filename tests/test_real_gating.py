@@ -1,0 +1,195 @@
+"""Gating real expert-gated files as they are, and the gates that must agree with the experts.
+
+The FlowAtlas tissue files (../shared/realdata/flowatlas_tissues, beside the clone) are FlowJo
+exports of pre-gated cells without scatter, with the FlowJo workspace that gated them; the
+real-file tests skip with the reason where the folder is absent. The full table and plots:
+``python -m bench.real_gating``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gating.adaptive import SEPARATION_FLOOR, place_cloud_arm, place_threshold_by_mixture
+from gating.strategy import StrategyError, load_strategy
+from panels.resolve import PanelError, load_panel, resolve_panel
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+FLOWATLAS = REALDATA / "flowatlas_tissues"
+needs_flowatlas = pytest.mark.skipif(
+    not (FLOWATLAS / "flowatlas.wsp").is_file(),
+    reason=f"FlowAtlas files not found at {FLOWATLAS} (shared/ beside the clone)",
+)
+
+
+def _exported(name: str):
+    from panels.fcs import read_events
+
+    return read_events(FLOWATLAS / "fcs" / name)
+
+
+@needs_flowatlas
+def test_exported_files_enter_at_lymphocytes_and_say_so():
+    """Nothing is invented: no scatter is added, the skipped steps are recorded and flagged,
+    and every event of the file is a lymphocyte unless a gate below the entry removes it."""
+    from gating.pipeline import gate_sample
+
+    data = _exported("428_Donor_Lung_029.fcs")
+    panel = replace(load_panel("treg"), enters_at="lymphocytes")
+    gating = gate_sample(data, resolve_panel(panel, data.header), load_strategy("treg"))
+    assert "entered_at:lymphocytes" in gating.flags
+    assert "skipped:lymphocytes" in gating.flags
+    assert "skipped:singlets,debris" in gating.flags
+    notes = {g.name: g.note for g in gating.gates}
+    for step in ("singlets", "qc_passed", "lymphocytes"):
+        assert notes[step].startswith("skipped: the file is an export of lymphocytes")
+    lymphocytes = gating.masks["lymphocytes"]
+    assert np.array_equal(lymphocytes, gating.masks["in_range"])
+    assert lymphocytes.sum() >= 0.99 * data.header.n_events
+    assert {p.population for p in gating.populations} >= {"t_cells", "cd4_t", "treg"}
+
+
+@needs_flowatlas
+def test_exported_files_without_the_entry_setting_are_refused_with_their_channels():
+    data = _exported("428_Donor_Lung_029.fcs")
+    with pytest.raises(PanelError, match="missing scatter channel.*FSC-A, SSC-A"):
+        resolve_panel(load_panel("treg"), data.header)
+
+
+@needs_flowatlas
+def test_an_entry_gate_the_strategy_lacks_is_an_error_naming_it():
+    from gating.pipeline import gate_sample
+
+    data = _exported("428_Donor_Lung_029.fcs")
+    panel = replace(load_panel("treg"), enters_at="monocytes", source="study/panels/treg.yaml")
+    with pytest.raises(StrategyError, match="study/panels/treg.yaml: enters_at: 'monocytes'"):
+        gate_sample(data, resolve_panel(panel, data.header), load_strategy("treg"))
+
+
+@needs_flowatlas
+def test_entered_files_export_to_flowkit_with_our_counts():
+    """The passed-through steps and the Treg polygon are real GatingML gates."""
+    import flowkit as fk
+
+    from gating.export import to_flowkit_strategy
+    from gating.pipeline import gate_sample
+
+    path = FLOWATLAS / "fcs" / "412C_mLN_026.fcs"
+    data = _exported(path.name)
+    panel = replace(load_panel("treg"), enters_at="lymphocytes")
+    resolved = resolve_panel(panel, data.header)
+    gating = gate_sample(data, resolved, load_strategy("treg"))
+    strategy = to_flowkit_strategy(gating.gates, resolved, data.header)
+    result = strategy.gate_sample(fk.Sample(str(path)))
+    for gate in gating.gates:
+        if gate.kind != "threshold":
+            assert result.get_gate_count(gate.name) == int(gating.masks[gate.name].sum()), gate.name
+
+
+@pytest.fixture(scope="module")
+def flowatlas_table():
+    if not (FLOWATLAS / "flowatlas.wsp").is_file():
+        pytest.skip(f"FlowAtlas files not found at {FLOWATLAS} (shared/ beside the clone)")
+    from bench.real_gating import SCORED, evaluate
+
+    return evaluate(FLOWATLAS, only=SCORED).set_index("file")
+
+
+def test_treg_share_agrees_with_flowjo_on_most_scored_files(flowatlas_table):
+    """Treg % of CD4 within max(1.5 points, 20% of FlowJo's) on 4 of the 6 files with >= 100
+    FlowJo Tregs (measured 4/6: 412C_mLN_026 under, 428_Donor_Lung_029 over; was 1/6 with
+    the 2-D mixture corner); target 6/6."""
+    table = flowatlas_table
+    assert len(table) == 6
+    within = (table.treg_error.abs() <= table.treg_allowed).sum()
+    assert within >= 4, table[["treg_pct_cd4", "fj_treg_pct_cd4"]]
+    # No file undercounted 1.5-40x as with the mixture corner: at most 1.6x either way.
+    ratio = table.treg_pct_cd4 / table.fj_treg_pct_cd4
+    assert ratio.between(1 / 1.6, 1.6).all(), ratio
+
+
+def test_treg_gate_matches_flowjo_event_by_event(flowatlas_table):
+    """Median per-event F1 against FlowJo's Foxp3 x CD127 gate, with CD25 for Foxp3:
+    measured 0.726 (target 0.75); floor 0.70, and no file below 0.5."""
+    assert flowatlas_table.treg_f1.median() >= 0.70
+    assert flowatlas_table.treg_f1.min() >= 0.5
+    assert flowatlas_table.treg_from_data.all()
+
+
+def test_cd4_share_of_t_cells(flowatlas_table):
+    """CD4 % of T against what a panel without CD8 and CD19 can tell apart (FlowJo's CD4 and
+    CD4+CD8+ among its T cells and the CD3-IgD+ B cells): within 3 points on 3 of 6
+    (measured 390C 0.1, 412C_mLN 0.5, 428C 0.2; 403C 5.6, 423C 9.0, 412C_BM 2.9)."""
+    table = flowatlas_table
+    difference = (table.cd4_pct_t - table.fj_cd4dp_pct_t_with_b).abs()
+    assert (difference <= 3.0).sum() >= 3, difference
+    assert difference.max() <= 10.0
+
+
+def _two_normals(distance_in_sd: float, n: int = 6000, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate(
+        [rng.normal(0.3, 0.03, n), rng.normal(0.3 + 0.03 * distance_in_sd, 0.03, n)]
+    )
+
+
+def test_a_mixture_boundary_below_the_separation_floor_is_not_taken():
+    """Two components about 2 SD apart (Ashman's D ~2, what the real Treg and transitional B
+    boundaries came from) give the default, saying why; well apart they give a boundary
+    between them, with its D recorded."""
+    close = place_threshold_by_mixture(_two_normals(2.1), (0.2, 0.6), 0.5)
+    assert not close.from_data and close.value == 0.5
+    assert "below the separation floor" in close.note
+    assert close.separation is not None and close.separation < SEPARATION_FLOOR
+    apart = place_threshold_by_mixture(_two_normals(5.0), (0.2, 0.6), 0.5)
+    assert apart.from_data and 0.33 < apart.value < 0.42
+    assert apart.separation >= SEPARATION_FLOOR
+
+
+def test_the_treg_arm_gate_follows_the_cloud_and_finds_the_arm():
+    """A CD4 cloud with a CD25-high arm at intermediate CD127: the polygon takes the arm, and
+    moves with the cloud when gains shift every event."""
+    from flowutils.gating import points_in_polygon
+
+    rng = np.random.default_rng(5)
+    cloud = rng.multivariate_normal([0.68, 0.34], [[0.055**2, 0.0], [0.0, 0.06**2]], 9000)
+    t = rng.normal(1.0, 0.25, 900)
+    arm = np.column_stack([0.68 - 0.15 * t, 0.34 + 0.24 * t]) + rng.normal(0, 0.03, (900, 2))
+    points = np.vstack([cloud, arm])
+    truth = np.r_[np.zeros(9000, bool), np.ones(900, bool)]
+    placed = place_cloud_arm(points[:, 0], points[:, 1], (0.6, 0.05, 0.3, 0.05), min_rise=0.75)
+    assert placed.from_data
+    inside = points_in_polygon(np.asarray(placed.vertices), points).astype(bool)
+    f1 = 2 * (inside & truth).sum() / (inside.sum() + truth.sum())
+    assert f1 >= 0.8
+    moved = place_cloud_arm(
+        points[:, 0] + 0.05, points[:, 1] - 0.04, (0.6, 0.05, 0.3, 0.05), min_rise=0.75
+    )
+    shift = np.asarray(moved.vertices) - np.asarray(placed.vertices)
+    vertices = np.asarray(placed.vertices)
+    inner = (vertices > -0.49) & (vertices < 1.49)  # not clipped to the span
+    assert np.allclose(shift[inner[:, 0], 0], 0.05, atol=0.01)
+    assert np.allclose(shift[inner[:, 1], 1], -0.04, atol=0.01)
+
+
+def test_too_small_a_cloud_falls_back_to_the_default_cloud():
+    rng = np.random.default_rng(2)
+    placed = place_cloud_arm(
+        rng.normal(0.6, 0.05, 80), rng.normal(0.3, 0.05, 80), (0.6, 0.05, 0.3, 0.05)
+    )
+    assert not placed.from_data and placed.method == "default"
+    assert placed.cloud == (0.6, 0.05, 0.3, 0.05)
+
+
+def test_a_panel_file_declares_where_its_files_enter(tmp_path):
+    path = tmp_path / "treg_export.yaml"
+    path.write_text(
+        "name: treg\nmarkers: {CD3: [CD3], CD4: [CD4], CD25: [CD25], CD127: [CD127]}\n"
+        "strategy: treg\nenters_at: lymphocytes\n"
+    )
+    assert load_panel(str(path)).enters_at == "lymphocytes"
+    assert load_panel("treg").enters_at == ""
