@@ -23,6 +23,9 @@ plt.rcParams.update(
         "font.family": "sans-serif",
         "font.sans-serif": ["Helvetica", "DejaVu Sans"],
         "font.monospace": ["Courier", "DejaVu Sans Mono"],
+        # Text is text: file names, review reasons and patient ids are printed as written,
+        # never parsed as mathtext ('$\foo$' raised, '$5 and $6' was drawn as math).
+        "text.parse_math": False,
         "font.size": 8,
         "axes.titlesize": 9,
         "axes.labelsize": 8,
