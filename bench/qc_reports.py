@@ -5,7 +5,8 @@
 Processes the same simulated B-cell tubes as a worker does (``flows.sample_work``) with
 ``qc_reports: none`` and with ``all``, alternating, and reports the CPU seconds per file of
 each and the QC PDF's share. The first file of each kind warms the process (imports, fonts,
-the reused gates page), as in a worker that processes many files, and is not counted.
+the reused gates page), as in a worker that processes many files, and is not counted. One
+thread, as in the workers; the order of the two runs alternates between files.
 Processing here is the worker's part only (read, gate, count), without the store and the
 flow, so the share is if anything overstated.
 """
@@ -25,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def qc_report_cost(files: int = 6, events: int = 30000) -> dict[str, float]:
     """CPU seconds per file processed with and without its QC PDF (medians over ``files``
     files after one warm-up of each) and ``qc_share``: (all - none) / none."""
+    from threadpoolctl import threadpool_limits
+
     from bench.performance import write_benchmark_file
     from cohort.study import Study
     from flows.sample_work import process_sample_file
@@ -39,9 +42,11 @@ def qc_report_cost(files: int = 6, events: int = 30000) -> dict[str, float]:
         name = study.parse_name("P01_BL_BCELL.fcs")
         qc_dir = Path(tmp) / "qc"
         cpu: dict[str, list[float]] = {"none": [], "all": []}
+        threadpool_limits(1)  # one thread, as in the workers (flows.worker_pool)
         for k in range(files + 1):
             path = write_benchmark_file(Path(tmp) / f"bench_{k}.fcs", events, seed=k)
-            for mode in ("none", "all"):
+            # Alternating which goes first: the second run of a file is the cheaper one.
+            for mode in ("none", "all") if k % 2 else ("all", "none"):
                 start = time.process_time()
                 process_sample_file(path, "0" * 64, name, panel, strategy, str(qc_dir), mode)
                 if k:  # the first file of each mode warms the process

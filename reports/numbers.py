@@ -71,3 +71,9 @@ def format_interval(low: float | None, high: float | None) -> str:
     if not _finite(low) and not _finite(high):
         return ""
     return f"[{format_estimate(low)}, {format_estimate(high)}]"
+
+
+def format_p_phrase(p: float | None, name: str = "p") -> str:
+    """``p = 0.17``, ``p < 0.001``, ``p = NA``: a p-value in running text."""
+    text = format_p(p)
+    return f"{name} {text}" if text.startswith("<") else f"{name} = {text}"
