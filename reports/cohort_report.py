@@ -456,14 +456,34 @@ def qc_summary_lines(samples: pd.DataFrame) -> list[str]:
     return lines
 
 
+# Rows of the completeness grid on one page: 7-point labels stay apart up to about 45.
+PATIENTS_PER_PAGE = 40
+
+
+def patient_pages(patients: list[str], per_page: int) -> list[list[str]]:
+    """Patients cut into pages of near-equal size, none over ``per_page`` (a 200-patient
+    trial prints its per-patient pages in parts, as multi-centre reports do)."""
+    if not patients:
+        return [[]]
+    n_pages = -(-len(patients) // per_page)
+    size = -(-len(patients) // n_pages)
+    return [patients[i : i + size] for i in range(0, len(patients), size)]
+
+
 def _completeness_page(pdf: PdfPages, ctx: ReportContext, samples: pd.DataFrame) -> None:
-    fig, ax = plt.subplots(figsize=A4_LANDSCAPE)
-    fig.subplots_adjust(left=0.08, right=0.97, top=0.93, bottom=0.34)
-    completeness_matrix(ax, _sample_states(samples), ctx.visits, list(ctx.panels))
-    ax.set_title("Data completeness: patients x visits x panels")
-    fig.text(0.08, 0.2, "\n".join(qc_summary_lines(samples)[:14]), fontsize=7, va="top")
-    pdf.savefig(fig)
-    plt.close(fig)
+    states = _sample_states(samples)
+    pages = patient_pages(sorted(states.patient_id.dropna().unique()), PATIENTS_PER_PAGE)
+    for k, patients in enumerate(pages, start=1):
+        fig, ax = plt.subplots(figsize=A4_LANDSCAPE)
+        fig.subplots_adjust(left=0.08, right=0.97, top=0.93, bottom=0.34)
+        completeness_matrix(
+            ax, states[states.patient_id.isin(patients)], ctx.visits, list(ctx.panels)
+        )
+        part = f" ({k}/{len(pages)}: {patients[0]} to {patients[-1]})" if len(pages) > 1 else ""
+        ax.set_title(f"Data completeness: patients x visits x panels{part}")
+        fig.text(0.08, 0.2, "\n".join(qc_summary_lines(samples)[:14]), fontsize=7, va="top")
+        pdf.savefig(fig)
+        plt.close(fig)
 
 
 def _clinical_figures(

@@ -124,6 +124,24 @@ def _count_ticks(ax) -> list[str]:
     return problems
 
 
+def _overprinted_ticks(ax, renderer) -> list[str]:
+    """Tick labels printed over one another (a per-patient axis with too many patients)."""
+    problems = []
+    for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+        labels = [t for t in axis.get_ticklabels() if t.get_visible() and t.get_text().strip()]
+        boxes = sorted(
+            (t.get_window_extent(renderer) for t in labels),
+            key=lambda b: b.x0 if name == "x" else b.y0,
+        )
+        clashes = sum(_overlap(a, b) for a, b in zip(boxes, boxes[1:], strict=False))
+        if clashes:
+            problems.append(
+                f"{clashes} {name} tick label(s) of '{ax.get_title()[:40]}' print over their "
+                "neighbours"
+            )
+    return problems
+
+
 def _in_margin(extent: Bbox, page: Bbox, margin_px: float) -> bool:
     return (
         extent.x0 < page.x0 + margin_px
@@ -144,6 +162,7 @@ def figure_problems(fig: Figure) -> list[str]:
     for ax in panels:
         problems += _points_outside(ax)
         problems += _count_ticks(ax)
+        problems += _overprinted_ticks(ax, renderer)
         tight = ax.get_tightbbox(renderer)
         if tight is not None and _in_margin(tight, page, margin_px):
             problems.append(

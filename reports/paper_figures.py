@@ -190,22 +190,39 @@ def figure_2b(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Dat
     plt.close(fig)
 
 
+# Patients per group on one Figure 3 page: 6-point ids under each pair of bars stay apart.
+FIGURE_3_PATIENTS = 30
+
+
 def figure_3(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.DataFrame) -> None:
     """Figure 3A: relapses per patient in each 12-month window (counts); Figure 3B: number of
-    drugs per patient at baseline and +12 months. The lost patient's shorter window is shown."""
+    drugs per patient at baseline and +12 months. The lost patient's shorter window is shown.
+    More than FIGURE_3_PATIENTS patients in a group: the figure runs over several pages, the
+    k-th part of every group on page k (the tests in each title are the whole group's)."""
     # The paper's Figure 3 is per age group: the plan's groups that are not the union of others.
     subgroups = [g for g, p in ctx.group_patients.items() if len(p) == 1] or list(ctx.groups)
+    sizes = [len(ctx.members(windows, g)) for g in subgroups]
+    n_pages = max(1, -(-max(sizes, default=0) // FIGURE_3_PATIENTS))
+    for page in range(n_pages):
+        _figure_3_page(pdf, ctx, windows, statistics, subgroups, page, n_pages)
+
+
+def _figure_3_page(pdf, ctx, windows, statistics, subgroups, page: int, n_pages: int) -> None:
     fig, axes = plt.subplots(2, len(subgroups), figsize=A4_LANDSCAPE, squeeze=False)
     fig.subplots_adjust(left=0.06, right=0.98, top=0.88, bottom=0.17, hspace=0.55, wspace=0.2)
     fig.suptitle(
         "Figure 3. (A) relapses per patient, 12 months before vs after infusion; "
-        "(B) number of drugs per patient",
+        "(B) number of drugs per patient"
+        + (f" (part {page + 1} of {n_pages})" if n_pages > 1 else ""),
         y=0.965,
         fontsize=11,
         weight="bold",
     )
+    shown: set[str] = set()
     for col, group in enumerate(subgroups):
-        block = ctx.members(windows, group)
+        whole = ctx.members(windows, group)
+        size = -(-len(whole) // n_pages)
+        block = whole.iloc[page * size : (page + 1) * size]
         x = np.arange(len(block))
         short = (block.after_days < block.before_days).to_numpy()
         ax = axes[0, col]
@@ -231,9 +248,10 @@ def figure_3(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Data
         count_axis(ax)
         test = statistic_row(statistics, analysis="relapses_before_after", group=group)
         p = format_p_phrase(test.p_value if test is not None else None)
-        n_after = int((~short).sum())
+        n_after = int((whole.after_days >= whole.before_days).sum())
+        shown |= set(block.patient_id)
         ax.set_title(
-            f"3A {ctx.groups[group]}: n = {len(block)} before, {n_after} full windows after; "
+            f"3A {ctx.groups[group]}: n = {len(whole)} before, {n_after} full windows after; "
             f"rates {p}",
             fontsize=8,
         )
@@ -261,11 +279,12 @@ def figure_3(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Data
         test = statistic_row(statistics, analysis="drugs_baseline_12m", group=group)
         p = format_p_phrase(test.p_value if test is not None else None)
         ax.set_title(
-            f"3B {ctx.groups[group]}: n = {int(followed.sum())} followed to +12 months; {p}",
+            f"3B {ctx.groups[group]}: n = {int(whole.n_drugs_12m.notna().sum())} followed to "
+            f"+12 months; {p}",
             fontsize=8,
         )
         ax.legend(frameon=False, fontsize=6, loc="upper right")
-    lost = windows[windows.after_days < windows.before_days]
+    lost = windows[(windows.after_days < windows.before_days) & windows.patient_id.isin(shown)]
     lost_text = ", ".join(f"{r.patient_id} ({r.after_days} days)" for r in lost.itertuples())
     _note(
         fig,

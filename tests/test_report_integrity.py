@@ -91,9 +91,11 @@ class _CheckedPdf:
 
     def __init__(self):
         self.titles: list[str] = []
+        self.panel_titles: list[str] = []
         self.problems: list[str] = []
 
     def savefig(self, fig, **_):
+        self.panel_titles += [ax.get_title() for ax in fig.axes]
         title = fig._suptitle.get_text() if fig._suptitle else fig.texts[0].get_text()
         self.titles.append(title.split("\n")[-1] if "report" in title else title)
         self.problems += [
@@ -320,3 +322,95 @@ def test_missing_samples_say_why(tmp_path):
         ("B", "M3"): "not collected: after the patient's last follow-up",
         ("B", "M6"): "not collected: after the patient's last follow-up",
     }
+
+
+def _trial(n_patients: int):
+    """Constructed tables of an ``n_patients`` trial (60% children): the report's context,
+    samples and clinical windows, without running a pipeline."""
+    from reports.context import ReportContext
+
+    rng = np.random.default_rng(n_patients)
+    ids = [f"P{k:03d}" for k in range(1, n_patients + 1)]
+    kinds = ["child" if k < 0.6 * n_patients else "adult" for k in range(n_patients)]
+    visits = ["BL", "M1", "M3", "M6", "M9", "M12"]
+    samples = pd.DataFrame(
+        [
+            {"patient_id": p, "visit": v, "panel": panel, "qc_flags": "", "status": "processed"}
+            for p in ids
+            for v in visits
+            for panel in ("BCELL", "TREG")
+            if rng.random() > 0.05
+        ]
+    )
+    windows = pd.DataFrame(
+        {
+            "patient_id": ids,
+            "group": kinds,
+            "before_days": 365,
+            "after_days": np.where(rng.random(n_patients) < 0.05, 200, 365),
+            "relapses_before": rng.integers(0, 4, n_patients),
+            "relapses_after": rng.integers(0, 3, n_patients),
+            "n_drugs_baseline": rng.integers(1, 4, n_patients),
+            "n_drugs_12m": rng.integers(0, 3, n_patients).astype(float),
+        }
+    )
+    statistics = pd.DataFrame(
+        [
+            {"analysis": a, "group": g, "p_value": 0.03}
+            for a in ("relapses_before_after", "drugs_baseline_12m")
+            for g in ("all", "child", "adult")
+        ]
+    )
+    ctx = ReportContext(
+        study="scale",
+        visits=visits,
+        baseline="BL",
+        panels={"BCELL": "B cells", "TREG": "Tregs"},
+        strategy_hashes={},
+        software="test",
+        data_as_of="2026-12-01",
+        clinical_cut="2026-11-30",
+        groups={"all": "All patients", "child": "Children", "adult": "Adults"},
+        group_patients={"all": ["child", "adult"], "child": ["child"], "adult": ["adult"]},
+    )
+    return ctx, samples, windows, statistics
+
+
+def _draw_per_patient_pages(n_patients: int) -> _CheckedPdf:
+    from reports.cohort_report import _completeness_page
+    from reports.paper_figures import figure_3
+
+    ctx, samples, windows, statistics = _trial(n_patients)
+    pdf = _CheckedPdf()
+    _completeness_page(pdf, ctx=ctx, samples=samples)
+    figure_3(pdf, ctx=ctx, windows=windows, statistics=statistics)
+    return pdf
+
+
+@pytest.mark.parametrize("n_patients", [16, pytest.param(200, marks=pytest.mark.slow)])
+def test_per_patient_pages_stay_legible_from_16_to_200_patients(n_patients):
+    """The completeness grid and Figure 3's per-patient bars: every page passes the checks
+    (no patient label printed over another) at 16 patients and at 200, where they run over
+    several pages, each patient on exactly one."""
+    pdf = _draw_per_patient_pages(n_patients)
+    assert pdf.problems == []
+    grids = [t for t in pdf.panel_titles if t.startswith("Data completeness")]
+    figures = [t for t in pdf.titles if t.startswith("Figure 3")]
+    if n_patients == 16:
+        assert len(grids) == 1 and len(figures) == 1
+    else:
+        assert len(grids) == 5 and "(5/5: P161 to P200)" in grids[-1]
+        assert len(figures) == 4 and figures[-1].endswith("(part 4 of 4)")
+
+
+@pytest.mark.slow
+def test_per_patient_pages_on_one_page_overprint_at_200_patients(monkeypatch):
+    """What the split prevents, caught by the checks: 200 patients on one page."""
+    import reports.cohort_report as cohort_report
+    import reports.paper_figures as paper_figures
+
+    monkeypatch.setattr(cohort_report, "PATIENTS_PER_PAGE", 1000)
+    monkeypatch.setattr(paper_figures, "FIGURE_3_PATIENTS", 1000)
+    problems = "\n".join(_draw_per_patient_pages(200).problems)
+    assert "tick label(s) of 'Data completeness" in problems
+    assert "tick label(s) of '3A Children" in problems
