@@ -46,6 +46,7 @@ def _text_pages(
     *,
     size: float = 7.0,
     landscape: bool = False,
+    hang: int = 4,
 ) -> None:
     """Monospaced text over as many pages as needed, title repeated; lines wrapped and pages
     filled to what the page holds at this size, so no text runs off it."""
@@ -53,7 +54,7 @@ def _text_pages(
     char_in, line_in = _monospace_metrics(size)
     chars = int(width_in * 0.88 / char_in)
     per_page = int(height_in * 0.86 / line_in)
-    pages = _paginate(_wrap(lines, chars), per_page)
+    pages = _paginate(_wrap(lines, chars, hang), per_page)
     for k, chunk in enumerate(pages, start=1):
         fig = plt.figure(figsize=A4_LANDSCAPE if landscape else A4_PORTRAIT)
         suffix = f" ({k}/{len(pages)})" if len(pages) > 1 else ""
@@ -226,7 +227,7 @@ def report_sections(
                 size=8,
             ),
         ),
-        (0.04, partial(_appendix, samples=samples)),
+        (0.04, partial(_appendix, samples=samples, visits=context.visits)),
         (
             0.02,
             partial(
@@ -267,7 +268,8 @@ def _monitor_pages(pdf: PdfPages, monitor: MonitorTables) -> None:
         f"{r.patient_id:8} {r.visit:6} {r.panel:6} {r.file:24} {r.why}"
         for r in missing.itertuples()
     ]
-    _text_pages(pdf, "Missing samples and why", lines, size=7)
+    # Long reasons wrap under the 'why' column.
+    _text_pages(pdf, "Missing samples and why", lines, size=7, hang=8 + 1 + 6 + 1 + 6 + 1 + 25)
     dev = monitor.deviations
     errors = dev.verdict.str.startswith("ERROR").sum()
     lines = [
@@ -586,14 +588,16 @@ def _clinical_table(pdf, statistics: pd.DataFrame) -> None:
     _text_pages(pdf, "Clinical outcome statistics", lines, size=6.3, landscape=True)
 
 
-def _wrap(lines: list[str], width: int) -> list[str]:
+def _wrap(lines: list[str], width: int, hang: int = 4) -> list[str]:
+    """Lines cut at spaces to ``width``; continuations indented by ``hang`` (a table's last
+    column wraps under itself, not under the first)."""
     out = []
     for line in lines:
         while len(line) > width:
-            cut = line.rfind(" ", 0, width)
-            cut = cut if cut > 20 else width
+            cut = line.rfind(" ", hang + 1, width)
+            cut = cut if cut > max(20, hang) else width
             out.append(line[:cut])
-            line = "    " + line[cut:].lstrip()
+            line = " " * hang + line[cut:].lstrip()
         out.append(line)
     return out
 
@@ -674,7 +678,18 @@ def _wilcoxon_tables(pdf, ctx: ReportContext, data: pd.DataFrame, wilcox: pd.Dat
     )
 
 
-def _appendix(pdf: PdfPages, samples: pd.DataFrame) -> None:
+def _appendix(pdf: PdfPages, samples: pd.DataFrame, visits: list[str] | None = None) -> None:
+    # In visit order (BL, M1, ..., M12), not the file names' (M12 before M1); files whose
+    # names give no patient or visit last, by name.
+    order = {v: k for k, v in enumerate(visits or [])}
+    samples = samples.assign(
+        _patient=samples.get("patient_id", pd.Series(index=samples.index, dtype=object))
+        .fillna("~")
+        .astype(str),
+        _visit=samples.get("visit", pd.Series(index=samples.index, dtype=object))
+        .map(order)
+        .fillna(len(order)),
+    ).sort_values(["_patient", "_visit", "file"], kind="stable")
     lines = []
     for r in samples.itertuples():
         lines.append(f"{r.file:34} {r.status:11} {r.sha256}")

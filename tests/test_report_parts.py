@@ -91,3 +91,33 @@ def test_one_interval_and_estimate_rule():
     assert format_estimate(4567.8) == "4568"
     assert format_estimate(float("inf")) == "not reached"
     assert format_estimate(float("nan")) == "NA"
+
+
+def test_long_reasons_wrap_under_their_column_and_the_appendix_is_in_visit_order():
+    from reports.cohort_report import _appendix, _wrap
+
+    row = f"{'P03':8} {'M9':6} {'BCELL':6} {'P03_M9_BCELL.fcs':24} " + "quarantined: " * 12
+    lines = _wrap([row], 100, hang=48)
+    assert len(lines) > 1 and all(line.startswith(" " * 48) for line in lines[1:])
+    assert all(len(line) <= 100 for line in lines)
+
+    class Capture:
+        text = ""
+
+        def savefig(self, fig, **_):
+            self.text += "\n".join(t.get_text() for t in fig.texts)
+
+    samples = pd.DataFrame(
+        {
+            "file": ["P01_M12_B.fcs", "P01_M1_B.fcs", "junk.fcs", "P01_BL_B.fcs"],
+            "patient_id": ["P01", "P01", None, "P01"],
+            "visit": ["M12", "M1", None, "BL"],
+            "status": ["processed", "processed", "quarantined", "processed"],
+            "sha256": ["a", "b", "c", "d"],
+            "reason": ["", "", "name not understood", ""],
+        }
+    )
+    pdf = Capture()
+    _appendix(pdf, samples, ["BL", "M1", "M3", "M12"])
+    positions = [pdf.text.index(f) for f in ("P01_BL_B", "P01_M1_B", "P01_M12_B", "junk")]
+    assert positions == sorted(positions)
