@@ -608,7 +608,13 @@ def _population_page(pdf, ctx: ReportContext, block: pd.DataFrame, tests: pd.Dat
     # Each panel its own y-axis: a shared one let the last group drawn cut off the others.
     fig, axes = plt.subplots(2, len(ctx.groups), figsize=A4_LANDSCAPE, squeeze=False)
     fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.13, hspace=0.45)
-    fig.suptitle(f"{panel}: {population}  (parent: {parent})", y=0.965, fontsize=12, weight="bold")
+    fig.suptitle(
+        f"{ctx.title_of(panel, population)}, % of {ctx.title_of(panel, parent)}"
+        f"  ({panel} panel; {population} in results/*.csv)",
+        y=0.965,
+        fontsize=12,
+        weight="bold",
+    )
     for row, measure in enumerate(("pct_parent", "cells_per_ul")):
         for col, group in enumerate(ctx.groups):
             ax = axes[row, col]

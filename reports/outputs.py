@@ -364,6 +364,12 @@ def report_context(study: Study, store: Store, results: CohortResults) -> Report
             f"{name} is broken, so this report leaves out {FEEDS[name]}"
             for name in results.broken_inputs
         ],
+        population_titles={
+            (token, name): title
+            for token, strategy in study.strategies.items()
+            if isinstance(strategy, Strategy)
+            for name, title in strategy.titles().items()
+        },
     )
 
 

@@ -144,7 +144,9 @@ def test_the_report_has_the_papers_figures_and_what_a_monitor_asks_for(report_pa
     ):
         assert expected in titles, expected
     # The paper's figures follow the all / children / adults pages, as the issue asks.
-    assert titles.index("Figure 2B") > titles.index("TREG: hladr_memory_treg")
+    assert titles.index("Figure 2B") > titles.index("HLA-DR+ memory Treg, % of Memory Treg")
+    # Populations named for a referee, with their defining markers (issue 24).
+    assert "Transitional B (CD24hi CD38hi CD27-), % of CD19+ B cells" in titles
 
 
 @functools.cache
