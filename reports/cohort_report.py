@@ -609,8 +609,8 @@ def _population_page(pdf, ctx: ReportContext, block: pd.DataFrame, tests: pd.Dat
     fig, axes = plt.subplots(2, len(ctx.groups), figsize=A4_LANDSCAPE, squeeze=False)
     fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.13, hspace=0.45)
     fig.suptitle(
-        f"{ctx.title_of(panel, population)}, % of {ctx.title_of(panel, parent)}"
-        f"  ({panel} panel; {population} in results/*.csv)",
+        f"{ctx.title_of(panel, population)}, % of {ctx.title_of(panel, parent)}\n"
+        f"({panel} panel; {population} in results/*.csv)",
         y=0.965,
         fontsize=12,
         weight="bold",
