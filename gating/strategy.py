@@ -112,6 +112,9 @@ class _GateSpec(_Spec):
     name: str
     parent: str
     report: bool = True
+    # What the report calls the population, defining markers included (issue 24):
+    # "Transitional B (CD24hi CD38hi CD27-)"; the name when not given.
+    title: str | None = None
 
     def references(self) -> list[str]:
         """Gates this one needs to be defined before it (besides its parent)."""
@@ -338,6 +341,10 @@ class Strategy:
         return replace(
             self, offsets=dict(offsets), sha256=sha256, reference_sha256=reference_sha256
         )
+
+    def titles(self) -> dict[str, str]:
+        """Each gate's display title (its ``title:``, else its name)."""
+        return {g.name: g.title or g.name for g in self.gates}
 
     @property
     def reported(self) -> list[_GateSpec]:

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 
 from gating.records import NEEDS_REVIEW, REVIEW_FLAGS
 from reports.context import ReportContext
+from reports.figure_checks import is_table_header, is_table_row
 from reports.figures import (
     A4_LANDSCAPE,
     A4_PORTRAIT,
@@ -28,6 +29,7 @@ from reports.figures import (
     plt,
 )
 from reports.monitor_pages import MonitorTables
+from reports.numbers import format_estimate, format_interval, format_p, format_p_phrase
 from reports.paper_figures import figure_2a, figure_2b, figure_3, figure_4, statistic_row
 
 MEASURE_LABEL = {
@@ -44,6 +46,7 @@ def _text_pages(
     *,
     size: float = 7.0,
     landscape: bool = False,
+    hang: int = 4,
 ) -> None:
     """Monospaced text over as many pages as needed, title repeated; lines wrapped and pages
     filled to what the page holds at this size, so no text runs off it."""
@@ -51,8 +54,7 @@ def _text_pages(
     char_in, line_in = _monospace_metrics(size)
     chars = int(width_in * 0.88 / char_in)
     per_page = int(height_in * 0.86 / line_in)
-    lines = _wrap(lines, chars)
-    pages = [lines[i : i + per_page] for i in range(0, max(len(lines), 1), per_page)] or [[]]
+    pages = _paginate(_wrap(lines, chars, hang), per_page)
     for k, chunk in enumerate(pages, start=1):
         fig = plt.figure(figsize=A4_LANDSCAPE if landscape else A4_PORTRAIT)
         suffix = f" ({k}/{len(pages)})" if len(pages) > 1 else ""
@@ -60,6 +62,24 @@ def _text_pages(
         fig.text(0.06, 0.93, "\n".join(chunk), family="monospace", fontsize=size, va="top")
         pdf.savefig(fig)
         plt.close(fig)
+
+
+def _paginate(lines: list[str], per_page: int) -> list[list[str]]:
+    """Lines cut into pages of ``per_page``; a table running onto a new page has its column
+    headers (and their rule) repeated at the top, so no page shows rows without them."""
+    pages: list[list[str]] = [[]]
+    header: list[str] = []
+    for line in lines:
+        if not line.strip():
+            header = []
+        elif is_table_header(line):
+            header = [line]
+        elif header and set(line.strip()) == {"-"}:
+            header = [*header[:1], line]
+        if len(pages[-1]) >= per_page:
+            pages.append(header[:] if header and is_table_row(line) else [])
+        pages[-1].append(line)
+    return pages
 
 
 @cache
@@ -75,8 +95,7 @@ def _monospace_metrics(size: float) -> tuple[float, float]:
     return extent.width / 50 / fig.dpi, extent.height / 20 / fig.dpi
 
 
-def _fmt_p(p: float) -> str:
-    return "NA" if not np.isfinite(p) else f"{p:.4g}"
+_fmt_p = format_p  # one rule for every p on every page (reports.numbers)
 
 
 # A section draws one or more whole pages of the report.
@@ -208,7 +227,7 @@ def report_sections(
                 size=8,
             ),
         ),
-        (0.04, partial(_appendix, samples=samples)),
+        (0.04, partial(_appendix, samples=samples, visits=context.visits)),
         (
             0.02,
             partial(
@@ -249,7 +268,8 @@ def _monitor_pages(pdf: PdfPages, monitor: MonitorTables) -> None:
         f"{r.patient_id:8} {r.visit:6} {r.panel:6} {r.file:24} {r.why}"
         for r in missing.itertuples()
     ]
-    _text_pages(pdf, "Missing samples and why", lines, size=7)
+    # Long reasons wrap under the 'why' column.
+    _text_pages(pdf, "Missing samples and why", lines, size=7, hang=8 + 1 + 6 + 1 + 6 + 1 + 25)
     dev = monitor.deviations
     errors = dev.verdict.str.startswith("ERROR").sum()
     lines = [
@@ -438,14 +458,34 @@ def qc_summary_lines(samples: pd.DataFrame) -> list[str]:
     return lines
 
 
+# Rows of the completeness grid on one page: 7-point labels stay apart up to about 45.
+PATIENTS_PER_PAGE = 40
+
+
+def patient_pages(patients: list[str], per_page: int) -> list[list[str]]:
+    """Patients cut into pages of near-equal size, none over ``per_page`` (a 200-patient
+    trial prints its per-patient pages in parts, as multi-centre reports do)."""
+    if not patients:
+        return [[]]
+    n_pages = -(-len(patients) // per_page)
+    size = -(-len(patients) // n_pages)
+    return [patients[i : i + size] for i in range(0, len(patients), size)]
+
+
 def _completeness_page(pdf: PdfPages, ctx: ReportContext, samples: pd.DataFrame) -> None:
-    fig, ax = plt.subplots(figsize=A4_LANDSCAPE)
-    fig.subplots_adjust(left=0.08, right=0.97, top=0.93, bottom=0.34)
-    completeness_matrix(ax, _sample_states(samples), ctx.visits, list(ctx.panels))
-    ax.set_title("Data completeness: patients x visits x panels")
-    fig.text(0.08, 0.2, "\n".join(qc_summary_lines(samples)[:14]), fontsize=7, va="top")
-    pdf.savefig(fig)
-    plt.close(fig)
+    states = _sample_states(samples)
+    pages = patient_pages(sorted(states.patient_id.dropna().unique()), PATIENTS_PER_PAGE)
+    for k, patients in enumerate(pages, start=1):
+        fig, ax = plt.subplots(figsize=A4_LANDSCAPE)
+        fig.subplots_adjust(left=0.08, right=0.97, top=0.93, bottom=0.34)
+        completeness_matrix(
+            ax, states[states.patient_id.isin(patients)], ctx.visits, list(ctx.panels)
+        )
+        part = f" ({k}/{len(pages)}: {patients[0]} to {patients[-1]})" if len(pages) > 1 else ""
+        ax.set_title(f"Data completeness: patients x visits x panels{part}")
+        fig.text(0.08, 0.2, "\n".join(qc_summary_lines(samples)[:14]), fontsize=7, va="top")
+        pdf.savefig(fig)
+        plt.close(fig)
 
 
 def _clinical_figures(
@@ -456,6 +496,7 @@ def _clinical_figures(
     fig.suptitle(
         "Clinical outcomes per patient: before vs after infusion (paired Wilcoxon), "
         "drugs at baseline vs +12 months (exact McNemar)",
+        y=0.965,
         fontsize=11,
         weight="bold",
     )
@@ -473,13 +514,14 @@ def _clinical_figures(
         block = ctx.members(windows, group)
         for col, (analysis, before, after, label) in enumerate(specs):
             st = statistic_row(statistics, analysis=analysis, group=group)
-            p = _fmt_p(st.p_value) if st is not None else "NA"
+            b, a = block[before].to_numpy(float), block[after].to_numpy(float)
             paired_dots(
                 axes[row, col],
-                block[before].to_numpy(float),
-                block[after].to_numpy(float),
+                b,
+                a,
                 label,
-                f"{ctx.groups[group]}: {label}\nWilcoxon p={p}",
+                f"{ctx.groups[group]}: {label}\nWilcoxon {_p_or_why(st, b, a)}",
+                counts=label.startswith("number of"),
             )
         followed = block[block.drugs_12m.notna()]
         fisher = statistics[
@@ -505,6 +547,20 @@ def _clinical_figures(
     plt.close(fig)
 
 
+def _p_or_why(row, before: np.ndarray, after: np.ndarray) -> str:
+    """A paired test's p, or why there is none (no row, no pairs, no patient changed)."""
+    if row is not None and np.isfinite(row.p_value):
+        return format_p_phrase(row.p_value)
+    pairs = np.isfinite(before) & np.isfinite(after)
+    if row is None:
+        return "not tested"
+    if not pairs.any():
+        return "p: no patient with both values"
+    if np.all(before[pairs] == after[pairs]):
+        return f"p: none, no change in any of the {int(pairs.sum())} patients"
+    return f"p: not computed ({int(pairs.sum())} pairs)"
+
+
 def _clinical_table(pdf, statistics: pd.DataFrame) -> None:
     rows = statistics[statistics.analysis != "wilcoxon_vs_baseline"]
     header = (
@@ -513,10 +569,11 @@ def _clinical_table(pdf, statistics: pd.DataFrame) -> None:
     )
     lines = [header, "-" * len(header)]
     for r in rows.itertuples():
-        ci = f"{r.ci_low:.3g}-{r.ci_high:.3g}" if np.isfinite(r.ci_low) else ""
+        ci = format_interval(r.ci_low, r.ci_high)
         lines.append(
             f"{r.analysis:28} {r.group:6} {r.measure:28} {r.test:24} {r.n:>3.0f} "
-            f"{r.statistic:>10.4g} {r.effect:>10.4g} {ci:>19} {_fmt_p(r.p_value):>9}"
+            f"{format_estimate(r.statistic, infinite='inf'):>10} "
+            f"{format_estimate(r.effect):>10} {ci:>19} {_fmt_p(r.p_value):>9}"
         )
     lines += [
         "",
@@ -531,14 +588,16 @@ def _clinical_table(pdf, statistics: pd.DataFrame) -> None:
     _text_pages(pdf, "Clinical outcome statistics", lines, size=6.3, landscape=True)
 
 
-def _wrap(lines: list[str], width: int) -> list[str]:
+def _wrap(lines: list[str], width: int, hang: int = 4) -> list[str]:
+    """Lines cut at spaces to ``width``; continuations indented by ``hang`` (a table's last
+    column wraps under itself, not under the first)."""
     out = []
     for line in lines:
         while len(line) > width:
-            cut = line.rfind(" ", 0, width)
-            cut = cut if cut > 20 else width
+            cut = line.rfind(" ", hang + 1, width)
+            cut = cut if cut > max(20, hang) else width
             out.append(line[:cut])
-            line = "    " + line[cut:].lstrip()
+            line = " " * hang + line[cut:].lstrip()
         out.append(line)
     return out
 
@@ -549,7 +608,13 @@ def _population_page(pdf, ctx: ReportContext, block: pd.DataFrame, tests: pd.Dat
     # Each panel its own y-axis: a shared one let the last group drawn cut off the others.
     fig, axes = plt.subplots(2, len(ctx.groups), figsize=A4_LANDSCAPE, squeeze=False)
     fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.13, hspace=0.45)
-    fig.suptitle(f"{panel}: {population}  (parent: {parent})", fontsize=12, weight="bold")
+    fig.suptitle(
+        f"{ctx.title_of(panel, population)}, % of {ctx.title_of(panel, parent)}\n"
+        f"({panel} panel; {population} in results/*.csv)",
+        y=0.965,
+        fontsize=12,
+        weight="bold",
+    )
     for row, measure in enumerate(("pct_parent", "cells_per_ul")):
         for col, group in enumerate(ctx.groups):
             ax = axes[row, col]
@@ -568,7 +633,7 @@ def _population_page(pdf, ctx: ReportContext, block: pd.DataFrame, tests: pd.Dat
             ax.set_xlabel("visit (months after first infusion)")
     fig.text(
         0.07,
-        0.01,
+        0.03,
         "Boxes: median and quartiles; whiskers: range; grey lines: "
         "patients. * p<0.05, ** p<0.01, paired Wilcoxon signed-rank vs baseline "
         "(unadjusted; adjusted p in the table).",
@@ -598,12 +663,12 @@ def _wilcoxon_tables(pdf, ctx: ReportContext, data: pd.DataFrame, wilcox: pd.Dat
             if values.empty:
                 return "NA"
             q1, q2, q3 = np.percentile(values, [25, 50, 75])
-            return f"{q2:.3g} [{q1:.3g}-{q3:.3g}]"
+            return f"{format_estimate(q2)} {format_interval(q1, q3)}"
 
         lines.append(
             f"{r.group:6} {r.panel:6} {r.population:18} {r.measure:15} {r.visit:5} {r.n:>3} "
             f"{summary(pairs[ctx.baseline]):>24} {summary(pairs[r.visit]):>24} "
-            f"{r.effect:>11.4g} {_fmt_p(r.p_value):>9} {_fmt_p(r.p_adjusted):>9}"
+            f"{format_estimate(r.effect):>11} {_fmt_p(r.p_value):>9} {_fmt_p(r.p_adjusted):>9}"
         )
     lines += [
         "",
@@ -619,7 +684,18 @@ def _wilcoxon_tables(pdf, ctx: ReportContext, data: pd.DataFrame, wilcox: pd.Dat
     )
 
 
-def _appendix(pdf: PdfPages, samples: pd.DataFrame) -> None:
+def _appendix(pdf: PdfPages, samples: pd.DataFrame, visits: list[str] | None = None) -> None:
+    # In visit order (BL, M1, ..., M12), not the file names' (M12 before M1); files whose
+    # names give no patient or visit last, by name.
+    order = {v: k for k, v in enumerate(visits or [])}
+    samples = samples.assign(
+        _patient=samples.get("patient_id", pd.Series(index=samples.index, dtype=object))
+        .fillna("~")
+        .astype(str),
+        _visit=samples.get("visit", pd.Series(index=samples.index, dtype=object))
+        .map(order)
+        .fillna(len(order)),
+    ).sort_values(["_patient", "_visit", "file"], kind="stable")
     lines = []
     for r in samples.itertuples():
         lines.append(f"{r.file:34} {r.status:11} {r.sha256}")

@@ -4,11 +4,14 @@ paper's on purpose, a sentence beside the figure says how."""
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 
 from reports.context import ReportContext
-from reports.figures import A4_LANDSCAPE, OKABE_ITO, boxplot_by_visit, plt
+from reports.figures import A4_LANDSCAPE, OKABE_ITO, boxplot_by_visit, count_axis, plt
+from reports.numbers import format_interval, format_p, format_p_phrase
 
 MEASURE_TITLE = {
     "pct_parent": "% of parent",
@@ -18,8 +21,7 @@ MEASURE_TITLE = {
 KM_TICKS = (0, 90, 180, 270, 365)
 
 
-def _fmt_p(p: float) -> str:
-    return "NA" if not np.isfinite(p) else f"{p:.3g}"
+_fmt_p = format_p  # one rule for every p on every page (reports.numbers)
 
 
 def statistic_row(statistics: pd.DataFrame, **keys) -> pd.Series | None:
@@ -30,8 +32,10 @@ def statistic_row(statistics: pd.DataFrame, **keys) -> pd.Series | None:
     return sel.iloc[0] if len(sel) else None
 
 
-def _note(fig, text: str, y: float = 0.02) -> None:
-    fig.text(0.06, y, text, fontsize=7, color="0.25", wrap=True)
+def _note(fig, text: str, y: float = 0.03) -> None:
+    # Wrapped here, not by matplotlib: its wrap runs lines to the very edge of the page.
+    chars = int(fig.get_figwidth() * 72 * 0.86 / (7 * 0.55))  # Helvetica averages ~0.5 em
+    fig.text(0.06, y, textwrap.fill(text, chars), fontsize=7, color="0.25", va="bottom")
 
 
 def figure_2a(
@@ -42,6 +46,7 @@ def figure_2a(
     fig = plt.figure(figsize=A4_LANDSCAPE)
     fig.suptitle(
         "Figure 2A. Relapse-free survival, 12 months before vs after infusion",
+        y=0.965,
         fontsize=12,
         weight="bold",
     )
@@ -88,7 +93,7 @@ def figure_2a(
             )
             lr_p = _fmt_p(lr.p_value) if lr is not None else "NA"
             hr.append(
-                f"HR {label} {wald.effect:.2f} [{wald.ci_low:.2f}-{wald.ci_high:.2f}], "
+                f"HR {label} {wald.effect:.2f} {format_interval(wald.ci_low, wald.ci_high)}, "
                 f"p Wald {_fmt_p(wald.p_value)}, LR {lr_p}"
             )
         exact = statistic_row(
@@ -140,6 +145,7 @@ def figure_2b(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Dat
     fig.subplots_adjust(left=0.06, right=0.98, top=0.82, bottom=0.2, wspace=0.3)
     fig.suptitle(
         "Figure 2B. Patients on each drug at baseline and at +12 months",
+        y=0.965,
         fontsize=12,
         weight="bold",
     )
@@ -168,6 +174,7 @@ def figure_2b(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Dat
             )
         ax.set_xticks(x, drugs)
         ax.set_ylabel("patients on the drug (count)")
+        count_axis(ax)
         ax.set_title(f"{title} (n = {len(block)} followed to +12 months)", fontsize=9)
         ax.legend(frameon=False, fontsize=7, loc="upper right")
     lost = windows[windows.drugs_12m.isna()]
@@ -183,21 +190,39 @@ def figure_2b(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Dat
     plt.close(fig)
 
 
+# Patients per group on one Figure 3 page: 6-point ids under each pair of bars stay apart.
+FIGURE_3_PATIENTS = 30
+
+
 def figure_3(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.DataFrame) -> None:
     """Figure 3A: relapses per patient in each 12-month window (counts); Figure 3B: number of
-    drugs per patient at baseline and +12 months. The lost patient's shorter window is shown."""
+    drugs per patient at baseline and +12 months. The lost patient's shorter window is shown.
+    More than FIGURE_3_PATIENTS patients in a group: the figure runs over several pages, the
+    k-th part of every group on page k (the tests in each title are the whole group's)."""
     # The paper's Figure 3 is per age group: the plan's groups that are not the union of others.
     subgroups = [g for g, p in ctx.group_patients.items() if len(p) == 1] or list(ctx.groups)
+    sizes = [len(ctx.members(windows, g)) for g in subgroups]
+    n_pages = max(1, -(-max(sizes, default=0) // FIGURE_3_PATIENTS))
+    for page in range(n_pages):
+        _figure_3_page(pdf, ctx, windows, statistics, subgroups, page, n_pages)
+
+
+def _figure_3_page(pdf, ctx, windows, statistics, subgroups, page: int, n_pages: int) -> None:
     fig, axes = plt.subplots(2, len(subgroups), figsize=A4_LANDSCAPE, squeeze=False)
     fig.subplots_adjust(left=0.06, right=0.98, top=0.88, bottom=0.17, hspace=0.55, wspace=0.2)
     fig.suptitle(
         "Figure 3. (A) relapses per patient, 12 months before vs after infusion; "
-        "(B) number of drugs per patient",
+        "(B) number of drugs per patient"
+        + (f" (part {page + 1} of {n_pages})" if n_pages > 1 else ""),
+        y=0.965,
         fontsize=11,
         weight="bold",
     )
+    shown: set[str] = set()
     for col, group in enumerate(subgroups):
-        block = ctx.members(windows, group)
+        whole = ctx.members(windows, group)
+        size = -(-len(whole) // n_pages)
+        block = whole.iloc[page * size : (page + 1) * size]
         x = np.arange(len(block))
         short = (block.after_days < block.before_days).to_numpy()
         ax = axes[0, col]
@@ -220,12 +245,14 @@ def figure_3(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Data
                 )
         ax.set_xticks(x, block.patient_id, rotation=90, fontsize=6)
         ax.set_ylabel("relapses (count)")
+        count_axis(ax)
         test = statistic_row(statistics, analysis="relapses_before_after", group=group)
-        p = _fmt_p(test.p_value) if test is not None else "NA"
-        n_after = int((~short).sum())
+        p = format_p_phrase(test.p_value if test is not None else None)
+        n_after = int((whole.after_days >= whole.before_days).sum())
+        shown |= set(block.patient_id)
         ax.set_title(
-            f"3A {ctx.groups[group]}: n = {len(block)} before, {n_after} full windows after; "
-            f"rates p = {p}",
+            f"3A {ctx.groups[group]}: n = {len(whole)} before, {n_after} full windows after; "
+            f"rates {p}",
             fontsize=8,
         )
         ax.legend(frameon=False, fontsize=6, loc="upper right")
@@ -248,22 +275,24 @@ def figure_3(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Data
             )
         ax.set_xticks(x, block.patient_id, rotation=90, fontsize=6)
         ax.set_ylabel("drugs (count)")
+        count_axis(ax)
         test = statistic_row(statistics, analysis="drugs_baseline_12m", group=group)
-        p = _fmt_p(test.p_value) if test is not None else "NA"
+        p = format_p_phrase(test.p_value if test is not None else None)
         ax.set_title(
-            f"3B {ctx.groups[group]}: n = {int(followed.sum())} followed to +12 months; p = {p}",
+            f"3B {ctx.groups[group]}: n = {int(whole.n_drugs_12m.notna().sum())} followed to "
+            f"+12 months; {p}",
             fontsize=8,
         )
         ax.legend(frameon=False, fontsize=6, loc="upper right")
-    lost = windows[windows.after_days < windows.before_days]
+    lost = windows[(windows.after_days < windows.before_days) & windows.patient_id.isin(shown)]
     lost_text = ", ".join(f"{r.patient_id} ({r.after_days} days)" for r in lost.itertuples())
     _note(
         fig,
         "The paper shows counts (n = all patients before, those still followed after). The "
         "tests here compare relapses per 365 days of observation with every patient, so a "
-        "shortened window is not read as fewer relapses; hatched: after-window shortened by "
-        f"loss to follow-up{': ' + lost_text if lost_text else ''}. Drug counts: patients "
-        "not followed to +12 months are left out of the test.",
+        "shortened window is not read as fewer relapses"
+        + (f"; hatched: after-window shortened by loss to follow-up: {lost_text}" * bool(lost_text))
+        + ". Drug counts: patients not followed to +12 months are left out of the test.",
         y=0.03,
     )
     pdf.savefig(fig)
@@ -284,8 +313,8 @@ def figure_4(
     """One part of Figure 4: a group's populations per visit, box-and-whisker, n per visit,
     stars for the paired Wilcoxon test against baseline."""
     fig, axes = plt.subplots(1, len(specs), figsize=A4_LANDSCAPE, squeeze=False)
-    fig.subplots_adjust(left=0.06, right=0.98, top=0.8, bottom=0.2, wspace=0.35)
-    fig.suptitle(f"Figure {label}. {group_title}: {title}", fontsize=12, weight="bold")
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.88, bottom=0.2, wspace=0.35)
+    fig.suptitle(f"Figure {label}. {group_title}: {title}", y=0.965, fontsize=12, weight="bold")
     wilcox = statistics[statistics.analysis == "wilcoxon_vs_baseline"]
     for ax, (panel, population) in zip(axes[0], specs, strict=True):
         values = members[(members.panel == panel) & (members.population == population)]
@@ -308,8 +337,9 @@ def figure_4(
         ax.set_xlabel("visit")
     _note(
         fig,
-        "Boxes: median and quartiles; whiskers: range; grey lines: patients; n under each "
-        "visit. * p<0.05, ** p<0.01: paired Wilcoxon signed-rank test against baseline "
+        "Boxes: median and quartiles; whiskers: range; grey lines: patients; (n) under each "
+        "visit: patients measured. * p<0.05, ** p<0.01: paired Wilcoxon signed-rank test "
+        "against baseline "
         "(unadjusted, as the paper; BH-adjusted p in results/statistics.csv).",
         y=0.04,
     )

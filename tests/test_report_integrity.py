@@ -39,7 +39,49 @@ def test_figure_checks_catch_what_a_referee_rejected():
     ax.plot([0, 1, 2], [1, 9, 3], "o")
     ax.set_ylim(0, 10.5)
     ax.text(1, 9.5, "**", ha="center")
-    fig.text(0.1, 0.02, "footnote")
+    fig.text(0.1, 0.06, "footnote")
+    assert figure_problems(fig) == []
+    plt.close(fig)
+
+
+def test_figure_checks_catch_the_margin_unlabelled_tables_and_fractional_count_ticks():
+    """Issue 24's page faults: a footnote 4.5 pt from the bottom, a line ending past the right
+    edge, the sign-off table without headers, a count axis ticked at 2.5 steps."""
+    fig, ax = plt.subplots(figsize=(8.27, 11.69))
+    fig.subplots_adjust(bottom=0.3, top=0.8)
+    ax.bar([0, 1], [3, 9])
+    ax.set_ylabel("relapses (count)")
+    ax.set_ylim(0, 10)
+    ax.set_yticks([0, 2.5, 5, 7.5, 10])
+    fig.text(0.1, 4.5 / 841.68, "footnote near the bottom")
+    fig.text(
+        0.1,
+        0.15,
+        "a sign-off table\n  BL     BCELL   16    0    0    0\n  M1     BCELL   15    1    0    0",
+        family="monospace",
+    )
+    fig.text(0.9, 0.1, "ends at x=597 on a 595 pt page")
+    problems = "\n".join(figure_problems(fig))
+    plt.close(fig)
+    assert "page text 'footnote near the bottom' comes within 14 pt" in problems
+    assert "'ends at x=597 on a 595 pt page' runs off the page" in problems
+    assert "table without column headers at 'BL     BCELL   16    0    0    0'" in problems
+    assert "count axis 'relapses (count)'" in problems and "2.5, 7.5" in problems
+
+    fig, ax = plt.subplots(figsize=(8.27, 11.69))
+    fig.subplots_adjust(bottom=0.3, top=0.8)
+    ax.bar([0, 1], [3, 9])
+    ax.set_ylabel("relapses (count)")
+    ax.set_ylim(0, 10)
+    ax.set_yticks([0, 2, 4, 6, 8, 10])
+    fig.text(0.1, 0.03, "footnote clear of the edge")
+    fig.text(
+        0.1,
+        0.15,
+        "a sign-off table\n  visit  panel  approved  excluded  overridden\n"
+        "  BL     BCELL   16    0    0\n  M1     BCELL   15    1    0",
+        family="monospace",
+    )
     assert figure_problems(fig) == []
     plt.close(fig)
 
@@ -49,9 +91,11 @@ class _CheckedPdf:
 
     def __init__(self):
         self.titles: list[str] = []
+        self.panel_titles: list[str] = []
         self.problems: list[str] = []
 
     def savefig(self, fig, **_):
+        self.panel_titles += [ax.get_title() for ax in fig.axes]
         title = fig._suptitle.get_text() if fig._suptitle else fig.texts[0].get_text()
         self.titles.append(title.split("\n")[-1] if "report" in title else title)
         self.problems += [
@@ -100,7 +144,9 @@ def test_the_report_has_the_papers_figures_and_what_a_monitor_asks_for(report_pa
     ):
         assert expected in titles, expected
     # The paper's figures follow the all / children / adults pages, as the issue asks.
-    assert titles.index("Figure 2B") > titles.index("TREG: hladr_memory_treg")
+    assert titles.index("Figure 2B") > titles.index("HLA-DR+ memory Treg, % of Memory Treg")
+    # Populations named for a referee, with their defining markers (issue 24).
+    assert "Transitional B (CD24hi CD38hi CD27-), % of CD19+ B cells" in titles
 
 
 @functools.cache
@@ -278,3 +324,95 @@ def test_missing_samples_say_why(tmp_path):
         ("B", "M3"): "not collected: after the patient's last follow-up",
         ("B", "M6"): "not collected: after the patient's last follow-up",
     }
+
+
+def _trial(n_patients: int):
+    """Constructed tables of an ``n_patients`` trial (60% children): the report's context,
+    samples and clinical windows, without running a pipeline."""
+    from reports.context import ReportContext
+
+    rng = np.random.default_rng(n_patients)
+    ids = [f"P{k:03d}" for k in range(1, n_patients + 1)]
+    kinds = ["child" if k < 0.6 * n_patients else "adult" for k in range(n_patients)]
+    visits = ["BL", "M1", "M3", "M6", "M9", "M12"]
+    samples = pd.DataFrame(
+        [
+            {"patient_id": p, "visit": v, "panel": panel, "qc_flags": "", "status": "processed"}
+            for p in ids
+            for v in visits
+            for panel in ("BCELL", "TREG")
+            if rng.random() > 0.05
+        ]
+    )
+    windows = pd.DataFrame(
+        {
+            "patient_id": ids,
+            "group": kinds,
+            "before_days": 365,
+            "after_days": np.where(rng.random(n_patients) < 0.05, 200, 365),
+            "relapses_before": rng.integers(0, 4, n_patients),
+            "relapses_after": rng.integers(0, 3, n_patients),
+            "n_drugs_baseline": rng.integers(1, 4, n_patients),
+            "n_drugs_12m": rng.integers(0, 3, n_patients).astype(float),
+        }
+    )
+    statistics = pd.DataFrame(
+        [
+            {"analysis": a, "group": g, "p_value": 0.03}
+            for a in ("relapses_before_after", "drugs_baseline_12m")
+            for g in ("all", "child", "adult")
+        ]
+    )
+    ctx = ReportContext(
+        study="scale",
+        visits=visits,
+        baseline="BL",
+        panels={"BCELL": "B cells", "TREG": "Tregs"},
+        strategy_hashes={},
+        software="test",
+        data_as_of="2026-12-01",
+        clinical_cut="2026-11-30",
+        groups={"all": "All patients", "child": "Children", "adult": "Adults"},
+        group_patients={"all": ["child", "adult"], "child": ["child"], "adult": ["adult"]},
+    )
+    return ctx, samples, windows, statistics
+
+
+def _draw_per_patient_pages(n_patients: int) -> _CheckedPdf:
+    from reports.cohort_report import _completeness_page
+    from reports.paper_figures import figure_3
+
+    ctx, samples, windows, statistics = _trial(n_patients)
+    pdf = _CheckedPdf()
+    _completeness_page(pdf, ctx=ctx, samples=samples)
+    figure_3(pdf, ctx=ctx, windows=windows, statistics=statistics)
+    return pdf
+
+
+@pytest.mark.parametrize("n_patients", [16, pytest.param(200, marks=pytest.mark.slow)])
+def test_per_patient_pages_stay_legible_from_16_to_200_patients(n_patients):
+    """The completeness grid and Figure 3's per-patient bars: every page passes the checks
+    (no patient label printed over another) at 16 patients and at 200, where they run over
+    several pages, each patient on exactly one."""
+    pdf = _draw_per_patient_pages(n_patients)
+    assert pdf.problems == []
+    grids = [t for t in pdf.panel_titles if t.startswith("Data completeness")]
+    figures = [t for t in pdf.titles if t.startswith("Figure 3")]
+    if n_patients == 16:
+        assert len(grids) == 1 and len(figures) == 1
+    else:
+        assert len(grids) == 5 and "(5/5: P161 to P200)" in grids[-1]
+        assert len(figures) == 4 and figures[-1].endswith("(part 4 of 4)")
+
+
+@pytest.mark.slow
+def test_per_patient_pages_on_one_page_overprint_at_200_patients(monkeypatch):
+    """What the split prevents, caught by the checks: 200 patients on one page."""
+    import reports.cohort_report as cohort_report
+    import reports.paper_figures as paper_figures
+
+    monkeypatch.setattr(cohort_report, "PATIENTS_PER_PAGE", 1000)
+    monkeypatch.setattr(paper_figures, "FIGURE_3_PATIENTS", 1000)
+    problems = "\n".join(_draw_per_patient_pages(200).problems)
+    assert "tick label(s) of 'Data completeness" in problems
+    assert "tick label(s) of '3A Children" in problems

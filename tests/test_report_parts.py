@@ -55,3 +55,113 @@ def test_completeness_page_counts_samples_needing_review_and_populations_not_mea
     assert "    default_threshold:t_cd24: 2 samples" in lines
     assert "    default_gate:lymphocytes: 1 samples" in lines
     assert "    igm_memory_b(IgM): 1 samples" in lines
+
+
+@pytest.mark.parametrize(
+    ("p", "text"),
+    [
+        (0.1719, "0.17"),
+        (0.172, "0.17"),  # the same p on neighbouring pages prints the same
+        (3.052e-05, "< 0.001"),
+        (1.08e-05, "< 0.001"),
+        (0.0002, "< 0.001"),
+        (0.0012, "0.0012"),
+        (0.05, "0.050"),
+        (0.1, "0.10"),
+        (0.999, "1"),
+        (float("nan"), "NA"),
+        (float("inf"), "NA"),
+        (None, "NA"),
+    ],
+)
+def test_one_p_value_rule(p, text):
+    from reports.numbers import format_p
+
+    assert format_p(p) == text
+
+
+def test_one_interval_and_estimate_rule():
+    from reports.numbers import format_estimate, format_interval
+
+    # The two styles the referee saw (0.125-2 and [0.13-2.00]) are one now.
+    assert format_interval(0.125, 2.0) == "[0.125, 2]"
+    assert format_interval(float("nan"), float("nan")) == ""
+    assert format_estimate(1.23456) == "1.23"
+    assert format_estimate(0.0000123) == "0.0000123"  # never 1.23e-05
+    assert format_estimate(4567.8) == "4568"
+    assert format_estimate(float("inf")) == "not reached"
+    assert format_estimate(float("nan")) == "NA"
+
+
+def test_long_reasons_wrap_under_their_column_and_the_appendix_is_in_visit_order():
+    from reports.cohort_report import _appendix, _wrap
+
+    row = f"{'P03':8} {'M9':6} {'BCELL':6} {'P03_M9_BCELL.fcs':24} " + "quarantined: " * 12
+    lines = _wrap([row], 100, hang=48)
+    assert len(lines) > 1 and all(line.startswith(" " * 48) for line in lines[1:])
+    assert all(len(line) <= 100 for line in lines)
+
+    class Capture:
+        text = ""
+
+        def savefig(self, fig, **_):
+            self.text += "\n".join(t.get_text() for t in fig.texts)
+
+    samples = pd.DataFrame(
+        {
+            "file": ["P01_M12_B.fcs", "P01_M1_B.fcs", "junk.fcs", "P01_BL_B.fcs"],
+            "patient_id": ["P01", "P01", None, "P01"],
+            "visit": ["M12", "M1", None, "BL"],
+            "status": ["processed", "processed", "quarantined", "processed"],
+            "sha256": ["a", "b", "c", "d"],
+            "reason": ["", "", "name not understood", ""],
+        }
+    )
+    pdf = Capture()
+    _appendix(pdf, samples, ["BL", "M1", "M3", "M12"])
+    positions = [pdf.text.index(f) for f in ("P01_BL_B", "P01_M1_B", "P01_M12_B", "junk")]
+    assert positions == sorted(positions)
+
+
+def test_the_reused_qc_gates_page_draws_a_sample_as_a_fresh_page_does():
+    """The QC PDF's gates page is reused across samples: nothing of the previous sample
+    (limits, artists, titles, hidden panels) survives into the next one."""
+    import numpy as np
+
+    from gating.gates import RectangleGate
+    from gating.records import AppliedGate
+    from reports.figures import A4_LANDSCAPE, plt
+    from reports.qc_report import _gates_page, draw_gates_page, limit_text
+
+    def sample(seed: int, n_gates: int, scale: float):
+        rng = np.random.default_rng(seed)
+        dims = {"A": scale * rng.random(400), "B": rng.random(400), "C": rng.random(400)}
+        masks = {"root": np.ones(400, bool)}
+        gates = []
+        for k in range(n_gates):
+            limits = {"A": (0.2 * scale, None), "B": (None, 0.7)}
+            if k == 0:
+                limits["C"] = (None, 0.488)
+            masks[f"g{k}"] = dims["A"] >= 0.2 * scale
+            gates.append(AppliedGate(f"g{k}", "root", RectangleGate(limits=limits), True, ""))
+        return gates, dims, masks
+
+    def state(axes):  # what a hidden panel held is never drawn
+        return [
+            (ax.get_title(), ax.get_xlim(), ax.get_ylim(), len(ax.patches), len(ax.texts))
+            if ax.get_visible()
+            else "hidden"
+            for ax in axes
+        ]
+
+    page, axes = _gates_page()
+    first = sample(1, 12, 10.0)
+    draw_gates_page(page, axes, "A", *first[:1], first[1], first[2], first[1].get)
+    second = sample(2, 3, 1.0)
+    draw_gates_page(page, axes, "B", *second[:1], second[1], second[2], second[1].get)
+    fresh_fig, fresh = plt.subplots(3, 4, figsize=A4_LANDSCAPE)
+    draw_gates_page(fresh_fig, fresh.ravel(), "B", *second[:1], second[1], second[2], second[1].get)
+    assert state(axes) == state(fresh.ravel())
+    assert sum(ax.get_visible() for ax in axes) == 3
+    plt.close(fresh_fig)
+    assert limit_text("C", None, 0.48858314752578735) == "C < 0.489"
