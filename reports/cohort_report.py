@@ -28,6 +28,7 @@ from reports.figures import (
     plt,
 )
 from reports.monitor_pages import MonitorTables
+from reports.numbers import format_interval, format_number, format_p
 from reports.paper_figures import figure_2a, figure_2b, figure_3, figure_4, statistic_row
 
 MEASURE_LABEL = {
@@ -506,22 +507,39 @@ def _clinical_figures(
 
 
 def _clinical_table(pdf, statistics: pd.DataFrame) -> None:
+    """The clinical statistics page: every clinical row with its estimate where one exists
+    (a dagger where the maximum-likelihood estimate does not), interval, p, the plan's
+    primary p starred, and the row's flag; then each row's method as run."""
     rows = statistics[statistics.analysis != "wilcoxon_vs_baseline"]
     header = (
-        f"{'analysis':28} {'group':6} {'measure':28} {'test':24} {'n':>3} {'statistic':>10} "
-        f"{'effect':>10} {'95% CI':>19} {'p':>9}"
+        f"{'analysis':28} {'group':6} {'measure':28} {'test':22} {'n':>3} {'statistic':>9} "
+        f"{'effect':>9} {'95% CI':>20} {'p':>8}  {'flag':19}"
     )
     lines = [header, "-" * len(header)]
     for r in rows.itertuples():
-        ci = f"{r.ci_low:.3g}-{r.ci_high:.3g}" if np.isfinite(r.ci_low) else ""
+        exists = r.estimate_exists is True or r.estimate_exists == 1  # bool, numpy bool
+        effect = format_number(r.effect) if exists else "†"
+        ci = format_interval(r.ci_low, r.ci_high) if exists and np.isfinite(r.ci_low) else ""
+        star = "*" if r.primary is True or r.primary == 1 else " "
+        flag = r.flag if isinstance(r.flag, str) else ""
         lines.append(
-            f"{r.analysis:28} {r.group:6} {r.measure:28} {r.test:24} {r.n:>3.0f} "
-            f"{r.statistic:>10.4g} {r.effect:>10.4g} {ci:>19} {_fmt_p(r.p_value):>9}"
+            f"{r.analysis:28} {r.group:6} {r.measure:28} {r.test:22} {r.n:>3.0f} "
+            f"{format_number(r.statistic):>9} {effect:>9} {ci:>20} {format_p(r.p_value):>8}"
+            f"{star} {flag:19}"
         )
     lines += [
         "",
-        "Clinical p-values are not adjusted. Kaplan-Meier medians (effect, days; inf = not "
-        "reached) are in results/statistics.csv, the curves' steps in results/km_curves.csv.",
+        "* the primary p of its analysis and group under the analysis plan (study.yaml "
+        "analysis: primary_p; Methods). Clinical p-values are not adjusted. Numbers to 2 "
+        "significant digits; full precision in results/statistics.csv.",
+        "† the maximum-likelihood estimate does not exist (flag monotone_likelihood: the "
+        "likelihood rises for ever as the hazard ratio goes to 0 or infinity; zero_cell: a "
+        "zero cell makes the odds ratio 0 or infinite): no estimate, interval or Wald p is "
+        "shown for it; read the Firth (cox_firth) and exact (cox_exact_conditional) rows. "
+        "all_one_sign: every paired difference has one sign, so p is the smallest the test "
+        "can give.",
+        "Kaplan-Meier medians (effect, days; inf = not reached) are in results/statistics.csv, "
+        "the curves' steps in results/km_curves.csv.",
         "",
         "Method of each row, as run (rows of one analysis and test differ only in counts; each "
         "row's own text is its method column in statistics.csv):",
