@@ -418,12 +418,18 @@ def _fisher_row(
         low, high = (float(v) for v in conditional.confidence_interval(0.95))
     else:  # a whole row or column empty: no odds ratio at all
         odds = low = high = float("nan")
-    note = (
-        "; a zero cell: the odds ratio's maximum-likelihood estimate is 0 or infinite (it does "
-        "not exist as a finite number); the exact conditional interval still bounds it"
-        if zero_cell
-        else ""
-    )
+    if not estimable:
+        note = (
+            "; a whole row or column of the table is empty (every patient on, or every "
+            "patient off, the drug at both dates): no odds ratio is defined"
+        )
+    elif zero_cell:
+        note = (
+            "; a zero cell: the odds ratio's maximum-likelihood estimate is 0 or infinite (it "
+            "does not exist as a finite number); the exact conditional interval still bounds it"
+        )
+    else:
+        note = ""
     return _row(
         "drug_use_fisher",
         group,

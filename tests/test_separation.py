@@ -228,3 +228,9 @@ def test_clinical_statistics_page_marks_missing_estimates_and_the_primary_p():
     assert "0 to 0.45" in exact and "0.0020*" in exact
     assert sum("*" in line for line in child) == 2  # one primary p per model
     assert "† the maximum-likelihood estimate does not exist" in text
+
+
+def test_a_drug_everyone_takes_at_both_dates_has_no_odds_ratio():
+    row = _fisher(_drugs([True] * 4, [True] * 4))
+    assert np.isnan(row.effect) and not row.estimate_exists and row.p_value == 1.0
+    assert "no odds ratio is defined" in row.method
