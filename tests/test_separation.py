@@ -234,3 +234,62 @@ def test_a_drug_everyone_takes_at_both_dates_has_no_odds_ratio():
     row = _fisher(_drugs([True] * 4, [True] * 4))
     assert np.isnan(row.effect) and not row.estimate_exists and row.p_value == 1.0
     assert "no odds ratio is defined" in row.method
+
+
+def test_a_study_where_every_child_relapses_first_before_infusion(study_copy):
+    """Through the pipeline's own writer: statistics.csv and Figure 2A of a study whose
+    children all relapse before infusion and never after (the demo's adults unchanged)."""
+    from cohort.store import Store
+    from cohort.study import Study
+    from reports.outputs import cohort_report_sections, write_results
+    from reports.paper_figures import figure_2a
+
+    clinical = study_copy / "clinical"
+    patients = pd.read_csv(clinical / "patients.csv", parse_dates=["first_infusion_date"])
+    relapses = pd.read_csv(clinical / "relapses.csv", parse_dates=["relapse_date"])
+    infusion = relapses.patient_id.map(patients.set_index("patient_id").first_infusion_date)
+    child = relapses.patient_id.isin(patients.patient_id[patients.group == "child"])
+    relapses = relapses[~(child & (relapses.relapse_date >= infusion))]
+    children = patients[patients.group == "child"]
+    extra = pd.DataFrame(
+        {
+            "patient_id": children.patient_id,
+            "relapse_date": children.first_infusion_date - pd.Timedelta(days=100),
+        }
+    )
+    relapses = pd.concat([relapses, extra]).drop_duplicates().sort_values(["patient_id"])
+    relapses.assign(relapse_date=relapses.relapse_date.dt.date.astype(str)).to_csv(
+        clinical / "relapses.csv", index=False
+    )
+    study = Study(study_copy)
+    store = Store(study.db_path)
+    results, error = write_results(study, store)
+    assert error == ""
+    table = pd.read_csv(study_copy / "results" / "statistics.csv")
+    rows = table[
+        (table.group == "child") & (table.analysis == "relapse_free_cox_stratified")
+    ].set_index("test")
+    assert (rows.flag == "monotone_likelihood").all()
+    assert not rows.at["cox_wald", "estimate_exists"] and np.isnan(rows.at["cox_wald", "effect"])
+    assert np.isnan(rows.at["cox_wald", "p_value"])
+    assert abs(rows.at["cox_firth", "effect"] - 0.5 / 10.5) < 1e-8
+    exact = rows.loc["cox_exact_conditional"]
+    assert exact.statistic == 0 and exact.primary
+    assert abs(exact.p_value - stats.binomtest(0, 10).pvalue) < 1e-12
+    limit = stats.binomtest(0, 10).proportion_ci(method="exact").high
+    assert abs(exact.ci_high - limit / (1 - limit)) < 1e-9
+    # Nothing flagged is printed as a finite ordinary estimate anywhere in the table.
+    missing = table[table.estimate_exists == False]  # noqa: E712 (a CSV column)
+    assert not np.isfinite(missing.effect[missing.test.str.startswith("cox_")]).any()
+    _, sections = cohort_report_sections(study, store, results)
+    store.close()
+    pages = _Pages()
+    for _, draw in sections:
+        if getattr(draw, "func", None) is figure_2a:
+            draw(pages)
+    assert pages.problems == []
+    children_title = next(t for t in pages.texts if t.startswith("Children"))
+    assert "Stratified: HR does not exist†" in children_title
+    assert "Firth HR 0.048 (0.00037 to 0.37)" in children_title
+    assert "exact HR 0.072 (0 to 0.45), p 0.0020 (primary)" in children_title
+    assert any("does not exist (monotone likelihood" in t for t in pages.texts)
