@@ -78,7 +78,9 @@ def hazard_ratio_lines(statistics: pd.DataFrame, group: str) -> tuple[list[str],
             missing = True
             lines.append(f"{label}: HR does not exist†; LR (supremum) {_p_text(lr)}")
         firth = by_test.get("cox_firth")
-        if firth is not None:
+        if firth is not None and not bool(firth.estimate_exists):
+            lines.append("   Firth: the penalised fit did not converge")
+        elif firth is not None:
             lines.append(
                 f"   Firth HR {format_number(firth.effect)} "
                 f"({format_interval(firth.ci_low, firth.ci_high)}), {_p_text(firth)}"

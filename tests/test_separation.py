@@ -204,6 +204,8 @@ def test_figure_2a_states_the_separation_and_shows_the_estimates_that_exist():
     assert "Firth HR 0.048 (0.00037 to 0.37), p < 0.001" in children
     assert "exact HR 0.072 (0 to 0.45), p 0.0020 (primary)" in children
     assert "Wald" not in children  # no Wald p computed at a diverging estimate
+    adults = next(t for t in pages.texts if t.startswith("Adults"))
+    assert "†" not in adults and "Wald p" in adults and "(primary)" in adults
     footnote = next(t for t in pages.texts if "†" in t and "does not exist (monotone" in t)
     assert "no estimate, interval or Wald p" in footnote
     # Every number after 'HR' on the page is an estimate that exists: none from a
