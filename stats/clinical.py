@@ -561,6 +561,7 @@ def kaplan_meier_medians(curves: dict[tuple[str, str], KaplanMeierFitter]) -> pd
                 effect=float(km.median_survival_time_),
                 test="kaplan_meier",
                 family="not tested",
+                estimate_exists=True,  # inf is an answer here: fewer than half relapsed
                 method="Kaplan-Meier median time to first relapse in the 12-month window "
                 f"{window} infusion (days; inf = not reached: fewer than half relapsed)",
             )
