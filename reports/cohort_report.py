@@ -17,6 +17,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 
 from gating.records import NEEDS_REVIEW, REVIEW_FLAGS
 from reports.context import ReportContext
+from reports.figure_checks import is_table_header, is_table_row
 from reports.figures import (
     A4_LANDSCAPE,
     A4_PORTRAIT,
@@ -28,7 +29,7 @@ from reports.figures import (
     plt,
 )
 from reports.monitor_pages import MonitorTables
-from reports.numbers import format_interval, format_number, format_p
+from reports.numbers import format_estimate, format_interval, format_p, format_p_phrase
 from reports.paper_figures import figure_2a, figure_2b, figure_3, figure_4, statistic_row
 
 MEASURE_LABEL = {
@@ -52,8 +53,7 @@ def _text_pages(
     char_in, line_in = _monospace_metrics(size)
     chars = int(width_in * 0.88 / char_in)
     per_page = int(height_in * 0.86 / line_in)
-    lines = _wrap(lines, chars)
-    pages = [lines[i : i + per_page] for i in range(0, max(len(lines), 1), per_page)] or [[]]
+    pages = _paginate(_wrap(lines, chars), per_page)
     for k, chunk in enumerate(pages, start=1):
         fig = plt.figure(figsize=A4_LANDSCAPE if landscape else A4_PORTRAIT)
         suffix = f" ({k}/{len(pages)})" if len(pages) > 1 else ""
@@ -61,6 +61,24 @@ def _text_pages(
         fig.text(0.06, 0.93, "\n".join(chunk), family="monospace", fontsize=size, va="top")
         pdf.savefig(fig)
         plt.close(fig)
+
+
+def _paginate(lines: list[str], per_page: int) -> list[list[str]]:
+    """Lines cut into pages of ``per_page``; a table running onto a new page has its column
+    headers (and their rule) repeated at the top, so no page shows rows without them."""
+    pages: list[list[str]] = [[]]
+    header: list[str] = []
+    for line in lines:
+        if not line.strip():
+            header = []
+        elif is_table_header(line):
+            header = [line]
+        elif header and set(line.strip()) == {"-"}:
+            header = [*header[:1], line]
+        if len(pages[-1]) >= per_page:
+            pages.append(header[:] if header and is_table_row(line) else [])
+        pages[-1].append(line)
+    return pages
 
 
 @cache
@@ -76,8 +94,7 @@ def _monospace_metrics(size: float) -> tuple[float, float]:
     return extent.width / 50 / fig.dpi, extent.height / 20 / fig.dpi
 
 
-def _fmt_p(p: float) -> str:
-    return "NA" if not np.isfinite(p) else f"{p:.4g}"
+_fmt_p = format_p  # one rule for every p on every page (reports.numbers)
 
 
 # A section draws one or more whole pages of the report.
@@ -457,6 +474,7 @@ def _clinical_figures(
     fig.suptitle(
         "Clinical outcomes per patient: before vs after infusion (paired Wilcoxon), "
         "drugs at baseline vs +12 months (exact McNemar)",
+        y=0.965,
         fontsize=11,
         weight="bold",
     )
@@ -474,13 +492,14 @@ def _clinical_figures(
         block = ctx.members(windows, group)
         for col, (analysis, before, after, label) in enumerate(specs):
             st = statistic_row(statistics, analysis=analysis, group=group)
-            p = _fmt_p(st.p_value) if st is not None else "NA"
+            b, a = block[before].to_numpy(float), block[after].to_numpy(float)
             paired_dots(
                 axes[row, col],
-                block[before].to_numpy(float),
-                block[after].to_numpy(float),
+                b,
+                a,
                 label,
-                f"{ctx.groups[group]}: {label}\nWilcoxon p={p}",
+                f"{ctx.groups[group]}: {label}\nWilcoxon {_p_or_why(st, b, a)}",
+                counts=label.startswith("number of"),
             )
         followed = block[block.drugs_12m.notna()]
         fisher = statistics[
@@ -506,6 +525,20 @@ def _clinical_figures(
     plt.close(fig)
 
 
+def _p_or_why(row, before: np.ndarray, after: np.ndarray) -> str:
+    """A paired test's p, or why there is none (no row, no pairs, no patient changed)."""
+    if row is not None and np.isfinite(row.p_value):
+        return format_p_phrase(row.p_value)
+    pairs = np.isfinite(before) & np.isfinite(after)
+    if row is None:
+        return "not tested"
+    if not pairs.any():
+        return "p: no patient with both values"
+    if np.all(before[pairs] == after[pairs]):
+        return f"p: none, no change in any of the {int(pairs.sum())} patients"
+    return f"p: not computed ({int(pairs.sum())} pairs)"
+
+
 def _clinical_table(pdf, statistics: pd.DataFrame) -> None:
     """The clinical statistics page: every clinical row with its estimate where one exists
     (a dagger where the maximum-likelihood estimate does not), interval, p, the plan's
@@ -513,25 +546,27 @@ def _clinical_table(pdf, statistics: pd.DataFrame) -> None:
     rows = statistics[statistics.analysis != "wilcoxon_vs_baseline"]
     header = (
         f"{'analysis':28} {'group':6} {'measure':28} {'test':22} {'n':>3} {'statistic':>9} "
-        f"{'effect':>9} {'95% CI':>20} {'p':>8}  {'flag':19}"
+        f"{'effect':>11} {'95% CI':>20} {'p':>8}  {'flag':19}"
     )
     lines = [header, "-" * len(header)]
     for r in rows.itertuples():
         exists = r.estimate_exists is True or r.estimate_exists == 1  # bool, numpy bool
-        effect = format_number(r.effect) if exists else "†"
-        ci = format_interval(r.ci_low, r.ci_high) if exists and np.isfinite(r.ci_low) else ""
+        # Infinite: a Kaplan-Meier median not reached; otherwise an interval's open end.
+        infinite = "not reached" if r.test == "kaplan_meier" else "inf"
+        effect = format_estimate(r.effect, infinite=infinite) if exists else "†"
+        ci = format_interval(r.ci_low, r.ci_high, infinite="inf") if exists else ""
         star = "*" if r.primary is True or r.primary == 1 else " "
         flag = r.flag if isinstance(r.flag, str) else ""
         lines.append(
             f"{r.analysis:28} {r.group:6} {r.measure:28} {r.test:22} {r.n:>3.0f} "
-            f"{format_number(r.statistic):>9} {effect:>9} {ci:>20} {format_p(r.p_value):>8}"
-            f"{star} {flag:19}"
+            f"{format_estimate(r.statistic, infinite='inf'):>9} {effect:>11} {ci:>20} "
+            f"{format_p(r.p_value):>8}{star} {flag:19}"
         )
     lines += [
         "",
         "* the primary p of its analysis and group under the analysis plan (study.yaml "
-        "analysis: primary_p; Methods). Clinical p-values are not adjusted. Numbers to 2 "
-        "significant digits; full precision in results/statistics.csv.",
+        "analysis: primary_p; Methods). Clinical p-values are not adjusted. p to 2, "
+        "estimates to 3 significant digits; full precision in results/statistics.csv.",
         "† the maximum-likelihood estimate does not exist (flag monotone_likelihood: the "
         "likelihood rises for ever as the hazard ratio goes to 0 or infinity; zero_cell: a "
         "zero cell makes the odds ratio 0 or infinite): no estimate, interval or Wald p is "
@@ -567,7 +602,7 @@ def _population_page(pdf, ctx: ReportContext, block: pd.DataFrame, tests: pd.Dat
     # Each panel its own y-axis: a shared one let the last group drawn cut off the others.
     fig, axes = plt.subplots(2, len(ctx.groups), figsize=A4_LANDSCAPE, squeeze=False)
     fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.13, hspace=0.45)
-    fig.suptitle(f"{panel}: {population}  (parent: {parent})", fontsize=12, weight="bold")
+    fig.suptitle(f"{panel}: {population}  (parent: {parent})", y=0.965, fontsize=12, weight="bold")
     for row, measure in enumerate(("pct_parent", "cells_per_ul")):
         for col, group in enumerate(ctx.groups):
             ax = axes[row, col]
@@ -586,7 +621,7 @@ def _population_page(pdf, ctx: ReportContext, block: pd.DataFrame, tests: pd.Dat
             ax.set_xlabel("visit (months after first infusion)")
     fig.text(
         0.07,
-        0.01,
+        0.03,
         "Boxes: median and quartiles; whiskers: range; grey lines: "
         "patients. * p<0.05, ** p<0.01, paired Wilcoxon signed-rank vs baseline "
         "(unadjusted; adjusted p in the table).",
@@ -616,12 +651,12 @@ def _wilcoxon_tables(pdf, ctx: ReportContext, data: pd.DataFrame, wilcox: pd.Dat
             if values.empty:
                 return "NA"
             q1, q2, q3 = np.percentile(values, [25, 50, 75])
-            return f"{q2:.3g} [{q1:.3g}-{q3:.3g}]"
+            return f"{format_estimate(q2)} {format_interval(q1, q3)}"
 
         lines.append(
             f"{r.group:6} {r.panel:6} {r.population:18} {r.measure:15} {r.visit:5} {r.n:>3} "
             f"{summary(pairs[ctx.baseline]):>24} {summary(pairs[r.visit]):>24} "
-            f"{r.effect:>11.4g} {_fmt_p(r.p_value):>9} {_fmt_p(r.p_adjusted):>9}"
+            f"{format_estimate(r.effect):>11} {_fmt_p(r.p_value):>9} {_fmt_p(r.p_adjusted):>9}"
         )
     lines += [
         "",

@@ -1,9 +1,13 @@
 """Checks that a drawn page cannot misstate: every data point inside its axes' limits, every
-annotation inside its own axes, page text inside the page and clear of the panels' labels.
+annotation inside its own axes, page text inside the page and clear of the panels' labels,
+nothing within a printer's margin of the page edge, no table without column headers, no
+count axis ticked at fractions.
 
 The report's tests run these on every page's figure object before it is saved."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -11,6 +15,11 @@ from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
 TOLERANCE_PX = 1.5
+# Nothing drawn closer than this to the page edge (points): printers and viewers crop less.
+MARGIN_PT = 14.0
+# Axis labels that say the axis counts things (patients, relapses, drugs, events).
+COUNT_AXIS = re.compile(r"\(count\)|\bnumber of\b|^events\b|^patients\b(?!.*%)", re.I)
+_NUMBER = re.compile(r"^[-+<>]?\s*\d[\d.,:/%-]*(e[-+]?\d+)?$|^(NA|nan|inf)$", re.I)
 
 
 def _inside(inner: Bbox, outer: Bbox) -> bool:
@@ -62,6 +71,68 @@ def _visible_texts(ax) -> list[Text]:
     return [t for t in ax.texts if t.get_visible() and t.get_text().strip()]
 
 
+def _cells(line: str) -> list[str]:
+    """A text line's cells: the pieces between runs of two or more spaces."""
+    return [c for c in re.split(r"\s{2,}", line.strip()) if c]
+
+
+def is_table_row(line: str) -> bool:
+    """A line of a text table: three or more cells, two or more of them numbers."""
+    cells = _cells(line)
+    return len(cells) >= 3 and sum(bool(_NUMBER.match(c)) for c in cells) >= 2
+
+
+def is_table_header(line: str) -> bool:
+    """Column headers: three or more cells (two spaces apart), none a number."""
+    cells = _cells(line)
+    return len(cells) >= 3 and not any(_NUMBER.match(c) for c in cells)
+
+
+def unlabelled_tables(lines: list[str]) -> list[str]:
+    """The first row of every table (two or more rows in a paragraph) with no column headers
+    above it in its paragraph (paragraphs: runs of lines between blank lines)."""
+    problems, header, rows, first = [], False, 0, ""
+    for line in [*lines, ""]:
+        if not line.strip():
+            header, rows = False, 0
+            continue
+        if is_table_row(line):
+            rows += 1
+            first = line if rows == 1 else first
+            if rows == 2 and not header:
+                problems.append(first.strip()[:50])
+        elif is_table_header(line):
+            header = True
+    return problems
+
+
+def _count_ticks(ax) -> list[str]:
+    problems = []
+    for axis, label, (lo, hi) in (
+        (ax.yaxis, ax.get_ylabel(), sorted(ax.get_ylim())),
+        (ax.xaxis, ax.get_xlabel(), sorted(ax.get_xlim())),
+    ):
+        if not label or not COUNT_AXIS.search(label) or not axis.get_ticklabels():
+            continue
+        ticks = [t for t in axis.get_ticklocs() if lo - 1e-9 <= t <= hi + 1e-9]
+        fractions = [t for t in ticks if abs(t - round(t)) > 1e-9]
+        if fractions:
+            problems.append(
+                f"count axis {label!r} of '{ax.get_title()[:40]}' ticked at fractions "
+                f"{', '.join(f'{t:g}' for t in fractions[:3])}"
+            )
+    return problems
+
+
+def _in_margin(extent: Bbox, page: Bbox, margin_px: float) -> bool:
+    return (
+        extent.x0 < page.x0 + margin_px
+        or extent.x1 > page.x1 - margin_px
+        or extent.y0 < page.y0 + margin_px
+        or extent.y1 > page.y1 - margin_px
+    )
+
+
 def figure_problems(fig: Figure) -> list[str]:
     """What on this page could misstate or hide data; empty when the page is sound."""
     fig.canvas.draw()
@@ -69,8 +140,16 @@ def figure_problems(fig: Figure) -> list[str]:
     page = fig.bbox
     problems = []
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.axison]
+    margin_px = MARGIN_PT * fig.dpi / 72
     for ax in panels:
         problems += _points_outside(ax)
+        problems += _count_ticks(ax)
+        tight = ax.get_tightbbox(renderer)
+        if tight is not None and _in_margin(tight, page, margin_px):
+            problems.append(
+                f"the panel '{ax.get_title()[:40]}' with its labels comes within "
+                f"{MARGIN_PT:g} pt of the page edge"
+            )
         box = ax.get_window_extent(renderer)
         for text in _visible_texts(ax):
             extent = text.get_window_extent(renderer)
@@ -85,13 +164,23 @@ def figure_problems(fig: Figure) -> list[str]:
         extent = text.get_window_extent(renderer)
         if not _inside(extent, page):
             problems.append(f"page text {text.get_text()[:40]!r} runs off the page")
+        elif _in_margin(extent, page, margin_px):
+            problems.append(
+                f"page text {text.get_text()[:40]!r} comes within {MARGIN_PT:g} pt of the page edge"
+            )
+        problems += [
+            f"table without column headers at {row!r}"
+            for row in unlabelled_tables(text.get_text().split("\n"))
+        ]
         for ax, tight in labelled:
             if tight is not None and _overlap(extent, tight):
                 problems.append(
                     f"page text {text.get_text()[:40]!r} overlaps the panel '{ax.get_title()}'"
                 )
-    if fig._suptitle is not None:
+    if fig._suptitle is not None and fig._suptitle.get_text():
         extent = fig._suptitle.get_window_extent(renderer)
+        if _in_margin(extent, page, margin_px):
+            problems.append(f"the page title comes within {MARGIN_PT:g} pt of the page edge")
         for ax, tight in labelled:
             if tight is not None and _overlap(extent, tight):
                 problems.append(f"the page title overlaps the panel '{ax.get_title()}'")

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from reports.numbers import format_p  # noqa: E402
+
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 plt.rcParams.update(
@@ -23,6 +25,9 @@ plt.rcParams.update(
         "font.family": "sans-serif",
         "font.sans-serif": ["Helvetica", "DejaVu Sans"],
         "font.monospace": ["Courier", "DejaVu Sans Mono"],
+        # Text is text: file names, review reasons and patient ids are printed as written,
+        # never parsed as mathtext ('$\foo$' raised, '$5 and $6' was drawn as math).
+        "text.parse_math": False,
         "font.size": 8,
         "axes.titlesize": 9,
         "axes.labelsize": 8,
@@ -33,6 +38,16 @@ plt.rcParams.update(
 
 A4_PORTRAIT = (8.27, 11.69)
 A4_LANDSCAPE = (11.69, 8.27)
+
+
+def count_axis(ax, axis: str = "y") -> None:
+    """Ticks at whole numbers only: a count is never 2.5."""
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    if abs(hi - lo) < 2:  # all values equal: the locator would fall back to fractions
+        middle = round((lo + hi) / 2)
+        (ax.set_ylim if axis == "y" else ax.set_xlim)(middle - 1.5, middle + 1.5)
 
 
 def significance_stars(p: float) -> str:
@@ -79,7 +94,8 @@ def boxplot_by_visit(
         stars = significance_stars(p_by_visit.get(visit, np.nan))
         if stars:
             ax.text(i, top * 1.04, stars, ha="center", va="bottom", fontsize=10)
-    ax.set_xticks(positions, [f"{v}\nn={d.size}" for v, d in zip(visits, data, strict=True)])
+    # The number measured under each visit, as the paper writes it: (10).
+    ax.set_xticks(positions, [f"{v}\n({d.size})" for v, d in zip(visits, data, strict=True)])
     ax.set_ylim(bottom=0, top=top * 1.15 if top > 0 else 1)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", color="0.9", lw=0.5)
@@ -134,8 +150,11 @@ def completeness_matrix(ax, status: pd.DataFrame, visits: list[str], panels: lis
     )
 
 
-def paired_dots(ax, before: np.ndarray, after: np.ndarray, ylabel: str, title: str) -> None:
-    """Each patient's before and after values joined by a line."""
+def paired_dots(
+    ax, before: np.ndarray, after: np.ndarray, ylabel: str, title: str, counts: bool = False
+) -> None:
+    """Each patient's before and after values joined by a line; ``counts``: whole-number
+    ticks."""
     for b, a in zip(before, after, strict=True):
         if np.isfinite(b) and np.isfinite(a):
             ax.plot([0, 1], [b, a], color="0.6", lw=0.7, marker="o", ms=3)
@@ -144,6 +163,8 @@ def paired_dots(ax, before: np.ndarray, after: np.ndarray, ylabel: str, title: s
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", color="0.9", lw=0.5)
+    if counts:
+        count_axis(ax)
 
 
 def drug_bars(
@@ -168,7 +189,7 @@ def drug_bars(
         label="+12 months",
     )
     for i, d in enumerate(drugs):
-        ax.text(i, 106, f"p={p_values.get(d, np.nan):.3g}", ha="center", fontsize=6)
+        ax.text(i, 106, f"p {format_p(p_values.get(d, np.nan))}", ha="center", fontsize=6)
     ax.set_xticks(x, drugs)
     ax.set_ylim(0, 165)  # room for the p-values (106) and the legend above them
     ax.set_yticks([0, 25, 50, 75, 100])

@@ -135,7 +135,12 @@ def review_lines(study: Study, store: Store, review: pd.DataFrame) -> list[str]:
         shown += 1
     if not shown:
         lines.append("  none")
-    lines += ["", "Sign-off per visit and panel (approved / excluded / overridden / to review):"]
+    lines += [
+        "",
+        "Sign-off per visit and panel (samples):",
+        f"  {'visit':5} {'panel':6} {'approved':>9} {'excluded':>9} {'overridden':>11} "
+        f"{'to review':>10}",
+    ]
     review = review.assign(
         visit=review.sample_id.str.rsplit("_", n=2).str[1],
         panel=review.sample_id.str.rsplit("_", n=1).str[1],
@@ -145,9 +150,9 @@ def review_lines(study: Study, store: Store, review: pd.DataFrame) -> list[str]:
             block = review[(review.visit == visit) & (review.panel == panel)]
             counts = block.review_status.value_counts()
             lines.append(
-                f"  {visit:5} {panel:6} {counts.get('approved', 0):4d} "
-                f"{counts.get('excluded', 0):4d} {counts.get('overridden', 0):4d} "
-                f"{counts.get('to_review', 0):4d}"
+                f"  {visit:5} {panel:6} {counts.get('approved', 0):9d} "
+                f"{counts.get('excluded', 0):9d} {counts.get('overridden', 0):11d} "
+                f"{counts.get('to_review', 0):10d}"
             )
     # The trail up to the last review action: processing passes (entries too) do not change
     # the report, so a pass that finds nothing new leaves it identical.

@@ -4,12 +4,14 @@ paper's on purpose, a sentence beside the figure says how."""
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 
 from reports.context import ReportContext
-from reports.figures import A4_LANDSCAPE, OKABE_ITO, boxplot_by_visit, plt
-from reports.numbers import format_interval, format_number, format_p
+from reports.figures import A4_LANDSCAPE, OKABE_ITO, boxplot_by_visit, count_axis, plt
+from reports.numbers import format_estimate, format_interval, format_p, format_p_phrase
 
 MEASURE_TITLE = {
     "pct_parent": "% of parent",
@@ -19,8 +21,7 @@ MEASURE_TITLE = {
 KM_TICKS = (0, 90, 180, 270, 365)
 
 
-def _fmt_p(p: float) -> str:
-    return "NA" if not np.isfinite(p) else f"{p:.3g}"
+_fmt_p = format_p  # one rule for every p on every page (reports.numbers)
 
 
 def statistic_row(statistics: pd.DataFrame, **keys) -> pd.Series | None:
@@ -51,7 +52,7 @@ MLE_FOOTNOTE = (
 
 
 def _p_text(row: pd.Series) -> str:
-    return f"p {format_p(row.p_value)}" + (" (primary)" if bool(row.primary) else "")
+    return format_p_phrase(row.p_value) + (" (primary)" if bool(row.primary) else "")
 
 
 def hazard_ratio_lines(statistics: pd.DataFrame, group: str) -> tuple[list[str], bool]:
@@ -70,9 +71,9 @@ def hazard_ratio_lines(statistics: pd.DataFrame, group: str) -> tuple[list[str],
             continue
         if bool(wald.estimate_exists):
             lines.append(
-                f"{label}: HR {format_number(wald.effect)} "
-                f"({format_interval(wald.ci_low, wald.ci_high)}), Wald {_p_text(wald)}, "
-                f"LR {_p_text(lr)}"
+                f"{label}: HR {format_estimate(wald.effect)} "
+                f"{format_interval(wald.ci_low, wald.ci_high, infinite='inf')}, "
+                f"Wald {_p_text(wald)}, LR {_p_text(lr)}"
             )
         else:
             missing = True
@@ -82,20 +83,22 @@ def hazard_ratio_lines(statistics: pd.DataFrame, group: str) -> tuple[list[str],
             lines.append("   Firth: the penalised fit did not converge")
         elif firth is not None:
             lines.append(
-                f"   Firth HR {format_number(firth.effect)} "
-                f"({format_interval(firth.ci_low, firth.ci_high)}), {_p_text(firth)}"
+                f"   Firth HR {format_estimate(firth.effect)} "
+                f"{format_interval(firth.ci_low, firth.ci_high, infinite='inf')}, {_p_text(firth)}"
             )
         exact = by_test.get("cox_exact_conditional")
         if exact is not None:
             lines.append(
-                f"   exact HR {format_number(exact.effect)} "
-                f"({format_interval(exact.ci_low, exact.ci_high)}), {_p_text(exact)}"
+                f"   exact HR {format_estimate(exact.effect)} "
+                f"{format_interval(exact.ci_low, exact.ci_high, infinite='inf')}, {_p_text(exact)}"
             )
     return lines, missing
 
 
-def _note(fig, text: str, y: float = 0.02) -> None:
-    fig.text(0.06, y, text, fontsize=7, color="0.25", wrap=True)
+def _note(fig, text: str, y: float = 0.03) -> None:
+    # Wrapped here, not by matplotlib: its wrap runs lines to the very edge of the page.
+    chars = int(fig.get_figwidth() * 72 * 0.86 / (7 * 0.55))  # Helvetica averages ~0.5 em
+    fig.text(0.06, y, textwrap.fill(text, chars), fontsize=7, color="0.25", va="bottom")
 
 
 def figure_2a(
@@ -106,6 +109,7 @@ def figure_2a(
     fig = plt.figure(figsize=A4_LANDSCAPE)
     fig.suptitle(
         "Figure 2A. Relapse-free survival, 12 months before vs after infusion",
+        y=0.965,
         fontsize=12,
         weight="bold",
     )
@@ -161,7 +165,7 @@ def figure_2a(
         risk.tick_params(length=0, labelsize=7)
         for spine in risk.spines.values():
             spine.set_visible(False)
-    _note(fig, FIGURE_2A_NOTE + (" " + MLE_FOOTNOTE if separated else ""), y=0.015)
+    _note(fig, FIGURE_2A_NOTE + (" " + MLE_FOOTNOTE if separated else ""))
     pdf.savefig(fig)
     plt.close(fig)
 
@@ -182,6 +186,7 @@ def figure_2b(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Dat
     fig.subplots_adjust(left=0.06, right=0.98, top=0.82, bottom=0.2, wspace=0.3)
     fig.suptitle(
         "Figure 2B. Patients on each drug at baseline and at +12 months",
+        y=0.965,
         fontsize=12,
         weight="bold",
     )
@@ -210,6 +215,7 @@ def figure_2b(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Dat
             )
         ax.set_xticks(x, drugs)
         ax.set_ylabel("patients on the drug (count)")
+        count_axis(ax)
         ax.set_title(f"{title} (n = {len(block)} followed to +12 months)", fontsize=9)
         ax.legend(frameon=False, fontsize=7, loc="upper right")
     lost = windows[windows.drugs_12m.isna()]
@@ -235,6 +241,7 @@ def figure_3(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Data
     fig.suptitle(
         "Figure 3. (A) relapses per patient, 12 months before vs after infusion; "
         "(B) number of drugs per patient",
+        y=0.965,
         fontsize=11,
         weight="bold",
     )
@@ -262,12 +269,13 @@ def figure_3(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Data
                 )
         ax.set_xticks(x, block.patient_id, rotation=90, fontsize=6)
         ax.set_ylabel("relapses (count)")
+        count_axis(ax)
         test = statistic_row(statistics, analysis="relapses_before_after", group=group)
-        p = _fmt_p(test.p_value) if test is not None else "NA"
+        p = format_p_phrase(test.p_value if test is not None else None)
         n_after = int((~short).sum())
         ax.set_title(
             f"3A {ctx.groups[group]}: n = {len(block)} before, {n_after} full windows after; "
-            f"rates p = {p}",
+            f"rates {p}",
             fontsize=8,
         )
         ax.legend(frameon=False, fontsize=6, loc="upper right")
@@ -290,10 +298,11 @@ def figure_3(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Data
             )
         ax.set_xticks(x, block.patient_id, rotation=90, fontsize=6)
         ax.set_ylabel("drugs (count)")
+        count_axis(ax)
         test = statistic_row(statistics, analysis="drugs_baseline_12m", group=group)
-        p = _fmt_p(test.p_value) if test is not None else "NA"
+        p = format_p_phrase(test.p_value if test is not None else None)
         ax.set_title(
-            f"3B {ctx.groups[group]}: n = {int(followed.sum())} followed to +12 months; p = {p}",
+            f"3B {ctx.groups[group]}: n = {int(followed.sum())} followed to +12 months; {p}",
             fontsize=8,
         )
         ax.legend(frameon=False, fontsize=6, loc="upper right")
@@ -303,9 +312,9 @@ def figure_3(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Data
         fig,
         "The paper shows counts (n = all patients before, those still followed after). The "
         "tests here compare relapses per 365 days of observation with every patient, so a "
-        "shortened window is not read as fewer relapses; hatched: after-window shortened by "
-        f"loss to follow-up{': ' + lost_text if lost_text else ''}. Drug counts: patients "
-        "not followed to +12 months are left out of the test.",
+        "shortened window is not read as fewer relapses"
+        + (f"; hatched: after-window shortened by loss to follow-up: {lost_text}" * bool(lost_text))
+        + ". Drug counts: patients not followed to +12 months are left out of the test.",
         y=0.03,
     )
     pdf.savefig(fig)
@@ -326,8 +335,8 @@ def figure_4(
     """One part of Figure 4: a group's populations per visit, box-and-whisker, n per visit,
     stars for the paired Wilcoxon test against baseline."""
     fig, axes = plt.subplots(1, len(specs), figsize=A4_LANDSCAPE, squeeze=False)
-    fig.subplots_adjust(left=0.06, right=0.98, top=0.8, bottom=0.2, wspace=0.35)
-    fig.suptitle(f"Figure {label}. {group_title}: {title}", fontsize=12, weight="bold")
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.88, bottom=0.2, wspace=0.35)
+    fig.suptitle(f"Figure {label}. {group_title}: {title}", y=0.965, fontsize=12, weight="bold")
     wilcox = statistics[statistics.analysis == "wilcoxon_vs_baseline"]
     for ax, (panel, population) in zip(axes[0], specs, strict=True):
         values = members[(members.panel == panel) & (members.population == population)]
@@ -350,8 +359,9 @@ def figure_4(
         ax.set_xlabel("visit")
     _note(
         fig,
-        "Boxes: median and quartiles; whiskers: range; grey lines: patients; n under each "
-        "visit. * p<0.05, ** p<0.01: paired Wilcoxon signed-rank test against baseline "
+        "Boxes: median and quartiles; whiskers: range; grey lines: patients; (n) under each "
+        "visit: patients measured. * p<0.05, ** p<0.01: paired Wilcoxon signed-rank test "
+        "against baseline "
         "(unadjusted, as the paper; BH-adjusted p in results/statistics.csv).",
         y=0.04,
     )

@@ -4,11 +4,14 @@ the QC steps with the events each removed, and the counts."""
 from __future__ import annotations
 
 import textwrap
+import threading
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.patches import Ellipse, Polygon, Rectangle
+from matplotlib.transforms import Bbox
 
 from gating.gates import EllipseGate, PolygonGate, RectangleGate, ThresholdMark, TimeRangesGate
 from gating.records import AppliedGate
@@ -26,7 +29,15 @@ def _density(ax, x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str) -> None
     pad_x, pad_y = 0.1 * (hi_x - lo_x + 1e-9), 0.1 * (hi_y - lo_y + 1e-9)
     extent = [lo_x - pad_x, hi_x + pad_x, lo_y - pad_y, hi_y + pad_y]
     hist, _, _ = np.histogram2d(x, y, bins=120, range=[extent[:2], extent[2:]])
-    ax.imshow(np.log1p(hist.T), origin="lower", extent=extent, aspect="auto", cmap="Greys")
+    # 'none': the 120x120 counts go into the PDF as they are, not resampled to 300 dpi.
+    ax.imshow(
+        np.log1p(hist.T),
+        origin="lower",
+        extent=extent,
+        aspect="auto",
+        cmap="Greys",
+        interpolation="none",
+    )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
 
@@ -86,8 +97,20 @@ def _draw_rectangle(ax, gate: RectangleGate, parent, dims, data_channel) -> None
         Rectangle((x_lo, y_lo), x_hi - x_lo, y_hi - y_lo, fill=False, ec=GATE_COLOUR, lw=1.2)
     )
     if len(dimensions) > 2:
-        extra = ", ".join(f"{d} in [{lo}, {hi})" for d, (lo, hi) in list(gate.limits.items())[2:])
-        ax.text(0.02, 0.98, f"and {extra}", transform=ax.transAxes, fontsize=5, va="top")
+        extra = ", ".join(limit_text(d, lo, hi) for d, (lo, hi) in list(gate.limits.items())[2:])
+        ax.text(0.02, 0.98, f"and {extra}", transform=ax.transAxes, fontsize=5, va="top", wrap=True)
+
+
+def limit_text(dimension: str, low: float | None, high: float | None) -> str:
+    """A rectangle's limits on one dimension as a reader writes them: ``CD27 < 0.489``,
+    ``CD19 >= 0.45``, ``0.1 <= FSC-A < 0.9`` (an open end is left out, not printed None)."""
+    if low is None and high is None:
+        return f"{dimension} any"
+    if low is None:
+        return f"{dimension} < {high:.3g}"
+    if high is None:
+        return f"{dimension} >= {low:.3g}"
+    return f"{low:.3g} <= {dimension} < {high:.3g}"
 
 
 def _density_of(ax, dimensions, parent, dims) -> None:
@@ -132,6 +155,99 @@ def drawable(gates: list[AppliedGate]) -> list[AppliedGate]:
     return [g for g in gates if type(g.gate) in _DRAWERS]
 
 
+GATES_PER_PAGE = 12
+_PAGE_LOCK = threading.Lock()  # the review server may write two samples' PDFs at once
+
+
+@cache
+def _gates_page():
+    """The gates page, made once per process and redrawn for every sample: creating 12 axes
+    and their ticks was most of a QC PDF's cost (issue 25)."""
+    fig, axes = plt.subplots(3, 4, figsize=A4_LANDSCAPE)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.92, bottom=0.07, hspace=0.45, wspace=0.35)
+    return fig, axes.ravel()
+
+
+def _clear(ax) -> None:
+    """An axes as subplots made it, its ticks kept: no data, limits from what comes next."""
+    for artist in [*ax.images, *ax.patches, *ax.lines, *ax.texts, *ax.collections]:
+        artist.remove()
+    ax.dataLim.set_points(Bbox.null().get_points())
+    ax.ignore_existing_data_limits = True
+    ax.set_autoscale_on(True)
+    ax.set_title("")
+    ax.set_xlabel("")
+    ax.set_ylabel("")
+    ax.locator_params(nbins=4)  # fewer ticks: fewer texts to lay out, still readable
+    ax.set_visible(True)
+
+
+def draw_gates_page(fig, axes, sample_id: str, gates, dims, masks, data_channel) -> None:
+    """Up to GATES_PER_PAGE gates on the page's axes (unused axes hidden)."""
+    fig.suptitle(
+        f"{sample_id}: applied gates on their parent populations "
+        "(red: gate; green: kept acquisition time)",
+        fontsize=10,
+    )
+    for k, ax in enumerate(axes):
+        _clear(ax)
+        if k < len(gates):
+            draw_gate(ax, gates[k], dims, masks, data_channel)
+        else:
+            ax.set_visible(False)
+
+
+def _wrapped(first: str, text: str, width: int, indent: int) -> list[str]:
+    """``first`` then ``text`` wrapped at word boundaries, continuation lines indented under
+    it: a note is never cut mid-token."""
+    pieces = textwrap.wrap(text, max(20, width - len(first))) or [""]
+    return [first + pieces[0], *(" " * indent + piece for piece in pieces[1:])]
+
+
+def summary_lines(
+    file_name: str,
+    sha256: str,
+    software: str,
+    gates: list[AppliedGate],
+    qc_steps: list[dict],
+    populations: list[dict],
+    flags: list[str],
+    width: int = 118,
+) -> list[str]:
+    """The first page of a sample's QC PDF as lines of at most ``width`` characters."""
+    lines = [
+        f"File: {file_name}",
+        f"sha256: {sha256}",
+        software,
+        "",
+        "QC steps                 events in   removed   detail",
+    ]
+    for q in qc_steps:
+        first = f"  {q['name']:22} {q['events_in']:9d} {q['removed']:9d}   "
+        lines += _wrapped(first, str(q["detail"]), width, len(first))
+    lines += ["", "Population           parent                count   parent    % parent"]
+    for pop in populations:
+        pct = 100 * pop["count"] / pop["parent_count"] if pop["parent_count"] else np.nan
+        lines.append(
+            f"  {pop['population']:18} {pop['parent']:18} {pop['count']:8d} "
+            f"{pop['parent_count']:8d} {pct:10.2f}"
+        )
+    lines += [
+        "",
+        "Gates placed from the data (threshold: valley, mixture_2d, mixture_1d, registered;",
+        "DEFAULT: the strategy's default, and the sample needs review):",
+    ]
+    for g in gates:
+        if isinstance(g.gate, PLACED_FROM_DATA) or g.name == QC_ROOT:
+            how = "data" if g.from_data else "DEFAULT"
+            if isinstance(g.gate, ThresholdMark):
+                how = g.gate.method if g.from_data else "DEFAULT"
+            first = f"  {g.name:22} {how:11} "
+            lines += _wrapped(first, g.note, width, len(first))
+    lines += ["", *_wrapped("Flags: ", "; ".join(flags) if flags else "none", width, 7)]
+    return lines
+
+
 def write_sample_qc_report(
     path: str | Path,
     *,
@@ -151,59 +267,19 @@ def write_sample_qc_report(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     drawn = drawable(gates)
+    lines = summary_lines(file_name, sha256, software, gates, qc_steps, populations, flags)
     tmp = path.with_name(path.name + ".tmp")
     with PdfPages(tmp, metadata={"Title": f"QC report {sample_id}", "CreationDate": None}) as pdf:
         fig = plt.figure(figsize=A4_PORTRAIT)
-        lines = [
-            f"File: {file_name}",
-            f"sha256: {sha256}",
-            software,
-            "",
-            "QC steps                 events in   removed   detail",
-        ]
-        for q in qc_steps:
-            lines.append(
-                f"  {q['name']:22} {q['events_in']:9d} {q['removed']:9d}   {q['detail'][:70]}"
-            )
-        lines += ["", "Population           parent                count   parent    % parent"]
-        for pop in populations:
-            pct = 100 * pop["count"] / pop["parent_count"] if pop["parent_count"] else np.nan
-            lines.append(
-                f"  {pop['population']:18} {pop['parent']:18} {pop['count']:8d} "
-                f"{pop['parent_count']:8d} {pct:10.2f}"
-            )
-        lines += [
-            "",
-            "Gates placed from the data (threshold: valley, mixture_2d, mixture_1d, registered;",
-            "DEFAULT: the strategy's default, and the sample needs review):",
-        ]
-        for g in gates:
-            if isinstance(g.gate, PLACED_FROM_DATA) or g.name == QC_ROOT:
-                how = "data" if g.from_data else "DEFAULT"
-                if isinstance(g.gate, ThresholdMark):
-                    how = g.gate.method if g.from_data else "DEFAULT"
-                lines.append(f"  {g.name:22} {how:11} {g.note[:68]}")
-        lines += ["", *textwrap.wrap("Flags: " + ("; ".join(flags) if flags else "none"), 130)]
         fig.text(0.06, 0.96, f"Sample QC report: {sample_id}", fontsize=14, weight="bold", va="top")
         fig.text(0.06, 0.92, "\n".join(lines), family="monospace", fontsize=6.5, va="top")
         pdf.savefig(fig)
         plt.close(fig)
-        per_page = 12
-        for start in range(0, len(drawn), per_page):
-            fig, axes = plt.subplots(3, 4, figsize=A4_LANDSCAPE)
-            fig.subplots_adjust(
-                left=0.06, right=0.98, top=0.92, bottom=0.07, hspace=0.45, wspace=0.35
-            )
-            fig.suptitle(
-                f"{sample_id}: applied gates on their parent populations "
-                "(red: gate; green: kept acquisition time)",
-                fontsize=10,
-            )
-            for ax, gate in zip(axes.ravel(), drawn[start : start + per_page], strict=False):
-                draw_gate(ax, gate, dims, masks, data_channel)
-            for ax in axes.ravel()[len(drawn[start : start + per_page]) :]:
-                ax.axis("off")
-            pdf.savefig(fig)
-            plt.close(fig)
+        with _PAGE_LOCK:
+            page, axes = _gates_page()
+            for start in range(0, len(drawn), GATES_PER_PAGE):
+                chunk = drawn[start : start + GATES_PER_PAGE]
+                draw_gates_page(page, axes, sample_id, chunk, dims, masks, data_channel)
+                pdf.savefig(page)
     tmp.replace(path)
     return path

@@ -39,7 +39,49 @@ def test_figure_checks_catch_what_a_referee_rejected():
     ax.plot([0, 1, 2], [1, 9, 3], "o")
     ax.set_ylim(0, 10.5)
     ax.text(1, 9.5, "**", ha="center")
-    fig.text(0.1, 0.02, "footnote")
+    fig.text(0.1, 0.06, "footnote")
+    assert figure_problems(fig) == []
+    plt.close(fig)
+
+
+def test_figure_checks_catch_the_margin_unlabelled_tables_and_fractional_count_ticks():
+    """Issue 24's page faults: a footnote 4.5 pt from the bottom, a line ending past the right
+    edge, the sign-off table without headers, a count axis ticked at 2.5 steps."""
+    fig, ax = plt.subplots(figsize=(8.27, 11.69))
+    fig.subplots_adjust(bottom=0.3, top=0.8)
+    ax.bar([0, 1], [3, 9])
+    ax.set_ylabel("relapses (count)")
+    ax.set_ylim(0, 10)
+    ax.set_yticks([0, 2.5, 5, 7.5, 10])
+    fig.text(0.1, 4.5 / 841.68, "footnote near the bottom")
+    fig.text(
+        0.1,
+        0.15,
+        "a sign-off table\n  BL     BCELL   16    0    0    0\n  M1     BCELL   15    1    0    0",
+        family="monospace",
+    )
+    fig.text(0.9, 0.1, "ends at x=597 on a 595 pt page")
+    problems = "\n".join(figure_problems(fig))
+    plt.close(fig)
+    assert "page text 'footnote near the bottom' comes within 14 pt" in problems
+    assert "'ends at x=597 on a 595 pt page' runs off the page" in problems
+    assert "table without column headers at 'BL     BCELL   16    0    0    0'" in problems
+    assert "count axis 'relapses (count)'" in problems and "2.5, 7.5" in problems
+
+    fig, ax = plt.subplots(figsize=(8.27, 11.69))
+    fig.subplots_adjust(bottom=0.3, top=0.8)
+    ax.bar([0, 1], [3, 9])
+    ax.set_ylabel("relapses (count)")
+    ax.set_ylim(0, 10)
+    ax.set_yticks([0, 2, 4, 6, 8, 10])
+    fig.text(0.1, 0.03, "footnote clear of the edge")
+    fig.text(
+        0.1,
+        0.15,
+        "a sign-off table\n  visit  panel  approved  excluded  overridden\n"
+        "  BL     BCELL   16    0    0\n  M1     BCELL   15    1    0",
+        family="monospace",
+    )
     assert figure_problems(fig) == []
     plt.close(fig)
 

@@ -55,3 +55,39 @@ def test_completeness_page_counts_samples_needing_review_and_populations_not_mea
     assert "    default_threshold:t_cd24: 2 samples" in lines
     assert "    default_gate:lymphocytes: 1 samples" in lines
     assert "    igm_memory_b(IgM): 1 samples" in lines
+
+
+@pytest.mark.parametrize(
+    ("p", "text"),
+    [
+        (0.1719, "0.17"),
+        (0.172, "0.17"),  # the same p on neighbouring pages prints the same
+        (3.052e-05, "< 0.001"),
+        (1.08e-05, "< 0.001"),
+        (0.0002, "< 0.001"),
+        (0.0012, "0.0012"),
+        (0.05, "0.050"),
+        (0.1, "0.10"),
+        (0.999, "1"),
+        (float("nan"), "NA"),
+        (float("inf"), "NA"),
+        (None, "NA"),
+    ],
+)
+def test_one_p_value_rule(p, text):
+    from reports.numbers import format_p
+
+    assert format_p(p) == text
+
+
+def test_one_interval_and_estimate_rule():
+    from reports.numbers import format_estimate, format_interval
+
+    # The two styles the referee saw (0.125-2 and [0.13-2.00]) are one now.
+    assert format_interval(0.125, 2.0) == "[0.125, 2]"
+    assert format_interval(float("nan"), float("nan")) == ""
+    assert format_estimate(1.23456) == "1.23"
+    assert format_estimate(0.0000123) == "0.0000123"  # never 1.23e-05
+    assert format_estimate(4567.8) == "4568"
+    assert format_estimate(float("inf")) == "not reached"
+    assert format_estimate(float("nan")) == "NA"

@@ -163,6 +163,8 @@ class _Pages:
 
         self.problems += figure_problems(fig)
         self.texts += [t.get_text() for t in fig.findobj(Text)]
+        # Notes are wrapped into lines: their words, one space apart.
+        self.notes = [" ".join(t.split()) for t in self.texts]
 
 
 def _children_separated() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -199,14 +201,14 @@ def test_figure_2a_states_the_separation_and_shows_the_estimates_that_exist():
     lines = children.splitlines()
     assert "Unmatched: HR does not exist†" in lines[1]
     assert "Stratified: HR does not exist†" in children
-    # Firth on the pairs: 0.5 / 10.5 = 0.048; exact: median-unbiased 0.072, Clopper-Pearson
-    # 0 to 0.45 (binomtest above), p = 2 / 2^10 = 0.0020, the plan's primary.
-    assert "Firth HR 0.048 (0.00037 to 0.37), p < 0.001" in children
-    assert "exact HR 0.072 (0 to 0.45), p 0.0020 (primary)" in children
+    # Firth on the pairs: 0.5 / 10.5 = 0.0476; exact: median-unbiased 0.0718, Clopper-Pearson
+    # 0 to 0.446 (binomtest above), p = 2 / 2^10 = 0.0020, the plan's primary.
+    assert "Firth HR 0.0476 [0.00037, 0.369], p < 0.001" in children
+    assert "exact HR 0.0718 [0, 0.446], p = 0.0020 (primary)" in children
     assert "Wald" not in children  # no Wald p computed at a diverging estimate
     adults = next(t for t in pages.texts if t.startswith("Adults"))
-    assert "†" not in adults and "Wald p" in adults and "(primary)" in adults
-    footnote = next(t for t in pages.texts if "†" in t and "does not exist (monotone" in t)
+    assert "†" not in adults and "Wald p = " in adults and "(primary)" in adults
+    footnote = next(t for t in pages.notes if "†" in t and "does not exist (monotone" in t)
     assert "no estimate, interval or Wald p" in footnote
     # Every number after 'HR' on the page is an estimate that exists: none from a
     # non-converged fit (lifelines would give ~1e-13 here).
@@ -227,7 +229,7 @@ def test_clinical_statistics_page_marks_missing_estimates_and_the_primary_p():
     wald = [line for line in child if " cox_wald " in line]
     assert len(wald) == 2 and all("†" in line and "monotone_likelihood" in line for line in wald)
     exact = next(line for line in child if "cox_exact_conditional" in line)
-    assert "0 to 0.45" in exact and "0.0020*" in exact
+    assert "[0, 0.446]" in exact and "0.0020*" in exact
     assert sum("*" in line for line in child) == 2  # one primary p per model
     assert "† the maximum-likelihood estimate does not exist" in text
 
@@ -292,6 +294,6 @@ def test_a_study_where_every_child_relapses_first_before_infusion(study_copy):
     assert pages.problems == []
     children_title = next(t for t in pages.texts if t.startswith("Children"))
     assert "Stratified: HR does not exist†" in children_title
-    assert "Firth HR 0.048 (0.00037 to 0.37)" in children_title
-    assert "exact HR 0.072 (0 to 0.45), p 0.0020 (primary)" in children_title
-    assert any("does not exist (monotone likelihood" in t for t in pages.texts)
+    assert "Firth HR 0.0476 [0.00037, 0.369]" in children_title
+    assert "exact HR 0.0718 [0, 0.446], p = 0.0020 (primary)" in children_title
+    assert any("does not exist (monotone likelihood" in t for t in pages.notes)
