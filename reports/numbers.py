@@ -65,9 +65,7 @@ def format_estimate(value: float | None, *, infinite: str = "not reached") -> st
     return text
 
 
-def format_interval(
-    low: float | None, high: float | None, *, infinite: str = "not reached"
-) -> str:
+def format_interval(low: float | None, high: float | None, *, infinite: str = "not reached") -> str:
     """A confidence interval as ``[0.13, 2.00]``-style text, ends as ``format_estimate``
     (``infinite`` names an infinite end: 'inf' for a hazard or odds ratio's open upper
     limit); empty when neither end is known."""
