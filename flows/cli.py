@@ -249,42 +249,36 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
 def _cmd_review(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from cohort.accounts import user_names
-    from cohort.store import Store
-    from cohort.study import Study, StudyError
     from flows.review import create_app
+    from flows.review_security import review_site, server_options
 
-    study = Study(args.study)
-    loopback = args.host in ("127.0.0.1", "localhost", "::1")
-    if not loopback:
-        store = Store(study.db_path)
-        names = user_names(store.conn)
-        store.close()
-        if not names:
-            raise StudyError(
-                f"--host {args.host} opens the review to the network: add personal accounts "
-                f"first (immunomon users add NAME --study {args.study})"
-            )
-    app = create_app(study.root, accounts=not loopback)
-    print(f"review of {study.config.study}: http://{args.host}:{args.port}/ (Ctrl-C stops)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    study, site, accounts = review_site(args)
+    app = create_app(study.root, accounts=accounts, site=site)
+    print(f"review of {study.config.study}: {min(site.origins)}/ (Ctrl-C stops)")
+    uvicorn.run(app, **server_options(site, args.tls_cert, args.tls_key))
     return 0
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
-    from cohort.audit import AuditLog
+    from cohort.audit import parse_anchor, verify_study_trail
     from cohort.store import Store
     from cohort.study import Study
 
     study = Study(args.study)
+    anchors = [parse_anchor(text) for text in args.anchor or []]
     store = Store(study.db_path)
-    log = AuditLog(store.conn)
-    problem, count, head = log.verify(), len(log.entries()), log.head()
+    check = verify_study_trail(store.conn, study.root, anchors, args.anchors)
     store.close()
-    if problem:
+    for warning in check.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for problem in check.problems:
         print(f"{study.db_path}: audit trail broken: {problem}", file=sys.stderr)
+    if check.problems:
         return 1
-    print(f"audit trail intact: {count} entries, head sha256 {head}")
+    print(
+        f"audit trail intact: {check.entries} entries, head #{check.head_seq} sha256 "
+        f"{check.head_hash}; {check.anchors} anchor(s) checked"
+    )
     return 0
 
 
@@ -329,6 +323,27 @@ def _cmd_users_add(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"account {args.name} added to {study.db_path}")
+    return 0
+
+
+def _cmd_users_remove(args: argparse.Namespace) -> int:
+    from cohort.accounts import remove_user
+    from cohort.audit import AuditLog
+    from cohort.review import reviewer_name
+    from cohort.store import Store
+    from cohort.study import Study
+    from reports.outputs import software_version
+
+    study = Study(args.study)
+    store = Store(study.db_path)
+    try:
+        remove_user(store.conn, args.name)
+        AuditLog(store.conn).append(
+            reviewer_name(), "user_removed", f"account {args.name} removed", software_version()
+        )
+    finally:
+        store.close()
+    print(f"account {args.name} removed from {study.db_path}; its review sessions have ended")
     return 0
 
 
@@ -552,12 +567,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to listen on (default: loopback only; any other needs personal "
         "accounts, see 'users add')",
     )
+    review.add_argument(
+        "--public-url",
+        default="",
+        help="the address people type when it is not the listening one, e.g. "
+        "https://review.lab.example behind a TLS proxy (pages are served to it only)",
+    )
+    review.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
+    review.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    review.add_argument(
+        "--trusted-proxy",
+        default="",
+        help="the reverse proxy's address: its X-Forwarded-For/-Proto are believed "
+        "(no one's are by default)",
+    )
     review.set_defaults(func=_cmd_review)
 
     audit = sub.add_parser("audit", help="the study's audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="recompute the hash chain of the audit trail")
     verify.add_argument("--study", required=True, help="study folder")
+    verify.add_argument(
+        "--anchor",
+        action="append",
+        metavar="ENTRY:SHA256",
+        help="an anchor as the cohort report prints it (repeatable)",
+    )
+    verify.add_argument(
+        "--anchors",
+        action="append",
+        metavar="FILE",
+        help="anchor file(s) to check against (default: STUDY/audit_anchors.jsonl; give a "
+        "copy kept outside the study folder to catch a rewritten one)",
+    )
     verify.set_defaults(func=_cmd_audit_verify)
     dump = audit_sub.add_parser("export", help="write the audit trail as CSV")
     dump.add_argument("--study", required=True, help="study folder")
@@ -570,6 +612,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("name", help="the person's user name, e.g. jdupont")
     add.add_argument("--study", required=True, help="study folder")
     add.set_defaults(func=_cmd_users_add)
+    remove = users_sub.add_parser("remove", help="remove an account (its sessions end)")
+    remove.add_argument("name", help="the person's user name")
+    remove.add_argument("--study", required=True, help="study folder")
+    remove.set_defaults(func=_cmd_users_remove)
 
     process = sub.add_parser("process", help="gate one FCS file outside any study")
     process.add_argument("file", help="FCS file")
