@@ -124,7 +124,13 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         from flows.watch import watch_inbox
 
         def run(hold: list[str]) -> None:
-            summary = run_study(root, args.workers, hold, dask_address=args.dask)
+            summary = run_study(
+                root,
+                args.workers,
+                hold,
+                dask_address=args.dask,
+                copy_window=(args.settle, args.timeout),  # intake judges copies as we do
+            )
             print(
                 f"run {summary.run_id}: {summary.processed} processed, "
                 f"{summary.quarantined} quarantined, {summary.failed} failed; "
