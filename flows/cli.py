@@ -192,31 +192,54 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_gates_export(args: argparse.Namespace) -> int:
     from cohort.store import Store
     from cohort.study import Study
-    from gating.export import write_gatingml
-    from panels.fcs import scan_header
-    from panels.resolve import resolve_panel
+    from flows.gates_export import check_export, export_study_gates
 
     study = Study(args.study)
     store = Store(study.db_path)
-    sample = store.current_sample(args.sample)
-    if sample is None:
-        print(f"no processed sample {args.sample!r} in {study.db_path}", file=sys.stderr)
-        return 2
-    gates = store.applied_gates(sample["sample_key"])
-    store.close()
-    if not gates:  # gated with a FlowJo workspace: the gates live in that workspace
-        source = study.strategies[sample["panel"]].source
-        print(f"{args.sample} was gated with the FlowJo workspace {source}", file=sys.stderr)
-        return 2
-    header = scan_header(study.inbox / sample["file_name"])
-    resolved = resolve_panel(study.panels[sample["panel"]], header)
-    out = Path(args.out) if args.out else study.results_dir / "gates" / f"{args.sample}.xml"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_gatingml(out, gates, resolved, header)
-    print(
-        f"GatingML 2.0 for {args.sample} ({sample['file_name']}, result "
-        f"{sample['sample_key']}): {out}"
-    )
+    try:
+        one = args.format == "gatingml" and args.sample and len(args.sample) == 1
+        out = args.out
+        if one and not out:  # one sample's GatingML: one file, as before
+            out = study.results_dir / "gates" / f"{args.sample[0]}.xml"
+        started = time.perf_counter()
+        export = export_study_gates(study, store, args.format, out, args.sample)
+        if args.format == "wsp":
+            print(
+                f"FlowJo 10 workspace with {len(export.samples)} samples: {export.path} "
+                f"({time.perf_counter() - started:.1f} s)"
+            )
+        elif one:
+            sample_id = args.sample[0]
+            record = store.current_sample(sample_id)
+            print(
+                f"GatingML 2.0 for {sample_id} ({record['file_name']}, result "
+                f"{record['sample_key']}): {export.files[sample_id]}"
+            )
+        else:
+            print(
+                f"GatingML 2.0, one file per sample, {len(export.samples)} samples: "
+                f"{export.path} ({time.perf_counter() - started:.1f} s)"
+            )
+        for sample_id, reason in export.skipped.items():
+            print(f"left out {sample_id}: {reason}", file=sys.stderr)
+        if args.check:
+            checks = check_export(export, args.format)
+            wrong = [c for c in checks if not c.agrees]
+            for c in wrong:
+                print(
+                    f"check: {c.sample_id} {c.gate}: ours {c.ours}, flowkit {c.theirs}",
+                    file=sys.stderr,
+                )
+            equal = sum(c.theirs == c.ours for c in checks)
+            print(
+                f"check: flowkit reads back {len(checks)} gate counts of {len(export.samples)} "
+                f"samples: {equal} equal to ours, {len(checks) - len(wrong) - equal} within "
+                f"the ellipse tolerance, {len(wrong)} different"
+            )
+            if wrong:
+                return 1
+    finally:
+        store.close()
     return 0
 
 
@@ -538,12 +561,39 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--sample", help="only this sample's QC report (e.g. P01_M3_BCELL)")
     report.set_defaults(func=_cmd_report)
 
-    gates = sub.add_parser("gates", help="the gates applied to a sample")
+    gates = sub.add_parser("gates", help="the gates applied to the study's samples")
     gates_sub = gates.add_subparsers(dest="gates_command", required=True)
-    export = gates_sub.add_parser("export", help="write a sample's applied gates as GatingML 2.0")
+    export = gates_sub.add_parser(
+        "export",
+        help="write the applied gates as a FlowJo 10 workspace or GatingML 2.0",
+        description="--format wsp: one FlowJo workspace with every current sample; "
+        "--format gatingml: one GatingML file per sample, in a folder (one file with a "
+        "single --sample).",
+    )
     export.add_argument("--study", required=True, help="study folder")
-    export.add_argument("--sample", required=True, help="sample id, e.g. P01_M3_BCELL")
-    export.add_argument("--out", help="output file (default: STUDY/results/gates/ID.xml)")
+    export.add_argument(
+        "--sample",
+        action="append",
+        help="sample id, e.g. P01_M3_BCELL (repeat for several; default: every current sample)",
+    )
+    export.add_argument(
+        "--format",
+        choices=("gatingml", "wsp"),
+        default="gatingml",
+        help="wsp: one FlowJo 10 workspace; gatingml: GatingML 2.0 (default)",
+    )
+    export.add_argument(
+        "--out",
+        help="output: the .wsp file (default STUDY/results/gates/STUDY.wsp), the GatingML "
+        "folder (default STUDY/results/gates/gatingml/), or one sample's .xml file "
+        "(default STUDY/results/gates/ID.xml)",
+    )
+    export.add_argument(
+        "--check",
+        action="store_true",
+        help="read the files back with flowkit and compare every gate count with ours "
+        "(exit 1 on a difference)",
+    )
     export.set_defaults(func=_cmd_gates_export)
 
     reference = sub.add_parser(
