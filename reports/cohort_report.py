@@ -562,23 +562,41 @@ def _p_or_why(row, before: np.ndarray, after: np.ndarray) -> str:
 
 
 def _clinical_table(pdf, statistics: pd.DataFrame) -> None:
+    """The clinical statistics page: every clinical row with its estimate where one exists
+    (a dagger where the maximum-likelihood estimate does not), interval, p, the plan's
+    primary p starred, and the row's flag; then each row's method as run."""
     rows = statistics[statistics.analysis != "wilcoxon_vs_baseline"]
     header = (
-        f"{'analysis':28} {'group':6} {'measure':28} {'test':24} {'n':>3} {'statistic':>10} "
-        f"{'effect':>10} {'95% CI':>19} {'p':>9}"
+        f"{'analysis':28} {'group':6} {'measure':28} {'test':22} {'n':>3} {'statistic':>9} "
+        f"{'effect':>11} {'95% CI':>20} {'p':>8}  {'flag':19}"
     )
     lines = [header, "-" * len(header)]
     for r in rows.itertuples():
-        ci = format_interval(r.ci_low, r.ci_high)
+        exists = r.estimate_exists is True or r.estimate_exists == 1  # bool, numpy bool
+        # Infinite: a Kaplan-Meier median not reached; otherwise an interval's open end.
+        infinite = "not reached" if r.test == "kaplan_meier" else "inf"
+        effect = format_estimate(r.effect, infinite=infinite) if exists else "†"
+        ci = format_interval(r.ci_low, r.ci_high, infinite="inf") if exists else ""
+        star = "*" if r.primary is True or r.primary == 1 else " "
+        flag = r.flag if isinstance(r.flag, str) else ""
         lines.append(
-            f"{r.analysis:28} {r.group:6} {r.measure:28} {r.test:24} {r.n:>3.0f} "
-            f"{format_estimate(r.statistic, infinite='inf'):>10} "
-            f"{format_estimate(r.effect):>10} {ci:>19} {_fmt_p(r.p_value):>9}"
+            f"{r.analysis:28} {r.group:6} {r.measure:28} {r.test:22} {r.n:>3.0f} "
+            f"{format_estimate(r.statistic, infinite='inf'):>9} {effect:>11} {ci:>20} "
+            f"{format_p(r.p_value):>8}{star} {flag:19}"
         )
     lines += [
         "",
-        "Clinical p-values are not adjusted. Kaplan-Meier medians (effect, days; inf = not "
-        "reached) are in results/statistics.csv, the curves' steps in results/km_curves.csv.",
+        "* the primary p of its analysis and group under the analysis plan (study.yaml "
+        "analysis: primary_p; Methods). Clinical p-values are not adjusted. p to 2, "
+        "estimates to 3 significant digits; full precision in results/statistics.csv.",
+        "† the maximum-likelihood estimate does not exist (flag monotone_likelihood: the "
+        "likelihood rises for ever as the hazard ratio goes to 0 or infinity; zero_cell: a "
+        "zero cell makes the odds ratio 0 or infinite): no estimate, interval or Wald p is "
+        "shown for it; read the Firth (cox_firth) and exact (cox_exact_conditional) rows. "
+        "all_one_sign: every paired difference has one sign, so p is the smallest the test "
+        "can give.",
+        "Kaplan-Meier medians (effect, days; inf = not reached) are in results/statistics.csv, "
+        "the curves' steps in results/km_curves.csv.",
         "",
         "Method of each row, as run (rows of one analysis and test differ only in counts; each "
         "row's own text is its method column in statistics.csv):",

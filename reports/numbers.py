@@ -65,12 +65,15 @@ def format_estimate(value: float | None, *, infinite: str = "not reached") -> st
     return text
 
 
-def format_interval(low: float | None, high: float | None) -> str:
-    """A confidence interval as ``[0.13, 2.00]``-style text, ends as ``format_estimate``;
-    empty when neither end is known."""
+def format_interval(low: float | None, high: float | None, *, infinite: str = "not reached") -> str:
+    """A confidence interval as ``[0.13, 2.00]``-style text, ends as ``format_estimate``
+    (``infinite`` names an infinite end: 'inf' for a hazard or odds ratio's open upper
+    limit); empty when neither end is known."""
     if not _finite(low) and not _finite(high):
         return ""
-    return f"[{format_estimate(low)}, {format_estimate(high)}]"
+    return (
+        f"[{format_estimate(low, infinite=infinite)}, {format_estimate(high, infinite=infinite)}]"
+    )
 
 
 def format_p_phrase(p: float | None, name: str = "p") -> str:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from reports.context import ReportContext
 from reports.figures import A4_LANDSCAPE, OKABE_ITO, boxplot_by_visit, count_axis, plt
-from reports.numbers import format_interval, format_p, format_p_phrase
+from reports.numbers import format_estimate, format_interval, format_p, format_p_phrase
 
 MEASURE_TITLE = {
     "pct_parent": "% of parent",
@@ -30,6 +30,69 @@ def statistic_row(statistics: pd.DataFrame, **keys) -> pd.Series | None:
     for key, value in keys.items():
         sel = sel[sel[key] == value]
     return sel.iloc[0] if len(sel) else None
+
+
+MODELS = (
+    ("relapse_free_cox_unmatched", "Unmatched"),
+    ("relapse_free_cox_stratified", "Stratified"),
+)
+FIGURE_2A_NOTE = (
+    "Tick marks: censored windows (end of window or last follow-up). Hazard ratios (HR): after "
+    "vs before infusion, Cox (Efron ties), 95% CI; stratified: each patient's two windows a "
+    "matched pair. Firth: penalised partial likelihood (Heinze & Schemper 2001), profile "
+    "penalised-likelihood CI, penalised LR p. Exact: the informative pairs (binomial, 1/2), "
+    "median-unbiased HR, Clopper-Pearson CI. (primary): the p the analysis plan names primary "
+    "(Methods). Numbers: results/statistics.csv, results/km_curves.csv."
+)
+MLE_FOOTNOTE = (
+    "† The ordinary maximum-likelihood estimate does not exist (monotone likelihood: the "
+    "likelihood keeps rising as the HR goes to 0 or infinity, e.g. every informative pair "
+    "relapsed first in the same window); no estimate, interval or Wald p is shown for it."
+)
+
+
+def _p_text(row: pd.Series) -> str:
+    return format_p_phrase(row.p_value) + (" (primary)" if bool(row.primary) else "")
+
+
+def hazard_ratio_lines(statistics: pd.DataFrame, group: str) -> tuple[list[str], bool]:
+    """Figure 2A's text for one group: per Cox model the ordinary estimate where it exists
+    (else a dagger: it does not), Firth's estimate, and the pairs' exact estimate, each with
+    its interval and p, the plan's primary p marked; and whether any dagger was printed."""
+    lines, missing = [], False
+    for analysis, label in MODELS:
+        rows = statistics[(statistics.analysis == analysis) & (statistics.group == group)]
+        by_test = {r.test: r for r in rows.itertuples()}
+        wald, lr = by_test.get("cox_wald"), by_test.get("cox_likelihood_ratio")
+        if wald is None:
+            continue
+        if lr is None:  # not estimable at all (no relapse): the row's method says why
+            lines.append(f"{label}: not estimable")
+            continue
+        if bool(wald.estimate_exists):
+            lines.append(
+                f"{label}: HR {format_estimate(wald.effect)} "
+                f"{format_interval(wald.ci_low, wald.ci_high, infinite='inf')}, "
+                f"Wald {_p_text(wald)}, LR {_p_text(lr)}"
+            )
+        else:
+            missing = True
+            lines.append(f"{label}: HR does not exist†; LR (supremum) {_p_text(lr)}")
+        firth = by_test.get("cox_firth")
+        if firth is not None and not bool(firth.estimate_exists):
+            lines.append("   Firth: the penalised fit did not converge")
+        elif firth is not None:
+            lines.append(
+                f"   Firth HR {format_estimate(firth.effect)} "
+                f"{format_interval(firth.ci_low, firth.ci_high, infinite='inf')}, {_p_text(firth)}"
+            )
+        exact = by_test.get("cox_exact_conditional")
+        if exact is not None:
+            lines.append(
+                f"   exact HR {format_estimate(exact.effect)} "
+                f"{format_interval(exact.ci_low, exact.ci_high, infinite='inf')}, {_p_text(exact)}"
+            )
+    return lines, missing
 
 
 def _note(fig, text: str, y: float = 0.03) -> None:
@@ -51,6 +114,7 @@ def figure_2a(
         weight="bold",
     )
     width = 0.88 / len(ctx.groups)
+    separated = False
     for k, (group, title) in enumerate(ctx.groups.items()):
         left = 0.06 + k * width
         ax = fig.add_axes((left + 0.03, 0.36, width - 0.06, 0.4))
@@ -66,7 +130,12 @@ def figure_2a(
                 color=colour,
                 show_censors=True,
                 censor_styles={"marker": "|", "ms": 6},
-                label=f"{window}: median {km.median_survival_time_:.0f} d",
+                label=f"{window}: median "
+                + (
+                    f"{km.median_survival_time_:.0f} d"
+                    if np.isfinite(km.median_survival_time_)
+                    else "not reached"
+                ),
             )
             table = km.event_table
             at_risk = [
@@ -79,33 +148,10 @@ def figure_2a(
         ax.set_xticks(KM_TICKS)
         ax.set_xlabel("days since the window's start")
         ax.set_ylabel("relapse-free (proportion)")
-        hr = []
-        for analysis, label in (
-            ("relapse_free_cox_unmatched", "unmatched"),
-            ("relapse_free_cox_stratified", "stratified"),
-        ):
-            wald = statistic_row(statistics, analysis=analysis, group=group, test="cox_wald")
-            if wald is None or not np.isfinite(wald.effect):
-                hr.append(f"{label}: not estimable")
-                continue
-            lr = statistic_row(
-                statistics, analysis=analysis, group=group, test="cox_likelihood_ratio"
-            )
-            lr_p = _fmt_p(lr.p_value) if lr is not None else "NA"
-            hr.append(
-                f"HR {label} {wald.effect:.2f} {format_interval(wald.ci_low, wald.ci_high)}, "
-                f"p Wald {_fmt_p(wald.p_value)}, LR {lr_p}"
-            )
-        exact = statistic_row(
-            statistics,
-            analysis="relapse_free_cox_stratified",
-            group=group,
-            test="cox_exact_conditional",
-        )
-        if exact is not None:
-            hr.append(f"stratified, exact conditional p {_fmt_p(exact.p_value)}")
+        hr, missing = hazard_ratio_lines(statistics, group)
+        separated |= missing
         ax.set_title(
-            f"{title} (n = {len(ctx.members(windows, group))})\n" + "\n".join(hr), fontsize=7
+            f"{title} (n = {len(ctx.members(windows, group))})\n" + "\n".join(hr), fontsize=6.5
         )
         ax.legend(loc="upper right", frameon=False, fontsize=7)
         risk.set_xlim(ax.get_xlim())
@@ -119,12 +165,7 @@ def figure_2a(
         risk.tick_params(length=0, labelsize=7)
         for spine in risk.spines.values():
             spine.set_visible(False)
-    _note(
-        fig,
-        "Tick marks: censored windows (end of window or last follow-up). Hazard ratios: after "
-        "vs before infusion, Cox (Efron ties); stratified: each patient's two windows a matched "
-        "pair. Medians and the curves' steps: results/statistics.csv and results/km_curves.csv.",
-    )
+    _note(fig, FIGURE_2A_NOTE + (" " + MLE_FOOTNOTE if separated else ""))
     pdf.savefig(fig)
     plt.close(fig)
 

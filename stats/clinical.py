@@ -13,8 +13,9 @@ from functools import partial
 import numpy as np
 import pandas as pd
 from lifelines import CoxPHFitter, KaplanMeierFitter
-from scipy import stats
+from scipy import optimize, stats
 
+from stats.firth import CoxData, cox_data, firth_coefficient, monotone_likelihood, supremum_lr
 from stats.plan import AnalysisPlan
 from stats.tests import STATISTICS_COLUMNS, mcnemar_exact, paired_wilcoxon
 
@@ -46,9 +47,13 @@ def _row(analysis, group, measure, **values) -> dict:
             "measure": measure,
             "visit": "",
             "family": "unadjusted",
+            "flag": "",
+            "primary": False,
         }
     )
     row.update(values)
+    if "estimate_exists" not in values:
+        row["estimate_exists"] = bool(np.isfinite(row["effect"]))
     if "p_value" in values and "p_adjusted" not in values:
         row["p_adjusted"] = values["p_value"]  # clinical analyses are not adjusted
     return row
@@ -99,6 +104,8 @@ def paired_before_after(
                     p_value=res.p_value,
                     test=res.test,
                     effect=res.effect,
+                    flag=res.flag,
+                    primary=np.isfinite(res.p_value),
                     method=f"{res.method}; {what}; effect = median(after - before)"
                     + _shortened_note(block),
                 )
@@ -192,72 +199,199 @@ def exact_conditional_pairs(order: PairOrder) -> float:
     return float(min(1.0, 2.0 * stats.binom.cdf(min(k, m - k), m, 0.5)))
 
 
-def relapse_free_cox(windows: pd.DataFrame, plan: AnalysisPlan) -> pd.DataFrame:
-    """Hazard of first relapse after vs before infusion: unmatched (Wald and likelihood-ratio
-    p), and stratified by patient, each patient's two windows a matched pair (Wald,
-    likelihood-ratio and exact conditional p). One row per test, told apart by ``test``."""
-    rows = []
+@dataclass(frozen=True)
+class PairEstimate:
+    """The hazard ratio from the informative pairs: with one relapse first per pair, the
+    chance that it falls in the after-window is HR / (1 + HR), so the binomial's proportion
+    maps to the hazard ratio as p / (1 - p)."""
+
+    median_unbiased: float
+    ci_low: float
+    ci_high: float
+    conditional_mle: float  # a / b: 0 or infinite when every pair goes one way
+
+
+def _odds(p: float) -> float:
+    return float("inf") if p >= 1.0 else p / (1.0 - p)
+
+
+def exact_conditional_estimate(order: PairOrder, level: float = 0.95) -> PairEstimate:
+    """Median-unbiased hazard ratio (Hirji, Tsiatis & Mehta 1989: the p at which both
+    one-sided exact p-values are equal; at 0 or all of the pairs, the p at which the
+    observed extreme has probability 1/2) and the Clopper-Pearson interval, both mapped
+    from the binomial proportion of pairs relapsing first after infusion."""
+    m, k = order.informative, order.after_first
+    if m == 0:
+        return PairEstimate(*[float("nan")] * 4)
+    if k == 0:
+        p_mue = 1.0 - 0.5 ** (1.0 / m)
+    elif k == m:
+        p_mue = 0.5 ** (1.0 / m)
+    else:
+        p_mue = optimize.brentq(
+            lambda p: stats.binom.sf(k - 1, m, p) - stats.binom.cdf(k, m, p), 1e-12, 1 - 1e-12
+        )
+    alpha = 1.0 - level
+    low = 0.0 if k == 0 else float(stats.beta.ppf(alpha / 2, k, m - k + 1))
+    high = 1.0 if k == m else float(stats.beta.ppf(1 - alpha / 2, k + 1, m - k))
+    mle = float("inf") if k == m else k / (m - k)
+    return PairEstimate(_odds(p_mue), _odds(low), _odds(high), mle)
+
+
+def _stacked_cox_data(data: pd.DataFrame, strata: list[str] | None) -> CoxData:
+    return cox_data(
+        data[["after"]].to_numpy(float),
+        data.duration.to_numpy(float),
+        data.event.to_numpy(int),
+        data[strata[0]].to_numpy() if strata else None,
+        ties="efron",
+    )
+
+
+PRIMARY_TEST = {
+    "wald": "cox_wald",
+    "likelihood_ratio": "cox_likelihood_ratio",
+    "firth": "cox_firth",
+    "exact_conditional": "cox_exact_conditional",
+}
+MLE_MISSING = (
+    "monotone likelihood: the partial likelihood rises for ever as the hazard ratio goes to "
+    "{side}, so the maximum-likelihood estimate does not exist; no estimate, interval or Wald "
+    "p is given for it (an optimiser would stop at an arbitrary huge or tiny number, and a "
+    "Wald p there is near 1 whatever the data: Hauck-Donner)"
+)
+
+
+def _model_rows(
+    analysis: str, group: str, block: pd.DataFrame, strata: list[str] | None, plan: AnalysisPlan
+) -> list[dict]:
+    """The rows of one Cox model of one group: ordinary fit (Wald, likelihood ratio), Firth,
+    and for the stratified model the exact conditional analysis of the pairs."""
     measure = "hazard_ratio_after_vs_before"
-    for group, block in _groups(windows, plan):
-        data = stacked_windows(block)
-        for analysis, strata in ((COX_ANALYSES[0], None), (COX_ANALYSES[1], ["patient_id"])):
-            base = (
-                "Cox proportional hazards (lifelines CoxPHFitter, Efron ties), time to first "
-                "relapse in each 12-month window, censored at window end or last follow-up"
-                + ("; stratified by patient" if strata else "; windows unmatched")
-                + _shortened_note(block)
+    data = stacked_windows(block)
+    base = (
+        "Cox proportional hazards, Efron ties, time to first relapse in each 12-month "
+        "window, censored at window end or last follow-up"
+        + ("; stratified by patient" if strata else "; windows unmatched")
+        + _shortened_note(block)
+    )
+    row = partial(_row, analysis, group, measure, n=len(block))
+    if not data.event.any():  # no patient or no relapse in the group: nothing to estimate
+        return [
+            row(test="cox_wald", estimate_exists=False, method=f"{base}; not estimable: no relapse")
+        ]
+    design = _stacked_cox_data(data, strata)
+    direction = monotone_likelihood(design)
+    separated = direction is not None
+    flag = "monotone_likelihood" if separated else ""
+    rows = []
+    if separated:
+        note = MLE_MISSING.format(side="0" if direction[0] < 0 else "infinity")
+        sup = supremum_lr(design, direction)
+        rows += [
+            row(test="cox_wald", estimate_exists=False, flag=flag, method=f"{base}; {note}"),
+            row(
+                test="cox_likelihood_ratio",
+                statistic=sup,
+                p_value=float(stats.chi2.sf(sup, 1)),
+                estimate_exists=False,
+                flag=flag,
+                method=f"{base}; likelihood-ratio test against beta = 0 with the likelihood "
+                f"at its supremum (its limit as the estimate diverges); {note}",
+            ),
+        ]
+    else:
+        model = fit_cox(data, "duration", "event", ["after"], strata)
+        s = model.summary.loc["after"]
+        hr = {
+            "effect": float(s["exp(coef)"]),
+            "ci_low": float(s["exp(coef) lower 95%"]),
+            "ci_high": float(s["exp(coef) upper 95%"]),
+            "estimate_exists": True,
+        }
+        lr = model.log_likelihood_ratio_test()
+        rows += [
+            row(
+                statistic=float(s["z"]),
+                p_value=float(s["p"]),
+                test="cox_wald",
+                method=f"{base} (lifelines CoxPHFitter); Wald test (z); effect = hazard "
+                "ratio, Wald 95% CI",
+                **hr,
+            ),
+            row(
+                statistic=float(lr.test_statistic),
+                p_value=float(lr.p_value),
+                test="cox_likelihood_ratio",
+                method=f"{base} (lifelines CoxPHFitter); likelihood-ratio test (chi-squared, "
+                "1 df, against beta = 0); effect = hazard ratio, Wald 95% CI",
+                **hr,
+            ),
+        ]
+    firth = firth_coefficient(design)
+    rows.append(
+        row(
+            test="cox_firth",
+            effect=float(np.exp(firth.coef)),
+            ci_low=float(np.exp(firth.ci_low)),
+            ci_high=float(np.exp(firth.ci_high)),
+            statistic=firth.lr_statistic,
+            p_value=firth.p_value,
+            estimate_exists=firth.converged,
+            flag=flag,
+            method=f"{base}; Firth's penalised partial likelihood (Heinze & Schemper 2001, "
+            "as R's coxphf); effect = penalised estimate of the hazard ratio, profile "
+            "penalised-likelihood 95% CI; p = penalised likelihood-ratio test (chi-squared, "
+            "1 df); statistic = its chi-squared"
+            + ("" if firth.converged else "; WARNING: the penalised fit did not converge"),
+        )
+    )
+    if strata:
+        order = pair_order(block)
+        est = exact_conditional_estimate(order)
+        mle = "infinite" if np.isinf(est.conditional_mle) else f"{est.conditional_mle:.4g}"
+        rows.append(
+            row(
+                test="cox_exact_conditional",
+                statistic=float(order.after_first),
+                p_value=exact_conditional_pairs(order),
+                effect=est.median_unbiased,
+                ci_low=est.ci_low,
+                ci_high=est.ci_high,
+                estimate_exists=bool(np.isfinite(est.median_unbiased)),
+                flag=flag,
+                method=f"{base}; exact conditional analysis: of {order.informative} "
+                f"informative pairs, {order.after_first} relapsed first after infusion, "
+                f"{order.before_first} before (binomial, 1/2, two-sided); {order.tied} "
+                "pair(s) tied on the day left out; statistic = pairs relapsing first after; "
+                "effect = median-unbiased hazard ratio p/(1-p) of the binomial proportion, "
+                f"Clopper-Pearson 95% CI; conditional MLE a/b = {mle}",
             )
-            try:
-                model = fit_cox(data, "duration", "event", ["after"], strata)
-            except Exception as exc:  # e.g. no events in a group: say so in the row
-                rows.append(
-                    _row(
-                        analysis,
-                        group,
-                        measure,
-                        n=len(block),
-                        test="cox_wald",
-                        method=f"{base}; not estimable ({exc})",
-                    )
-                )
-                continue
-            s = model.summary.loc["after"]
-            hr = {
-                "effect": float(s["exp(coef)"]),
-                "ci_low": float(s["exp(coef) lower 95%"]),
-                "ci_high": float(s["exp(coef) upper 95%"]),
-            }
-            lr = model.log_likelihood_ratio_test()
-            # The tests of one fit share its hazard ratio: a row each, told apart by ``test``.
-            cox_row = partial(_row, analysis, group, measure, n=len(block), **hr)
-            rows += [
-                cox_row(
-                    statistic=float(s["z"]),
-                    p_value=float(s["p"]),
-                    test="cox_wald",
-                    method=f"{base}; Wald test (z); effect = hazard ratio, Wald 95% CI",
-                ),
-                cox_row(
-                    statistic=float(lr.test_statistic),
-                    p_value=float(lr.p_value),
-                    test="cox_likelihood_ratio",
-                    method=f"{base}; likelihood-ratio test (chi-squared, 1 df, against beta = 0)",
-                ),
-            ]
-            if strata:
-                order = pair_order(block)
-                rows.append(
-                    cox_row(
-                        statistic=float(order.after_first),
-                        p_value=exact_conditional_pairs(order),
-                        test="cox_exact_conditional",
-                        method=f"{base}; exact conditional test: of {order.informative} "
-                        f"informative pairs, {order.after_first} relapsed first after infusion, "
-                        f"{order.before_first} before (binomial, 1/2, two-sided); "
-                        f"{order.tied} pair(s) tied on the day left out; statistic = pairs "
-                        "relapsing first after",
-                    )
-                )
+        )
+    choice = plan.primary_p.cox_stratified if strata else plan.primary_p.cox_unmatched
+    primary = PRIMARY_TEST[choice]
+    if separated and choice in ("wald", "likelihood_ratio"):
+        primary = "cox_firth"
+    for r in rows:
+        r["primary"] = r["test"] == primary
+        if r["primary"] and primary != PRIMARY_TEST[choice]:
+            r["method"] += (
+                f"; primary p: the plan's {choice} falls to Firth's penalised likelihood-"
+                "ratio test because the ordinary estimate does not exist"
+            )
+    return rows
+
+
+def relapse_free_cox(windows: pd.DataFrame, plan: AnalysisPlan) -> pd.DataFrame:
+    """Hazard of first relapse after vs before infusion, unmatched and stratified by patient
+    (each patient's two windows a matched pair). Per model: the ordinary fit (Wald and
+    likelihood-ratio rows; no numbers where its estimate does not exist), Firth's penalised
+    fit, and for the stratified model the exact conditional analysis of the pairs. One row
+    per test, told apart by ``test``; ``primary`` marks the plan's primary p."""
+    rows = []
+    for group, block in _groups(windows, plan):
+        for analysis, strata in ((COX_ANALYSES[0], None), (COX_ANALYSES[1], ["patient_id"])):
+            rows += _model_rows(analysis, group, block, strata, plan)
     return pd.DataFrame(rows, columns=STATISTICS_COLUMNS)
 
 
@@ -265,11 +399,65 @@ def _on_drug(text_column: pd.Series, drug: str) -> np.ndarray:
     return text_column.fillna("").str.split(";").apply(lambda s: drug in s).to_numpy(bool)
 
 
+def _fisher_row(
+    group: str, drug: str, on_bl: np.ndarray, on_12: np.ndarray, change: float, plan: AnalysisPlan
+) -> dict:
+    """Fisher's exact test of one drug, with the conditional maximum-likelihood odds ratio
+    and its exact conditional 95% interval (as R's fisher.test reports them)."""
+    n = len(on_bl)
+    table = [
+        [int(on_bl.sum()), n - int(on_bl.sum())],
+        [int(on_12.sum()), n - int(on_12.sum())],
+    ]
+    sample_or, p = stats.fisher_exact(table)
+    zero_cell = min(min(r) for r in table) == 0
+    estimable = all(sum(r) > 0 for r in table) and all(sum(c) > 0 for c in zip(*table, strict=True))
+    if estimable:
+        conditional = stats.contingency.odds_ratio(table, kind="conditional")
+        odds = float(conditional.statistic)
+        low, high = (float(v) for v in conditional.confidence_interval(0.95))
+    else:  # a whole row or column empty: no odds ratio at all
+        odds = low = high = float("nan")
+    if not estimable:
+        note = (
+            "; a whole row or column of the table is empty (every patient on, or every "
+            "patient off, the drug at both dates): no odds ratio is defined"
+        )
+    elif zero_cell:
+        note = (
+            "; a zero cell: the odds ratio's maximum-likelihood estimate is 0 or infinite (it "
+            "does not exist as a finite number); the exact conditional interval still bounds it"
+        )
+    else:
+        note = ""
+    return _row(
+        "drug_use_fisher",
+        group,
+        drug,
+        n=n,
+        statistic=float(sample_or),
+        p_value=float(p),
+        test="fisher_exact",
+        effect=odds,
+        ci_low=low,
+        ci_high=high,
+        estimate_exists=bool(np.isfinite(odds) and 0 < odds),
+        flag="zero_cell" if zero_cell else "",
+        primary=plan.primary_p.drug_use == "fisher",
+        method="Fisher's exact test, two-sided (scipy), table [[on, off] at baseline, [on, "
+        f"off] at +12 months] = {table}, the two dates taken as independent groups; effect = "
+        "conditional maximum-likelihood odds ratio (on the drug, baseline vs +12 months) "
+        "with its exact conditional 95% CI (as R's fisher.test); statistic = sample odds "
+        f"ratio; change in the share of patients on the drug {change:+.3g}; patients followed "
+        "to +12 months" + note,
+    )
+
+
 def drug_use(windows: pd.DataFrame, plan: AnalysisPlan) -> pd.DataFrame:
     """Per drug: patients on it at baseline vs at +12 months, among patients followed to +12
     months. Fisher's exact test (the trial's report; treats the two dates as independent
-    groups) and the exact McNemar test (the paired test: the same patients at both dates),
-    as the plan lists them."""
+    groups; effect = the conditional odds ratio) and the exact McNemar test (the paired test:
+    the same patients at both dates), as the plan lists them."""
     rows = []
     followed = windows[windows.drugs_12m.notna()]
     drugs = sorted(
@@ -282,27 +470,7 @@ def drug_use(windows: pd.DataFrame, plan: AnalysisPlan) -> pd.DataFrame:
             on_bl, on_12 = _on_drug(block.drugs_baseline, drug), _on_drug(block.drugs_12m, drug)
             change = (on_12.sum() - on_bl.sum()) / n if n else np.nan
             if "drug_use_fisher" in plan.clinical:
-                table = [
-                    [int(on_bl.sum()), n - int(on_bl.sum())],
-                    [int(on_12.sum()), n - int(on_12.sum())],
-                ]
-                odds, p = stats.fisher_exact(table)
-                rows.append(
-                    _row(
-                        "drug_use_fisher",
-                        group,
-                        drug,
-                        n=n,
-                        statistic=float(odds),
-                        p_value=float(p),
-                        test="fisher_exact",
-                        effect=change,
-                        method="Fisher's exact test, two-sided (scipy), table [[on, off] at "
-                        f"baseline, [on, off] at +12 months] = {table}, the two dates taken as "
-                        "independent groups; statistic = sample odds ratio; effect = change "
-                        "in the share of patients on the drug; patients followed to +12 months",
-                    )
-                )
+                rows.append(_fisher_row(group, drug, on_bl, on_12, change, plan))
             if "drug_use_mcnemar" in plan.clinical:
                 stopped, started, p = mcnemar_exact(on_bl, on_12)
                 rows.append(
@@ -315,6 +483,7 @@ def drug_use(windows: pd.DataFrame, plan: AnalysisPlan) -> pd.DataFrame:
                         p_value=p,
                         test="mcnemar_exact",
                         effect=change,
+                        primary=plan.primary_p.drug_use == "mcnemar",
                         method=f"exact McNemar test, two-sided (binomial on the discordant "
                         f"pairs): {stopped} stopped, {started} started between baseline and "
                         "+12 months; statistic = the smaller count; effect = change in the "
@@ -392,6 +561,7 @@ def kaplan_meier_medians(curves: dict[tuple[str, str], KaplanMeierFitter]) -> pd
                 effect=float(km.median_survival_time_),
                 test="kaplan_meier",
                 family="not tested",
+                estimate_exists=True,  # inf is an answer here: fewer than half relapsed
                 method="Kaplan-Meier median time to first relapse in the 12-month window "
                 f"{window} infusion (days; inf = not reached: fewer than half relapsed)",
             )

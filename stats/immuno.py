@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from stats.plan import AnalysisPlan
@@ -62,6 +63,9 @@ def wilcoxon_vs_baseline(
                             "effect": res.effect,
                             "ci_low": float("nan"),
                             "ci_high": float("nan"),
+                            "estimate_exists": bool(np.isfinite(res.effect)),
+                            "flag": res.flag,
+                            "primary": True,
                             "method": f"{res.method}; effect = median({visit} - {baseline})",
                         }
                     )

@@ -46,6 +46,22 @@ class SignedRankSpec(BaseModel):
         return SignedRankRule(self.exact_below, self.enumerate_up_to, self.zero_method)
 
 
+class PrimaryPSpec(BaseModel):
+    """Which p-value of each model is the primary one (statistics.csv ``primary``).
+
+    For a Cox model whose ordinary maximum-likelihood estimate does not exist (monotone
+    likelihood), 'wald' and 'likelihood_ratio' fall to Firth's penalised likelihood-ratio
+    test, and the row says so: a Wald p at a diverging estimate is meaningless."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cox_unmatched: Literal["likelihood_ratio", "wald", "firth"] = "likelihood_ratio"
+    cox_stratified: Literal["exact_conditional", "likelihood_ratio", "wald", "firth"] = (
+        "exact_conditional"
+    )
+    drug_use: Literal["mcnemar", "fisher"] = "mcnemar"
+
+
 class Figure4Part(BaseModel):
     """One part of the paper's Figure 4: populations of one panel, in one measure."""
 
@@ -101,6 +117,7 @@ class AnalysisPlan(BaseModel):
     # The Benjamini-Hochberg family of a visit-vs-baseline test: the tests sharing these keys.
     family: list[FamilyKey] = Field(default_factory=lambda: ["group", "panel", "measure"])
     signed_rank: SignedRankSpec = Field(default_factory=SignedRankSpec)
+    primary_p: PrimaryPSpec = Field(default_factory=PrimaryPSpec)
     clinical: list[ClinicalAnalysis] = Field(
         default_factory=lambda: [
             "relapses_before_after",
@@ -160,4 +177,26 @@ class AnalysisPlan(BaseModel):
             f"and tie correction. Zero differences: {rule.zero_method} "
             f"({'dropped' if rule.zero_method == 'wilcox' else 'ranked, then dropped'}).",
             "Clinical analyses: " + ", ".join(self.clinical) + ".",
+            "Cox models (after vs before infusion, Efron ties): whether the ordinary maximum-"
+            "likelihood estimate exists is checked first (a linear programme finds any "
+            "direction in which the partial likelihood rises for ever: monotone likelihood). "
+            "Where it does not exist, no estimate, interval or Wald p is given for it. Every "
+            "model also gets Firth's penalised estimate (Heinze & Schemper 2001, as R's "
+            "coxphf) with its profile penalised-likelihood 95% interval and penalised "
+            "likelihood-ratio p; the stratified model gets the exact conditional analysis of "
+            "the informative pairs (binomial, 1/2): median-unbiased hazard ratio, Clopper-"
+            "Pearson 95% interval, two-sided exact p.",
+            f"Primary p: unmatched Cox {self.primary_p.cox_unmatched}; stratified Cox "
+            f"{self.primary_p.cox_stratified}"
+            + (
+                " (where the ordinary estimate does not exist: Firth's penalised "
+                "likelihood-ratio test)"
+                if {"wald", "likelihood_ratio"}
+                & {self.primary_p.cox_unmatched, self.primary_p.cox_stratified}
+                else ""
+            )
+            + f"; drug use {self.primary_p.drug_use}; each signed-rank test its own p. Odds "
+            "ratios (Fisher) are conditional maximum-likelihood estimates with exact "
+            "conditional 95% intervals (as R's fisher.test); with a zero cell the estimate is "
+            "0 or infinite and the row is flagged.",
         ]

@@ -23,6 +23,11 @@ STATISTICS_COLUMNS = [
     "effect",
     "ci_low",
     "ci_high",
+    # Whether ``effect`` is an estimate that exists: False where the model's maximum-likelihood
+    # estimate does not (monotone likelihood, a zero cell) and no finite number is given.
+    "estimate_exists",
+    "flag",  # what in the data limits the model: monotone_likelihood, zero_cell, all_one_sign
+    "primary",  # the row whose p the analysis plan names primary for its analysis and group
     "method",
 ]
 
@@ -35,6 +40,9 @@ class PairedResult:
     effect: float  # median of (after - before)
     method: str
     test: str = ""  # which test ran: signed_rank_exact, signed_rank_permutation, ...
+    # all_one_sign: every non-zero difference has one sign, so p is the smallest the test
+    # can give with this many pairs (the effect still exists: a median difference).
+    flag: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,9 +104,12 @@ def paired_wilcoxon(
     else:
         p = _normal_p(ranks, v_plus)
         test, kind = "signed_rank_normal_cc", "normal approximation, continuity and tie corrected"
+    one_sign = bool(np.all(signs > 0) or np.all(signs < 0))
+    if one_sign:
+        notes.append(f"all {m} non-zero differences of one sign: p is the smallest possible")
     detail = f" ({'; '.join(notes)})" if notes else ""
     method = f"Wilcoxon signed-rank, two-sided, {kind}{detail}"
-    return PairedResult(n, statistic, p, effect, method, test)
+    return PairedResult(n, statistic, p, effect, method, test, "all_one_sign" if one_sign else "")
 
 
 def _permutation_p(ranks: np.ndarray, v_plus: float) -> float:
