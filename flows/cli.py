@@ -334,13 +334,20 @@ def _cmd_users_add(args: argparse.Namespace) -> int:
 
 def _cmd_process(args: argparse.Namespace) -> int:
     from panels.errors import readable_file
+    from panels.resolve import PanelError, load_panel
 
     readable_file(args.file)  # before the gating stack (~1 s of imports) is loaded
+    try:
+        panel = load_panel(args.panel)
+    except PanelError:
+        # A study's panel token (BCELL, TREG) names the built-in panel of the same name: the
+        # token a lab reads in its file names works here too.
+        if args.panel.lower() == args.panel:
+            raise
+        panel = load_panel(args.panel.lower())
     from gating.apply import gate_file, load_panel_strategy
     from panels.fcs import FcsReadError
-    from panels.resolve import load_panel
 
-    panel = load_panel(args.panel)
     # A panel file's strategy (YAML or .wsp) may be named relative to the panel file.
     strategy = load_panel_strategy(panel, Path(panel.source).parent)
     try:
