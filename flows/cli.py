@@ -38,7 +38,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 @contextmanager
-def _ready_for_passes(workers: int | None, dask_address: str | None) -> Iterator[None]:
+def _ready_for_passes(
+    workers: int | None, dask_address: str | None, study_root: Path
+) -> Iterator[None]:
     """Worker processes loaded, Prefect's API up and the flow imported, all three started in
     parallel; the workers stay open for the passes run inside the block.
 
@@ -60,7 +62,7 @@ def _ready_for_passes(workers: int | None, dask_address: str | None) -> Iterator
     with sample_worker_pool(local_workers(workers, dask_address)):
         from flows.prefect_api import prefect_api_running, prefect_api_starting
 
-        with prefect_api_running():
+        with prefect_api_running(study_root):
             with prefect_api_starting():
                 import flows.nightly  # noqa: F401
             yield
@@ -71,7 +73,9 @@ def _check_study(root: Path, wait: bool = True) -> None:
     their strategies must load, and with ``wait`` False no other pass may hold the study (each
     problem is one line, exit code 2)."""
     from cohort.study import Study
+    from flows.prefect_api import retention
 
+    retention()  # a bad IMMUNOMON_PREFECT_RETENTION_DAYS is a mistake like the others
     study = Study(root)
     study.strategies  # noqa: B018 (loading is the check)
     study.inbox_files()
@@ -85,20 +89,20 @@ def _run(
 ) -> int:
     started = time.perf_counter()
     _check_study(root, wait)
-    with _ready_for_passes(workers, dask_address):
+    with _ready_for_passes(workers, dask_address, root):
         from flows.nightly import run_study
 
         summary = run_study(root, workers, dask_address=dask_address, wait=wait)
-    before = f" (+{summary.still_quarantined} as before)" if summary.still_quarantined else ""
     print(
         f"run {summary.run_id}: {summary.seen} files seen, {summary.processed} processed, "
-        f"{summary.unchanged} unchanged, {summary.quarantined} quarantined{before}, "
-        f"{summary.failed} failed in {time.perf_counter() - started:.1f} s"
+        f"{summary.unchanged} unchanged, {summary.quarantined_total} quarantined "
+        f"({summary.quarantined} new), {summary.failed} failed in "
+        f"{time.perf_counter() - started:.1f} s"
     )
-    if summary.quarantined or summary.still_quarantined:
+    if summary.quarantined_total:
         print(f"  reasons: {root / 'quarantine'}/*.reason.txt")
     if summary.cohort_error:  # bad clinical input: the user's to fix
-        print(f"cohort step stopped: {summary.cohort_error}", file=sys.stderr)
+        print(f"incomplete: {summary.outputs}", file=sys.stderr)
         return 2
     if summary.failed:
         print(
@@ -119,7 +123,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     _check_study(root)
     mode = "polling" if args.polling else "inotify"
     # Ready before the first file lands, so a drop costs only its own work.
-    with _ready_for_passes(args.workers, args.dask):
+    with _ready_for_passes(args.workers, args.dask, root):
         from flows.nightly import run_study
         from flows.watch import watch_inbox
 
@@ -127,7 +131,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
             summary = run_study(root, args.workers, hold, dask_address=args.dask)
             print(
                 f"run {summary.run_id}: {summary.processed} processed, "
-                f"{summary.quarantined} quarantined, {summary.failed} failed; "
+                f"{summary.quarantined_total} quarantined ({summary.quarantined} new), "
+                f"{summary.failed} failed; "
                 f"still copying: {len(hold)}",
                 flush=True,
             )
@@ -152,7 +157,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from flows.serve import serve_study
 
     _check_study(Path(args.study))
-    with prefect_api_running():
+    with prefect_api_running(args.study):
         serve_study(args.study, args.workers, args.dask)
     return 0
 
@@ -160,7 +165,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from cohort.store import Store
     from cohort.study import Study
-    from reports.outputs import update_outputs, write_qc_report_from_store
+    from flows.outcome import cohort_outputs
+    from reports.outputs import write_qc_report_from_store, write_report, write_results
 
     study = Study(args.study)
     store = Store(study.db_path)
@@ -174,12 +180,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
             store.close()
         print(f"QC report written: {path}")
         return 0
-    error = update_outputs(study, store)
-    store.close()
+    try:
+        results, error = write_results(study, store)
+        if results is not None:
+            write_report(study, store, results)
+    finally:
+        store.close()
+    outputs = cohort_outputs(study, results, error)
     if error:
-        print(f"cohort step stopped: {error}", file=sys.stderr)
+        print(f"incomplete: {outputs}", file=sys.stderr)
         return 2
-    print(f"report written: {study.reports_dir / 'cohort_report.pdf'}")
+    print(outputs)
     return 0
 
 

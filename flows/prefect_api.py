@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextvars
+import datetime as dt
 import inspect
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,11 +16,16 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
+from pathlib import Path
 
 from flows.lifetime import die_with_parent
 from panels.errors import ImmunomonError
 
 STARTUP_TIMEOUT = 60.0  # seconds for a temporary server to answer
+# Prefect keeps a study's runs this long (the study's store and audit trail keep every pass
+# for good; Prefect's copy is the operations view). IMMUNOMON_PREFECT_RETENTION_DAYS changes it.
+RETENTION_DAYS = 30.0
+PREFECT_FOLDER = ".prefect"  # in the study folder: the temporary server's database
 _own_server: subprocess.Popen | None = None  # the temporary server of this command, if any
 
 
@@ -84,19 +91,95 @@ def prefect_api_starting() -> Iterator[None]:
 
 
 @contextmanager
-def prefect_api_running() -> Iterator[None]:
+def prefect_api_running(study_root: str | Path | None = None) -> Iterator[None]:
     """Prefect's API for the whole command: the server at PREFECT_API_URL, or else a temporary
-    local one started here (``temporary_prefect_server``)."""
+    local one started here (``temporary_prefect_server``), whose database is the study's own
+    (``STUDY/.prefect/prefect.db``) when ``study_root`` is given."""
     from prefect.settings import PREFECT_API_URL
 
     with ExitStack() as stack:
         if not PREFECT_API_URL.value():
-            stack.enter_context(temporary_prefect_server())
+            database = Path(study_root).resolve() / PREFECT_FOLDER if study_root else None
+            stack.enter_context(temporary_prefect_server(database))
         yield
 
 
+def retention() -> dt.timedelta:
+    """How long Prefect keeps a study's runs (``RETENTION_DAYS`` unless the environment's
+    IMMUNOMON_PREFECT_RETENTION_DAYS says otherwise)."""
+    days = os.environ.get("IMMUNOMON_PREFECT_RETENTION_DAYS", "")
+    try:
+        return dt.timedelta(days=float(days) if days else RETENTION_DAYS)
+    except ValueError:
+        raise PrefectApiError(
+            f"IMMUNOMON_PREFECT_RETENTION_DAYS={days!r}: give a number of days, e.g. 30"
+        ) from None
+
+
+def prune_study_runs(study_folder: str, keep: dt.timedelta, limit: int = 200) -> int:
+    """Delete the study's flow runs (named ``FOLDER-YYYY-MM-DD``) that ended more than ``keep``
+    ago, with their artifacts; their task runs and states go with them. Returns how many."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterEndTime,
+        FlowRunFilterName,
+    )
+
+    own = re.compile(rf"^{re.escape(study_folder)}-\d{{4}}-\d\d-\d\d$")
+    cutoff = dt.datetime.now(dt.UTC) - keep
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(like_=f"{study_folder}-"),
+                end_time=FlowRunFilterEndTime(before_=cutoff),
+            ),
+            limit=limit,
+        )
+        old = [run for run in runs if own.match(run.name)]
+        if old:
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[run.id for run in old])
+                )
+            )
+            for artifact in artifacts:
+                client.delete_artifact(artifact.id)
+        for run in old:
+            client.delete_flow_run(run.id)
+    return len(old)
+
+
+def compact_database(path: Path) -> None:
+    """After the temporary server stopped: drop the logs of deleted runs (Prefect's API has no
+    call for it) and give the freed pages back to the file system."""
+    import sqlite3
+
+    if not path.is_file():
+        return
+    try:
+        with sqlite3.connect(path, timeout=10) as db:
+            db.execute(
+                "DELETE FROM log WHERE flow_run_id IS NOT NULL "
+                "AND flow_run_id NOT IN (SELECT id FROM flow_run)"
+            )
+            free, pages = (db.execute(f"PRAGMA {p}").fetchone()[0] for p in FREE_AND_ALL)
+        db.close()
+        if free > pages / 4:  # a quarter of the file unused: worth rewriting it
+            with sqlite3.connect(path, timeout=10, isolation_level=None) as db:
+                db.execute("VACUUM")
+            db.close()
+    except sqlite3.Error:  # another Prefect version's schema, or busy: pruning runs did most
+        pass
+
+
+FREE_AND_ALL = ("freelist_count", "page_count")
+
+
 @contextmanager
-def temporary_prefect_server() -> Iterator[str]:
+def temporary_prefect_server(database: Path | None = None) -> Iterator[str]:
     """A temporary Prefect server for this command, owned by it; yields its API URL.
 
     Prefect would start one by itself, but as a plain child process: a command killed with -9
@@ -105,6 +188,9 @@ def temporary_prefect_server() -> Iterator[str]:
     its own session (a signal to the command's process group does not reach it), dies with the
     command's main thread (parent-death signal), and is stopped only after those services have
     sent what they hold.
+
+    With ``database`` (a folder) its SQLite database is ``database/prefect.db`` rather than
+    PREFECT_HOME's, so each study keeps its own runs (pruned, see ``prune_study_runs``).
     """
     import prefect
     from prefect.context import _temporary_global_settings_context, get_settings_context
@@ -120,6 +206,11 @@ def temporary_prefect_server() -> Iterator[str]:
         "PREFECT__SERVER_FINAL": "1",
         **get_current_settings().to_environment_variables(exclude_unset=True),
     }
+    if database is not None and "PREFECT_API_DATABASE_CONNECTION_URL" not in env:
+        database.mkdir(parents=True, exist_ok=True)
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = (
+            f"sqlite+aiosqlite:///{database / 'prefect.db'}"
+        )
     command = [
         sys.executable,
         "-m",
@@ -156,6 +247,8 @@ def temporary_prefect_server() -> Iterator[str]:
     finally:
         _own_server = None
         _stop(server)
+        if database is not None:
+            compact_database(database / "prefect.db")
 
 
 def _drain_prefect_services(timeout: float = 10.0) -> None:

@@ -187,13 +187,23 @@ def test_no_wait_names_the_pass_that_holds_the_study(tmp_path):
     ],
 )
 def test_only_io_errors_that_can_pass_are_retried(error, retried):
-    from flows.tasks import is_transient
+    from flows.tasks import process_with_retries
 
-    class FailedState:
-        def result(self):
-            raise error
+    waits: list[float] = []
+    calls: list[int] = []
 
-    assert is_transient(None, None, FailedState()) is retried
+    def flaky(*_args):
+        calls.append(1)
+        raise error
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("flows.tasks.process_sample_file_noting_warnings", flaky)
+        with pytest.raises(type(error)):
+            process_with_retries(
+                {"path": "x", "sha256": "", "name": None, "panel": None, "strategy": None},
+                sleep=waits.append,
+            )
+    assert (len(calls), waits) == ((4, [5.0, 30.0, 120.0]) if retried else (1, []))
 
 
 HOLDER = """
