@@ -57,15 +57,19 @@ def build_cohort(root: Path, scale: int, events: int, seed: int = 20261125) -> i
         with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
             replicate = Path(tmp) / "study"
             simulate_study(replicate, DemoOptions(events_per_file=events, seed=seed + k))
-            rename = lambda text: re.sub(r"(?<![A-Za-z0-9])P(\d\d)(?![0-9])", rf"P{k}\1", text)  # noqa: E731
             for path in (replicate / "inbox").iterdir():
-                path.rename(root / "inbox" / rename(path.name))
+                path.rename(root / "inbox" / _renamed(path.name, k))
             for table in (replicate / "clinical").glob("*.csv"):
                 with open(table, newline="") as source:
                     rows = list(csv.reader(source))
                 with open(root / "clinical" / table.name, "a", newline="") as target:
-                    csv.writer(target).writerows([[rename(v) for v in r] for r in rows[1:]])
+                    csv.writer(target).writerows([[_renamed(v, k) for v in r] for r in rows[1:]])
     return len(list((root / "inbox").iterdir()))
+
+
+def _renamed(text: str, replicate: int) -> str:
+    """P01 of replicate 3 is P301, in a file name or a CSV cell."""
+    return re.sub(r"(?<![A-Za-z0-9])P(\d\d)(?![0-9])", rf"P{replicate}\1", text)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -148,7 +152,7 @@ def _stage_bounds(stderr: str, day: dt.date, started: float, ended: float) -> li
     ]
 
 
-def measure_pass(study: Path, workers: int) -> PassMeasure:
+def measure_pass(study: Path, workers: int, log: Path | None = None) -> PassMeasure:
     """One ``immunomon run`` over ``study``, its process tree sampled every 0.2 s."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("PREFECT_API_URL", None)
@@ -187,6 +191,8 @@ def measure_pass(study: Path, workers: int) -> PassMeasure:
         err.seek(0)
         out.seek(0)
         stderr, stdout = err.read(), out.read()
+    if log is not None:
+        log.write_text(stderr)
     measure = PassMeasure(wall=ended - started, exit_code=process.returncode)
     measure.cpu_total_rusage = (after.children_user - before.children_user) + (
         after.children_system - before.children_system
@@ -260,11 +266,11 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copytree(template, study)
                 with open(study / "study.yaml", "a") as fh:
                     fh.write(f"qc_reports: {mode}\n")
-                first = measure_pass(study, args.workers)
+                first = measure_pass(study, args.workers, workdir / f"{study.name}-first.log")
                 print(_report(f"{scale}x, QC PDFs {mode}, first pass", files, first), flush=True)
                 row = {"scale": scale, "files": files, "qc_reports": mode, "first": first.__dict__}
                 if args.second_pass:
-                    second = measure_pass(study, args.workers)
+                    second = measure_pass(study, args.workers, workdir / f"{study.name}-second.log")
                     print(
                         _report(f"{scale}x, QC PDFs {mode}, second pass", files, second), flush=True
                     )

@@ -38,9 +38,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 @contextmanager
-def _ready_for_passes(
-    workers: int | None, dask_address: str | None, study_root: Path
-) -> Iterator[None]:
+def _ready_for_passes(workers: int | None, dask_address: str | None) -> Iterator[None]:
     """Worker processes loaded, Prefect's API up and the flow imported, all three started in
     parallel; the workers stay open for the passes run inside the block.
 
@@ -62,7 +60,7 @@ def _ready_for_passes(
     with sample_worker_pool(local_workers(workers, dask_address)):
         from flows.prefect_api import prefect_api_running, prefect_api_starting
 
-        with prefect_api_running(study_root):
+        with prefect_api_running():
             with prefect_api_starting():
                 import flows.nightly  # noqa: F401
             yield
@@ -89,7 +87,7 @@ def _run(
 ) -> int:
     started = time.perf_counter()
     _check_study(root, wait)
-    with _ready_for_passes(workers, dask_address, root):
+    with _ready_for_passes(workers, dask_address):
         from flows.nightly import run_study
 
         summary = run_study(root, workers, dask_address=dask_address, wait=wait)
@@ -123,7 +121,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     _check_study(root)
     mode = "polling" if args.polling else "inotify"
     # Ready before the first file lands, so a drop costs only its own work.
-    with _ready_for_passes(args.workers, args.dask, root):
+    with _ready_for_passes(args.workers, args.dask):
         from flows.nightly import run_study
         from flows.watch import watch_inbox
 
@@ -157,7 +155,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from flows.serve import serve_study
 
     _check_study(Path(args.study))
-    with prefect_api_running(args.study):
+    with prefect_api_running():
         serve_study(args.study, args.workers, args.dask)
     return 0
 

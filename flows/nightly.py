@@ -30,6 +30,22 @@ from flows.worker_pool import local_workers, open_worker_pool, sample_worker_poo
 from gating.pipeline import PIPELINE_VERSION
 from reports.outputs import software_version, write_report, write_results
 
+
+class _OurOutcomeIsNoEngineError(logging.Filter):
+    """A served run (``python -m prefect.engine``) re-raises a Failed state's exception and
+    logs it as 'Engine execution exited with unexpected exception' with a traceback. For a
+    PassIncomplete that is no crash: the run already logged the message at ERROR and ends
+    Failed with it, so an automation on ERROR logs fires once, on ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, PassIncomplete) and "unexpected exception" in record.msg)
+
+
+for _name in ("prefect.flow_runs", "prefect.engine"):
+    logging.getLogger(_name).addFilter(_OurOutcomeIsNoEngineError())
+
+
 # The flow's stages as Prefect tasks, so the UI shows each with its duration and state. They
 # take the study's objects (not hashable): no caching.
 intake_task = task(name="intake", cache_policy=NO_CACHE)(plan_intake)

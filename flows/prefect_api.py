@@ -21,11 +21,12 @@ from pathlib import Path
 from flows.lifetime import die_with_parent
 from panels.errors import ImmunomonError
 
-STARTUP_TIMEOUT = 60.0  # seconds for a temporary server to answer
+# Seconds for a temporary server to answer while it lives: creating a new database (Prefect's
+# migrations, once per PREFECT_HOME) took 79 s at load 15 on 2 cores; a start is ~5 s after.
+STARTUP_TIMEOUT = 300.0
 # Prefect keeps a study's runs this long (the study's store and audit trail keep every pass
 # for good; Prefect's copy is the operations view). IMMUNOMON_PREFECT_RETENTION_DAYS changes it.
 RETENTION_DAYS = 30.0
-PREFECT_FOLDER = ".prefect"  # in the study folder: the temporary server's database
 _own_server: subprocess.Popen | None = None  # the temporary server of this command, if any
 
 
@@ -91,16 +92,14 @@ def prefect_api_starting() -> Iterator[None]:
 
 
 @contextmanager
-def prefect_api_running(study_root: str | Path | None = None) -> Iterator[None]:
+def prefect_api_running() -> Iterator[None]:
     """Prefect's API for the whole command: the server at PREFECT_API_URL, or else a temporary
-    local one started here (``temporary_prefect_server``), whose database is the study's own
-    (``STUDY/.prefect/prefect.db``) when ``study_root`` is given."""
+    local one started here (``temporary_prefect_server``)."""
     from prefect.settings import PREFECT_API_URL
 
     with ExitStack() as stack:
         if not PREFECT_API_URL.value():
-            database = Path(study_root).resolve() / PREFECT_FOLDER if study_root else None
-            stack.enter_context(temporary_prefect_server(database))
+            stack.enter_context(temporary_prefect_server())
         yield
 
 
@@ -152,6 +151,15 @@ def prune_study_runs(study_folder: str, keep: dt.timedelta, limit: int = 200) ->
     return len(old)
 
 
+def sqlite_database() -> Path | None:
+    """The SQLite file behind a temporary server (PREFECT_HOME/prefect.db by default)."""
+    from prefect.settings import get_current_settings
+
+    url = str(get_current_settings().server.database.connection_url.get_secret_value())
+    prefix = "sqlite+aiosqlite:///"
+    return Path(url.removeprefix(prefix)) if url.startswith(prefix) else None
+
+
 def compact_database(path: Path) -> None:
     """After the temporary server stopped: drop the logs of deleted runs (Prefect's API has no
     call for it) and give the freed pages back to the file system."""
@@ -179,7 +187,7 @@ FREE_AND_ALL = ("freelist_count", "page_count")
 
 
 @contextmanager
-def temporary_prefect_server(database: Path | None = None) -> Iterator[str]:
+def temporary_prefect_server() -> Iterator[str]:
     """A temporary Prefect server for this command, owned by it; yields its API URL.
 
     Prefect would start one by itself, but as a plain child process: a command killed with -9
@@ -189,8 +197,8 @@ def temporary_prefect_server(database: Path | None = None) -> Iterator[str]:
     command's main thread (parent-death signal), and is stopped only after those services have
     sent what they hold.
 
-    With ``database`` (a folder) its SQLite database is ``database/prefect.db`` rather than
-    PREFECT_HOME's, so each study keeps its own runs (pruned, see ``prune_study_runs``).
+    Each pass prunes its study's old runs (``prune_study_runs``); when the server has stopped,
+    its database drops their logs and is compacted (``compact_database``).
     """
     import prefect
     from prefect.context import _temporary_global_settings_context, get_settings_context
@@ -206,11 +214,6 @@ def temporary_prefect_server(database: Path | None = None) -> Iterator[str]:
         "PREFECT__SERVER_FINAL": "1",
         **get_current_settings().to_environment_variables(exclude_unset=True),
     }
-    if database is not None and "PREFECT_API_DATABASE_CONNECTION_URL" not in env:
-        database.mkdir(parents=True, exist_ok=True)
-        env["PREFECT_API_DATABASE_CONNECTION_URL"] = (
-            f"sqlite+aiosqlite:///{database / 'prefect.db'}"
-        )
     command = [
         sys.executable,
         "-m",
@@ -247,8 +250,9 @@ def temporary_prefect_server(database: Path | None = None) -> Iterator[str]:
     finally:
         _own_server = None
         _stop(server)
+        database = sqlite_database()
         if database is not None:
-            compact_database(database / "prefect.db")
+            compact_database(database)
 
 
 def _drain_prefect_services(timeout: float = 10.0) -> None:
