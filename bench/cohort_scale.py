@@ -43,8 +43,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STAGES = ("start-up", "intake", "processing", "results and statistics", "cohort report", "stopping")
-# Prefect's task lines with -v: "10:27:39.493 | INFO    | Task run 'intake-3f2' - Finished ..."
-TASK_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d\d\d) \| \w+\s*\| Task run '(?P<task>.+?)-\w+' - ")
+# Prefect's lines with -v: "10:27:39.493 | INFO    | Task run 'intake-3f2' - Finished in ..."
+RUN_LINE = re.compile(
+    r"^(?P<clock>\d\d:\d\d:\d\d\.\d{3}) \| \w+\s*\| (?P<kind>Task|Flow) run "
+    r"'(?P<name>[^']+)' - (?P<what>Beginning|Finished)"
+)
 
 
 def build_cohort(root: Path, scale: int, events: int, seed: int = 20261125) -> int:
@@ -125,31 +128,28 @@ class PassMeasure:
 
 
 def _stage_bounds(stderr: str, day: dt.date, started: float, ended: float) -> list[tuple]:
-    """(stage, start, end) in epoch seconds, from the first and last line of each task."""
-    first: dict[str, float] = {}
-    last: dict[str, float] = {}
+    """(stage, start, end) in epoch seconds. Prefect logs when a run begins and when each task
+    finishes: start-up lasts until the flow run begins, and each stage until its task (for
+    processing, the last batch) finished."""
+    finished: dict[str, float] = {}
+    begun = None
     for line in stderr.splitlines():
-        match = TASK_LINE.match(line)
+        match = RUN_LINE.match(line)
         if not match:
             continue
-        clock = dt.datetime.combine(day, dt.time.fromisoformat(match.group(1))).astimezone()
-        when = clock.timestamp()
-        name = match.group("task")
-        stage = "processing" if name.startswith("process ") else name
-        first.setdefault(stage, when)
-        last[stage] = when
-    marks = [
-        ("start-up", started),
-        ("intake", first.get("intake", started)),
-        ("processing", last.get("intake", started)),
-        ("results and statistics", first.get("results and statistics", ended)),
-        ("cohort report", first.get("cohort report", last.get("results and statistics", ended))),
-        ("stopping", last.get("cohort report", last.get("results and statistics", ended))),
-    ]
-    return [
-        (name, start, marks[i + 1][1] if i + 1 < len(marks) else ended)
-        for i, (name, start) in enumerate(marks)
-    ]
+        clock = dt.datetime.combine(day, dt.time.fromisoformat(match.group("clock")))
+        when = clock.astimezone().timestamp()
+        if match.group("kind") == "Flow" and match.group("what") == "Beginning":
+            begun = begun or when
+        elif match.group("kind") == "Task" and match.group("what") == "Finished":
+            name = re.sub(r"-[0-9a-f]{3}$", "", match.group("name"))
+            finished["processing" if name.startswith("process ") else name] = when
+    ends = [begun or started]
+    for stage in STAGES[1:-1]:
+        ends.append(max(finished.get(stage, ends[-1]), ends[-1]))
+    ends.append(ended)
+    starts = [started, *ends[:-1]]
+    return list(zip(STAGES, starts, ends, strict=True))
 
 
 def measure_pass(study: Path, workers: int, log: Path | None = None) -> PassMeasure:
@@ -182,7 +182,8 @@ def measure_pass(study: Path, workers: int, log: Path | None = None) -> PassMeas
                 cpu = _cpu_seconds(pid)
                 if cpu is not None:
                     snapshot[pid] = cpu
-                    kind_of.setdefault(pid, _kind(pid, process.pid))
+                    if kind_of.get(pid, "other") == "other":  # a child seen before its exec
+                        kind_of[pid] = _kind(pid, process.pid)
             samples.append((now, snapshot))
             last_cpu.update(snapshot)
             time.sleep(0.2)

@@ -636,3 +636,37 @@ def test_prefect_keeps_a_study_runs_for_the_retention_period_only(tmp_path, pref
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT m FROM log ORDER BY m").fetchall() == [("a",), ("c",)]
     db.close()
+
+
+def test_batches_keep_tasks_few_and_workers_busy():
+    """Prefect's cost is per task: the demo's 185 files are 8 tasks on 2 workers and 1,850
+    are 47 (not 1,850), in file order, every file in exactly one batch; a single file (the
+    watcher's usual drop) is one task."""
+    from flows.tasks import BATCH_FILES, sample_batches
+
+    for files, workers, tasks in ((185, 2, 8), (1850, 2, 47), (1, 2, 1), (12, 1, 4)):
+        batches = sample_batches(list(range(files)), workers)
+        assert len(batches) == tasks, (files, workers, len(batches))
+        assert [i for b in batches for i in b] == list(range(files))
+        assert max(map(len, batches)) <= BATCH_FILES
+    assert sample_batches([], 2) == []
+
+
+def test_cohort_scale_bench_builds_replicates_of_the_demo(tmp_path):
+    """bench/cohort_scale.py's 2x cohort: twice the demo's files, the second replicate's
+    patients renamed in file names and every clinical table, so intake and the clinical
+    checks accept it as one study of 32 patients."""
+    import pandas as pd
+
+    from bench.cohort_scale import build_cohort
+    from cohort.clinical import load_clinical_parts
+
+    one = build_cohort(tmp_path / "x1", 1, events=300)
+    two = build_cohort(tmp_path / "x2", 2, events=300)
+    assert two == 2 * one
+    names = {p.name for p in (tmp_path / "x2" / "inbox").iterdir()}
+    assert {"P01_BL_BCELL.fcs", "P101_BL_BCELL.fcs", "P116_M12_TREG.fcs"} <= names
+    patients = pd.read_csv(tmp_path / "x2" / "clinical" / "patients.csv")
+    assert len(patients) == 32 and patients.patient_id.is_unique
+    loaded = load_clinical_parts(tmp_path / "x2" / "clinical")
+    assert loaded.broken == {}, loaded.broken
