@@ -1,4 +1,4 @@
-"""The nightly flow: intake, one task per new sample file, then results, statistics, report."""
+"""The nightly flow: intake, new sample files in batches of tasks, results, statistics, report."""
 
 from __future__ import annotations
 
