@@ -348,12 +348,13 @@ def _cmd_process(args: argparse.Namespace) -> int:
     readable_file(args.file)  # before the gating stack (~1 s of imports) is loaded
     try:
         panel = load_panel(args.panel)
-    except PanelError:
+    except PanelError as as_given:
         # A study's panel token (BCELL, TREG) names the built-in panel of the same name: the
         # token a lab reads in its file names works here too.
-        if args.panel.lower() == args.panel:
-            raise
-        panel = load_panel(args.panel.lower())
+        try:
+            panel = load_panel(args.panel.lower())
+        except PanelError:
+            raise as_given from None
     from gating.apply import gate_file, load_panel_strategy
     from panels.fcs import FcsReadError
 

@@ -249,3 +249,21 @@ def test_a_hung_pass_is_stopped_and_its_lock_taken_over(tmp_path):
     with Study(root).exclusive(waiting=told.append):
         assert alive.wait(timeout=1) == 0  # it finished on its own
     assert told and all("waiting for the pass started" in m for m in told), told
+
+
+def test_process_takes_the_study_panel_token(tmp_path, capsys):
+    """`process FILE --panel BCELL` (the token in the study's file names) gates with the
+    built-in bcell panel, as `--panel bcell` does; an unknown token is still one line."""
+    import json
+
+    from flows.cli import main
+    from tests.conftest import write_simulated
+
+    path, _ = write_simulated(tmp_path / "P01_BL_BCELL.fcs", "BCELL", n_events=3000)
+    outputs = []
+    for token in ("BCELL", "bcell"):
+        assert main(["process", str(path), "--panel", token, "--json"]) == 0
+        outputs.append(json.loads(capsys.readouterr().out)["populations"])
+    assert outputs[0] == outputs[1] and outputs[0]
+    assert main(["process", str(path), "--panel", "NKCELL"]) == 2
+    assert "panel 'NKCELL'" in capsys.readouterr().err
