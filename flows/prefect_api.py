@@ -240,6 +240,7 @@ def temporary_prefect_server() -> Iterator[str]:
     url = f"http://127.0.0.1:{port}/api"
     global _own_server
     _own_server = server
+    finished = False  # compact only after a command that ended normally, never while stopping
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             with _temporary_global_settings_context(get_settings_context()):
@@ -247,10 +248,11 @@ def temporary_prefect_server() -> Iterator[str]:
                     yield url
                 finally:
                     _drain_prefect_services()
+        finished = True
     finally:
         _own_server = None
         _stop(server)
-        database = sqlite_database()
+        database = sqlite_database() if finished else None
         if database is not None:
             compact_database(database)
 
