@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cohort.identifiers import hidden_character
 from panels.errors import ImmunomonError
 from stats.plan import DEFAULT_PATIENT_GROUPS
 
@@ -69,6 +70,12 @@ def _read(folder: Path, name: str) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ClinicalDataError(f"{path}: not a readable CSV ({exc})") from None
     frame.columns = [c.strip() for c in frame.columns]
+    for column in frame.columns:
+        if hidden := hidden_character(column):
+            raise ClinicalDataError(
+                f"{path}, line 1: the column name {column!r} contains an invisible or control "
+                f"character ({hidden}): retype it"
+            )
     missing = [c for c in REQUIRED[name] if c not in frame.columns]
     if missing:
         raise ClinicalDataError(
@@ -77,6 +84,18 @@ def _read(folder: Path, name: str) -> pd.DataFrame:
         )
     for column in frame.columns:
         frame[column] = frame[column].str.strip()
+    for column in REQUIRED[name]:
+        # 'P01' + a zero-width space looks exactly like P01 and is another patient.
+        hidden = frame[column].map(hidden_character)
+        _refuse_first(
+            hidden != "",
+            path,
+            column,
+            lambda row, column=column, hidden=hidden: (
+                f"{frame[column].iloc[row]!r} contains an invisible, control or bidirectional "
+                f"character ({hidden.iloc[row]}), so it can look like another value: retype it"
+            ),
+        )
     for column in DATE_COLUMNS[name]:
         parsed = pd.to_datetime(frame[column], format="%Y-%m-%d", errors="coerce")
         bad = parsed.isna() & (frame[column] != "")

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from cohort.clinical import ClinicalData
+from cohort.spreadsheet import safe_frame
 from cohort.store import Store
 from cohort.study import Study
 from gating.records import NEEDS_REVIEW
@@ -143,7 +144,9 @@ def _about(flag: str, population: str) -> bool:
 
 
 def write_csv(frame: pd.DataFrame, path) -> None:
-    """Write a table atomically with fixed float formatting, so reruns are byte-identical."""
+    """Write a table atomically with fixed float formatting, so reruns are byte-identical;
+    text a spreadsheet would run as a formula (a patient id ``=HYPERLINK(...)``) is written
+    with a leading apostrophe."""
     tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False, float_format="%.12g")
+    safe_frame(frame).to_csv(tmp, index=False, float_format="%.12g")
     tmp.replace(path)

@@ -3,7 +3,12 @@ actions a lab scientist takes on it (adjust a threshold, approve, exclude, undo)
 
 The trail is the only record: a sample's state is what its entries, in order, leave once the
 undone ones are set aside. An override is tied to the strategy it was made under; when that
-strategy changes, the override is not applied and the sample goes back to review."""
+strategy changes, the override is not applied and the sample goes back to review.
+
+Approvals and exclusions are signatures. An action that changes one (an undo of it, an
+adjustment made after it) must be signed too and names the entry it supersedes; an excluded
+sample stays excluded until a signed decision (an approval, or the exclusion's signed undo)
+says otherwise: adjusting it re-gates it but leaves it out of the statistics."""
 
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ class ReviewStatus:
     decided_by: str = ""
     decided_at: str = ""
     reason: str = ""
+    decision_seq: int = 0  # the approval or exclusion in force (0: none)
     note: str = ""  # e.g. an override from an earlier strategy, not applied
 
     def applied_overrides(self, strategy_sha256: str) -> dict[str, float]:
@@ -91,7 +97,9 @@ def review_states(
         current = (strategy_of or {}).get(sample_id)
         stale = [o for o in state.overrides.values() if current and o.strategy_sha256 != current]
         made = decision.get(sample_id)
-        if stale:
+        if made is not None and made.action == "exclude":
+            state.status = "excluded"  # until a signed decision says otherwise
+        elif stale:
             names = ", ".join(o.threshold for o in stale)
             state.status = "to_review"
             state.note = (
@@ -99,9 +107,11 @@ def review_states(
                 f"the strategy changed, so it is not applied: look again"
             )
         elif made is not None and made.seq > last_override.get(sample_id, 0):
-            state.status = "approved" if made.action == "approve" else "excluded"
+            state.status = "approved"
         elif state.overrides:
             state.status = "overridden"
+        if state.status in ("approved", "excluded"):
+            state.decision_seq = made.seq
         if made is not None:
             state.decided_by, state.decided_at, state.reason = made.who, made.at, made.reason
     return states
@@ -165,25 +175,86 @@ def undoable(entries: list[AuditEntry], sample_id: str) -> AuditEntry | None:
     return None
 
 
+class SignatureNeeded(AuditError):
+    """An action that changes a signed decision, asked for without a signature."""
+
+
+def _signed_entry(entries: list[AuditEntry], seq: int) -> AuditEntry:
+    return next(e for e in entries if e.seq == seq)
+
+
+def superseded(entries: list[AuditEntry], sample_id: str, action: str) -> AuditEntry | None:
+    """The signed entry that ``action`` (override or undo) on the sample would change: the
+    approval or exclusion in force, or for an undo, the decision (or the signed override)
+    it reverses. None when the action changes no signature."""
+    if action == "override":
+        state = review_states(entries).get(sample_id)
+        if state is not None and state.decision_seq:
+            return _signed_entry(entries, state.decision_seq)
+        return None
+    if action == "undo":
+        target = undoable(entries, sample_id)
+        if target is not None and (
+            target.action in ("approve", "exclude") or "supersedes" in target.detail
+        ):
+            return target
+        return None
+    raise AuditError(f"unknown review action {action!r}")
+
+
+def check_signature(entries: list[AuditEntry], sample_id: str, action: str, signed: bool) -> dict:
+    """The detail to record for ``action``: ``supersedes`` (entry, action, who) when it changes
+    a signed entry; SignatureNeeded when it does and ``signed`` is False."""
+    entry = superseded(entries, sample_id, action)
+    if entry is None:
+        return {}
+    if not signed:
+        raise SignatureNeeded(
+            f"{sample_id}: this {action} changes #{entry.seq} ({entry.action} by {entry.who}): "
+            "sign it with your password"
+        )
+    return {"supersedes": {"seq": entry.seq, "action": entry.action, "who": entry.who}}
+
+
 def record_decision(
     log: AuditLog, sample_id: str, action: str, who: str, reason: str, software: str
 ) -> AuditEntry:
-    """Approve or exclude a sample."""
+    """Approve or exclude a sample (the caller has checked the signature)."""
     if action not in ("approve", "exclude"):
         raise AuditError(f"unknown decision {action!r}")
     return log.append(who, action, reason, software, sample_id)
 
 
-def record_undo(log: AuditLog, sample_id: str, who: str, reason: str, software: str) -> AuditEntry:
-    """Undo the sample's latest action, as a new entry."""
-    target = undoable(log.entries(), sample_id)
+def record_override(
+    log: AuditLog,
+    sample_id: str,
+    who: str,
+    reason: str,
+    software: str,
+    detail: dict,
+    signed: bool,
+    entries: list[AuditEntry] | None = None,
+) -> AuditEntry:
+    """Record a threshold override; signed when it comes after an approval or exclusion."""
+    entries = log.entries() if entries is None else entries
+    extra = check_signature(entries, sample_id, "override", signed)
+    return log.append(who, "override", reason, software, sample_id, {**detail, **extra})
+
+
+def record_undo(
+    log: AuditLog, sample_id: str, who: str, reason: str, software: str, signed: bool = False
+) -> AuditEntry:
+    """Undo the sample's latest action, as a new entry; signed when it reverses a signature."""
+    entries = log.entries()
+    target = undoable(entries, sample_id)
     if target is None:
         raise AuditError(f"{sample_id}: nothing to undo")
+    extra = check_signature(entries, sample_id, "undo", signed)
     return log.append(
         who,
         "undo",
         reason,
         software,
         sample_id,
-        {"undoes": target.seq, "action": target.action, **target.detail},
+        {**target.detail, "undoes": target.seq, "action": target.action, **extra},
     )

@@ -63,6 +63,17 @@ CREATE TABLE IF NOT EXISTS runs (
     processed INTEGER, quarantined INTEGER, failed INTEGER, status TEXT, message TEXT
 );
 """
+# Lookups intake and record_sample make once per file: without these each is a scan of the
+# table, so a pass is quadratic in the study's files. Created on open: a store made before
+# them gets them the first time it is opened (IF NOT EXISTS: a no-op afterwards).
+INDEXES = """
+CREATE INDEX IF NOT EXISTS files_by_sha256 ON files(sha256);
+CREATE INDEX IF NOT EXISTS files_by_sample_key ON files(sample_key);
+CREATE INDEX IF NOT EXISTS samples_by_sample_id ON samples(sample_id);
+CREATE INDEX IF NOT EXISTS samples_by_sha256 ON samples(sha256);
+CREATE INDEX IF NOT EXISTS qc_steps_by_sample_key ON qc_steps(sample_key);
+CREATE INDEX IF NOT EXISTS gates_by_sample_key ON gates(sample_key);
+"""
 
 
 @dataclass(frozen=True)
@@ -111,7 +122,7 @@ class Store:
         )
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
-        self.conn.executescript(SCHEMA)
+        self.conn.executescript(SCHEMA + INDEXES)
 
     def close(self) -> None:
         self.conn.close()
@@ -143,14 +154,14 @@ class Store:
         ).fetchone()
         return row[0] if row else None
 
-    def current_sha_of_name(self, file_name: str, sha256: str) -> str | None:
-        """The content (sha256) other than ``sha256`` whose results under ``file_name`` are
-        current, if any: the acquisition a new file of that name replaces."""
+    def current_sha_of_sample(self, sample_id: str, sha256: str) -> str | None:
+        """The content (sha256) other than ``sha256`` whose results for ``sample_id`` are
+        current, if any: the acquisition a new file of that sample replaces."""
         row = self.conn.execute(
-            "SELECT f.sha256 FROM files f JOIN samples s ON s.sample_key=f.sample_key "
-            "WHERE f.file_name=? AND f.sha256<>? AND f.status='processed' "
-            "AND s.superseded_by IS NULL ORDER BY f.last_seen DESC LIMIT 1",
-            (file_name, sha256),
+            "SELECT s.sha256 FROM samples s JOIN files f ON f.sample_key=s.sample_key "
+            "AND f.status='processed' WHERE s.sample_id=? AND s.sha256<>? "
+            "AND s.superseded_by IS NULL ORDER BY s.processed_at DESC LIMIT 1",
+            (sample_id, sha256),
         ).fetchone()
         return row[0] if row else None
 
@@ -163,10 +174,21 @@ class Store:
             (file_name, sha256, size, mtime_ns, status, reason, sample_key, stamp, stamp),
         )
 
+    def _forget_earlier_rejections(self, file_name: str, sha256: str) -> None:
+        """Rejections of other contents under this name are stale: the inbox holds one file
+        per name (a half-copied file quarantined, then processed once complete, leaves no
+        quarantined row behind)."""
+        self.conn.execute(
+            "DELETE FROM files WHERE file_name=? AND sha256<>? "
+            "AND status IN ('quarantined', 'failed')",
+            (file_name, sha256),
+        )
+
     def record_rejection(
         self, file_name: str, sha256: str, size: int, mtime_ns: int, status: str, reason: str
     ) -> None:
         with self.conn:
+            self._forget_earlier_rejections(file_name, sha256)
             self._upsert_file(file_name, sha256, size, mtime_ns, status, reason, None)
 
     def touch_file(self, file_name: str, sha256: str, size: int, mtime_ns: int) -> None:
@@ -202,8 +224,10 @@ class Store:
     ) -> None:
         """Write one processed sample (file row, sample, populations, QC, gates) atomically.
 
-        ``replaces``: the sha256 of an earlier acquisition under the same file name; its
-        results are marked superseded by this one, and both file rows say so.
+        Any other current result of the same sample (an earlier acquisition, under this name
+        or another) or of the same content is marked superseded by this one: never two
+        current rows for a sample. ``replaces``: the sha256 of the acquisition intake found
+        this one replacing, named in this file's row (the replaced row names this one).
         """
         key = result.sample_key
         with self.conn:
@@ -230,11 +254,17 @@ class Store:
                     run_id,
                 ),
             )
-            # Older results of the same acquisition stay, marked superseded.
+            # One current result per sample: older results of the same acquisition (another
+            # strategy) or of the same sample (another acquisition) stay, marked superseded.
+            replaced = self.conn.execute(
+                "SELECT file_name, sha256 FROM samples WHERE (sha256=? OR sample_id=?) "
+                "AND sample_key<>? AND superseded_by IS NULL",
+                (result.sha256, result.sample_id, key),
+            ).fetchall()
             self.conn.execute(
-                "UPDATE samples SET superseded_by=? WHERE sha256=? AND sample_key<>? "
-                "AND superseded_by IS NULL",
-                (key, result.sha256, key),
+                "UPDATE samples SET superseded_by=? WHERE (sha256=? OR sample_id=?) "
+                "AND sample_key<>? AND superseded_by IS NULL",
+                (key, result.sha256, result.sample_id, key),
             )
             self.conn.executemany(
                 "INSERT INTO populations VALUES (?,?,?,?,?)",
@@ -288,27 +318,25 @@ class Store:
                     for g in result.gates
                 ],
             )
-            note = ""
+            stamp, note = now(), ""
             if replaces:
-                stamp = now()
                 note = (
-                    f"new acquisition under an already-processed name: replaces sha256 "
+                    f"new acquisition of sample {result.sample_id}: replaces sha256 "
                     f"{replaces[:12]}... (its results are kept, superseded)"
                 )
-                self.conn.execute(
-                    "UPDATE samples SET superseded_by=? WHERE file_name=? AND sha256=? "
-                    "AND superseded_by IS NULL",
-                    (key, file_name, replaces),
-                )
+            for old_name, old_sha in replaced:
+                if old_sha == result.sha256:
+                    continue  # the same acquisition under an older strategy
                 self.conn.execute(
                     "UPDATE files SET reason=? WHERE file_name=? AND sha256=?",
                     (
-                        f"replaced on {stamp} by a new acquisition under this name (sha256 "
-                        f"{result.sha256[:12]}...); results kept, superseded",
-                        file_name,
-                        replaces,
+                        f"replaced on {stamp} by a new acquisition of this sample ({file_name}, "
+                        f"sha256 {result.sha256[:12]}...); results kept, superseded",
+                        old_name,
+                        old_sha,
                     ),
                 )
+            self._forget_earlier_rejections(file_name, result.sha256)
             self._upsert_file(file_name, result.sha256, size, mtime_ns, "processed", note, key)
 
     # runs ----------------------------------------------------------------------------------

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cohort.identifiers import hidden_character
 from panels.config_files import load_yaml_model
 from panels.errors import ImmunomonError
+from panels.fcs import not_a_regular_file
 from panels.resolve import Panel, load_panel
 from stats.plan import AnalysisPlan
 
@@ -107,6 +109,14 @@ class SampleName:
     @property
     def sample_id(self) -> str:
         return f"{self.patient_id}_{self.visit}_{self.panel_token}"
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    """One name in inbox/, as the folder holds it (a link is not followed)."""
+
+    path: Path
+    kind: str = ""  # '' for a regular file, else what it is: 'a symbolic link', 'a folder'...
 
 
 @dataclass(frozen=True)
@@ -210,14 +220,38 @@ class Study:
         for folder in (self.quarantine_dir, self.results_dir, self.reports_dir):
             folder.mkdir(parents=True, exist_ok=True)
 
-    def inbox_files(self) -> list[Path]:
-        """Regular files in inbox/, sorted by name (hidden and partial-copy files skipped)."""
+    def inbox_entries(self) -> list[InboxEntry]:
+        """Every name in inbox/, sorted, hidden and partial-copy ('.name') ones skipped. Each
+        says whether it is a regular file; links, FIFOs, devices and folders are listed (to
+        be refused with a reason), never followed."""
         if not self.inbox.is_dir():
             raise StudyError(f"{self.inbox} does not exist: create it and drop FCS files there")
-        return sorted(p for p in self.inbox.iterdir() if p.is_file() and not p.name.startswith("."))
+        entries = []
+        for path in sorted(self.inbox.iterdir()):
+            if path.name.startswith("."):
+                continue
+            try:
+                kind = not_a_regular_file(path.lstat().st_mode)
+            except FileNotFoundError:  # removed while we looked
+                continue
+            entries.append(InboxEntry(path, kind))
+        return entries
+
+    def inbox_files(self) -> list[Path]:
+        """Regular files in inbox/ (not links), sorted by name."""
+        return [entry.path for entry in self.inbox_entries() if not entry.kind]
 
     def parse_name(self, file_name: str) -> SampleName | str:
-        """The sample a file name identifies, or the reason it does not identify one."""
+        """The sample a file name identifies, or the reason it does not identify one.
+
+        A name with an invisible, control or bidirectional character is refused first: it can
+        look exactly like another sample's name, and a trailing newline satisfies a pattern's
+        ``$``. After that check ``$`` can only match at the very end."""
+        if hidden := hidden_character(file_name):
+            return (
+                f"the file name contains an invisible or control character ({hidden}), so it "
+                "can look like another sample's name: rename the file"
+            )
         match = self._pattern.match(file_name)
         if not match:
             return (

@@ -126,7 +126,13 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         from flows.watch import watch_inbox
 
         def run(hold: list[str]) -> None:
-            summary = run_study(root, args.workers, hold, dask_address=args.dask)
+            summary = run_study(
+                root,
+                args.workers,
+                hold,
+                dask_address=args.dask,
+                copy_window=(args.settle, args.timeout),  # intake judges copies as we do
+            )
             print(
                 f"run {summary.run_id}: {summary.processed} processed, "
                 f"{summary.quarantined_total} quarantined ({summary.quarantined} new), "
@@ -195,31 +201,54 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_gates_export(args: argparse.Namespace) -> int:
     from cohort.store import Store
     from cohort.study import Study
-    from gating.export import write_gatingml
-    from panels.fcs import scan_header
-    from panels.resolve import resolve_panel
+    from flows.gates_export import check_export, export_study_gates
 
     study = Study(args.study)
     store = Store(study.db_path)
-    sample = store.current_sample(args.sample)
-    if sample is None:
-        print(f"no processed sample {args.sample!r} in {study.db_path}", file=sys.stderr)
-        return 2
-    gates = store.applied_gates(sample["sample_key"])
-    store.close()
-    if not gates:  # gated with a FlowJo workspace: the gates live in that workspace
-        source = study.strategies[sample["panel"]].source
-        print(f"{args.sample} was gated with the FlowJo workspace {source}", file=sys.stderr)
-        return 2
-    header = scan_header(study.inbox / sample["file_name"])
-    resolved = resolve_panel(study.panels[sample["panel"]], header)
-    out = Path(args.out) if args.out else study.results_dir / "gates" / f"{args.sample}.xml"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_gatingml(out, gates, resolved, header)
-    print(
-        f"GatingML 2.0 for {args.sample} ({sample['file_name']}, result "
-        f"{sample['sample_key']}): {out}"
-    )
+    try:
+        one = args.format == "gatingml" and args.sample and len(args.sample) == 1
+        out = args.out
+        if one and not out:  # one sample's GatingML: one file, as before
+            out = study.results_dir / "gates" / f"{args.sample[0]}.xml"
+        started = time.perf_counter()
+        export = export_study_gates(study, store, args.format, out, args.sample)
+        if args.format == "wsp":
+            print(
+                f"FlowJo 10 workspace with {len(export.samples)} samples: {export.path} "
+                f"({time.perf_counter() - started:.1f} s)"
+            )
+        elif one:
+            sample_id = args.sample[0]
+            record = store.current_sample(sample_id)
+            print(
+                f"GatingML 2.0 for {sample_id} ({record['file_name']}, result "
+                f"{record['sample_key']}): {export.files[sample_id]}"
+            )
+        else:
+            print(
+                f"GatingML 2.0, one file per sample, {len(export.samples)} samples: "
+                f"{export.path} ({time.perf_counter() - started:.1f} s)"
+            )
+        for sample_id, reason in export.skipped.items():
+            print(f"left out {sample_id}: {reason}", file=sys.stderr)
+        if args.check:
+            checks = check_export(export, args.format)
+            wrong = [c for c in checks if not c.agrees]
+            for c in wrong:
+                print(
+                    f"check: {c.sample_id} {c.gate}: ours {c.ours}, flowkit {c.theirs}",
+                    file=sys.stderr,
+                )
+            equal = sum(c.theirs == c.ours for c in checks)
+            print(
+                f"check: flowkit reads back {len(checks)} gate counts of {len(export.samples)} "
+                f"samples: {equal} equal to ours, {len(checks) - len(wrong) - equal} within "
+                f"the ellipse tolerance, {len(wrong)} different"
+            )
+            if wrong:
+                return 1
+    finally:
+        store.close()
     return 0
 
 
@@ -258,42 +287,36 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
 def _cmd_review(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from cohort.accounts import user_names
-    from cohort.store import Store
-    from cohort.study import Study, StudyError
     from flows.review import create_app
+    from flows.review_security import review_site, server_options
 
-    study = Study(args.study)
-    loopback = args.host in ("127.0.0.1", "localhost", "::1")
-    if not loopback:
-        store = Store(study.db_path)
-        names = user_names(store.conn)
-        store.close()
-        if not names:
-            raise StudyError(
-                f"--host {args.host} opens the review to the network: add personal accounts "
-                f"first (immunomon users add NAME --study {args.study})"
-            )
-    app = create_app(study.root, accounts=not loopback)
-    print(f"review of {study.config.study}: http://{args.host}:{args.port}/ (Ctrl-C stops)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    study, site, accounts = review_site(args)
+    app = create_app(study.root, accounts=accounts, site=site)
+    print(f"review of {study.config.study}: {min(site.origins)}/ (Ctrl-C stops)")
+    uvicorn.run(app, **server_options(site, args.tls_cert, args.tls_key))
     return 0
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
-    from cohort.audit import AuditLog
+    from cohort.audit import parse_anchor, verify_study_trail
     from cohort.store import Store
     from cohort.study import Study
 
     study = Study(args.study)
+    anchors = [parse_anchor(text) for text in args.anchor or []]
     store = Store(study.db_path)
-    log = AuditLog(store.conn)
-    problem, count, head = log.verify(), len(log.entries()), log.head()
+    check = verify_study_trail(store.conn, study.root, anchors, args.anchors)
     store.close()
-    if problem:
+    for warning in check.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for problem in check.problems:
         print(f"{study.db_path}: audit trail broken: {problem}", file=sys.stderr)
+    if check.problems:
         return 1
-    print(f"audit trail intact: {count} entries, head sha256 {head}")
+    print(
+        f"audit trail intact: {check.entries} entries, head #{check.head_seq} sha256 "
+        f"{check.head_hash}; {check.anchors} anchor(s) checked"
+    )
     return 0
 
 
@@ -338,6 +361,27 @@ def _cmd_users_add(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"account {args.name} added to {study.db_path}")
+    return 0
+
+
+def _cmd_users_remove(args: argparse.Namespace) -> int:
+    from cohort.accounts import remove_user
+    from cohort.audit import AuditLog
+    from cohort.review import reviewer_name
+    from cohort.store import Store
+    from cohort.study import Study
+    from reports.outputs import software_version
+
+    study = Study(args.study)
+    store = Store(study.db_path)
+    try:
+        remove_user(store.conn, args.name)
+        AuditLog(store.conn).append(
+            reviewer_name(), "user_removed", f"account {args.name} removed", software_version()
+        )
+    finally:
+        store.close()
+    print(f"account {args.name} removed from {study.db_path}; its review sessions have ended")
     return 0
 
 
@@ -534,12 +578,39 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--sample", help="only this sample's QC report (e.g. P01_M3_BCELL)")
     report.set_defaults(func=_cmd_report)
 
-    gates = sub.add_parser("gates", help="the gates applied to a sample")
+    gates = sub.add_parser("gates", help="the gates applied to the study's samples")
     gates_sub = gates.add_subparsers(dest="gates_command", required=True)
-    export = gates_sub.add_parser("export", help="write a sample's applied gates as GatingML 2.0")
+    export = gates_sub.add_parser(
+        "export",
+        help="write the applied gates as a FlowJo 10 workspace or GatingML 2.0",
+        description="--format wsp: one FlowJo workspace with every current sample; "
+        "--format gatingml: one GatingML file per sample, in a folder (one file with a "
+        "single --sample).",
+    )
     export.add_argument("--study", required=True, help="study folder")
-    export.add_argument("--sample", required=True, help="sample id, e.g. P01_M3_BCELL")
-    export.add_argument("--out", help="output file (default: STUDY/results/gates/ID.xml)")
+    export.add_argument(
+        "--sample",
+        action="append",
+        help="sample id, e.g. P01_M3_BCELL (repeat for several; default: every current sample)",
+    )
+    export.add_argument(
+        "--format",
+        choices=("gatingml", "wsp"),
+        default="gatingml",
+        help="wsp: one FlowJo 10 workspace; gatingml: GatingML 2.0 (default)",
+    )
+    export.add_argument(
+        "--out",
+        help="output: the .wsp file (default STUDY/results/gates/STUDY.wsp), the GatingML "
+        "folder (default STUDY/results/gates/gatingml/), or one sample's .xml file "
+        "(default STUDY/results/gates/ID.xml)",
+    )
+    export.add_argument(
+        "--check",
+        action="store_true",
+        help="read the files back with flowkit and compare every gate count with ours "
+        "(exit 1 on a difference)",
+    )
     export.set_defaults(func=_cmd_gates_export)
 
     reference = sub.add_parser(
@@ -569,12 +640,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to listen on (default: loopback only; any other needs personal "
         "accounts, see 'users add')",
     )
+    review.add_argument(
+        "--public-url",
+        default="",
+        help="the address people type when it is not the listening one, e.g. "
+        "https://review.lab.example behind a TLS proxy (pages are served to it only)",
+    )
+    review.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
+    review.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    review.add_argument(
+        "--trusted-proxy",
+        default="",
+        help="the reverse proxy's address: its X-Forwarded-For/-Proto are believed "
+        "(no one's are by default)",
+    )
     review.set_defaults(func=_cmd_review)
 
     audit = sub.add_parser("audit", help="the study's audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="recompute the hash chain of the audit trail")
     verify.add_argument("--study", required=True, help="study folder")
+    verify.add_argument(
+        "--anchor",
+        action="append",
+        metavar="ENTRY:SHA256",
+        help="an anchor as the cohort report prints it (repeatable)",
+    )
+    verify.add_argument(
+        "--anchors",
+        action="append",
+        metavar="FILE",
+        help="anchor file(s) to check against (default: STUDY/audit_anchors.jsonl; give a "
+        "copy kept outside the study folder to catch a rewritten one)",
+    )
     verify.set_defaults(func=_cmd_audit_verify)
     dump = audit_sub.add_parser("export", help="write the audit trail as CSV")
     dump.add_argument("--study", required=True, help="study folder")
@@ -587,6 +685,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("name", help="the person's user name, e.g. jdupont")
     add.add_argument("--study", required=True, help="study folder")
     add.set_defaults(func=_cmd_users_add)
+    remove = users_sub.add_parser("remove", help="remove an account (its sessions end)")
+    remove.add_argument("name", help="the person's user name")
+    remove.add_argument("--study", required=True, help="study folder")
+    remove.set_defaults(func=_cmd_users_remove)
 
     process = sub.add_parser("process", help="gate one FCS file outside any study")
     process.add_argument("file", help="FCS file")

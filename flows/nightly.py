@@ -68,6 +68,7 @@ def nightly_flow(
     hold: list[str] | None = None,
     dask_address: str | None = None,
     wait: bool = True,
+    copy_window: tuple[float, float] | None = None,
 ) -> RunSummary | State:
     """One pass over a study: intake, process new samples, write results and the report.
 
@@ -77,11 +78,14 @@ def nightly_flow(
 
     The run ends Failed (what a Prefect automation watches) when the cohort step stopped or a
     file failed to process; everything that could be committed is, and the summary is the
-    state's data."""
+    state's data.
+
+    ``copy_window`` (the watcher's settle time and incomplete timeout): files still arriving
+    when this pass has the study are left for a later one (``cohort.intake.CopyWindow``)."""
     study = Study(study_root)
     logger = get_run_logger()
     with warnings_to_log(logger), study.exclusive(wait, waiting=logger.warning) as lease:
-        summary = _one_pass(study, lease, workers, frozenset(hold or ()), dask_address)
+        summary = _one_pass(study, lease, workers, frozenset(hold or ()), dask_address, copy_window)
     problems = summary.problems()
     if problems:
         return Failed(message=problems, data=PassIncomplete(problems, summary))
@@ -135,7 +139,12 @@ def per_sample_runner(workers: int, dask_address: str | None) -> Iterator:
 
 
 def _one_pass(
-    study: Study, lease: StudyLease, workers: int, hold: frozenset[str], dask_address: str | None
+    study: Study,
+    lease: StudyLease,
+    workers: int,
+    hold: frozenset[str],
+    dask_address: str | None,
+    copy_window: tuple[float, float] | None = None,
 ) -> RunSummary:
     logger = get_run_logger()
     study.ensure_output_folders()
@@ -156,6 +165,7 @@ def _one_pass(
         current,
         hold,
         {sample_id: (s.sha256, PIPELINE_VERSION) for sample_id, s in strategy_of.items()},
+        copy_window,
     )
     lease.renew()
     logger.info(
@@ -382,6 +392,7 @@ def run_study(
     hold: list[str] | None = None,
     dask_address: str | None = None,
     wait: bool = True,
+    copy_window: tuple[float, float] | None = None,
 ) -> RunSummary:
     """Run the nightly flow once: per-sample work on a local pool sized to the machine, or on
     the Dask cluster at ``dask_address``."""
@@ -390,7 +401,7 @@ def run_study(
     configured = nightly_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
     # Opened before the flow, so the workers load while Prefect starts; the flow reuses it.
     with sample_worker_pool(workers):
-        state = configured(root, workers, hold, dask_address, wait, return_state=True)
+        state = configured(root, workers, hold, dask_address, wait, copy_window, return_state=True)
     try:  # Prefect keeps a study's runs for the retention period (flows.prefect_api)
         prune_study_runs(Path(root).name, retention())
     except Exception as error:  # the pass is done; pruning is tried again next pass

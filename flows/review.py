@@ -7,54 +7,52 @@ sample id from a request is only ever looked up in the store."""
 
 from __future__ import annotations
 
-import hmac
+import io
 import json
-import secrets
 import threading
-import time
-from collections import defaultdict, deque
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
-from fastapi import FastAPI, Form, HTTPException, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi import Depends, FastAPI, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from starlette.middleware.sessions import SessionMiddleware
 
-from cohort.accounts import check_password
-from cohort.audit import AuditError, AuditLog
+from cohort.accounts import account_fingerprint, check_password, record_failed_sign_in
+from cohort.audit import AuditError, AuditLog, anchors_path
 from cohort.exports import samples_table
 from cohort.review import (
     REVIEW_STATES,
     ReviewStatus,
+    check_signature,
     current_review_states,
     record_decision,
+    record_override,
     record_undo,
+    superseded,
 )
 from cohort.store import Store
 from cohort.study import Study
+from flows.review_security import ReviewGuard, Site, local_path, page_of
 from panels.errors import ImmunomonError
 from reports.outputs import software_version, update_outputs
 from stats.drift import DRIFT_Z, drift_scores
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-MAX_FAILED_SIGN_INS = 5  # per name and address, within FAILED_WINDOW_S
-FAILED_WINDOW_S = 600.0
 
 
 class ReviewServer:
     """The study, its store (one connection, used under a lock: SQLite and threads) and the
-    review actions the pages call."""
+    review actions the pages call. Each person's action is anchored beside the study."""
 
     def __init__(self, root: Path, accounts: bool):
         self.study = Study(root)
         self.accounts = accounts
         self.lock = threading.RLock()
         self.store = Store(self.study.db_path, shared_between_threads=True)
-        self.log = AuditLog(self.store.conn)
+        self.log = AuditLog(self.store.conn, anchors=anchors_path(self.study.root))
         self.software = software_version()
-        self.failures: dict[tuple[str, str], deque] = defaultdict(deque)
 
     # state ---------------------------------------------------------------------------------
     def states(self) -> dict[str, ReviewStatus]:
@@ -72,10 +70,33 @@ class ReviewServer:
             pops.loc[pops.sample_key == sample_key, ["population", "count"]].itertuples(index=False)
         )
 
+    # accounts ------------------------------------------------------------------------------
+    def fingerprint(self, name: str) -> str | None:
+        if not self.accounts:
+            return None
+        with self.lock:
+            return account_fingerprint(self.store.conn, name)
+
+    def password_ok(self, name: str, password: str) -> bool:
+        with self.lock:
+            return check_password(self.store.conn, name, password)
+
+    def sign_in_failed(self, name: str, address: str) -> None:
+        with self.lock:
+            record_failed_sign_in(self.store.conn, name, address)
+
     # actions -------------------------------------------------------------------------------
-    def adjust(self, sample_id: str, threshold: str, value: float, who: str, reason: str):
+    def adjust(
+        self,
+        sample_id: str,
+        threshold: str,
+        value: float,
+        who: str,
+        reason: str,
+        signed: bool = False,
+    ):
         """Set one threshold of one sample by hand and re-gate that sample now. Returns the
-        counts before and after."""
+        counts before and after. After an approval or exclusion it must be ``signed``."""
         from flows.sample_work import process_sample_file
         from gating.strategy import Strategy
 
@@ -89,6 +110,10 @@ class ReviewServer:
                 raise AuditError(f"{threshold!r} is not a threshold of strategy {strategy.name}")
             if not 0.0 <= value <= 1.0:
                 raise AuditError(f"{value} is outside the logicle scale (0 to 1)")
+            if not reason.strip():
+                raise AuditError("override needs a reason in words")
+            entries = self.log.entries()
+            check_signature(entries, sample_id, "override", signed)  # before re-gating
             old = next(
                 (
                     g.gate.value
@@ -102,12 +127,12 @@ class ReviewServer:
             overrides = state.applied_overrides(strategy.sha256) | {threshold: value}
             record = self._regate(sample, strategy.with_overrides(overrides), process_sample_file)
             after = self.counts(record.sample_key)
-            self.log.append(
+            record_override(
+                self.log,
+                sample_id,
                 who,
-                "override",
                 reason,
                 self.software,
-                sample_id,
                 {
                     "threshold": threshold,
                     "old": old,
@@ -116,6 +141,8 @@ class ReviewServer:
                     "counts_before": before,
                     "counts_after": after,
                 },
+                signed,
+                entries,
             )
             return before, after
 
@@ -141,13 +168,14 @@ class ReviewServer:
         )
         return record
 
-    def undo(self, sample_id: str, who: str, reason: str) -> str:
-        """Undo the sample's last action; an undone override re-gates the sample."""
+    def undo(self, sample_id: str, who: str, reason: str, signed: bool = False) -> str:
+        """Undo the sample's last action; an undone override re-gates the sample. Undoing an
+        approval or exclusion (or a signed override) must be ``signed``."""
         from flows.sample_work import process_sample_file
 
         with self.lock, self.study.exclusive(wait=False):
             sample = self.sample(sample_id)
-            entry = record_undo(self.log, sample_id, who, reason, self.software)
+            entry = record_undo(self.log, sample_id, who, reason, self.software, signed)
             if entry.detail.get("action") == "override":
                 strategy = self.study.strategies[sample["panel"]]
                 state = self.states().get(sample_id, ReviewStatus(sample_id))
@@ -168,58 +196,29 @@ class ReviewServer:
             with self.study.exclusive(wait=False):
                 return update_outputs(self.study, self.store)
 
-    def sign_in_failed(self, name: str, address: str) -> bool:
-        """Record a failed sign-in; True when this name and address are now locked out."""
-        now = time.monotonic()
-        recent = self.failures[(name, address)]
-        recent.append(now)
-        while recent and now - recent[0] > FAILED_WINDOW_S:
-            recent.popleft()
-        with self.lock:
-            self.log.append(
-                name or "(blank)",
-                "sign_in_failed",
-                f"failed sign-in from {address}",
-                self.software,
-            )
-        return len(recent) >= MAX_FAILED_SIGN_INS
 
-    def locked_out(self, name: str, address: str) -> bool:
-        recent = self.failures[(name, address)]
-        now = time.monotonic()
-        return sum(now - t <= FAILED_WINDOW_S for t in recent) >= MAX_FAILED_SIGN_INS
+def create_app(study_root: str | Path, accounts: bool = False, site: Site | None = None) -> FastAPI:
+    """The review application for one study, served at ``site`` (default: loopback, port
+    8765). ``accounts``: each person signs in with their own account (any host but
+    loopback); else the name is asked once per browser session.
 
-
-def create_app(study_root: str | Path, accounts: bool = False) -> FastAPI:
-    """The review application for one study. ``accounts``: each person signs in with their
-    own account (any host but loopback); else the name is asked once per browser session."""
+    Every state-changing route is on a router of ``ReviewGuard.router``: the site, the form
+    token and (on ``actions``) a signed-in person are checked there, once."""
     server = ReviewServer(Path(study_root), accounts)
-    app = FastAPI(title="immunomon review", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(
-        SessionMiddleware, secret_key=secrets.token_hex(32), same_site="strict", max_age=12 * 3600
+    guard = ReviewGuard(
+        site or Site(),
+        accounts,
+        fingerprint=server.fingerprint,
+        password_ok=server.password_ok,
+        failure_log=server.sign_in_failed,
     )
+    app = FastAPI(title="immunomon review", docs_url=None, redoc_url=None, openapi_url=None)
+    guard.install(app)
     app.state.server = server
-
-    def session_csrf(request: Request) -> str:
-        token = request.session.get("csrf")
-        if not token:
-            token = request.session["csrf"] = secrets.token_urlsafe(32)
-        return token
-
-    def check_csrf(request: Request, csrf: str) -> None:
-        if not hmac.compare_digest(str(request.session.get("csrf", "")), csrf or ""):
-            raise HTTPException(403, "stale or missing form token: reload the page and try again")
-
-    def who(request: Request) -> str | None:
-        return request.session.get("who")
-
-    def acting(request: Request, csrf: str) -> str:
-        """The signed-in person making a change, the form's token checked."""
-        check_csrf(request, csrf)
-        name = who(request)
-        if not name:
-            raise HTTPException(401, "sign in first: every change is recorded under a name")
-        return name
+    app.state.guard = guard
+    pages = guard.router(signed_in=False)  # reading, signing in and out
+    actions = guard.router(signed_in=True)  # changing the study: a person signed in
+    who = guard.who
 
     def render(request: Request, template: str, **context) -> HTMLResponse:
         context.setdefault("title", template.removesuffix(".html").title())
@@ -229,7 +228,8 @@ def create_app(study_root: str | Path, accounts: bool = False) -> FastAPI:
             {
                 "study": server.study.config.study,
                 "who": who(request),
-                "csrf": session_csrf(request),
+                "csrf": guard.csrf_token(request),
+                "nonce": request.state.csp_nonce,
                 "accounts": accounts,
                 "message": request.session.pop("message", None),
                 "error": request.session.pop("error", None),
@@ -239,66 +239,75 @@ def create_app(study_root: str | Path, accounts: bool = False) -> FastAPI:
 
     def login_page(request: Request) -> Response:
         target = "/signin" if accounts else "/whoami"
-        return RedirectResponse(f"{target}?next={request.url.path}", status_code=303)
+        return RedirectResponse(
+            f"{target}?next={quote(request.url.path, safe='/')}", status_code=303
+        )
 
-    def reauthenticate(request: Request, password: str) -> None:
-        """An approval or exclusion is a signature: with accounts, the password again."""
-        if not accounts:
-            return
+    def signed_for(request: Request, person: str, password: str, sample_id: str, action: str):
+        """True once signed when the action changes a signed entry (False: it does not)."""
         with server.lock:
-            valid = check_password(server.store.conn, who(request), password or "")
-        if not valid:
-            server.sign_in_failed(who(request), request.client.host if request.client else "")
-            raise HTTPException(403, "the password does not match: nothing was signed")
+            entry = superseded(server.log.entries(), sample_id, action)
+        if entry is None:
+            return False
+        try:
+            guard.signature(request, person, password)
+        except HTTPException as exc:
+            if exc.status_code != 403:
+                raise
+            raise HTTPException(
+                403,
+                f"{sample_id}: this {action} changes #{entry.seq} ({entry.action} by "
+                f"{entry.who}), a signed decision: {exc.detail}",
+            ) from None
+        return True
 
     @app.exception_handler(ImmunomonError)  # a refused action, e.g. a pass holds the study
     async def refused(request: Request, exc: ImmunomonError) -> Response:
         request.session["error"] = str(exc)
-        return RedirectResponse(request.headers.get("referer", "/"), status_code=303)
+        return RedirectResponse(page_of(request.url.path), status_code=303)
 
-    @app.get("/whoami", response_class=HTMLResponse)
+    @pages.get("/whoami", response_class=HTMLResponse)
     def whoami_page(request: Request, next: str = "/"):
         if accounts:
             return RedirectResponse("/signin", status_code=303)
-        return render(request, "whoami.html", title="Who is reviewing", next=next)
+        return render(request, "whoami.html", title="Who is reviewing", next=local_path(next))
 
-    @app.post("/whoami")
-    def whoami(request: Request, name: str = Form(""), csrf: str = Form(""), next: str = Form("/")):
-        check_csrf(request, csrf)
+    @pages.post("/whoami")
+    def whoami(request: Request, name: str = Form(""), next: str = Form("/")):
         if accounts:
             raise HTTPException(403, "sign in with your account")
-        if not name.strip():
-            request.session["error"] = "a name is needed: every change is recorded under it"
+        name = name.strip()
+        if not name or len(name) > 64:
+            request.session["error"] = (
+                "a name (up to 64 characters) is needed: every change is recorded under it"
+            )
             return RedirectResponse("/whoami", status_code=303)
-        request.session["who"] = name.strip()
-        return RedirectResponse(next if next.startswith("/") else "/", status_code=303)
+        guard.start_session(request, name)
+        return RedirectResponse(local_path(next), status_code=303)
 
-    @app.get("/signin", response_class=HTMLResponse)
+    @pages.get("/signin", response_class=HTMLResponse)
     def signin_page(request: Request, next: str = "/"):
-        return render(request, "signin.html", title="Sign in", next=next)
+        return render(request, "signin.html", title="Sign in", next=local_path(next))
 
-    @app.post("/signin")
+    @pages.post("/signin")
     def signin(
-        request: Request,
-        name: str = Form(""),
-        password: str = Form(""),
-        csrf: str = Form(""),
-        next: str = Form("/"),
+        request: Request, name: str = Form(""), password: str = Form(""), next: str = Form("/")
     ):
-        check_csrf(request, csrf)
-        address = request.client.host if request.client else ""
-        if server.locked_out(name, address):
-            raise HTTPException(429, "too many failed sign-ins: wait 10 minutes")
-        with server.lock:
-            valid = check_password(server.store.conn, name, password)
-        if not valid:
-            server.sign_in_failed(name, address)
-            request.session["error"] = "name or password wrong"
+        if not accounts:
+            raise HTTPException(403, "this server asks for a name, not an account: /whoami")
+        response = RedirectResponse(local_path(next), status_code=303)
+        problem = guard.sign_in(request, response, name, password)
+        if problem:
+            request.session["error"] = problem
             return RedirectResponse("/signin", status_code=303)
-        request.session["who"] = name
-        return RedirectResponse(next if next.startswith("/") else "/", status_code=303)
+        return response
 
-    @app.get("/", response_class=HTMLResponse)
+    @pages.post("/signout")
+    def signout(request: Request):
+        guard.end_session(request)
+        return RedirectResponse("/signin" if accounts else "/whoami", status_code=303)
+
+    @pages.get("/", response_class=HTMLResponse)
     def today(request: Request, state: str = "", panel: str = "", patient: str = ""):
         if not who(request):
             return login_page(request)
@@ -326,7 +335,7 @@ def create_app(study_root: str | Path, accounts: bool = False) -> FastAPI:
             filters=filters,
         )
 
-    @app.get("/patient/{patient_id}", response_class=HTMLResponse)
+    @pages.get("/patient/{patient_id}", response_class=HTMLResponse)
     def patient_page(request: Request, patient_id: str, panel: str = ""):
         if not who(request):
             return login_page(request)
@@ -337,7 +346,7 @@ def create_app(study_root: str | Path, accounts: bool = False) -> FastAPI:
             context = patient_context(server, patient_id, panel)
         return render(request, "patient.html", title=f"Patient {patient_id}", **context)
 
-    @app.get("/sample/{sample_id}", response_class=HTMLResponse)
+    @pages.get("/sample/{sample_id}", response_class=HTMLResponse)
     def sample_page(request: Request, sample_id: str):
         if not who(request):
             return login_page(request)
@@ -346,53 +355,59 @@ def create_app(study_root: str | Path, accounts: bool = False) -> FastAPI:
         context["change"] = request.session.pop("change", None)
         return render(request, "sample.html", title=f"Sample {sample_id}", **context)
 
-    @app.post("/sample/{sample_id}/adjust")
+    @actions.post("/sample/{sample_id}/adjust")
     def adjust(
         request: Request,
         sample_id: str,
         threshold: str = Form(...),
         value: str = Form(...),
         reason: str = Form(""),
-        csrf: str = Form(""),
+        password: str = Form(""),
+        person: str = Depends(guard.person),
     ):
-        person = acting(request, csrf)
         try:
             number = float(value)
         except ValueError:
             raise AuditError(f"{value!r} is not a number") from None
-        before, after = server.adjust(sample_id, threshold, number, person, reason)
+        signed = signed_for(request, person, password, sample_id, "override")
+        before, after = server.adjust(sample_id, threshold, number, person, reason, signed)
         request.session["change"] = [
             {"population": p, "before": before.get(p, ""), "after": after.get(p, "")}
             for p in dict.fromkeys([*before, *after])
         ]
         request.session["message"] = f"{threshold} set to {number:g}; {sample_id} re-gated"
-        return RedirectResponse(f"/sample/{sample_id}", status_code=303)
+        return RedirectResponse(f"/sample/{quote(sample_id)}", status_code=303)
 
-    @app.post("/sample/{sample_id}/decide")
+    @actions.post("/sample/{sample_id}/decide")
     def decide(
         request: Request,
         sample_id: str,
         action: str = Form(...),
         reason: str = Form(""),
         password: str = Form(""),
-        csrf: str = Form(""),
+        person: str = Depends(guard.person),
     ):
-        person = acting(request, csrf)
         if action not in ("approve", "exclude"):
             raise HTTPException(400, "action must be approve or exclude")
-        reauthenticate(request, password)
+        guard.signature(request, person, password)
         server.decide([sample_id], action, person, reason)
         request.session["message"] = f"{sample_id}: {action}d"
-        return RedirectResponse(f"/sample/{sample_id}", status_code=303)
+        return RedirectResponse(f"/sample/{quote(sample_id)}", status_code=303)
 
-    @app.post("/sample/{sample_id}/undo")
-    def undo(request: Request, sample_id: str, reason: str = Form(""), csrf: str = Form("")):
-        person = acting(request, csrf)
-        action = server.undo(sample_id, person, reason)
+    @actions.post("/sample/{sample_id}/undo")
+    def undo(
+        request: Request,
+        sample_id: str,
+        reason: str = Form(""),
+        password: str = Form(""),
+        person: str = Depends(guard.person),
+    ):
+        signed = signed_for(request, person, password, sample_id, "undo")
+        action = server.undo(sample_id, person, reason, signed)
         request.session["message"] = f"{sample_id}: the last {action} is undone"
-        return RedirectResponse(f"/sample/{sample_id}", status_code=303)
+        return RedirectResponse(f"/sample/{quote(sample_id)}", status_code=303)
 
-    @app.get("/signoff", response_class=HTMLResponse)
+    @pages.get("/signoff", response_class=HTMLResponse)
     def signoff_page(request: Request):
         if not who(request):
             return login_page(request)
@@ -404,17 +419,16 @@ def create_app(study_root: str | Path, accounts: bool = False) -> FastAPI:
             request, "signoff.html", title="Sign-off", rows=rows, entries=entries, head=head
         )
 
-    @app.post("/signoff/approve")
+    @actions.post("/signoff/approve")
     def approve_visit(
         request: Request,
         visit: str = Form(...),
         panel: str = Form(...),
         reason: str = Form(""),
         password: str = Form(""),
-        csrf: str = Form(""),
+        person: str = Depends(guard.person),
     ):
-        person = acting(request, csrf)
-        reauthenticate(request, password)
+        guard.signature(request, person, password)
         with server.lock:
             rows = today_rows(server)
         pending = rows[
@@ -427,16 +441,15 @@ def create_app(study_root: str | Path, accounts: bool = False) -> FastAPI:
         request.session["message"] = f"{count} sample(s) of {visit} {panel} approved"
         return RedirectResponse("/signoff", status_code=303)
 
-    @app.post("/publish")
-    def publish(request: Request, csrf: str = Form("")):
-        acting(request, csrf)
+    @actions.post("/publish")
+    def publish(request: Request):
         error = server.publish()
         request.session["message"] = "results and the cohort report rewritten" + (
             f"; clinical input problem: {error}" if error else ""
         )
         return RedirectResponse("/signoff", status_code=303)
 
-    @app.get("/plot/{sample_id}.png")
+    @pages.get("/plot/{sample_id}.png")
     def plot(request: Request, sample_id: str, compact: int = 0):
         if not who(request):
             raise HTTPException(401, "sign in first")
@@ -445,7 +458,7 @@ def create_app(study_root: str | Path, accounts: bool = False) -> FastAPI:
             png = sample_plot(server, sample_id, bool(compact))
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
-    @app.get("/hist/{sample_id}/{threshold}.json")
+    @pages.get("/hist/{sample_id}/{threshold}.json")
     def threshold_histogram(request: Request, sample_id: str, threshold: str):
         """The events a threshold is placed among, binned, with its current value: what the
         sample page draws to drag the threshold on."""
@@ -455,15 +468,21 @@ def create_app(study_root: str | Path, accounts: bool = False) -> FastAPI:
             server.sample(sample_id)
             return threshold_bins(server, sample_id, threshold)
 
-    @app.get("/audit.csv")
+    @pages.get("/audit.csv")
     def audit_csv(request: Request):
         if not who(request):
             raise HTTPException(401, "sign in first")
+        text = io.StringIO()
         with server.lock:
-            entries = server.log.entries()
-        frame = pd.DataFrame([e.__dict__ for e in entries])
-        return PlainTextResponse(frame.to_csv(index=False), media_type="text/csv")
+            server.log.write_csv(text)
+        return Response(
+            text.getvalue(),
+            media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="audit_trail.csv"'},
+        )
 
+    app.include_router(pages)
+    app.include_router(actions)
     return app
 
 
@@ -681,10 +700,18 @@ def _describe(detail: dict) -> str:
         text = f"{detail['threshold']}: {old_text} -> {float(detail['new']):.3f}"
         if "undoes" in detail:
             text = f"undo #{detail['undoes']} ({text})"
-        return text
+        return text + _superseding(detail)
     if "undoes" in detail:
-        return f"undo #{detail['undoes']} ({detail.get('action', '')})"
+        return f"undo #{detail['undoes']} ({detail.get('action', '')})" + _superseding(detail)
     return ""
+
+
+def _superseding(detail: dict) -> str:
+    """What a signed change replaced, as the trail table says it."""
+    was = detail.get("supersedes")
+    if not isinstance(was, dict):
+        return ""
+    return f"; signed, supersedes #{was.get('seq')} ({was.get('action')} by {was.get('who')})"
 
 
 def signoff_rows(server: ReviewServer) -> list[dict]:

@@ -42,7 +42,7 @@ class CopyTracker:
         ready, waiting = [], []
         for path in paths:
             try:
-                size = path.stat().st_size
+                size = path.lstat().st_size
             except FileNotFoundError:
                 self.seen.pop(path, None)
                 continue
@@ -93,7 +93,13 @@ def watch_inbox(
     stop: threading.Event | None = None,
 ) -> None:
     """Watch inbox/ until ``stop`` is set; call ``run(hold)`` once per batch of complete
-    files, ``hold`` naming files still being copied (to be left alone by that run)."""
+    files, ``hold`` naming files still being copied (to be left alone by that run).
+
+    ``run`` must pass the same settle time and timeout to intake (``CopyWindow``): a file
+    that starts arriving after this look is judged again when the pass has the study. A file
+    is taken as handled only once the store records it as it is now; one the pass left
+    (still arriving) is looked at again. Links, FIFOs and folders have no copy to wait for:
+    they are handed to the pass at once, which lists them with a reason."""
     study = Study(study_root)
     stop = stop or threading.Event()
     wake = threading.Event()
@@ -104,18 +110,20 @@ def watch_inbox(
     handled: dict[Path, tuple[int, int]] = {}
     try:
         while not stop.is_set():
-            files = study.inbox_files()  # scan: also finds files present before we started
-            fresh = [p for p in files if handled.get(p) != _signature(p)]
+            # scan: also finds files present before we started
+            entries = study.inbox_entries()
+            fresh = [e for e in entries if handled.get(e.path) != _signature(e.path)]
             # A file another pass (the nightly run) already processed or quarantined, as it is
             # now, is not a copy in progress.
-            for path in _decided(study, fresh):
+            for path in _decided(study, [e.path for e in fresh], ("processed", "quarantined")):
                 handled[path] = _signature(path)
                 tracker.forget([path])
-            fresh = [p for p in fresh if handled.get(p) != _signature(p)]
-            ready, waiting = tracker.look(fresh, time.monotonic())
+            fresh = [e for e in fresh if handled.get(e.path) != _signature(e.path)]
+            ready, waiting = tracker.look([e.path for e in fresh if not e.kind], time.monotonic())
+            ready += [e.path for e in fresh if e.kind]
             if ready:
                 run(sorted(p.name for p in waiting))
-                for path in ready:
+                for path in _decided(study, ready, ("processed", "quarantined", "failed")):
                     handled[path] = _signature(path)
                 tracker.forget(ready)
             # Events only shorten the wait; the scan decides.
@@ -126,9 +134,9 @@ def watch_inbox(
         observer.join()
 
 
-def _decided(study: Study, paths: list[Path]) -> list[Path]:
-    """Of ``paths``, those the store records, at their current size and time, as processed or
-    quarantined."""
+def _decided(study: Study, paths: list[Path], statuses: tuple[str, ...]) -> list[Path]:
+    """Of ``paths``, those the store records, at their current size and time, with one of
+    ``statuses``."""
     if not paths or not study.db_path.exists():
         return []
     from cohort.store import Store
@@ -139,8 +147,8 @@ def _decided(study: Study, paths: list[Path]) -> list[Path]:
         for path in paths:
             size, mtime_ns = _signature(path)
             sha = store.known_sha256(path.name, size, mtime_ns)
-            record = store.file_record(path.name, sha) if sha else None
-            if record is not None and record["status"] in ("processed", "quarantined"):
+            record = store.file_record(path.name, sha) if sha is not None else None
+            if record is not None and record["status"] in statuses:
                 decided.append(path)
         return decided
     finally:
@@ -148,8 +156,9 @@ def _decided(study: Study, paths: list[Path]) -> list[Path]:
 
 
 def _signature(path: Path) -> tuple[int, int]:
+    """Size and modification time of the inbox entry itself (a link's, not its target's)."""
     try:
-        stat = path.stat()
+        stat = path.lstat()
     except FileNotFoundError:
         return (-1, -1)
     return (stat.st_size, stat.st_mtime_ns)

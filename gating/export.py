@@ -80,3 +80,13 @@ def write_gatingml(
     path = Path(path)
     path.write_text(gatingml_text(gates, resolved, header))
     return path
+
+
+def gatingml_counts(xml_path: str | Path, fcs_path: str | Path) -> dict[tuple[str, tuple], int]:
+    """(gate name, parent path) -> events, as flowkit applies a GatingML file to an FCS file."""
+    strategy = fk.parse_gating_xml(str(xml_path))
+    result = strategy.gate_sample(fk.Sample(str(fcs_path)))
+    return {
+        (name, path): int(result.get_gate_count(name, gate_path=path))
+        for name, path in strategy.get_gate_ids()
+    }

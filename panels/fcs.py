@@ -9,8 +9,10 @@ gain, timestep) so event arrays equal flowkit's ``Sample`` events.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,9 +166,25 @@ def _int_keyword(kw: dict[str, str], key: str, path: Path) -> int:
         ) from None
 
 
+def _to_debug_log(record: logging.LogRecord) -> bool:
+    """fcsparser logs its complaints (an illegal UTF-8 byte...) as WARNINGs, which reached the
+    terminal before our one-line reason: they go to our log at DEBUG instead. A filter on
+    fcsparser's own logger drops the record before any handler, including ones a logging
+    setup (Prefect's, pytest's) attaches to its parents later."""
+    logging.getLogger("immunomon.fcs").debug("fcsparser: %s", record.getMessage())
+    return False
+
+
+def _quiet_fcsparser() -> None:
+    logger = logging.getLogger("fcsparser.api")  # fcsparser's getLogger(__name__)
+    if _to_debug_log not in logger.filters:
+        logger.addFilter(_to_debug_log)
+
+
 def _parse_text_segment(path: Path) -> dict:
     import fcsparser  # imported lazily: ~80 ms, and only intake needs it
 
+    _quiet_fcsparser()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -179,6 +197,86 @@ def _parse_text_segment(path: Path) -> dict:
         ) from None
 
 
+NOT_REGULAR = {
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a folder",
+    stat.S_IFLNK: "a symbolic link",
+}
+
+
+def not_a_regular_file(mode: int) -> str:
+    """What a file of ``st_mode`` is when it is not a regular file ('' when it is one)."""
+    if stat.S_ISREG(mode):
+        return ""
+    return NOT_REGULAR.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def open_regular(path: str | os.PathLike, follow_symlinks: bool = True):
+    """Open ``path`` for reading only if it is a regular file: a FIFO or a device would block
+    or never end, and (with ``follow_symlinks`` False) a link could point anywhere. Opened
+    without blocking and checked on the open descriptor, so a swap after a check cannot
+    slip through."""
+    path = Path(path)
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if not follow_symlinks and os.path.islink(path):
+            raise FcsReadError(path, not_regular_reason(NOT_REGULAR[stat.S_IFLNK])) from None
+        if os.path.isdir(path):
+            raise FcsReadError(path, not_regular_reason(NOT_REGULAR[stat.S_IFDIR])) from None
+        raise FcsReadError(path, f"cannot be opened ({exc.strerror})") from None
+    kind = not_a_regular_file(os.fstat(fd).st_mode)
+    if kind:
+        os.close(fd)
+        raise FcsReadError(path, not_regular_reason(kind))
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def not_regular_reason(kind: str) -> str:
+    """Why an inbox entry or a named file that is ``kind`` (a FIFO, a link...) is not read."""
+    return (
+        f"is {kind}, not a regular file: only FCS files are read (links are never followed "
+        "in inbox/); put the FCS file itself there"
+    )
+
+
+# A HEADER is 58 bytes; TEXT offsets are in bytes 10-25. $PAR is checked against the $PnB
+# keywords TEXT actually holds before fcsparser, which builds one key per declared channel.
+_HEADER_TEXT_OFFSETS = slice(10, 26)
+
+
+def _check_declared_channels(path: Path, fh, file_size: int) -> None:
+    """Refuse a $PAR the TEXT segment cannot back ($PAR=2e7 in a 133 KB file made fcsparser
+    build 2e7 keys: 30 s and 1.7 GB) before anything is allocated per channel."""
+    fh.seek(0)
+    head = fh.read(58)
+    try:
+        start, end = int(head[_HEADER_TEXT_OFFSETS][:8]), int(head[_HEADER_TEXT_OFFSETS][8:])
+    except ValueError:
+        return  # fcsparser names a damaged HEADER
+    if not 0 < start < end < file_size:
+        return
+    fh.seek(start)
+    text = fh.read(end - start + 1)
+    delimiter = re.escape(text[:1])
+    declared = re.search(rb"(?i)" + delimiter + rb"\$PAR" + delimiter + rb"\s*([0-9]+)", text)
+    if declared is None:
+        return
+    widths = set(re.findall(rb"(?i)" + delimiter + rb"\$P([0-9]+)B" + delimiter, text))
+    n_par = int(declared[1])
+    if n_par > len(widths):
+        raise FcsReadError(
+            path,
+            f"keyword $PAR={n_par} declares {n_par:,} channels but the TEXT segment describes "
+            f"only {len(widths)} ($PnB): the header is damaged; export the sample again",
+        )
+
+
 _BYTEORDERS = {"1,2,3,4": "<", "1,2": "<", "1": "<", "4,3,2,1": ">", "2,1": ">"}
 
 
@@ -189,15 +287,16 @@ def scan_header(path: str | os.PathLike) -> FcsHeader:
     and ``FcsReadError`` for anything else a lab scientist must fix.
     """
     path = Path(path)
-    file_size = path.stat().st_size
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
+        file_size = os.fstat(fh.fileno()).st_size
         magic = fh.read(6)
-    if not re.fullmatch(rb"FCS[0-9]\.[0-9]", magic):
-        raise FcsReadError(
-            path,
-            "not an FCS file (it does not start with 'FCS2.0'/'FCS3.0'/'FCS3.1'): "
-            "export the sample from the instrument software as FCS",
-        )
+        if not re.fullmatch(rb"FCS[0-9]\.[0-9]", magic):
+            raise FcsReadError(
+                path,
+                "not an FCS file (it does not start with 'FCS2.0'/'FCS3.0'/'FCS3.1'): "
+                "export the sample from the instrument software as FCS",
+            )
+        _check_declared_channels(path, fh, file_size)
     meta = _parse_text_segment(path)
     head = meta.pop("__header__", {})
     kw = {str(k).upper(): str(v) for k, v in meta.items()}
@@ -376,14 +475,69 @@ def _locate_data_segment(
 
 
 def read_events(path: str | os.PathLike, header: FcsHeader | None = None) -> FcsData:
-    """Load all events of an FCS file; values decode like flowkit's ``Sample`` events."""
+    """Load all events of an FCS file; values decode like flowkit's ``Sample`` events.
+
+    Raises FcsReadError when the DATA holds no usable events (all NaN, random bytes)."""
     header = header or scan_header(path)
-    with open(header.path, "rb") as fh:
+    with open_regular(header.path) as fh:
         fh.seek(header.data_start)
         raw = fh.read(header.data_bytes_expected)
     if len(raw) != header.data_bytes_expected:
         raise FcsTruncatedError(header.path, "the file is truncated: copy it again")
-    return FcsData(header=header, stored=_decode(raw, header))
+    stored = _decode(raw, header)
+    spans = _spans_to_check(header.n_events)
+    _check_events_usable(header, np.concatenate([stored[a : a + n] for a, n in spans]))
+    return FcsData(header=header, stored=stored)
+
+
+# Events whose every value is finite and below this magnitude are plausible measurements:
+# no cytometer's scale reaches 1e12, while random bytes read as floats exceed it (or are
+# NaN/inf) in about one value in three.
+PLAUSIBLE_MAGNITUDE = 1e12
+SPANS_CHECKED, ROWS_PER_SPAN = 20, 500  # spread over the file: sees damage, cheap at intake
+
+
+def _spans_to_check(n_events: int) -> list[tuple[int, int]]:
+    """(first event, count) of up to SPANS_CHECKED runs of events spread over the file."""
+    if n_events <= SPANS_CHECKED * ROWS_PER_SPAN:
+        return [(0, n_events)]
+    starts = np.linspace(0, n_events - ROWS_PER_SPAN, SPANS_CHECKED).astype(np.int64)
+    return [(int(a), ROWS_PER_SPAN) for a in starts]
+
+
+def _check_events_usable(header: FcsHeader, rows: np.ndarray) -> None:
+    """FcsReadError unless at least half of ``rows`` (events x channels, stored values) hold
+    plausible numbers. Integer data always do; float DATA that is all NaN or random is not
+    a sample with 100% QC loss but a damaged file."""
+    if header.datatype == "I" or rows.size == 0:
+        return
+    with np.errstate(invalid="ignore", over="ignore"):
+        plausible = (np.isfinite(rows) & (np.abs(rows) <= PLAUSIBLE_MAGNITUDE)).all(axis=1)
+    good = int(plausible.sum())
+    if good * 2 < len(rows):
+        raise FcsReadError(
+            header.path,
+            f"the DATA segment holds no usable events: of {len(rows):,} events checked, "
+            f"{len(rows) - good:,} have NaN, infinite or impossibly large values (the data are "
+            "damaged, or $DATATYPE/$BYTEORD are wrong); export the sample again",
+        )
+
+
+def check_events_usable(header: FcsHeader) -> None:
+    """Read up to 10,000 events in runs spread over the DATA segment (not the whole file)
+    and raise FcsReadError when they are not usable numbers (see ``read_events``)."""
+    if header.datatype == "I":
+        return
+    dtype = np.dtype(f"{header.byteorder}{'f4' if header.datatype == 'F' else 'f8'}")
+    row_bytes = dtype.itemsize * header.n_channels
+    rows = []
+    with open_regular(header.path) as fh:
+        for first, count in _spans_to_check(header.n_events):
+            fh.seek(header.data_start + first * row_bytes)
+            rows.append(fh.read(count * row_bytes))
+    raw = b"".join(rows)
+    values = np.frombuffer(raw[: len(raw) - len(raw) % row_bytes], dtype=dtype)
+    _check_events_usable(header, values.reshape(-1, header.n_channels))
 
 
 def _decode(raw: bytes, h: FcsHeader) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cohort.audit import AuditLog
+from cohort.audit import AuditLog, anchor_head
 from cohort.clinical import FEEDS, ClinicalData, load_clinical_parts, patient_windows
 from cohort.exports import mfi_table, populations_table, samples_table, write_csv
 from cohort.review import (
@@ -156,9 +156,9 @@ def review_lines(study: Study, store: Store, review: pd.DataFrame) -> list[str]:
         last = review_entries[-1]
         lines += [
             "",
-            f"Audit trail: {len(review_entries)} review entries; the trail up to the last of "
-            f"them (#{last.seq}, {last.at[:19]} UTC) has head sha256 {last.hash}.",
-            "immunomon audit verify --study STUDY recomputes the chain through it.",
+            f"Audit trail: {len(review_entries)} review entries; the last of them "
+            f"(#{last.seq}, {last.at[:19]} UTC) anchors it; check the trail against this report:",
+            f"immunomon audit verify --study STUDY --anchor {last.seq}:{last.hash}",
         ]
     else:
         lines += ["", "Audit trail: no review entries yet."]
@@ -175,6 +175,7 @@ def update_outputs(
     results, error = write_results(study, store)
     if results is not None:
         write_report(study, store, results, executor, parts)
+        anchor_head(study.root, store.conn, "cohort report written")  # outside the database
     return error
 
 

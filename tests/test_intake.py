@@ -66,7 +66,7 @@ def test_bad_inputs_are_quarantined_with_reasons(study_copy):
     for name, reason in reasons.items():
         note = (study.quarantine_dir / f"{name}.reason.txt").read_text()
         assert reason in note
-        assert (study.quarantine_dir / name).read_bytes() == (inbox / name).read_bytes()
+        assert (study.quarantine_dir / "files" / name).read_bytes() == (inbox / name).read_bytes()
     assert _digest(inbox) == before
     store.close()
 

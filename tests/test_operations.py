@@ -91,7 +91,7 @@ def test_watcher_waits_for_a_growing_file_then_processes_it(tmp_path, prefect_ha
     table = pd.read_csv(samples)
     assert sorted(table.file) == ["P01_BL_BCELL.fcs", "P01_BL_TREG.fcs"]
     assert (table.status == "processed").all()  # the partial copy was never quarantined
-    assert not (root / "quarantine" / "P01_BL_TREG.fcs").exists()
+    assert not (root / "quarantine" / "files" / "P01_BL_TREG.fcs").exists()
     assert any("P01_BL_TREG.fcs" in hold for hold in runs)  # held back while copying
 
 

@@ -4,8 +4,6 @@ state rules, forms that need their token, personal accounts, signatures, rate li
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -90,86 +88,543 @@ def test_accounts_store_a_salted_hash_not_the_password(tmp_path):
     store.close()
 
 
-@pytest.fixture()
-def study(tmp_path):
+BASE = "http://127.0.0.1:8765"  # the address the app is served at (Site's default)
+PASSWORD = "a long enough password"
+SAMPLE = "P01_BL_BCELL"
+
+
+@pytest.fixture(scope="module")
+def reviewable(tmp_path_factory):
+    """A small study with three processed B-cell samples and two accounts (ana, bo)."""
+    import hashlib
+
+    from cohort.study import Study
+    from flows.sample_work import process_sample_file
     from simulate.demo import DemoOptions, simulate_study
 
-    root = tmp_path / "study"
+    root = tmp_path_factory.mktemp("reviewable") / "study"
     simulate_study(root, DemoOptions(events_per_file=1000, include_bad_files=False))
+    keep = ("P01_BL_BCELL", "P01_M1_BCELL", "P02_BL_BCELL")
+    for path in list((root / "inbox").iterdir()):
+        if not path.name.startswith(keep):
+            path.unlink()
+    study = Study(root)
+    store = Store(study.db_path)
+    for path in sorted((root / "inbox").iterdir()):
+        name = study.parse_name(path.name)
+        record = process_sample_file(
+            path,
+            hashlib.sha256(path.read_bytes()).hexdigest(),
+            name,
+            study.panels[name.panel_token],
+            study.strategies[name.panel_token],
+        )
+        stat = path.stat()
+        store.record_sample(
+            file_name=path.name,
+            size=stat.st_size,
+            mtime_ns=stat.st_mtime_ns,
+            result=record,
+            run_id="test",
+        )
+    add_user(store.conn, "ana", PASSWORD)
+    add_user(store.conn, "bo", PASSWORD + " too")
+    store.close()
     return root
+
+
+@pytest.fixture()
+def study(reviewable, tmp_path):
+    import shutil
+
+    root = tmp_path / "study"
+    shutil.copytree(reviewable, root)
+    return root
+
+
+def _client(study, accounts=False, site=None, base=BASE):
+    from fastapi.testclient import TestClient
+
+    from flows.review import create_app
+
+    return TestClient(create_app(study, accounts=accounts, site=site), base_url=base)
 
 
 def _token(response) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', response.text)[1]
 
 
+def _named(client, name="ana") -> str:
+    """Give the name (loopback mode); returns the session's form token."""
+    client.post("/whoami", data={"name": name, "csrf": _token(client.get("/whoami"))})
+    return _token(client.get("/signoff"))
+
+
+def _signed_in(client, name="ana", password=PASSWORD) -> str:
+    """Sign in with an account; returns the session's form token."""
+    token = _token(client.get("/signin"))
+    client.post("/signin", data={"name": name, "password": password, "csrf": token})
+    return _token(client.get("/signoff"))
+
+
+def _trail(study) -> list:
+    store = Store(study / "immunomon.db")
+    try:
+        return AuditLog(store.conn).entries()
+    finally:
+        store.close()
+
+
+def _status(study, sample_id=SAMPLE) -> str:
+    from cohort.review import ReviewStatus
+
+    return review_states(_trail(study)).get(sample_id, ReviewStatus(sample_id)).status
+
+
+# 1. every state-changing request: authenticated, authorised, bound to the site -------------
 def test_forms_without_their_token_change_nothing(study):
-    from fastapi.testclient import TestClient
-
-    from flows.review import create_app
-
-    client = TestClient(create_app(study))
+    client = _client(study)
     page = client.get("/whoami")
     assert client.post("/whoami", data={"name": "ana", "csrf": "forged"}).status_code == 403
     client.post("/whoami", data={"name": "ana", "csrf": _token(page)})
     response = client.post(
-        "/sample/P01_BL_BCELL/decide",
-        data={"action": "approve", "reason": "ok", "csrf": "forged"},
+        f"/sample/{SAMPLE}/decide", data={"action": "approve", "reason": "ok", "csrf": "forged"}
     )
     assert response.status_code == 403
-    store = Store(study / "immunomon.db")
-    assert AuditLog(store.conn).entries() == []
-    store.close()
+    assert _trail(study) == []
     assert client.get("/sample/..%2F..%2Fetc%2Fpasswd").status_code == 404  # ids: store only
 
 
-def test_accounts_sign_in_rate_limit_and_signature(study):
-    from fastapi.testclient import TestClient
+def test_a_session_that_never_had_a_token_is_refused_without_one(study):
+    """The attack: /whoami (or /signin) with no token, then every action with none."""
+    fresh = _client(study)
+    response = fresh.post("/whoami", data={"name": "mallory"}, follow_redirects=False)
+    assert response.status_code == 403 and "form token" in response.json()["detail"]
+    assert (
+        _client(study, accounts=True)
+        .post("/signin", data={"name": "ana", "password": PASSWORD})
+        .status_code
+        == 403
+    )
+    named = _client(study)
+    _named(named)
+    for path, data in [
+        (f"/sample/{SAMPLE}/adjust", {"threshold": "t_cd19", "value": "0.6", "reason": "x"}),
+        (f"/sample/{SAMPLE}/decide", {"action": "exclude", "reason": "x"}),
+        (f"/sample/{SAMPLE}/undo", {"reason": "x"}),
+        ("/signoff/approve", {"visit": "BL", "panel": "BCELL", "reason": "x"}),
+        ("/publish", {}),
+        ("/signout", {}),
+    ]:
+        for token in ("", None):
+            body = data | ({"csrf": token} if token is not None else {})
+            response = named.post(path, data=body, follow_redirects=False)
+            assert response.status_code == 403, (path, response.text)
+            assert "form token" in response.json()["detail"]
+    assert _trail(study) == [] and "mallory" not in named.get("/").text
 
-    from flows.review import MAX_FAILED_SIGN_INS, create_app
 
+def test_a_rebound_host_or_a_foreign_origin_is_refused(study):
+    """DNS rebinding: the attacker's page reaches the loopback server under its own name."""
+    client = _client(study)
+    token = _named(client)
+    rebound = {
+        "Host": "rebind.attacker.example:8765",
+        "Origin": "http://rebind.attacker.example:8765",
+    }
+    excluded = {"action": "exclude", "reason": "attacker", "csrf": token}
+    response = client.post(f"/sample/{SAMPLE}/decide", data=excluded, headers=rebound)
+    assert response.status_code == 421 and "answers at http://127.0.0.1:8765" in response.text
+    assert client.get("/", headers=rebound).status_code == 421  # nor are pages read
+    foreign = {"Origin": "http://evil.example"}
+    response = client.post(f"/sample/{SAMPLE}/decide", data=excluded, headers=foreign)
+    assert response.status_code == 403 and "evil.example" in response.json()["detail"]
+    response = client.post(
+        f"/sample/{SAMPLE}/decide", data=excluded, headers={"Referer": "http://evil.example/x"}
+    )
+    assert response.status_code == 403
+    assert _trail(study) == []
+    own = {"Origin": BASE, "Referer": f"{BASE}/sample/{SAMPLE}"}
+    response = client.post(f"/sample/{SAMPLE}/decide", data=excluded, headers=own)
+    assert response.status_code == 200 and _status(study) == "excluded"  # the real page works
+
+
+def test_every_state_changing_route_goes_through_the_guard(study):
+    """Enumerates the app's routes: one that changes state without the guard fails this."""
+    from flows.review import create_app
+    from flows.review_security import routes_and_checks
+
+    def unguarded(app) -> list[str]:
+        guard = app.state.guard
+        return [
+            path
+            for methods, path, calls in routes_and_checks(app)
+            if methods - {"GET", "HEAD"} and guard.check_form not in calls
+        ]
+
+    app = create_app(study)
+    routes = routes_and_checks(app)
+    posts = {path for methods, path, _ in routes if "POST" in methods}
+    assert {"/whoami", "/signin", "/signout", "/publish", "/signoff/approve"} <= posts
+    assert {f"/sample/{{sample_id}}/{a}" for a in ("adjust", "decide", "undo")} <= posts
+    assert unguarded(app) == []
+    acting = [p for m, p, calls in routes if app.state.guard.person in calls]
+    assert set(acting) == posts - {"/whoami", "/signin", "/signout"}
+
+    later = app.state.guard.router()  # what the next engineer's router gets for free
+
+    @later.post("/sample/{sample_id}/drag")
+    def drag(sample_id: str):
+        return {}
+
+    app.include_router(later)
+    assert unguarded(app) == []
+
+    @app.post("/forgotten")  # straight on the app: the test must catch it
+    def forgotten():
+        return {}
+
+    assert unguarded(app) == ["/forgotten"]
+
+
+def test_sign_out_ends_the_session_even_for_a_copied_cookie(study):
+    client = _client(study)
+    token = _named(client)
+    stolen = dict(client.cookies)
+    assert client.post("/signout", data={"csrf": token}).url.path == "/whoami"
+    assert client.get("/", follow_redirects=False).headers["location"].startswith("/whoami")
+    replay = _client(study)
+    replay.cookies.update(stolen)
+    assert replay.get("/", follow_redirects=False).status_code == 303  # not signed in
+    response = replay.post(
+        f"/sample/{SAMPLE}/decide", data={"action": "exclude", "reason": "x", "csrf": token}
+    )
+    assert response.status_code == 403  # the old session's token went with it
+    assert _trail(study) == []
+
+
+def test_a_removed_account_has_no_session(study):
+    from cohort.accounts import remove_user
+
+    client = _client(study, accounts=True)
+    token = _signed_in(client, "bo", PASSWORD + " too")
+    assert "bo" in client.get("/signoff").text
     store = Store(study / "immunomon.db")
-    add_user(store.conn, "ana", "a long enough password")
+    remove_user(store.conn, "bo")
+    add_user(store.conn, "bo", "another long password")  # the same name again: not the same
     store.close()
-    client = TestClient(create_app(study, accounts=True))
-    assert client.get("/", follow_redirects=False).headers["location"].startswith("/signin")
+    assert client.get("/signoff", follow_redirects=False).headers["location"].startswith("/signin")
+    response = client.post(
+        f"/sample/{SAMPLE}/decide",
+        data={
+            "action": "approve",
+            "reason": "x",
+            "password": "another long password",
+            "csrf": token,
+        },
+    )
+    assert response.status_code == 401 and "sign in first" in response.json()["detail"]
+    assert _trail(study) == []
+
+
+def test_users_remove_from_the_command_line(study, capsys):
+    from flows.cli import main
+
+    assert main(["-q", "users", "remove", "bo", "--study", str(study)]) == 0
+    assert "sessions have ended" in capsys.readouterr().out
+    assert main(["-q", "users", "remove", "bo", "--study", str(study)]) == 2
+    assert capsys.readouterr().err.strip() == "error: no user 'bo' in this study"
+    assert [e.action for e in _trail(study)] == ["user_removed"]
+
+
+def test_headers_tls_cookies_and_local_redirects_only(study):
+    from flows.review_security import Site, local_path
+
+    client = _client(study, accounts=True)
+    page = client.get("/signin")
+    headers = page.headers
+    assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert "script-src 'nonce-" in headers["content-security-policy"]
+    assert "secure" not in headers["set-cookie"].lower()  # plain http on loopback
+    for target in ("//evil.example", "https://evil.example/x", "/\\evil.example", "/\tevil"):
+        response = client.post(
+            "/signin",
+            data={"name": "ana", "password": PASSWORD, "csrf": _token(page), "next": target},
+            follow_redirects=False,
+        )
+        assert response.headers["location"] == "/", target
+        page = client.get("/signin")
+    assert local_path("/sample/P01_BL_BCELL?x=1") == "/sample/P01_BL_BCELL?x=1"
+    # A refused action goes back to its own page, never to the Referer it came with.
+    token = _token(client.get("/signoff"))
+    response = client.post(
+        f"/sample/{SAMPLE}/adjust",
+        data={"threshold": "t_cd19", "value": "abc", "reason": "x", "csrf": token},
+        headers={"Referer": f"{BASE}/patient/P01"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303 and response.headers["location"] == f"/sample/{SAMPLE}"
+
+    site = Site(host="0.0.0.0", port=8443, public_url="https://review.lab.example", tls=True)
+    secure = _client(study, accounts=True, site=site, base="https://review.lab.example")
+    page = secure.get("/signin")
+    assert "secure" in page.headers["set-cookie"].lower()
+    assert page.headers["strict-transport-security"].startswith("max-age=")
+    assert secure.get("/signin", headers={"Host": "127.0.0.1:8443"}).status_code == 421
+
+
+def _review_args(study, **options):
+    import argparse
+
+    defaults = {
+        "study": str(study),
+        "host": "127.0.0.1",
+        "port": 8765,
+        "public_url": "",
+        "tls_cert": None,
+        "tls_key": None,
+        "trusted_proxy": "",
+    }
+    return argparse.Namespace(**(defaults | options))
+
+
+def test_review_options_that_would_be_unsafe_are_refused(study):
+    from cohort.study import StudyError
+    from flows.review_security import review_site
+
+    _, site, accounts = review_site(_review_args(study))
+    assert not accounts and site.trusted_proxy == ""
+    for options, message in [
+        ({"host": "0.0.0.0"}, "give --public-url"),
+        ({"host": "10.0.0.5", "trusted_proxy": "10.0.0.1"}, "--trusted-proxy needs --public-url"),
+        ({"host": "10.0.0.5", "tls_cert": "c.pem"}, "go together"),
+    ]:
+        with pytest.raises(StudyError, match=message):
+            review_site(_review_args(study, **options))
+    _, site, _ = review_site(
+        _review_args(
+            study,
+            host="10.0.0.5",
+            public_url="https://review.lab.example/",
+            trusted_proxy="10.0.0.1",
+        )
+    )
+    assert site.origins == {"https://review.lab.example"} and site.secure_cookies
+
+
+def test_forwarded_for_is_not_believed_without_a_trusted_proxy(study):
+    """A real server (uvicorn, with the options ``immunomon review`` gives it): rotating
+    X-Forwarded-For from loopback neither lifts the per-address limit nor writes invented
+    addresses into the failed sign-in log."""
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from cohort.accounts import failed_sign_ins
+    from flows.review import create_app
+    from flows.review_security import SignInLimiter, Site, server_options
+
+    site = Site(host="127.0.0.2", port=8831)  # loopback, but not "loopback mode": accounts
+    options = server_options(site)
+    assert options["proxy_headers"] is False
+    server = uvicorn.Server(uvicorn.Config(create_app(study, True, site), **options))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+            time.sleep(0.05)
+        with httpx.Client(base_url="http://127.0.0.2:8831", timeout=10) as client:
+            token = _token(client.get("/signin"))
+            codes = [
+                client.post(
+                    "/signin",
+                    data={"name": f"guess{i}", "password": "nope", "csrf": token},
+                    headers={"X-Forwarded-For": f"203.0.113.{i}"},
+                ).status_code
+                for i in range(SignInLimiter.per_address + 2)
+            ]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+    assert not thread.is_alive()
+    assert codes[-2:] == [429, 429] and codes.count(429) == 2
+    store = Store(study / "immunomon.db")
+    addresses = {row[2] for row in failed_sign_ins(store.conn)}
+    store.close()
+    assert addresses and not any(a.startswith("203.0.113.") for a in addresses)
+
+
+# 2. signatures mean something ---------------------------------------------------------------
+def test_an_unsigned_adjust_cannot_cancel_a_signed_exclusion(study):
+    client = _client(study, accounts=True)
+    token = _signed_in(client)
+    client.post(
+        f"/sample/{SAMPLE}/decide",
+        data={"action": "exclude", "reason": "haemolysed", "password": PASSWORD, "csrf": token},
+    )
+    assert _status(study) == "excluded"
+    adjust = {"threshold": "t_cd19", "value": "0.6", "reason": "tail", "csrf": token}
+    response = client.post(f"/sample/{SAMPLE}/adjust", data=adjust)
+    assert response.status_code == 403
+    assert "changes #1 (exclude by ana)" in response.json()["detail"]
+    assert _status(study) == "excluded" and len(_trail(study)) == 1
+    client.post(f"/sample/{SAMPLE}/adjust", data=adjust | {"password": PASSWORD})
+    trail = _trail(study)
+    assert trail[-1].action == "override"
+    assert trail[-1].detail["supersedes"] == {"seq": 1, "action": "exclude", "who": "ana"}
+    assert _status(study) == "excluded"  # re-gated, still out of the statistics
+    assert "supersedes #1 (exclude by ana)" in client.get(f"/sample/{SAMPLE}").text
+
+
+def test_undo_of_a_signed_decision_needs_a_signature_even_of_another_person(study):
+    ana, bo = _client(study, accounts=True), _client(study, accounts=True)
+    ana_token = _signed_in(ana)
+    bo_token = _signed_in(bo, "bo", PASSWORD + " too")
+    ana.post(
+        f"/sample/{SAMPLE}/decide",
+        data={"action": "approve", "reason": "fine", "password": PASSWORD, "csrf": ana_token},
+    )
+    response = bo.post(f"/sample/{SAMPLE}/undo", data={"reason": "no", "csrf": bo_token})
+    assert (
+        response.status_code == 403 and "changes #1 (approve by ana)" in response.json()["detail"]
+    )
+    response = bo.post(
+        f"/sample/{SAMPLE}/undo", data={"reason": "no", "password": PASSWORD, "csrf": bo_token}
+    )
+    assert response.status_code == 403  # ana's password is not bo's signature
+    assert _status(study) == "approved"
+    bo.post(
+        f"/sample/{SAMPLE}/undo",
+        data={"reason": "wrong sample", "password": PASSWORD + " too", "csrf": bo_token},
+    )
+    undo = _trail(study)[-1]
+    assert undo.action == "undo" and undo.who == "bo" and undo.detail["undoes"] == 1
+    assert undo.detail["supersedes"] == {"seq": 1, "action": "approve", "who": "ana"}
+    assert _status(study) == "to_review"
+
+
+def test_the_exclusion_rule_in_the_trail_itself(log):
+    from cohort.review import SignatureNeeded, check_signature, record_override, record_undo
+
+    log.append("ana", "exclude", "haemolysed", "test", "P01_M1_BCELL")
+    detail = {"threshold": "t_cd19", "old": 0.5, "new": 0.6, "strategy_sha256": "s1"}
+    with pytest.raises(SignatureNeeded, match="changes #1 \\(exclude by ana\\)"):
+        record_override(log, "P01_M1_BCELL", "bo", "tail", "test", detail, signed=False)
+    record_override(log, "P01_M1_BCELL", "bo", "tail", "test", detail, signed=True)
+    assert review_states(log.entries())["P01_M1_BCELL"].status == "excluded"
+    record_undo(log, "P01_M1_BCELL", "bo", "back", "test", signed=True)  # the override
+    with pytest.raises(SignatureNeeded):
+        record_undo(log, "P01_M1_BCELL", "bo", "back", "test", signed=False)  # the exclusion
+    log.append("ana", "approve", "re-checked", "test", "P01_M1_BCELL")  # a signed decision
+    assert review_states(log.entries())["P01_M1_BCELL"].status == "approved"
+    assert check_signature(log.entries(), "P02_BL_BCELL", "override", signed=False) == {}
+
+
+def test_signature_guessing_ends_the_session(study):
+    from flows.review_security import MAX_SIGNATURE_FAILURES
+
+    client = _client(study, accounts=True)
+    token = _signed_in(client)
+    codes = []
+    for _ in range(MAX_SIGNATURE_FAILURES + 2):
+        response = client.post(
+            f"/sample/{SAMPLE}/decide",
+            data={"action": "approve", "reason": "ok", "password": "guess", "csrf": token},
+        )
+        codes.append(response.status_code)
+    assert codes[: MAX_SIGNATURE_FAILURES - 1] == [403] * (MAX_SIGNATURE_FAILURES - 1)
+    assert codes[MAX_SIGNATURE_FAILURES - 1] == 429  # signed out
+    right = client.post(
+        f"/sample/{SAMPLE}/decide",
+        data={"action": "approve", "reason": "ok", "password": PASSWORD, "csrf": token},
+    )
+    assert right.status_code in (401, 403) and _trail(study) == []  # even the right one
+
+
+def test_accounts_sign_in_rate_limit_without_lockout(study):
+    """A stranger's wrong guesses slow the account (back-off, at most a minute) but never
+    lock out a browser the person has signed in with; none of it enters the audit trail."""
+    from cohort.accounts import failed_sign_ins
+
+    person = _client(study, accounts=True)
+    _signed_in(person)
+    person.post("/signout", data={"csrf": _token(person.get("/signoff"))})
+    stranger = _client(study, accounts=True)
+    token = _token(stranger.get("/signin"))
+    codes = []
+    for _ in range(12):
+        response = stranger.post(
+            "/signin", data={"name": "ana", "password": "guess", "csrf": token}
+        )
+        codes.append(response.status_code)
+    assert 429 in codes
+    refused = stranger.post("/signin", data={"name": "ana", "password": PASSWORD, "csrf": token})
+    assert refused.status_code == 429  # the guesser waits, even with the right password
+    wait = int(re.search(r"wait (\d+) s", refused.json()["detail"])[1])
+    assert wait <= 60
+    _signed_in(person)  # the person's own browser is not locked out
+    assert "ana" in person.get("/signoff").text
+    assert not [e for e in _trail(study) if e.action == "sign_in_failed"]
+    store = Store(study / "immunomon.db")
+    kept = failed_sign_ins(store.conn)
+    store.close()
+    assert 1 <= len(kept) <= 12 and kept[0][1] == "ana"
+
+
+def test_the_back_off_caps_the_wait_and_the_address_limit_blocks(study):
+    from flows.review_security import SignInLimiter
+
+    now = [0.0]
+    limiter = SignInLimiter(clock=lambda: now[0])
+    for _ in range(100):  # a stranger hammering one account from many addresses
+        limiter.failed("ana", f"10.0.0.{_ % 19}")
+        now[0] += 0.01
+    assert "wait 60 s" in limiter.refusal("ana", "10.9.9.9")
+    now[0] += 60.5
+    assert limiter.refusal("ana", "10.9.9.9") == ""  # a minute later, not 10
+    for _i in range(SignInLimiter.per_address):
+        limiter.failed(None, "10.1.1.1")  # rotating names from one address
+    assert "from 10.1.1.1" in limiter.refusal(None, "10.1.1.1")
+    assert limiter.refusal(None, "10.1.1.2") == ""
+    now[0] += limiter.window_s + 1
+    assert limiter.refusal(None, "10.1.1.1") == ""
+    limiter.failed(None, "10.2.2.2")
+    assert set(limiter.by_address) == {"10.2.2.2"} and not limiter.by_account  # bounded
+
+
+def test_failed_sign_ins_are_bounded_and_names_cut(study, monkeypatch):
+    import cohort.accounts as accounts
+
+    client = _client(study, accounts=True)
     token = _token(client.get("/signin"))
-    for _ in range(MAX_FAILED_SIGN_INS):
-        response = client.post("/signin", data={"name": "ana", "password": "guess", "csrf": token})
-        assert "signin" in str(response.url)
-    locked = client.post(
-        "/signin", data={"name": "ana", "password": "a long enough password", "csrf": token}
-    )
-    assert locked.status_code == 429  # even the right password waits
+    client.post("/signin", data={"name": "x" * 1_000_000, "password": "p", "csrf": token})
     store = Store(study / "immunomon.db")
-    failures = [e for e in AuditLog(store.conn).entries() if e.action == "sign_in_failed"]
+    ((at, name, address),) = accounts.failed_sign_ins(store.conn)
+    assert len(name) < 100 and "1000000 characters" in name
+    monkeypatch.setattr(accounts, "KEEP_FAILURES", 50)
+    for i in range(120):
+        accounts.record_failed_sign_in(store.conn, f"n{i}", "10.0.0.1")
+    kept = accounts.failed_sign_ins(store.conn)
     store.close()
-    assert len(failures) == MAX_FAILED_SIGN_INS and failures[0].who == "ana"
+    assert len(kept) == 50 and kept[-1][1] == "n119"
+    assert _trail(study) == []
 
-    other = TestClient(create_app(study, accounts=True))
-    token = _token(other.get("/signin"))
-    other.post("/signin", data={"name": "ana", "password": "a long enough password", "csrf": token})
-    assert "ana" in other.get("/signoff").text
-    unsigned = other.post(
-        "/signoff/approve",
-        data={"visit": "BL", "panel": "BCELL", "reason": "ok", "password": "", "csrf": token},
-    )
-    assert unsigned.status_code == 403  # an approval is a signature: the password again
+
+def test_review_on_the_network_needs_accounts(study, capsys):
+    from flows.cli import main
+
     store = Store(study / "immunomon.db")
-    assert not [e for e in AuditLog(store.conn).entries() if e.action == "approve"]
+    store.conn.execute("DELETE FROM users")
+    store.conn.commit()
     store.close()
-
-
-def test_review_on_the_network_needs_accounts(study):
-    done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "review", "--study", str(study), "--host", "0.0.0.0"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
-    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
-    assert "add personal accounts first" in done.stderr
+    assert main(["-q", "review", "--study", str(study), "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "add personal accounts first" in err
 
 
 @pytest.mark.slow
@@ -217,3 +672,22 @@ def test_a_changed_strategy_drops_the_override_and_sends_the_sample_back(tmp_pat
     sample = server.store.current_sample("P01_M1_BCELL")
     mark = next(g for g in server.store.applied_gates(sample["sample_key"]) if g.name == "t_cd27")
     assert mark.gate.method != "manual"
+
+
+def test_sessions_held_by_the_server_are_bounded(monkeypatch):
+    import flows.review_security as security
+
+    monkeypatch.setattr(security, "MAX_SESSIONS", 3)
+    guard = security.ReviewGuard(
+        security.Site(), False, lambda name: None, lambda name, pw: False, lambda n, a: None
+    )
+
+    class Browser:  # what start_session and who read of a request
+        def __init__(self):
+            self.session = {}
+
+    browsers = [Browser() for _ in range(5)]
+    for i, browser in enumerate(browsers):
+        guard.start_session(browser, f"person{i}")
+    assert len(guard.sessions) == 3
+    assert guard.who(browsers[0]) is None and guard.who(browsers[-1]) == "person4"
