@@ -71,7 +71,9 @@ def _check_study(root: Path, wait: bool = True) -> None:
     their strategies must load, and with ``wait`` False no other pass may hold the study (each
     problem is one line, exit code 2)."""
     from cohort.study import Study
+    from flows.prefect_api import retention
 
+    retention()  # a bad IMMUNOMON_PREFECT_RETENTION_DAYS is a mistake like the others
     study = Study(root)
     study.strategies  # noqa: B018 (loading is the check)
     study.inbox_files()
@@ -89,16 +91,16 @@ def _run(
         from flows.nightly import run_study
 
         summary = run_study(root, workers, dask_address=dask_address, wait=wait)
-    before = f" (+{summary.still_quarantined} as before)" if summary.still_quarantined else ""
     print(
         f"run {summary.run_id}: {summary.seen} files seen, {summary.processed} processed, "
-        f"{summary.unchanged} unchanged, {summary.quarantined} quarantined{before}, "
-        f"{summary.failed} failed in {time.perf_counter() - started:.1f} s"
+        f"{summary.unchanged} unchanged, {summary.quarantined_total} quarantined "
+        f"({summary.quarantined} new), {summary.failed} failed in "
+        f"{time.perf_counter() - started:.1f} s"
     )
-    if summary.quarantined or summary.still_quarantined:
+    if summary.quarantined_total:
         print(f"  reasons: {root / 'quarantine'}/*.reason.txt")
     if summary.cohort_error:  # bad clinical input: the user's to fix
-        print(f"cohort step stopped: {summary.cohort_error}", file=sys.stderr)
+        print(f"incomplete: {summary.outputs}", file=sys.stderr)
         return 2
     if summary.failed:
         print(
@@ -133,7 +135,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
             )
             print(
                 f"run {summary.run_id}: {summary.processed} processed, "
-                f"{summary.quarantined} quarantined, {summary.failed} failed; "
+                f"{summary.quarantined_total} quarantined ({summary.quarantined} new), "
+                f"{summary.failed} failed; "
                 f"still copying: {len(hold)}",
                 flush=True,
             )
@@ -166,7 +169,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from cohort.store import Store
     from cohort.study import Study
-    from reports.outputs import update_outputs, write_qc_report_from_store
+    from flows.outcome import cohort_outputs
+    from reports.outputs import write_qc_report_from_store, write_report, write_results
 
     study = Study(args.study)
     store = Store(study.db_path)
@@ -180,12 +184,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
             store.close()
         print(f"QC report written: {path}")
         return 0
-    error = update_outputs(study, store)
-    store.close()
+    try:
+        results, error = write_results(study, store)
+        if results is not None:
+            write_report(study, store, results)
+    finally:
+        store.close()
+    outputs = cohort_outputs(study, results, error)
     if error:
-        print(f"cohort step stopped: {error}", file=sys.stderr)
+        print(f"incomplete: {outputs}", file=sys.stderr)
         return 2
-    print(f"report written: {study.reports_dir / 'cohort_report.pdf'}")
+    print(outputs)
     return 0
 
 
@@ -414,13 +423,21 @@ def _cmd_users_remove(args: argparse.Namespace) -> int:
 
 def _cmd_process(args: argparse.Namespace) -> int:
     from panels.errors import readable_file
+    from panels.resolve import PanelError, load_panel
 
     readable_file(args.file)  # before the gating stack (~1 s of imports) is loaded
+    try:
+        panel = load_panel(args.panel)
+    except PanelError as as_given:
+        # A study's panel token (BCELL, TREG) names the built-in panel of the same name: the
+        # token a lab reads in its file names works here too.
+        try:
+            panel = load_panel(args.panel.lower())
+        except PanelError:
+            raise as_given from None
     from gating.apply import gate_file, load_panel_strategy
     from panels.fcs import FcsReadError
-    from panels.resolve import load_panel
 
-    panel = load_panel(args.panel)
     # A panel file's strategy (YAML or .wsp) may be named relative to the panel file.
     strategy = load_panel_strategy(panel, Path(panel.source).parent)
     try:

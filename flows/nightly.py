@@ -1,4 +1,4 @@
-"""The nightly flow: intake, one task per new sample file, then results, statistics, report."""
+"""The nightly flow: intake, new sample files in batches of tasks, results, statistics, report."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import logging
 import re
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -23,23 +23,27 @@ from cohort.intake import plan_intake
 from cohort.review import overrides_in_force, panel_of, reviewer_name
 from cohort.store import Store
 from cohort.study import Study, StudyError, StudyLease
-from flows.tasks import process_sample_task
+from flows.outcome import PassIncomplete, RunSummary, cohort_outputs
+from flows.prefect_api import prune_study_runs, retention
+from flows.tasks import process_batch_task, sample_batches
 from flows.worker_pool import local_workers, open_worker_pool, sample_worker_pool
 from gating.pipeline import PIPELINE_VERSION
-from reports.outputs import software_version, update_outputs, write_report, write_results
+from reports.outputs import software_version, write_report, write_results
 
 
-@dataclass(frozen=True)
-class RunSummary:
-    run_id: str
-    seen: int
-    processed: int
-    unchanged: int
-    quarantined: int
-    failed: int
-    cohort_error: str = ""
-    failed_files: tuple[str, ...] = ()
-    still_quarantined: int = 0  # quarantined by an earlier pass, same content and reason
+class _OurOutcomeIsNoEngineError(logging.Filter):
+    """A served run (``python -m prefect.engine``) re-raises a Failed state's exception and
+    logs it as 'Engine execution exited with unexpected exception' with a traceback. For a
+    PassIncomplete that is no crash: the run already logged the message at ERROR and ends
+    Failed with it, so an automation on ERROR logs fires once, on ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, PassIncomplete) and "unexpected exception" in record.msg)
+
+
+for _name in ("prefect.flow_runs", "prefect.engine"):
+    logging.getLogger(_name).addFilter(_OurOutcomeIsNoEngineError())
 
 
 # The flow's stages as Prefect tasks, so the UI shows each with its duration and state. They
@@ -80,16 +84,33 @@ def nightly_flow(
     when this pass has the study are left for a later one (``cohort.intake.CopyWindow``)."""
     study = Study(study_root)
     logger = get_run_logger()
-    with study.exclusive(wait, waiting=logger.warning) as lease:
+    with warnings_to_log(logger), study.exclusive(wait, waiting=logger.warning) as lease:
         summary = _one_pass(study, lease, workers, frozenset(hold or ()), dask_address, copy_window)
-    problems = []
-    if summary.failed:
-        problems.append(
-            f"{summary.failed} file(s) failed to process: {', '.join(summary.failed_files)}"
+    problems = summary.problems()
+    if problems:
+        return Failed(message=problems, data=PassIncomplete(problems, summary))
+    return summary
+
+
+@contextmanager
+def warnings_to_log(logger) -> Iterator[None]:
+    """Warnings libraries raise in this process (pandas, lifelines, matplotlib, Prefect) go to
+    the run's log at INFO, each once, instead of the terminal, where only our warnings (the
+    quarantines) belong; the worker processes return theirs with each file's record."""
+
+    def to_log(message, category, filename, lineno, file=None, line=None) -> None:
+        logger.info(
+            "library warning: %s: %s (%s:%d)",
+            category.__name__,
+            message,
+            Path(filename).name,
+            lineno,
         )
-    if summary.cohort_error:
-        problems.append(f"cohort step stopped: {summary.cohort_error}")
-    return Failed(message="; ".join(problems), data=summary) if problems else summary
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = to_log
+        yield
 
 
 @contextmanager
@@ -111,10 +132,10 @@ def per_sample_runner(workers: int, dask_address: str | None) -> Iterator:
             ) from None
 
         with DaskTaskRunner(address=dask_address) as runner:
-            yield lambda parameters: runner.submit(process_sample_task, parameters)
+            yield lambda parameters: runner.submit(process_batch_task, parameters)
     else:
         with sample_worker_pool(workers):
-            yield lambda parameters: process_sample_task.submit(**parameters)
+            yield lambda parameters: process_batch_task.submit(**parameters)
 
 
 def _one_pass(
@@ -161,7 +182,7 @@ def _one_pass(
     progress = RunProgress(len(plan.ready), lease)
     with per_sample_runner(workers if len(plan.ready) > 1 else 1, dask_address) as submit:
         outcomes = _process_ready(
-            plan.ready, study, store, run_id, logger, submit, progress, strategy_of
+            plan.ready, study, store, run_id, logger, submit, progress, strategy_of, workers
         )
         results, error = results_task(study, store)
         lease.renew()
@@ -171,8 +192,9 @@ def _one_pass(
             report_task(
                 study, store, results, pool.executor if pool else None, pool.workers if pool else 1
             )
+    outputs = cohort_outputs(study, results, error)
     if error:
-        logger.error("cohort step stopped: %s", error)
+        logger.error("%s", outputs)
     failed_files = tuple(o["file"] for o in outcomes if o["status"] == "failed")
     processed = sum(o["status"] == "processed" for o in outcomes)
     counts = {
@@ -200,6 +222,7 @@ def _one_pass(
         error,
         failed_files,
         len(plan.still_quarantined),
+        outputs,
     )
     rows = outcomes + [
         {"file": d.path.name, "status": "quarantined", "reason": d.reason, "flags": ""}
@@ -212,6 +235,7 @@ def _one_pass(
     return summary
 
 
+PROGRESS_UPDATE_SECONDS = 2.0
 PROGRESS_LOGGER = "immunomon.progress"  # the terminal's progress lines (flows.cli shows them)
 
 
@@ -223,6 +247,7 @@ class RunProgress:
         from prefect.artifacts import create_progress_artifact
 
         self.total, self.done, self.started, self.lease = total, 0, time.monotonic(), lease
+        self.updated = self.started
         self.artifact_id = create_progress_artifact(
             progress=0.0 if total else 100.0,
             description=f"samples processed of {total} to process in this pass",
@@ -233,7 +258,11 @@ class RunProgress:
 
         self.done += 1
         self.lease.renew()  # a committed sample is progress: this pass is not hung
-        update_progress_artifact(self.artifact_id, progress=100.0 * self.done / self.total)
+        now = time.monotonic()
+        # One update per file was an API call per file; every 2 s is as live in the UI.
+        if self.done == self.total or now - self.updated >= PROGRESS_UPDATE_SECONDS:
+            update_progress_artifact(self.artifact_id, progress=100.0 * self.done / self.total)
+            self.updated = now
         rate = self.done / max(time.monotonic() - self.started, 1e-9)
         left = (self.total - self.done) / rate
         logging.getLogger(PROGRESS_LOGGER).info(
@@ -258,11 +287,7 @@ def publish_run_artifacts(study: Study, summary: RunSummary, rows: list[dict]) -
         table=sorted(rows, key=lambda r: (r["status"] == "unchanged", r["file"])),
         description=f"Every file of {study.root / 'inbox'} seen by run {summary.run_id}",
     )
-    verdict = (
-        f"**cohort step stopped:** {summary.cohort_error}"
-        if summary.cohort_error
-        else f"Report: `{study.reports_dir / 'cohort_report.pdf'}`"
-    )
+    verdict = f"**{'Incomplete' if summary.cohort_error else 'Written'}:** {summary.outputs}"
     failed = (
         "\n\nFailed to process (retried next run): " + ", ".join(summary.failed_files)
         if summary.failed_files
@@ -272,10 +297,11 @@ def publish_run_artifacts(study: Study, summary: RunSummary, rows: list[dict]) -
         key=f"{key}-summary",
         markdown=(
             f"# {study.config.study}: run {summary.run_id}\n\n"
-            f"| seen | processed | unchanged | quarantined | failed |\n|---|---|---|---|---|\n"
+            f"| seen | processed | unchanged | in quarantine | failed |\n|---|---|---|---|---|\n"
             f"| {summary.seen} | {summary.processed} | {summary.unchanged} | "
-            f"{summary.quarantined} | {summary.failed} |\n\n{verdict}{failed}\n\n"
-            f"Results: `{study.results_dir}`"
+            f"{summary.quarantined_total} ({summary.quarantined} new) | {summary.failed} |\n\n"
+            f"{verdict}{failed}\n\nQuarantined files and their reasons: "
+            f"`{study.root / 'quarantine'}`"
         ),
         description="The pass's outcome",
     )
@@ -290,11 +316,16 @@ def _process_ready(
     submit,
     progress: RunProgress,
     strategy_of: dict,
+    workers: int,
 ) -> list[dict]:
-    """Submit one task per file; store each result, in its own transaction, as it completes.
-    Returns a row per file: file, status (processed | failed), reason, flags."""
-    futures = {
-        submit(
+    """Submit the files in batches (``flows.tasks.sample_batches``), one task each; store each
+    file's result, in its own transaction, as its batch completes. Returns a row per file:
+    file, status (processed | failed), reason, flags."""
+    futures = {}
+    for batch in sample_batches(ready, workers):
+        first, last = batch[0].name.sample_id, batch[-1].name.sample_id
+        label = first if len(batch) == 1 else f"{len(batch)} files {first}..{last}"
+        parameters = [
             {
                 "path": str(d.path),
                 "sha256": d.sha256,
@@ -305,57 +336,54 @@ def _process_ready(
                 "qc_report_dir": str(study.qc_reports_dir),
                 "qc_reports": study.config.qc_reports,
             }
-        ): d
-        for d in ready
-    }
+            for d in batch
+        ]
+        futures[submit({"batch": parameters, "label": label})] = batch
     outcomes = []
-    for done, future in enumerate(as_completed(list(futures)), start=1):
-        decision = futures[future]
-        stat = decision.path.stat()
+    for future in as_completed(list(futures)):
+        batch = futures[future]
         try:
-            record = future.result()
-        except Exception as exc:  # one bad file never stops the others
-            reason = f"processing failed: {type(exc).__name__}: {exc}. It will be retried next run"
-            store.record_rejection(
-                decision.path.name,
-                decision.sha256,
-                stat.st_size,
-                stat.st_mtime_ns,
-                "failed",
-                reason,
-            )
-            logger.error("%s: %s", decision.path.name, reason)
-            outcomes.append(
-                {"file": decision.path.name, "status": "failed", "reason": reason, "flags": ""}
-            )
-            progress.step(decision.path.name, "failed")
-            continue
-        if decision.replaces:
-            logger.warning(
-                "%s: new content under an already-processed name; it replaces the acquisition "
-                "with sha256 %s..., whose results are kept as superseded",
-                decision.path.name,
-                decision.replaces[:12],
-            )
-        store.record_sample(
-            file_name=decision.path.name,
-            size=stat.st_size,
-            mtime_ns=stat.st_mtime_ns,
-            result=record,
-            run_id=run_id,
-            replaces=decision.replaces,
-        )
-        outcomes.append(
-            {
-                "file": decision.path.name,
-                "status": "processed",
-                "reason": "",
-                "flags": ";".join(record.flags),
-            }
-        )
-        logger.info("processed %d/%d %s", done, len(futures), decision.path.name)
-        progress.step(decision.path.name, "processed")
+            results = future.result()
+        except Exception as exc:  # the task itself failed (a lost Dask worker): all its files
+            results = [f"processing failed: {type(exc).__name__}: {exc}"] * len(batch)
+        for decision, result in zip(batch, results, strict=True):
+            outcomes.append(_store_outcome(decision, result, store, run_id, logger))
+            progress.step(decision.path.name, outcomes[-1]["status"])
     return outcomes
+
+
+def _store_outcome(decision, result, store: Store, run_id: str, logger) -> dict:
+    """Commit one file's record (or its failure) and log it; its row of the files table."""
+    stat = decision.path.stat()
+    if isinstance(result, str):
+        reason = f"{result}. It will be retried next run"
+        store.record_rejection(
+            decision.path.name, decision.sha256, stat.st_size, stat.st_mtime_ns, "failed", reason
+        )
+        logger.error("%s: %s", decision.path.name, reason)
+        return {"file": decision.path.name, "status": "failed", "reason": reason, "flags": ""}
+    if decision.replaces:
+        logger.warning(
+            "%s: new content under an already-processed name; it replaces the acquisition "
+            "with sha256 %s..., whose results are kept as superseded",
+            decision.path.name,
+            decision.replaces[:12],
+        )
+    store.record_sample(
+        file_name=decision.path.name,
+        size=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
+        result=result,
+        run_id=run_id,
+        replaces=decision.replaces,
+    )
+    logger.info("processed %s", decision.path.name)
+    return {
+        "file": decision.path.name,
+        "status": "processed",
+        "reason": "",
+        "flags": ";".join(result.flags),
+    }
 
 
 def run_study(
@@ -374,19 +402,37 @@ def run_study(
     # Opened before the flow, so the workers load while Prefect starts; the flow reuses it.
     with sample_worker_pool(workers):
         state = configured(root, workers, hold, dask_address, wait, copy_window, return_state=True)
+    try:  # Prefect keeps a study's runs for the retention period (flows.prefect_api)
+        prune_study_runs(Path(root).name, retention())
+    except Exception as error:  # the pass is done; pruning is tried again next pass
+        logging.getLogger(__name__).warning("old Prefect runs not pruned: %s", error)
     outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, PassIncomplete) and outcome.summary is not None:
+        return outcome.summary  # a finished pass that left something out
     if isinstance(outcome, BaseException):  # a bug or an unusable study, not a finished pass
         raise outcome
     return outcome
 
 
 @flow(name="immunomon-report", log_prints=True)
-def report_flow(study_root: str) -> str:
-    """Rewrite results and the cohort report from the store, without processing anything."""
+def report_flow(study_root: str) -> str | State:
+    """Rewrite results and the cohort report from the store, without processing anything.
+
+    Ends Failed, with what was written and left out, when a clinical file is broken (as
+    ``immunomon report`` exits 2); the message is also logged at ERROR."""
     study = Study(study_root)
-    with study.exclusive():
+    logger = get_run_logger()
+    with warnings_to_log(logger), study.exclusive(waiting=logger.warning):
         store = Store(study.db_path)
         try:
-            return update_outputs(study, store)
+            results, error = results_task(study, store)
+            if results is not None:
+                report_task(study, store, results)
         finally:
             store.close()
+    outputs = cohort_outputs(study, results, error)
+    if error:
+        logger.error("%s", outputs)
+        return Failed(message=outputs, data=PassIncomplete(outputs))
+    logger.info("%s", outputs)
+    return outputs

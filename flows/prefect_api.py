@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextvars
+import datetime as dt
 import inspect
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,11 +16,17 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
+from pathlib import Path
 
 from flows.lifetime import die_with_parent
 from panels.errors import ImmunomonError
 
-STARTUP_TIMEOUT = 60.0  # seconds for a temporary server to answer
+# Seconds for a temporary server to answer while it lives: creating a new database (Prefect's
+# migrations, once per PREFECT_HOME) took 79 s at load 15 on 2 cores; a start is ~5 s after.
+STARTUP_TIMEOUT = 300.0
+# Prefect keeps a study's runs this long (the study's store and audit trail keep every pass
+# for good; Prefect's copy is the operations view). IMMUNOMON_PREFECT_RETENTION_DAYS changes it.
+RETENTION_DAYS = 30.0
 _own_server: subprocess.Popen | None = None  # the temporary server of this command, if any
 
 
@@ -95,6 +103,89 @@ def prefect_api_running() -> Iterator[None]:
         yield
 
 
+def retention() -> dt.timedelta:
+    """How long Prefect keeps a study's runs (``RETENTION_DAYS`` unless the environment's
+    IMMUNOMON_PREFECT_RETENTION_DAYS says otherwise)."""
+    days = os.environ.get("IMMUNOMON_PREFECT_RETENTION_DAYS", "")
+    try:
+        return dt.timedelta(days=float(days) if days else RETENTION_DAYS)
+    except ValueError:
+        raise PrefectApiError(
+            f"IMMUNOMON_PREFECT_RETENTION_DAYS={days!r}: give a number of days, e.g. 30"
+        ) from None
+
+
+def prune_study_runs(study_folder: str, keep: dt.timedelta, limit: int = 200) -> int:
+    """Delete the study's flow runs (named ``FOLDER-YYYY-MM-DD``) that ended more than ``keep``
+    ago, with their artifacts; their task runs and states go with them. Returns how many."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterEndTime,
+        FlowRunFilterName,
+    )
+
+    own = re.compile(rf"^{re.escape(study_folder)}-\d{{4}}-\d\d-\d\d$")
+    cutoff = dt.datetime.now(dt.UTC) - keep
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(like_=f"{study_folder}-"),
+                end_time=FlowRunFilterEndTime(before_=cutoff),
+            ),
+            limit=limit,
+        )
+        old = [run for run in runs if own.match(run.name)]
+        if old:
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[run.id for run in old])
+                )
+            )
+            for artifact in artifacts:
+                client.delete_artifact(artifact.id)
+        for run in old:
+            client.delete_flow_run(run.id)
+    return len(old)
+
+
+def sqlite_database() -> Path | None:
+    """The SQLite file behind a temporary server (PREFECT_HOME/prefect.db by default)."""
+    from prefect.settings import get_current_settings
+
+    url = str(get_current_settings().server.database.connection_url.get_secret_value())
+    prefix = "sqlite+aiosqlite:///"
+    return Path(url.removeprefix(prefix)) if url.startswith(prefix) else None
+
+
+def compact_database(path: Path) -> None:
+    """After the temporary server stopped: drop the logs of deleted runs (Prefect's API has no
+    call for it) and give the freed pages back to the file system."""
+    import sqlite3
+
+    if not path.is_file():
+        return
+    try:
+        with sqlite3.connect(path, timeout=10) as db:
+            db.execute(
+                "DELETE FROM log WHERE flow_run_id IS NOT NULL "
+                "AND flow_run_id NOT IN (SELECT id FROM flow_run)"
+            )
+            free, pages = (db.execute(f"PRAGMA {p}").fetchone()[0] for p in FREE_AND_ALL)
+        db.close()
+        if free > pages / 4:  # a quarter of the file unused: worth rewriting it
+            with sqlite3.connect(path, timeout=10, isolation_level=None) as db:
+                db.execute("VACUUM")
+            db.close()
+    except sqlite3.Error:  # another Prefect version's schema, or busy: pruning runs did most
+        pass
+
+
+FREE_AND_ALL = ("freelist_count", "page_count")
+
+
 @contextmanager
 def temporary_prefect_server() -> Iterator[str]:
     """A temporary Prefect server for this command, owned by it; yields its API URL.
@@ -105,6 +196,9 @@ def temporary_prefect_server() -> Iterator[str]:
     its own session (a signal to the command's process group does not reach it), dies with the
     command's main thread (parent-death signal), and is stopped only after those services have
     sent what they hold.
+
+    Each pass prunes its study's old runs (``prune_study_runs``); when the server has stopped,
+    its database drops their logs and is compacted (``compact_database``).
     """
     import prefect
     from prefect.context import _temporary_global_settings_context, get_settings_context
@@ -146,6 +240,7 @@ def temporary_prefect_server() -> Iterator[str]:
     url = f"http://127.0.0.1:{port}/api"
     global _own_server
     _own_server = server
+    finished = False  # compact only after a command that ended normally, never while stopping
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             with _temporary_global_settings_context(get_settings_context()):
@@ -153,9 +248,13 @@ def temporary_prefect_server() -> Iterator[str]:
                     yield url
                 finally:
                     _drain_prefect_services()
+        finished = True
     finally:
         _own_server = None
         _stop(server)
+        database = sqlite_database() if finished else None
+        if database is not None:
+            compact_database(database)
 
 
 def _drain_prefect_services(timeout: float = 10.0) -> None:

@@ -6,6 +6,7 @@ store and imports no Prefect.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -88,3 +89,13 @@ def process_sample_file(
             software=f"strategy {strategy.name} sha256 {strategy.sha256[:12]}",
         )
     return record
+
+
+def process_sample_file_noting_warnings(*args, **kwargs) -> tuple[SampleRecord, list[str]]:
+    """``process_sample_file``, with the warnings libraries raised meanwhile (each distinct
+    one once) returned for the flow's log instead of printed on the worker's terminal."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        record = process_sample_file(*args, **kwargs)
+    notes = dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught)
+    return record, list(notes)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gating.pipeline import SampleGating, gate_sample
 from gating.strategy import Strategy, StrategyError, load_strategy
 from gating.workspace import (
     WorkspaceStrategy,
@@ -16,6 +16,10 @@ from gating.workspace import (
 )
 from panels.fcs import FcsData, FcsHeader, read_events, scan_header
 from panels.resolve import SCATTER_ALIASES, Panel, PanelError, ResolvedPanel, resolve_panel
+
+if TYPE_CHECKING:  # the pipeline (scikit-learn, ~1.3 s) is imported where a file is gated,
+    # so a command checks its panel and strategy before paying for it
+    from gating.pipeline import SampleGating
 
 AnyStrategy = Strategy | WorkspaceStrategy
 
@@ -59,7 +63,8 @@ def resolve_for_strategy(panel: Panel, header: FcsHeader, strategy: AnyStrategy)
             raise PanelError(
                 f"the file does not fit panel {panel.name!r}: missing marker(s) "
                 f"{', '.join(resolved.missing)}, so none of its populations can be measured. "
-                "Check the panel token in the file name and the tube's $PnS labels"
+                "Check the panel given for the file (in a study, the panel token in its name) "
+                "and the tube's $PnS labels"
             )
     return resolved
 
@@ -69,6 +74,8 @@ def gate_file(path: str | Path, panel: Panel, strategy: AnyStrategy) -> GatedFil
     if isinstance(strategy, WorkspaceStrategy):
         resolved = resolve_panel(panel, scan_header(path))
         return GatedFile(gate_sample_with_workspace(path, strategy), resolved, None)
+    from gating.pipeline import gate_sample
+
     data = read_events(path)
     resolved = resolve_for_strategy(panel, data.header, strategy)
     return GatedFile(gate_sample(data, resolved, strategy), resolved, data)

@@ -26,9 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from scipy.ndimage import gaussian_filter1d
 
-from gating.adaptive import Placement, place_threshold
 from gating.records import SampleGating
 from gating.strategy import Strategy, StrategyError, ThresholdSpec
 
@@ -42,6 +40,8 @@ def landmark_peak(values: np.ndarray, peak: str, min_height: float = 0.1) -> flo
     values = values[np.isfinite(values)]
     if values.size < MIN_LANDMARK_EVENTS:
         return None
+    from scipy.ndimage import gaussian_filter1d
+
     hist, edges = np.histogram(values, bins=max(int(np.ptp(values) / 0.004), 20))
     density = gaussian_filter1d(hist.astype(np.float64), sigma=0.015 / (edges[1] - edges[0]))
     inner = density[1:-1]
@@ -115,6 +115,8 @@ def build_reference(
 
     ``landmarks``: per sample, its id and ``sample_landmarks(strategy, gating)``.
     """
+    from gating.adaptive import place_threshold  # scikit-learn: only when building
+
     collected: dict[str, list[tuple[float, np.ndarray]]] = {}
     sample_ids = []
     for sample_id, found_in_sample in landmarks:
@@ -131,7 +133,7 @@ def build_reference(
             )
         reference = float(np.median([landmark for landmark, _ in found]))
         pooled = np.concatenate([values - landmark + reference for landmark, values in found])
-        place: Placement = place_threshold(pooled, spec.bounds, spec.default)
+        place = place_threshold(pooled, spec.bounds, spec.default)
         if not place.from_data:
             raise StrategyError(
                 f"reference for {strategy.name}: {name}: no boundary in the pooled data of "

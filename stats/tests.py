@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+
+# scipy.stats (~2 s of imports) is imported where a test runs, not by everything that only
+# reads an analysis plan (every command checks study.yaml before anything heavy).
 
 STATISTICS_COLUMNS = [
     "analysis",
@@ -72,6 +74,8 @@ def paired_wilcoxon(
 ) -> PairedResult:
     """Two-sided Wilcoxon signed-rank test of after - before, computed as ``rule`` says and
     labelled with what ran. ``statistic`` is min(V+, V-), V+ being R's V."""
+    from scipy import stats
+
     before, after = np.asarray(before, float), np.asarray(after, float)
     ok = np.isfinite(before) & np.isfinite(after)
     diff = after[ok] - before[ok]
@@ -125,6 +129,8 @@ def _permutation_p(ranks: np.ndarray, v_plus: float) -> float:
 
 def _normal_p(ranks: np.ndarray, v_plus: float) -> float:
     """Normal approximation of V+ with tie correction and continuity correction (R's)."""
+    from scipy import stats
+
     m = ranks.size
     mean = m * (m + 1) / 4.0
     _, counts = np.unique(ranks, return_counts=True)
@@ -137,6 +143,8 @@ def _normal_p(ranks: np.ndarray, v_plus: float) -> float:
 def mcnemar_exact(before: np.ndarray, after: np.ndarray) -> tuple[int, int, float]:
     """Exact McNemar test of paired yes/no: the discordant pairs (yes->no, no->yes) and the
     two-sided binomial p of the smaller count out of both at 1/2 (1 when none is discordant)."""
+    from scipy import stats
+
     before, after = np.asarray(before, bool), np.asarray(after, bool)
     stopped = int((before & ~after).sum())
     started = int((~before & after).sum())
@@ -151,6 +159,8 @@ def mcnemar_exact(before: np.ndarray, after: np.ndarray) -> tuple[int, int, floa
 
 def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (as R's p.adjust(method='BH')); NaN stays NaN."""
+    from scipy import stats
+
     p = np.asarray(p_values, float)
     out = np.full_like(p, np.nan)
     ok = np.isfinite(p)

@@ -290,7 +290,7 @@ def test_dask_cluster_gives_the_same_results_as_local_processing(tmp_path, prefe
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster:
         summary = run_study(root, dask_address=cluster.scheduler_address)
-        assert "process_sample_task" in cluster.scheduler.task_prefixes  # ran on the cluster
+        assert "process_batch_task" in cluster.scheduler.task_prefixes  # ran on the cluster
     assert (summary.processed, summary.failed) == (12, 0)
     for name in ("populations.csv", "statistics.csv"):
         assert (root / "results" / name).read_bytes() == (local / "results" / name).read_bytes()
@@ -391,10 +391,14 @@ def test_study_reference_registers_thresholds_and_regates_the_panel(tmp_path, pr
     assert main(["reference", "build", "--study", str(root), "--panel", "BCELL"]) == 2
 
 
-def test_a_failed_cohort_step_is_a_failed_flow_run_with_its_artifacts(tmp_path, prefect_harness):
+def test_a_broken_clinical_file_is_a_failed_flow_run_saying_what_was_written(
+    tmp_path, prefect_harness
+):
     """What a Prefect automation and the lab see: the run is named after the study folder and
-    the day, ends Failed when the cohort step stops (samples still committed), logs each
-    quarantine, and carries a table of every file seen and a summary naming the problem."""
+    the day, ends Failed when a clinical file is broken (samples still committed) with a
+    message saying what was written and what was left out, logs each quarantine, and carries
+    a table of every file seen and a summary whose quarantine count is the total, new beside
+    it, on the pass that quarantined the file and on the next one."""
     import datetime as dt
     import json
 
@@ -407,45 +411,62 @@ def test_a_failed_cohort_step_is_a_failed_flow_run_with_its_artifacts(tmp_path, 
         LogFilter,
         LogFilterFlowRunId,
     )
+    from prefect.client.schemas.sorting import FlowRunSort
 
     from flows.nightly import run_study
+    from flows.tasks import sample_batches
 
     root = _small_study(tmp_path / "failing")
     (root / "inbox" / "P01_BL_NOPANEL.fcs").write_bytes(b"not cytometry")
     visits = root / "clinical" / "visits.csv"
     visits.write_text(visits.read_text().replace("visit_date", "visit_day", 1))
     summary = run_study(root, 1)
-    assert summary.processed == 12 and summary.quarantined == 1
+    assert summary.processed == 12 and (summary.quarantined, summary.quarantined_total) == (1, 1)
     assert "visits.csv" in summary.cohort_error
+    again = run_study(root, 1)
+    assert (again.processed, again.quarantined, again.quarantined_total) == (0, 0, 1)
     name = f"failing-{dt.datetime.now(dt.UTC).date().isoformat()}"
     from prefect.logging.handlers import APILogWorker
 
     APILogWorker.drain_all(timeout=10)  # logs are sent in batches: send them before reading
+    seen = {}
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])),
+            sort=FlowRunSort.START_TIME_ASC,
         )
-        assert len(runs) == 1
-        run = runs[0]
-        assert run.state.is_failed() and "cohort step stopped" in run.state.message
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
-        )
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
-        tasks = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
-        )
+        assert len(runs) == 2
+        for run in runs:
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+            )
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
+            )
+            seen[run.id] = ({a.key: a for a in artifacts if a.key}, artifacts, logs)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [runs[0].id]}))
+    for run in runs:
+        message = run.state.message
+        assert run.state.is_failed(), run.state
+        assert "wrote the cohort report" in message and "left out: cells/µL" in message, message
+        assert "visits.csv" in message and "cohort step stopped" not in message, message
     stages = {t.name.rsplit("-", 1)[0] for t in tasks}
-    assert {"intake", "results and statistics"} <= stages, stages
-    assert sum(t.name.startswith("process ") for t in tasks) == 12  # one per sample file
-    by_key = {a.key: a for a in artifacts if a.key}
+    assert {"intake", "results and statistics", "cohort report"} <= stages, stages
+    # Fewer, larger tasks than files; every file is still a row of the files table.
+    batches = sample_batches(list(range(12)), 1)
+    assert sum(t.name.startswith("process ") for t in tasks) == len(batches) < 12
+    by_key, artifacts, logs = seen[runs[0].id]
     table = by_key["failing-files"].data
     rows = json.loads(table) if isinstance(table, str) else table
     assert len(rows) == 13
     assert {r["status"] for r in rows} == {"processed", "quarantined"}
-    assert "cohort step stopped" in by_key["failing-summary"].data
+    first_summary = by_key["failing-summary"].data
+    assert "| 1 (1 new) |" in first_summary and "left out: cells/µL" in first_summary
+    assert "| 1 (0 new) |" in seen[runs[1].id][0]["failing-summary"].data
     assert any(a.type == "progress" and a.data == 100.0 for a in artifacts)
-    assert any("P01_BL_NOPANEL.fcs quarantined" in log.message for log in logs)
+    assert sum("P01_BL_NOPANEL.fcs quarantined" in log.message for log in logs) == 1
+    errors = [log.message for log in logs if log.level >= 40]
+    assert errors and all("left out: cells/µL" in m for m in errors), errors
 
 
 def test_watcher_does_not_wait_for_a_file_a_pass_already_quarantined(tmp_path, prefect_harness):
@@ -521,3 +542,131 @@ def test_the_cli_sends_info_logs_to_the_prefect_api(tmp_path, prefect_harness):
     info = [log.message for log in logs if log.level == 20]
     assert any("files in inbox: 2 to process" in m for m in info), info
     assert sum(m.startswith("processed ") for m in info) == 2, info
+
+
+def test_served_deployments_end_failed_with_our_message_and_no_engine_error(
+    tmp_path, prefect_harness
+):
+    """`immunomon serve` as Prefect runs it (a Runner starting each flow run in its own
+    process): with visits.csv broken, the nightly and the report deployments both end Failed
+    with our message (what was written, what was left out), logged once at ERROR by us, and
+    no error of Prefect's engine ('Unexpected result for failed state', a traceback)."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+    from prefect.runner import Runner
+
+    from flows.serve import build_deployments
+
+    root = _small_study(tmp_path / "served", keep=("P01",), visits=("BL",))
+    visits = root / "clinical" / "visits.csv"
+    visits.write_text(visits.read_text().replace("visit_date", "visit_day", 1))
+
+    deployments = build_deployments(root, workers=1)  # outside a loop: to_deployment is sync
+
+    async def serve_once() -> list:
+        runner = Runner(name="served-test", pause_on_shutdown=False)
+        ids = [await runner.aadd_deployment(d) for d in deployments]
+        async with get_client() as client:
+            runs = [await client.create_flow_run_from_deployment(i) for i in ids]
+        await runner.start(run_once=True)  # runs what is due, then returns
+        return [run.id for run in runs]
+
+    run_ids = asyncio.run(serve_once())
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as client:
+        for run_id in run_ids:
+            run = client.read_flow_run(run_id)
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+            )
+            message = run.state.message or ""
+            assert run.state.is_failed(), (run.name, run.state)
+            assert "left out: cells/µL" in message and "visits.csv" in message, message
+            errors = [log.message for log in logs if log.level >= 40]
+            assert errors == [message], errors  # ours, once; nothing of Prefect's engine
+            text = "\n".join(log.message for log in logs)
+            assert "Traceback" not in text and "Unexpected result" not in text, text[-2000:]
+    assert (root / "results" / "populations.csv").is_file()
+
+
+def test_prefect_keeps_a_study_runs_for_the_retention_period_only(tmp_path, prefect_harness):
+    """Pruning takes the study's own runs (FOLDER-YYYY-MM-DD) that ended before the retention
+    period, with their artifacts; another study's runs, even one whose folder name starts the
+    same, and runs still inside the period stay. The temporary server's database is the
+    study's own, and compacting it keeps the runs it holds."""
+    import datetime as dt
+    import sqlite3
+
+    from prefect import flow
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    from flows.prefect_api import compact_database, prune_study_runs, retention
+
+    def a_run(name: str) -> None:
+        @flow(name="immunomon-nightly", flow_run_name=name)
+        def nightly() -> None:
+            create_markdown_artifact(key=f"{name[:5]}-summary", markdown="x")
+
+        nightly()
+
+    for name in ("prunable-2026-11-01", "prunable-2026-11-02", "prunable-copy-2026-11-01"):
+        a_run(name)
+    assert prune_study_runs("prunable", retention()) == 0  # all inside 30 days
+    assert prune_study_runs("prunable", dt.timedelta(0)) == 2
+    with get_client(sync_client=True) as client:
+        left = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_="prunable"))
+        )
+    assert [r.name for r in left] == ["prunable-copy-2026-11-01"]
+    # compact_database on a Prefect-shaped file: orphan logs go, the file stays usable
+    path = tmp_path / "prefect.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE flow_run (id TEXT); CREATE TABLE log (flow_run_id TEXT, m TEXT);"
+            "INSERT INTO flow_run VALUES ('kept');"
+            "INSERT INTO log VALUES ('kept', 'a'), ('gone', 'b'), (NULL, 'c');"
+        )
+    db.close()
+    compact_database(path)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT m FROM log ORDER BY m").fetchall() == [("a",), ("c",)]
+    db.close()
+
+
+def test_batches_keep_tasks_few_and_workers_busy():
+    """Prefect's cost is per task: the demo's 185 files are 8 tasks on 2 workers and 1,850
+    are 47 (not 1,850), in file order, every file in exactly one batch; a single file (the
+    watcher's usual drop) is one task."""
+    from flows.tasks import BATCH_FILES, sample_batches
+
+    for files, workers, tasks in ((185, 2, 8), (1850, 2, 47), (1, 2, 1), (12, 1, 4)):
+        batches = sample_batches(list(range(files)), workers)
+        assert len(batches) == tasks, (files, workers, len(batches))
+        assert [i for b in batches for i in b] == list(range(files))
+        assert max(map(len, batches)) <= BATCH_FILES
+    assert sample_batches([], 2) == []
+
+
+def test_cohort_scale_bench_builds_replicates_of_the_demo(tmp_path):
+    """bench/cohort_scale.py's 2x cohort: twice the demo's files, the second replicate's
+    patients renamed in file names and every clinical table, so intake and the clinical
+    checks accept it as one study of 32 patients."""
+    import pandas as pd
+
+    from bench.cohort_scale import build_cohort
+    from cohort.clinical import load_clinical_parts
+
+    one = build_cohort(tmp_path / "x1", 1, events=300)
+    two = build_cohort(tmp_path / "x2", 2, events=300)
+    assert two == 2 * one
+    names = {p.name for p in (tmp_path / "x2" / "inbox").iterdir()}
+    assert {"P01_BL_BCELL.fcs", "P101_BL_BCELL.fcs", "P116_M12_TREG.fcs"} <= names
+    patients = pd.read_csv(tmp_path / "x2" / "clinical" / "patients.csv")
+    assert len(patients) == 32 and patients.patient_id.is_unique
+    loaded = load_clinical_parts(tmp_path / "x2" / "clinical")
+    assert loaded.broken == {}, loaded.broken
