@@ -499,8 +499,9 @@ def _write_bad_files(root: Path, rng: np.random.Generator) -> None:
     # A copy interrupted half-way (P03 missed M9, so the name is free).
     whole = (inbox / "P01_BL_BCELL.fcs").read_bytes()
     (inbox / "P03_M9_BCELL.fcs").write_bytes(whole[: len(whole) // 2])
-    # Not an FCS file at all.
-    (inbox / "P05_M3_TREG.FCS").write_text("Exported workspace notes, not cytometry data\n")
+    # Not an FCS file at all, under a free sample name (P03 missed M9). Under a taken one
+    # (beside P05_M3_TREG.fcs) it would be a second file for one sample: both are refused.
+    (inbox / "P03_M9_TREG.FCS").write_text("Exported workspace notes, not cytometry data\n")
 
 
 def _clinical_tables(rng: np.random.Generator):

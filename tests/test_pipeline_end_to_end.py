@@ -20,7 +20,7 @@ def test_first_run_processes_every_good_file_and_explains_the_rest(demo_run):
     quarantined = samples[samples.status == "quarantined"].set_index("file").reason
     assert "truncated" in quarantined["P03_M9_BCELL.fcs"]
     assert "visit 'M2' is not in study.yaml" in quarantined["P02_M2_BCELL.fcs"]
-    assert "not an FCS file" in quarantined["P05_M3_TREG.FCS"]
+    assert "not an FCS file" in quarantined["P03_M9_TREG.FCS"]
     for name in quarantined.index:
         assert (root / "quarantine" / f"{name}.reason.txt").is_file()
 
