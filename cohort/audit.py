@@ -50,6 +50,7 @@ ACTIONS = (
     "sign_in_failed",
     "user_added",
     "user_removed",
+    "template",  # an expert study template set or changed (cohort.templates)
 )
 PERSON_ACTIONS = ("override", "approve", "exclude", "undo")  # each one is anchored
 ANCHORS_FILE = "audit_anchors.jsonl"

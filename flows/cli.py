@@ -246,6 +246,42 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reference_set(args: argparse.Namespace) -> int:
+    from cohort.store import Store
+    from cohort.study import Study
+    from cohort.templates import set_template
+    from reports.outputs import software_version
+
+    study = Study(args.study)
+    with study.exclusive():  # not while a run is writing results
+        store = Store(study.db_path)
+        try:
+            change = set_template(
+                study,
+                store,
+                args.panel,
+                args.threshold,
+                args.value,
+                who=args.who,
+                reason=args.reason,
+                sample_id=args.sample,
+                software=software_version(),
+            )
+        finally:
+            store.close()
+    t = change.template
+    on = f"sample {t.given_on}" if args.sample else "the pooled aligned samples"
+    print(
+        f"{t.threshold}: {t.value:.3f} on {on} (landmark {t.landmark:.3f}) = each sample's "
+        f"landmark {t.offset:+.4f}, set by {t.set_by} (audit entry {change.audit_seq})"
+    )
+    if change.regates:
+        print(f"wrote {change.path}; the next run re-gates the {args.panel} samples with it")
+    else:
+        print(f"wrote {change.path}; the offset is unchanged, so no sample is re-gated")
+    return 0
+
+
 def _cmd_review(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -555,6 +591,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--visits", help="only samples of these visits, comma-separated (e.g. BL for baseline)"
     )
     build.set_defaults(func=_cmd_reference_build)
+    template = reference_sub.add_parser(
+        "set",
+        help="an expert template: set a registered threshold once for the panel, mapped to "
+        "every sample through its own landmark (audited; re-gates the panel on the next run)",
+    )
+    template.add_argument("--study", required=True, help="study folder")
+    template.add_argument("--panel", required=True, help="panel token, e.g. TREG")
+    template.add_argument("--threshold", required=True, help="threshold name, e.g. t_cd45ra")
+    template.add_argument("--value", required=True, type=float, help="logicle value (0..1)")
+    template.add_argument(
+        "--sample",
+        help="the reference sample the value is read on (default: the pooled aligned scale "
+        "of the study reference)",
+    )
+    template.add_argument("--reason", required=True, help="why, in words (audit trail)")
+    template.add_argument("--who", required=True, help="the name of the person setting it")
+    template.set_defaults(func=_cmd_reference_set)
 
     review = sub.add_parser(
         "review", help="the review and sign-off pages in the browser (http://127.0.0.1:8765)"

@@ -26,6 +26,7 @@ from cohort.review import (
 )
 from cohort.store import Store
 from cohort.study import REFERENCE_FOLDER, Study
+from cohort.templates import template_methods_lines
 from gating.pipeline import PIPELINE_VERSION, replay_gates
 from gating.space import GatingSpace
 from gating.strategy import Strategy
@@ -411,6 +412,7 @@ def methods_text(study: Study) -> list[str]:
         "    valley; registered thresholds are placed once on the study's pooled, landmark-",
         "    aligned samples (references/). Lymphocytes by a Gaussian mixture on FSC-A/SSC-A.",
         "    A threshold left at the strategy's default sets needs_review on the sample.",
+        *(f"  - {line}" for line in template_methods_lines(study)),
         "",
         "Measures: % of parent; % of lymphocytes; cells/µL = % of lymphocytes x the visit's",
         f"lymphocyte count from clinical/visits.csv ({cfg.absolute_counts}).",

@@ -1,0 +1,563 @@
+"""A third ground-truth study, shaped like the real files the two other simulators are not.
+
+``simulate.demo`` and ``simulate.second_site`` both say our Treg and B-subset gates are within
+a point of the truth, while on real expert-gated files Tregs are undercounted 1.5-40x against
+FlowJo and transitional B overcounted 2.3x against central manual gating: a simulator only
+proves what it was built to contain. This one is built from what real files show. Its
+population model is written in the pipeline's own display units (logicle, T = $PnR = 2^18,
+w = 0.5, m = 4.5, a = 0, as ``panels/*.yaml`` declare and ``gating.transforms.Logicle``
+computes), where the real shapes were measured, and carried to linear units by the exact
+inverse, then through spillover, photon and electronic noise and compensation.
+
+Real observations each shape comes from:
+
+- **B tube** (a real PBMC B tube, LSRFortessa: Live, CD3, CD19, CD20, IgD, CD27, CD38, CD24;
+  central manual gating of a multi-centre standardisation study): lymphocytes 63.2% of the
+  events, CD19+ 21.7% of the lymphocytes, transitional B 11.7% of the B cells (openCyto's
+  automated gating 9.7%), naive 69.5% (81.2% with the transitional). On CD24 x CD38 the CD27-
+  B cells are ONE elongated diagonal cloud, from about (CD38 0.45, CD24 0.2) to (CD38 0.8,
+  CD24 0.75); experts gate transitional B as its CD24-high CD38-high tip, with no valley and
+  no separate cluster. Here naive and transitional cells lie on that one segment: a position
+  along it (naive N(0.42, 0.19), transitional N(0.86, 0.10), t-distributed, 4 degrees of
+  freedom) and a narrow spread across it (0.045). The density along CD24 or CD38 alone falls
+  from the naive mode through the transitional cells without a valley (a shoulder), and the
+  two overlap: no gate can count them without error, which is the point.
+- **Treg tube**, measured here on the 12 real ``flowatlas_tissues`` files (FlowJo 10.7.1's
+  Treg gate, replayed by flowkit; CD25 ``FJComp-640 670_30-A``, CD127 ``FJComp-561
+  780_60-A``; "cloud" = CD4 minus Treg), in the logicle units above, on the 7 files with at
+  least 50 Tregs (403C lung, 428 lung, 412C mLN, 390C lung, 423 lung, 412C BM, 423 liver):
+
+  | | Treg median | cloud median | cloud 5th pct | Treg - cloud |
+  |---|---|---|---|---|
+  | CD127 | 0.36-0.51 (0.47) | 0.48-0.72 (0.64) | 0.09-0.50 | -0.05 to -0.26 (-0.14) |
+  | CD25 | 0.45-0.57 (0.52) | -0.06-0.32 (0.27) | | +0.17 to +0.62 (+0.24) |
+
+  robust SD (IQR / 1.349) of the cloud: CD127 0.07-0.21 (0.09), CD25 0.11-0.40 (0.15); of the
+  Tregs: CD127 0.06-0.19 (0.14), CD25 0.07-0.23 (0.12); correlation of CD25 and CD127 within
+  the Tregs -0.24 to +0.23 (-0.15), within the cloud +0.06 to +0.33 (+0.26). The cloud's CD127
+  has a heavy low tail: 2.8-6.1% of it lies beyond 3 robust SDs (0.27% would for a normal
+  law), and 7-60% of its CD25 values are negative (compensation spread). Treg share of CD4:
+  FlowJo 3.4-21.4% in tissues, ~6.7% in blood. So Tregs here are the CD25-high arm leaving
+  the main CD4 cloud towards lower CD127, ``CD127-low`` relative to the cloud, not negative:
+  along the arm ``CD25 = cloud + 0.24 t``, ``CD127 = cloud - 0.15 t``, t ~ N(1, 0.25), plus a
+  spread of 0.09; the cloud at CD127 U(0.60, 0.72) (robust SD 0.08), CD25 U(0.20, 0.30)
+  (0.13), correlated +0.25, with 5% of conventional CD4 cells down-regulating CD127 by 0.25
+  (the heavy low tail, CD25-low). Blood shares: Tregs 4-10% of CD4.
+- **Files without scatter**: the flowatlas files are FlowJo exports of a pre-gated population
+  (``FJComp-`` channels, compensated, linear float32, negative values kept, no FSC/SSC/Time).
+  ``RealShapedOptions.no_scatter_share`` writes that share of files so: lymphocytes only, no
+  $SPILLOVER. It is 0 by default: the YAML strategies gate lymphocytes on FSC-A x SSC-A, and
+  the setting by which a panel declares where such files enter the gate tree is being built
+  elsewhere; until then the pipeline refuses these files (as it must: the bench counts them).
+- **Heavy tails**: every marker's spread is t-distributed (4 degrees of freedom), and the
+  detectors' photon noise spreads through compensation into negative values.
+
+Not modelled: a treatment effect (visits differ only by sampling), dead cells (the real tube's
+Live channel), instrument drift (the demo has it).
+
+The truth is kept as the other simulators keep it: ``truth/SAMPLE.npz`` holds one label per
+event and the label names; ``TRUTH`` maps each panel's populations to the cell types in them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from flowutils import transforms
+
+from simulate.fcs_writer import write_fcs
+
+RANGE = 262144.0  # 2^18, as BD FACSDiva files record
+LOGICLE = {"t": RANGE, "w": 0.5, "m": 4.5, "a": 0.0}  # panels/*.yaml, T = $PnR
+TAIL_DF = 4  # degrees of freedom of every spread: heavier tails than a normal law
+
+# Detector ($PnN as FACSDiva names a Fortessa's laser and filter), marker, per tube.
+TUBES: dict[str, list[tuple[str, str]]] = {
+    "BCELL": [
+        ("355 379_28-A", "CD3"),
+        ("405 450_50-A", "IgM"),
+        ("488 530_30-A", "IgD"),
+        ("488 695_40-A", "CD27"),
+        ("561 585_15-A", "CD24"),
+        ("561 780_60-A", "CD19"),
+        ("640 670_30-A", "CD38"),
+        ("640 780_60-A", "CD20"),
+    ],
+    "TREG": [
+        ("355 379_28-A", "CD3"),
+        ("355 560_40-A", "CD8"),
+        ("355 820_60-A", "CD4"),
+        ("405 515_20-A", "HLA-DR"),
+        ("405 780_60-A", "CD45RA"),
+        ("561 585_15-A", "Foxp3"),
+        ("561 780_60-A", "CD127"),
+        ("640 670_30-A", "CD25"),
+    ],
+}
+# Share of a detector's signal seen by another (same laser, the next filter), Fortessa-like.
+SPILL = {
+    ("355 379_28-A", "355 560_40-A"): 0.06,
+    ("355 560_40-A", "355 820_60-A"): 0.03,
+    ("405 450_50-A", "405 515_20-A"): 0.15,
+    ("405 515_20-A", "405 780_60-A"): 0.02,
+    ("488 530_30-A", "561 585_15-A"): 0.20,
+    ("488 530_30-A", "488 695_40-A"): 0.02,
+    ("561 585_15-A", "488 695_40-A"): 0.12,
+    ("561 585_15-A", "561 780_60-A"): 0.03,
+    ("488 695_40-A", "561 780_60-A"): 0.15,
+    ("561 780_60-A", "640 780_60-A"): 0.08,
+    ("640 670_30-A", "488 695_40-A"): 0.05,
+    ("640 670_30-A", "640 780_60-A"): 0.10,
+    ("640 780_60-A", "561 780_60-A"): 0.12,
+}
+PHOTON_NOISE = 3.0  # detector variance per unit of signal
+ELECTRONIC_NOISE = 50.0  # detector SD at no signal
+
+# Scatter per kind of event, as fractions of the range: FSC-A median and log10 spread, SSC-A
+# median and log10 spread.
+SCATTER = {
+    "lymph": (0.30, 0.045, 0.07, 0.10),
+    "mono": (0.47, 0.05, 0.17, 0.09),
+    "gran": (0.52, 0.05, 0.45, 0.07),
+}
+NEGATIVE = (0.16, 0.05)  # an unstained cell's level and spread, logicle units
+
+# Cell type -> scatter kind, {marker: (logicle median, spread)}; markers not named are negative.
+# Naive and transitional B (and the conventional/regulatory CD4 cells) are drawn by
+# ``_b_plane`` and ``_treg_plane``: only their other markers are listed here.
+B_CELLS: dict[str, tuple[str, dict[str, tuple[float, float]]]] = {
+    "t_cell": ("lymph", {"CD3": (0.60, 0.04)}),
+    "nk_cell": ("lymph", {"CD38": (0.45, 0.06)}),
+    "monocyte": ("mono", {"CD38": (0.40, 0.06), "CD24": (0.22, 0.05)}),
+    "granulocyte": ("gran", {"CD24": (0.72, 0.05), "CD38": (0.25, 0.06)}),
+    "naive": (
+        "lymph",
+        {
+            "CD19": (0.60, 0.035),
+            "CD20": (0.68, 0.04),
+            "CD27": (0.20, 0.05),
+            "IgD": (0.70, 0.05),
+            "IgM": (0.58, 0.06),
+        },
+    ),
+    "transitional": (
+        "lymph",
+        {
+            "CD19": (0.61, 0.035),
+            "CD20": (0.70, 0.04),
+            "CD27": (0.19, 0.05),
+            "IgD": (0.70, 0.05),
+            "IgM": (0.68, 0.05),
+        },
+    ),
+    "double_negative": (
+        "lymph",
+        {
+            "CD19": (0.60, 0.035),
+            "CD20": (0.68, 0.04),
+            "CD27": (0.22, 0.05),
+            "IgD": (0.24, 0.06),
+            "CD24": (0.38, 0.06),
+            "CD38": (0.38, 0.05),
+        },
+    ),
+    "igm_memory": (
+        "lymph",
+        {
+            "CD19": (0.61, 0.035),
+            "CD20": (0.70, 0.04),
+            "CD27": (0.58, 0.05),
+            "IgD": (0.55, 0.06),
+            "IgM": (0.64, 0.06),
+            "CD24": (0.66, 0.05),
+            "CD38": (0.36, 0.05),
+        },
+    ),
+    "switched_memory": (
+        "lymph",
+        {
+            "CD19": (0.61, 0.035),
+            "CD20": (0.70, 0.04),
+            "CD27": (0.58, 0.05),
+            "IgD": (0.20, 0.05),
+            "IgM": (0.20, 0.05),
+            "CD24": (0.64, 0.05),
+            "CD38": (0.36, 0.05),
+        },
+    ),
+    "plasmablast": (
+        "lymph",
+        {
+            "CD19": (0.50, 0.05),
+            "CD20": (0.25, 0.06),
+            "CD27": (0.74, 0.04),
+            "CD38": (0.90, 0.03),
+            "CD24": (0.18, 0.05),
+        },
+    ),
+}
+_CD4 = {"CD3": (0.60, 0.04), "CD4": (0.62, 0.035), "Foxp3": (0.20, 0.05)}
+_TREG = {"CD3": (0.60, 0.04), "CD4": (0.61, 0.035), "Foxp3": (0.50, 0.06)}
+T_CELLS: dict[str, tuple[str, dict[str, tuple[float, float]]]] = {
+    "b_cell": ("lymph", {"HLA-DR": (0.58, 0.05), "CD45RA": (0.62, 0.05)}),
+    "nk_cell": ("lymph", {"CD8": (0.35, 0.07), "CD45RA": (0.62, 0.05)}),
+    "monocyte": ("mono", {"CD4": (0.38, 0.05), "HLA-DR": (0.66, 0.05)}),
+    "granulocyte": ("gran", {"CD45RA": (0.30, 0.06)}),
+    "cd8_t": (
+        "lymph",
+        {"CD3": (0.61, 0.04), "CD8": (0.70, 0.04), "CD127": (0.55, 0.08), "CD45RA": (0.58, 0.1)},
+    ),
+    "cd4_naive": ("lymph", {**_CD4, "CD45RA": (0.64, 0.05)}),
+    "cd4_memory": ("lymph", {**_CD4, "CD45RA": (0.30, 0.07), "HLA-DR": (0.22, 0.06)}),
+    "cd4_cd127_down": ("lymph", {**_CD4, "CD45RA": (0.32, 0.08), "HLA-DR": (0.30, 0.08)}),
+    "treg_naive": ("lymph", {**_TREG, "CD45RA": (0.60, 0.05)}),
+    "treg_memory": ("lymph", {**_TREG, "CD45RA": (0.32, 0.08)}),
+    "treg_memory_hladr": ("lymph", {**_TREG, "CD45RA": (0.30, 0.08), "HLA-DR": (0.52, 0.05)}),
+}
+CELL_TYPES = {"BCELL": B_CELLS, "TREG": T_CELLS}
+NON_CELLS = ("debris", "doublet")
+LABEL_NAMES = [*NON_CELLS, *sorted(set(B_CELLS) | set(T_CELLS))]
+NOT_LYMPHOCYTES = {"monocyte", "granulocyte"}
+
+_B_SUBSETS = set(B_CELLS) - {"t_cell", "nk_cell", *NOT_LYMPHOCYTES}
+_CD4_TYPES = {"cd4_naive", "cd4_memory", "cd4_cd127_down"}
+_TREGS = {"treg_naive", "treg_memory", "treg_memory_hladr"}
+TRUTH: dict[str, dict[str, tuple[str, set[str]]]] = {
+    "BCELL": {
+        "lymphocytes": ("qc_passed", set(B_CELLS) - NOT_LYMPHOCYTES),
+        "cd19_b": ("lymphocytes", _B_SUBSETS),
+        "transitional_b": ("cd19_b", {"transitional"}),
+        "naive_b": ("cd19_b", {"naive"}),
+        "memory_b": ("cd19_b", {"igm_memory", "switched_memory"}),
+        "igm_memory_b": ("memory_b", {"igm_memory"}),
+        "switched_memory_b": ("memory_b", {"switched_memory"}),
+        "plasmablasts": ("cd19_b", {"plasmablast"}),
+    },
+    "TREG": {
+        "lymphocytes": ("qc_passed", set(T_CELLS) - NOT_LYMPHOCYTES),
+        "t_cells": ("lymphocytes", {"cd8_t", *_CD4_TYPES, *_TREGS}),
+        "cd4_t": ("t_cells", {*_CD4_TYPES, *_TREGS}),
+        "treg": ("cd4_t", _TREGS),
+        "memory_treg": ("treg", {"treg_memory", "treg_memory_hladr"}),
+        "hladr_memory_treg": ("memory_treg", {"treg_memory_hladr"}),
+    },
+}
+
+# The CD27- B plane: naive and transitional B on one segment of CD38 x CD24 (logicle).
+B_DIAGONAL = ((0.45, 0.20), (0.80, 0.75))  # (CD38, CD24) at its low and high ends
+B_POSITION = {"naive": (0.42, 0.19), "transitional": (0.86, 0.10)}  # along it, 0..1
+B_ACROSS = 0.045  # spread across the segment
+# The Treg arm on CD25 x CD127 of CD4 T cells (logicle), from the flowatlas measurements.
+TREG_ARM = {"cd25": 0.24, "cd127": 0.15, "position_sd": 0.25, "spread": 0.09}
+CD4_CLOUD = {"cd25_sd": 0.13, "cd127_sd": 0.08, "correlation": 0.25, "down_shift": 0.25}
+
+VISITS = {"BL": 0, "M1": 1, "M3": 3, "M6": 6, "M9": 9, "M12": 12}
+FILENAME_PATTERN = r"^(?P<patient>R[0-9]+)_(?P<visit>BL|M[0-9]+)_(?P<panel>BCELL|TREG)\.fcs$"
+
+
+@dataclass(frozen=True)
+class RealShapedOptions:
+    """Size and seed of the real-shaped study; ``no_scatter_share`` of the files are written as
+    FlowJo exports of pre-gated lymphocytes (no FSC/SSC/Time, compensated), 0 by default."""
+
+    patients: int = 8
+    visits: tuple[str, ...] = ("BL", "M1", "M3", "M6", "M9", "M12")
+    events_per_file: int = 30000
+    seed: int = 2026
+    no_scatter_share: float = 0.0
+
+
+def _tail(rng: np.random.Generator, size) -> np.ndarray:
+    return rng.standard_t(TAIL_DF, size)
+
+
+def sample_shares(tube: str, child: bool, rng: np.random.Generator) -> dict[str, float]:
+    """Shares of every event type in one tube, around the real files' numbers."""
+    lymph = float(np.clip(rng.normal(0.632, 0.04), 0.5, 0.75))
+    debris = rng.uniform(0.08, 0.14)
+    doublet = rng.uniform(0.03, 0.06)
+    gran = rng.uniform(0.01, 0.04)
+    shares = {"debris": debris, "doublet": doublet, "granulocyte": gran}
+    shares["monocyte"] = max(1 - lymph - debris - doublet - gran, 0.02)
+    if tube == "BCELL":
+        b = rng.uniform(0.16, 0.28) if child else rng.uniform(0.10, 0.22)
+        transitional = rng.uniform(0.08, 0.16) if child else rng.uniform(0.04, 0.10)
+        within = {
+            "transitional": transitional,
+            "double_negative": rng.uniform(0.02, 0.04),
+            "igm_memory": rng.uniform(0.05, 0.09),
+            "switched_memory": rng.uniform(0.06, 0.11),
+            "plasmablast": rng.uniform(0.008, 0.02),
+        }
+        within["naive"] = 1 - sum(within.values())
+        t = rng.uniform(0.78, 0.86) * (1 - b)
+        shares.update({"t_cell": lymph * t, "nk_cell": lymph * (1 - b - t)})
+        shares.update({k: lymph * b * v for k, v in within.items()})
+    else:
+        t = rng.uniform(0.62, 0.78)
+        cd4 = rng.uniform(0.55, 0.70)
+        treg = rng.uniform(0.04, 0.10)
+        memory = rng.uniform(0.50, 0.70)
+        hladr = rng.uniform(0.20, 0.35)
+        conventional = {"naive": rng.uniform(0.40, 0.55), "down": 0.05}
+        conventional["memory"] = 1 - sum(conventional.values())
+        n_cd4 = lymph * t * cd4
+        shares.update(
+            {
+                "b_cell": lymph * (1 - t) * 0.5,
+                "nk_cell": lymph * (1 - t) * 0.5,
+                "cd8_t": lymph * t * (1 - cd4),
+                "cd4_naive": n_cd4 * (1 - treg) * conventional["naive"],
+                "cd4_memory": n_cd4 * (1 - treg) * conventional["memory"],
+                "cd4_cd127_down": n_cd4 * (1 - treg) * conventional["down"],
+                "treg_naive": n_cd4 * treg * (1 - memory),
+                "treg_memory": n_cd4 * treg * memory * (1 - hladr),
+                "treg_memory_hladr": n_cd4 * treg * memory * hladr,
+            }
+        )
+    total = sum(shares.values())
+    return {k: v / total for k, v in shares.items()}
+
+
+def _b_plane(kind: str, m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """CD38 and CD24 of naive or transitional B: positions on the one diagonal cloud."""
+    (x0, y0), (x1, y1) = B_DIAGONAL
+    mean, sd = B_POSITION[kind]
+    along = mean + sd * _tail(rng, m)
+    across = B_ACROSS * _tail(rng, m)
+    dx, dy = x1 - x0, y1 - y0
+    norm = np.hypot(dx, dy)
+    cd38 = x0 + along * dx - across * dy / norm
+    cd24 = y0 + along * dy + across * dx / norm
+    return cd38, cd24
+
+
+def _treg_plane(
+    kind: str, m: int, cloud: tuple[float, float], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """CD25 and CD127 of a CD4 T cell: the main cloud, its CD127-down tail, or the Treg arm."""
+    cd25_centre, cd127_centre = cloud
+    if kind.startswith("treg"):
+        position = rng.normal(1.0, TREG_ARM["position_sd"], m)
+        cd25 = cd25_centre + TREG_ARM["cd25"] * position
+        cd127 = cd127_centre - TREG_ARM["cd127"] * position
+        return (
+            cd25 + TREG_ARM["spread"] * _tail(rng, m),
+            cd127 + TREG_ARM["spread"] * _tail(rng, m),
+        )
+    r = CD4_CLOUD["correlation"]
+    a, b = _tail(rng, m), _tail(rng, m)
+    cd25 = cd25_centre + CD4_CLOUD["cd25_sd"] * a
+    cd127 = cd127_centre + CD4_CLOUD["cd127_sd"] * (r * a + np.sqrt(1 - r * r) * b)
+    if kind == "cd4_memory":
+        cd25 = cd25 + 0.04
+    if kind == "cd4_cd127_down":
+        cd127 = cd127 - CD4_CLOUD["down_shift"] + 0.02 * _tail(rng, m)
+    return cd25, cd127
+
+
+def _spillover(detectors: list[str]) -> np.ndarray:
+    matrix = np.eye(len(detectors))
+    for i, a in enumerate(detectors):
+        for j, b in enumerate(detectors):
+            matrix[i, j] = SPILL.get((a, b), matrix[i, j])
+    return matrix
+
+
+def to_linear(logicle_values: np.ndarray) -> np.ndarray:
+    """Linear channel units of values on the pipeline's logicle scale (exact inverse)."""
+    column = np.asarray(logicle_values, dtype=np.float64).reshape(-1, 1)
+    return transforms.logicle_inverse(column, [0], **LOGICLE).ravel()
+
+
+def to_logicle(linear_values: np.ndarray) -> np.ndarray:
+    """The pipeline's logicle scale of linear channel values."""
+    column = np.ascontiguousarray(linear_values, dtype=np.float64).reshape(-1, 1)
+    return transforms.logicle(column, [0], **LOGICLE).ravel()
+
+
+@dataclass(frozen=True)
+class SimulatedTube:
+    """One tube's events: ``compensated`` is what a FlowJo export holds, ``detector`` what the
+    instrument wrote (``compensated @ spillover`` plus the detectors' noise); labels index
+    ``LABEL_NAMES``."""
+
+    markers: list[str]
+    detectors: list[str]
+    compensated: np.ndarray
+    detector: np.ndarray
+    spillover: np.ndarray
+    scatter: np.ndarray  # FSC-A, FSC-H, FSC-W, SSC-A, SSC-H, SSC-W
+    time: np.ndarray  # acquisition time, in $TIMESTEP (0.01 s) units
+    labels: np.ndarray
+
+
+def simulate_tube(
+    tube: str, shares: dict[str, float], n_events: int, rng: np.random.Generator
+) -> SimulatedTube:
+    """Events of one tube (events in random order, as acquired)."""
+    detectors = [d for d, _ in TUBES[tube]]
+    markers = [m for _, m in TUBES[tube]]
+    cells = CELL_TYPES[tube]
+    kinds = list(shares)
+    counts = dict(zip(kinds, rng.multinomial(n_events, [shares[k] for k in kinds]), strict=True))
+    cell_kinds = [k for k in kinds if k in cells]
+    p_cells = np.array([shares[k] for k in cell_kinds])
+    p_cells /= p_cells.sum()
+    # This sample's CD4 cloud on CD25 x CD127 (the Treg arm leaves from it).
+    cloud = (rng.uniform(0.20, 0.30), rng.uniform(0.60, 0.72))
+
+    def draw(kind_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scatter (FSC-A, SSC-A as fractions of range) and true marker signal (linear)."""
+        scatter = np.empty((kind_index.size, 2))
+        level = np.empty((kind_index.size, len(markers)))
+        for i, kind in enumerate(cell_kinds):
+            rows = kind_index == i
+            m = int(rows.sum())
+            if not m:
+                continue
+            scatter_kind, levels = cells[kind]
+            f_med, f_sd, s_med, s_sd = SCATTER[scatter_kind]
+            scatter[rows, 0] = f_med * 10 ** rng.normal(0, f_sd, m)
+            scatter[rows, 1] = s_med * 10 ** rng.normal(0, s_sd, m)
+            for j, marker in enumerate(markers):
+                median, spread = levels.get(marker, NEGATIVE)
+                level[rows, j] = median + spread * _tail(rng, m)
+            if kind in B_POSITION:
+                cd38, cd24 = _b_plane(kind, m, rng)
+                level[rows, markers.index("CD38")] = cd38
+                level[rows, markers.index("CD24")] = cd24
+            if kind in _CD4_TYPES or kind in _TREGS:
+                cd25, cd127 = _treg_plane(kind, m, cloud, rng)
+                level[rows, markers.index("CD25")] = cd25
+                level[rows, markers.index("CD127")] = cd127
+        signal = to_linear(np.clip(level, -0.1, 1.0).ravel()).reshape(level.shape)
+        return scatter, signal
+
+    singles = np.concatenate([np.full(counts[k], i) for i, k in enumerate(cell_kinds)])
+    scatter_s, signal_s = draw(singles)
+    ratio_s = rng.normal(1.0, 0.035, singles.size)  # FSC-A / FSC-H, relative
+    n_doublets = counts["doublet"]
+    first = draw(rng.choice(len(cell_kinds), n_doublets, p=p_cells))
+    second = draw(rng.choice(len(cell_kinds), n_doublets, p=p_cells))
+    scatter_d, signal_d = first[0] + second[0], first[1] + second[1]
+    ratio_d = rng.normal(1.75, 0.15, n_doublets)
+    n_debris = counts["debris"]
+    scatter_x = np.column_stack(
+        [rng.gamma(1.6, 0.03, n_debris), 0.02 * 10 ** rng.normal(0, 0.4, n_debris)]
+    )
+    signal_x = to_linear(
+        (NEGATIVE[0] + NEGATIVE[1] * _tail(rng, (n_debris, len(markers)))).ravel()
+    ).reshape(n_debris, len(markers))
+    ratio_x = rng.normal(0.9, 0.12, n_debris)
+
+    index = np.array([LABEL_NAMES.index(k) for k in cell_kinds], dtype=np.uint8)
+    labels = np.concatenate(
+        [
+            index[singles],
+            np.full(n_doublets, LABEL_NAMES.index("doublet"), dtype=np.uint8),
+            np.full(n_debris, LABEL_NAMES.index("debris"), dtype=np.uint8),
+        ]
+    )
+    area = np.vstack([scatter_s, scatter_d, scatter_x]) * RANGE
+    ratio = np.concatenate([ratio_s, ratio_d, ratio_x]) * 1.1
+    fsc_h = area[:, 0] / ratio
+    ssc_h = area[:, 1] / (1 + (ratio - 1.1) * 0.8)
+    scatter = np.column_stack(
+        [
+            area[:, 0],
+            fsc_h,
+            area[:, 0] / np.maximum(fsc_h, 1) * 65536 / 1.1,
+            area[:, 1],
+            ssc_h,
+            area[:, 1] / np.maximum(ssc_h, 1) * 65536,
+        ]
+    )
+    spill = _spillover(detectors)
+    signal = np.vstack([signal_s, signal_d, signal_x])
+    detector = signal @ spill
+    detector += rng.normal(0, 1, detector.shape) * np.sqrt(PHOTON_NOISE * np.abs(detector))
+    detector += rng.normal(0, ELECTRONIC_NOISE, detector.shape)
+    detector = np.clip(detector, -RANGE, RANGE - 1)
+    scatter = np.clip(scatter, 0, RANGE - 1)
+    compensated = detector @ np.linalg.inv(spill)
+    order = rng.permutation(labels.size)
+    return SimulatedTube(
+        markers=markers,
+        detectors=detectors,
+        compensated=compensated[order],
+        detector=detector[order],
+        spillover=spill,
+        scatter=scatter[order],
+        time=np.sort(rng.uniform(0, 12000.0, labels.size)),
+        labels=labels[order],
+    )
+
+
+def write_tube(
+    path: Path, tube: SimulatedTube, sample_id: str, *, with_scatter: bool
+) -> np.ndarray:
+    """Write one tube as FACSDiva would (scatter, Time, raw detectors, $SPILLOVER) or, without
+    scatter, as a FlowJo export of its pre-gated lymphocytes (``FJComp-`` channels holding
+    compensated values, no scatter, no Time, no $SPILLOVER). Returns the labels of the events
+    written."""
+    pns = list(tube.markers)
+    keywords = {"$CYT": "LSRFortessa (simulated)", "$FIL": path.name, "SAMPLE ID": sample_id}
+    if with_scatter:
+        pnn = ["FSC-A", "FSC-H", "FSC-W", "SSC-A", "SSC-H", "SSC-W", *tube.detectors, "Time"]
+        events = np.column_stack([tube.scatter, tube.detector, tube.time])
+        n = len(tube.detectors)
+        keywords["$SPILLOVER"] = ",".join(
+            [str(n), *tube.detectors, *(f"{x:.6g}" for x in tube.spillover.ravel())]
+        )
+        keywords["$TIMESTEP"] = "0.01"
+        write_fcs(path, events, pnn, ["", "", "", "", "", "", *pns, ""], keywords)
+        return tube.labels
+    kinds = np.array(LABEL_NAMES)[tube.labels]
+    keep = ~np.isin(kinds, [*NON_CELLS, *NOT_LYMPHOCYTES])
+    pnn = [f"FJComp-{d}" for d in tube.detectors]
+    write_fcs(path, tube.compensated[keep], pnn, pns, keywords)
+    return tube.labels[keep]
+
+
+def simulate_real_shaped(
+    root: str | Path, options: RealShapedOptions = RealShapedOptions()
+) -> Path:
+    """Write study.yaml, the inbox and truth/ of the real-shaped study; returns ``root``."""
+    root = Path(root)
+    for sub in ("inbox", "truth"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    study = {
+        "study": "Real-shaped (simulated from the shapes of real expert-gated files)",
+        "visits": {v: VISITS[v] for v in options.visits},
+        "baseline": options.visits[0],
+        "filename_pattern": FILENAME_PATTERN,
+        "panels": {"BCELL": "bcell", "TREG": "treg"},
+        "absolute_counts": "none",
+    }
+    (root / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    for p in range(1, options.patients + 1):
+        child = p <= (options.patients * 10) // 16  # the trial's 10 children of 16
+        for v, visit in enumerate(options.visits):
+            for t, tube_name in enumerate(("BCELL", "TREG")):
+                rng = np.random.default_rng([options.seed, p, v, t])
+                sample_id = f"R{p:02d}_{visit}_{tube_name}"
+                tube = simulate_tube(
+                    tube_name,
+                    sample_shares(tube_name, child, rng),
+                    options.events_per_file,
+                    rng,
+                )
+                with_scatter = rng.uniform() >= options.no_scatter_share
+                labels = write_tube(
+                    root / "inbox" / f"{sample_id}.fcs", tube, sample_id, with_scatter=with_scatter
+                )
+                np.savez_compressed(
+                    root / "truth" / f"{sample_id}.npz",
+                    labels=labels,
+                    label_names=np.array(LABEL_NAMES),
+                )
+    return root

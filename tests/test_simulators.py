@@ -1,0 +1,135 @@
+"""The real-shaped simulator gives the shapes its docstring promises (those of real files).
+
+Each shape is checked on the values the pipeline sees: events read back from the written FCS
+file, compensated with the file's own $SPILLOVER and put on the panels' logicle scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.gating_accuracy import refusal
+from cohort.study import Study
+from gating.compensate import compensated_channels
+from panels.fcs import read_events
+from simulate import real_shaped as rs
+
+
+def _tube_values(tmp_path, tube: str, child: bool, seed: int, n_events: int = 30000):
+    """Logicle values per marker of a simulated tube read back from its file, and its labels."""
+    rng = np.random.default_rng(seed)
+    simulated = rs.simulate_tube(tube, rs.sample_shares(tube, child, rng), n_events, rng)
+    path = tmp_path / f"{tube}.fcs"
+    labels = rs.write_tube(path, simulated, tube, with_scatter=True)
+    data = read_events(path)
+    values = compensated_channels(data, simulated.detectors, data.header.spillover())
+    by_marker = {
+        marker: rs.to_logicle(values[detector])
+        for detector, marker in zip(simulated.detectors, simulated.markers, strict=True)
+    }
+    return by_marker, np.array(rs.LABEL_NAMES)[labels]
+
+
+def _density(values: np.ndarray, grid: np.ndarray, bandwidth: float = 0.03) -> np.ndarray:
+    """Gaussian kernel density of ``values`` on ``grid``."""
+    z = (grid[:, None] - values[None, :]) / bandwidth
+    return np.exp(-0.5 * z * z).sum(axis=1)
+
+
+@pytest.mark.parametrize(("child", "seed"), [(True, 3), (False, 4)])
+def test_transitional_b_are_the_high_tip_of_one_diagonal_cloud(tmp_path, child, seed):
+    """As experts see real B tubes: the CD27- B cells form one elongated CD24 x CD38 cloud, and
+    transitional B are its CD24-high CD38-high tip, with no valley on either marker alone."""
+    values, kinds = _tube_values(tmp_path, "BCELL", child, seed)
+    cd27neg = np.isin(kinds, ["naive", "transitional"])
+    transitional = kinds == "transitional"
+    naive = kinds == "naive"
+    b_cells = np.isin(kinds, sorted(rs.TRUTH["BCELL"]["cd19_b"][1]))
+    share = transitional.sum() / b_cells.sum()
+    assert 0.03 < share < 0.18  # around the real 11.7% of B cells
+    cd24, cd38 = values["CD24"], values["CD38"]
+    # One elongated diagonal cloud: the two markers rise together across naive and transitional.
+    assert np.corrcoef(cd24[cd27neg], cd38[cd27neg])[0, 1] > 0.6
+    # Its ends where the real cloud's are: (CD38 0.45, CD24 0.2) to (0.8, 0.75).
+    assert 0.45 < np.median(cd38[naive]) < 0.68 and 0.3 < np.median(cd24[naive]) < 0.55
+    assert 0.68 < np.median(cd38[transitional]) < 0.85
+    assert 0.58 < np.median(cd24[transitional]) < 0.8
+    for marker in (cd24, cd38):
+        # The tip: transitional cells lie above most naive cells on each marker...
+        assert np.median(marker[transitional]) > np.percentile(marker[naive], 80)
+        # ...with no density valley between the naive mode and the transitional median.
+        grid = np.linspace(np.median(marker[naive]), np.median(marker[transitional]), 60)
+        density = _density(marker[cd27neg], grid)
+        mode = int(np.argmax(density))
+        falling = density[mode:]
+        rises = np.maximum.accumulate(falling[::-1])[::-1] - falling
+        assert rises.max() < 0.03 * density.max(), "a valley between naive and transitional B"
+
+
+@pytest.mark.parametrize(("child", "seed"), [(True, 5), (False, 6)])
+def test_tregs_are_the_cd25_high_arm_at_intermediate_cd127(tmp_path, child, seed):
+    """As on the real flowatlas files: Tregs are CD127-low relative to the CD4 cloud, not
+    negative: their CD127 median lies below the cloud's median and above its 5th percentile
+    (real: 0.47 vs cloud 0.64); their CD25 is above most of the cloud's."""
+    values, kinds = _tube_values(tmp_path, "TREG", child, seed)
+    treg = np.isin(kinds, sorted(rs.TRUTH["TREG"]["treg"][1]))
+    cd4 = np.isin(kinds, sorted(rs.TRUTH["TREG"]["cd4_t"][1]))
+    cloud = cd4 & ~treg
+    assert 0.03 < treg.sum() / cd4.sum() < 0.11  # blood: ~6.7% of CD4
+    cd127, cd25 = values["CD127"], values["CD25"]
+    treg_cd127 = np.median(cd127[treg])
+    assert np.percentile(cd127[cloud], 5) < treg_cd127 < np.median(cd127[cloud]) - 0.08
+    assert treg_cd127 > 0.35  # intermediate, not CD127-negative
+    assert 0.58 < np.median(cd127[cloud]) < 0.75
+    assert np.median(cd25[treg]) > np.percentile(cd25[cloud], 85)
+    # An arm, not a separate cluster: a good share of the cloud reaches the Tregs' CD25.
+    assert (cd25[cloud] > np.median(cd25[treg])).mean() > 0.02
+
+
+def test_tails_are_heavy_and_compensation_spreads_below_zero(tmp_path):
+    """Real CD4 clouds hold 2.8-6.1% of their CD127 beyond 3 robust SDs (0.27% for a normal
+    law) and 7-60% negative CD25 values."""
+    values, kinds = _tube_values(tmp_path, "TREG", True, 7)
+    cloud = np.isin(kinds, ["cd4_naive", "cd4_memory", "cd4_cd127_down"])
+    cd127 = values["CD127"][cloud]
+    median = np.median(cd127)
+    robust_sd = np.subtract(*np.percentile(cd127, [75, 25])) / 1.349
+    assert (np.abs(cd127 - median) > 3 * robust_sd).mean() > 0.015
+    # Every marker's spread is heavy-tailed, not only CD127's: beyond 4 robust SDs of CD4 lie
+    # far more cells than the 0.006% of a normal law.
+    cd4 = values["CD4"][cloud]
+    robust_sd = np.subtract(*np.percentile(cd4, [75, 25])) / 1.349
+    assert (np.abs(cd4 - np.median(cd4)) > 4 * robust_sd).mean() > 0.003
+    zero = rs.to_logicle(np.array([0.0]))[0]
+    assert 0.05 < (values["CD25"][cloud] < zero).mean() < 0.6
+
+
+def test_study_files_with_and_without_scatter(tmp_path):
+    """Files with scatter carry FSC/SSC/Time and $SPILLOVER; with ``no_scatter_share`` the
+    others are FlowJo exports of pre-gated lymphocytes, which the pipeline refuses today (the
+    benchmark counts them, with the reason)."""
+    options = rs.RealShapedOptions(patients=2, visits=("BL",), events_per_file=3000)
+    root = rs.simulate_real_shaped(tmp_path / "with", options)
+    study = Study(root)
+    for path in study.inbox_files():
+        data = read_events(path)
+        truth = np.load(root / "truth" / f"{path.stem}.npz")
+        assert truth["labels"].size == data.header.n_events == 3000
+        assert {"FSC-A", "FSC-H", "SSC-A", "Time"} <= set(data.header.pnn)
+        assert data.header.spillover() is not None
+        assert refusal(study, path) is None
+    exported = rs.RealShapedOptions(**{**options.__dict__, "no_scatter_share": 1.0})
+    root = rs.simulate_real_shaped(tmp_path / "without", exported)
+    study = Study(root)
+    for path in study.inbox_files():
+        data = read_events(path)
+        assert not {"FSC-A", "SSC-A", "Time"} & set(data.header.pnn)
+        assert all(name.startswith("FJComp-") for name in data.header.pnn)
+        assert data.header.spillover() is None
+        kinds = np.load(root / "truth" / f"{path.stem}.npz")
+        names = kinds["label_names"][kinds["labels"]]
+        assert names.size == data.header.n_events
+        assert not set(names) & {"debris", "doublet", "monocyte", "granulocyte"}
+        assert (data.events < 0).any()  # compensated values, negatives kept
+        assert "scatter" in refusal(study, path)
