@@ -254,6 +254,9 @@ class ReviewServer:
                 software=self.software,
             )
             anchor_head(self.study.root, self.store.conn, f"template {panel} {threshold}")
+            # The strategies (with their reference) are cached: this server's later re-gates
+            # and review states must use the reference now in force, as the next pass will.
+            vars(self.study).pop("strategies", None)
             return change
 
     def start_publish(self, who: str) -> PublishJob:

@@ -740,6 +740,8 @@ def test_a_study_template_is_signed_audited_and_stored(study):
     template = panel_templates(Study(study), "TREG")["t_cd45ra"]
     assert (template.value, template.set_by, template.given_on) == (0.5, "ana", TREG_SAMPLE)
     assert abs(template.offset - (0.5 - entry.detail["landmark"])) < 1e-6
+    in_force = client.app.state.server.study.strategies["TREG"].offsets  # not a stale cache
+    assert in_force == {"t_cd45ra": template.offset}
     listed = client.get("/templates/TREG").text  # the page shows who set it and why
     assert "0.500 on P01_BL_TREG" in listed and "naive peak is clear" in listed
     anchors = (study / "audit_anchors.jsonl").read_text()
