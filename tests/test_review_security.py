@@ -712,6 +712,7 @@ def test_a_study_template_is_signed_audited_and_stored(study):
     from cohort.study import Study
     from cohort.templates import panel_templates
 
+    (study / "inbox" / "notes_P01.fcs").write_text("misnamed\n")  # the inbox has such files
     client = _client(study, accounts=True)
     token = _signed_in(client)
     page = client.get("/templates/TREG")
