@@ -6,6 +6,7 @@ override. Screenshots of each page are written to the test's folder."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import socket
@@ -163,8 +164,9 @@ def reviewed(demo_run, tmp_path_factory):
             pages["signoff"] = page.inner_text("#signoff")
             page.click("#publish")  # returns at once; the page polls the background job
             pages["publish_first_state"] = page.inner_text("#publish-state")
-            page.wait_for_function(
-                "['done', 'failed'].includes(document.getElementById('publish-state').textContent)"
+            # A locator wait, not wait_for_function: the page's CSP forbids eval'd scripts.
+            playwright.expect(page.locator("#publish-state")).to_have_text(
+                re.compile(r"^(done|failed)$"), timeout=300_000
             )
             _screenshot(page, shots / "publish.png")
             pages["published"] = page.inner_text("#publish-result")
