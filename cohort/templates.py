@@ -177,6 +177,8 @@ def _sample_landmark(study: Study, panel: str, base, threshold: str, sample_id: 
             name = study.parse_name(path.name)
         except ImmunomonError:
             continue
+        if isinstance(name, str):  # a misnamed file (parse_name says why): not this sample
+            continue
         if name.sample_id == sample_id:
             paths.append(path)
     if not paths:

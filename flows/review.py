@@ -7,9 +7,12 @@ sample id from a request is only ever looked up in the store."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import threading
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -20,7 +23,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from cohort.accounts import account_fingerprint, check_password, record_failed_sign_in
-from cohort.audit import AuditError, AuditLog, anchors_path
+from cohort.audit import AuditError, AuditLog, anchor_head, anchors_path
 from cohort.exports import samples_table
 from cohort.review import (
     REVIEW_STATES,
@@ -34,12 +37,40 @@ from cohort.review import (
 )
 from cohort.store import Store
 from cohort.study import Study
+from cohort.templates import POOLED
 from flows.review_security import ReviewGuard, Site, local_path, page_of
 from panels.errors import ImmunomonError
 from reports.outputs import software_version, update_outputs
 from stats.drift import DRIFT_Z, drift_scores
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+
+@dataclass(frozen=True)
+class PublishJob:
+    """The background "update results and the report" job: one at a time per server."""
+
+    state: str = "idle"  # idle, running, done, failed
+    who: str = ""
+    started_at: str = ""
+    started: float = 0.0  # time.monotonic() at the start
+    seconds: float = 0.0  # how long it took (done or failed)
+    report: str = ""  # the cohort report's path once written
+    problem: str = ""  # the clinical input problem that stopped part of it
+    error: str = ""  # the one line that stopped it
+
+    def as_json(self) -> dict:
+        running = self.state == "running"
+        elapsed = time.monotonic() - self.started if running else self.seconds
+        return {
+            "state": self.state,
+            "who": self.who,
+            "started_at": self.started_at,
+            "elapsed_s": round(elapsed, 1),
+            "report": self.report,
+            "problem": self.problem,
+            "error": self.error,
+        }
 
 
 class ReviewServer:
@@ -53,6 +84,8 @@ class ReviewServer:
         self.store = Store(self.study.db_path, shared_between_threads=True)
         self.log = AuditLog(self.store.conn, anchors=anchors_path(self.study.root))
         self.software = software_version()
+        self.job = PublishJob()
+        self.job_lock = threading.Lock()  # the job's state only: pages read it while it runs
 
     # state ---------------------------------------------------------------------------------
     def states(self) -> dict[str, ReviewStatus]:
@@ -191,10 +224,82 @@ class ReviewServer:
                 record_decision(self.log, sample_id, action, who, reason, self.software)
             return len(sample_ids)
 
-    def publish(self) -> str:
-        with self.lock:
-            with self.study.exclusive(wait=False):
-                return update_outputs(self.study, self.store)
+    def set_template(
+        self,
+        panel: str,
+        threshold: str,
+        value: float,
+        who: str,
+        reason: str,
+        sample_id: str | None,
+    ):
+        """Set the panel's expert template (``cohort.templates.set_template``, which audits
+        it); refused while a pass holds the study, as the pass reads the reference."""
+        from cohort.templates import set_template
+
+        with self.lock, self.study.exclusive(wait=False):
+            if sample_id:
+                sample = self.sample(sample_id)  # an id from a request: looked up in the store
+                if sample["panel"] != panel:
+                    raise AuditError(f"{sample_id} is a {sample['panel']} sample, not {panel}")
+            change = set_template(
+                self.study,
+                self.store,
+                panel,
+                threshold,
+                value,
+                who=who,
+                reason=reason,
+                sample_id=sample_id or None,
+                software=self.software,
+            )
+            anchor_head(self.study.root, self.store.conn, f"template {panel} {threshold}")
+            # The strategies (with their reference) are cached: this server's later re-gates
+            # and review states must use the reference now in force, as the next pass will.
+            vars(self.study).pop("strategies", None)
+            return change
+
+    def start_publish(self, who: str) -> PublishJob:
+        """Start rewriting results and the cohort report in a background thread. Refused
+        (StudyError/AuditError) while a pass holds the study or a job runs; the study's lock
+        is taken here, before returning, and released by the job when it ends."""
+        with self.job_lock:
+            if self.job.state == "running":
+                raise AuditError(
+                    f"results are already being updated (started by {self.job.who} at "
+                    f"{self.job.started_at}): wait for it to finish"
+                )
+            lease = self.study.exclusive(wait=False)
+            lease.__enter__()  # raises while a pass holds the study: refused, nothing started
+            now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+            self.job = PublishJob("running", who, now, time.monotonic())
+            threading.Thread(
+                target=self._publish, args=(lease,), name="publish", daemon=True
+            ).start()
+            return self.job
+
+    def _publish(self, lease) -> None:
+        # Its own connection: the server's stays free for the pages during the ~minute.
+        store = Store(self.study.db_path)
+        started_wall = time.time() - 1.0
+        done = {}
+        try:
+            problem = update_outputs(self.study, store)
+            report = self.study.reports_dir / "cohort_report.pdf"
+            written = report.is_file() and report.stat().st_mtime >= started_wall
+            done = {"state": "done", "problem": problem, "report": str(report) if written else ""}
+        except Exception as exc:  # shown on the page: the job must not die silently
+            done = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            store.close()
+            lease.__exit__(None, None, None)
+            with self.job_lock:
+                seconds = time.monotonic() - self.job.started
+                self.job = replace(self.job, seconds=round(seconds, 1), **done)
+
+    def publish_status(self) -> PublishJob:
+        with self.job_lock:
+            return self.job
 
 
 def create_app(study_root: str | Path, accounts: bool = False, site: Site | None = None) -> FastAPI:
@@ -416,7 +521,13 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
             entries = len(server.log.entries())
             head = server.log.head()
         return render(
-            request, "signoff.html", title="Sign-off", rows=rows, entries=entries, head=head
+            request,
+            "signoff.html",
+            title="Sign-off",
+            rows=rows,
+            entries=entries,
+            head=head,
+            panels=list(server.study.panels),
         )
 
     @actions.post("/signoff/approve")
@@ -441,13 +552,70 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
         request.session["message"] = f"{count} sample(s) of {visit} {panel} approved"
         return RedirectResponse("/signoff", status_code=303)
 
-    @actions.post("/publish")
-    def publish(request: Request):
-        error = server.publish()
-        request.session["message"] = "results and the cohort report rewritten" + (
-            f"; clinical input problem: {error}" if error else ""
+    @pages.get("/templates/{panel}", response_class=HTMLResponse)
+    def templates_page(request: Request, panel: str, sample: str = ""):
+        if not who(request):
+            return login_page(request)
+        with server.lock:
+            context = templates_context(server, panel)
+        return render(
+            request, "templates.html", title=f"Study templates {panel}", chosen=sample, **context
         )
-        return RedirectResponse("/signoff", status_code=303)
+
+    @actions.post("/templates/{panel}/set")
+    def set_study_template(
+        request: Request,
+        panel: str,
+        threshold: str = Form(...),
+        value: str = Form(...),
+        sample_id: str = Form(""),
+        reason: str = Form(""),
+        password: str = Form(""),
+        back: str = Form(""),
+        person: str = Depends(guard.person),
+    ):
+        guard.signature(request, person, password)  # a study-wide decision: always signed
+        try:
+            try:
+                number = float(value)
+            except ValueError:
+                raise AuditError(f"{value!r} is not a number") from None
+            change = server.set_template(panel, threshold, number, person, reason, sample_id)
+        except ImmunomonError as exc:  # refused: back to the form it came from, saying why
+            request.session["error"] = str(exc)
+            return RedirectResponse(local_path(back, "/signoff"), status_code=303)
+        t = change.template
+        on = "the pooled aligned scale" if t.given_on == POOLED else t.given_on
+        regates = (
+            "the next processing pass re-gates the panel's samples"
+            if change.regates
+            else "the offset is unchanged: nothing is re-gated"
+        )
+        request.session["message"] = (
+            f"{panel} {threshold}: study template {t.value:.3f} on {on} (landmark "
+            f"{t.landmark:.3f}, offset {t.offset:+.3f}), audit entry #{change.audit_seq}; "
+            f"{regates}"
+        )
+        return RedirectResponse(f"/templates/{quote(panel)}", status_code=303)
+
+    @actions.post("/publish")
+    def publish(request: Request, person: str = Depends(guard.person)):
+        server.start_publish(person)
+        return RedirectResponse("/publish", status_code=303)
+
+    @pages.get("/publish", response_class=HTMLResponse)
+    def publish_page(request: Request):
+        if not who(request):
+            return login_page(request)
+        job = server.publish_status().as_json()
+        return render(request, "publish.html", title="Update results", job=job)
+
+    @pages.get("/publish/status.json")
+    def publish_status(request: Request):
+        """The background job's state, polled by /publish: no store access, never waits."""
+        if not who(request):
+            raise HTTPException(401, "sign in first")
+        return server.publish_status().as_json()
 
     @pages.get("/plot/{sample_id}.png")
     def plot(request: Request, sample_id: str, compact: int = 0):
@@ -637,6 +805,8 @@ def _reported(server: ReviewServer, panel: str) -> list:
 
 def sample_context(server: ReviewServer, sample_id: str) -> dict:
     from gating.gates import ThresholdMark
+    from gating.registration import registered_thresholds
+    from gating.strategy import Strategy
 
     sample = server.sample(sample_id)
     key = sample["sample_key"]
@@ -681,15 +851,53 @@ def sample_context(server: ReviewServer, sample_id: str) -> dict:
         for e in server.log.entries()
         if e.sample_id == sample_id
     ]
+    strategy = server.study.strategies[sample["panel"]]
+    templatable = set(registered_thresholds(strategy)) if isinstance(strategy, Strategy) else set()
     return {
         "s": sample,
         "state": state,
+        "templatable": [t for t in thresholds if t["name"] in templatable],
         "flags": (sample["qc_flags"] or "").replace(";", "; "),
         "gates": gates,
         "thresholds": thresholds,
         "populations": populations,
         "qc": qc,
         "trail": trail,
+    }
+
+
+def templates_context(server: ReviewServer, panel: str) -> dict:
+    """The panel's thresholds that can take a study template, the template in force for
+    each (value, on what, who, when, why), and the current samples a change re-gates."""
+    from cohort.templates import panel_templates
+    from gating.registration import registered_thresholds
+    from gating.strategy import Strategy
+
+    if panel not in server.study.panels:
+        raise HTTPException(404, f"no panel {panel!r} in this study")
+    strategy = server.study.strategies[panel]
+    if not isinstance(strategy, Strategy):
+        raise HTTPException(404, f"panel {panel} is gated by a FlowJo workspace: no templates")
+    in_force = panel_templates(server.study, panel)
+    thresholds = [
+        {
+            "name": name,
+            "dimension": spec.dimension,
+            "within": spec.within,
+            "bounds": spec.bounds,
+            "landmark": f"{spec.registration.peak} peak of {spec.registration.landmark_within}",
+            "template": in_force.get(name),
+        }
+        for name, spec in registered_thresholds(strategy).items()
+    ]
+    samples = samples_table(server.store, server.study)
+    touched = samples[(samples.panel == panel) & (samples.status == "processed")]
+    return {
+        "panel": panel,
+        "strategy": strategy.name,
+        "thresholds": thresholds,
+        "samples": sorted(touched.sample_id),
+        "pooled": POOLED,
     }
 
 

@@ -6,6 +6,7 @@ override. Screenshots of each page are written to the test's folder."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import socket
@@ -35,6 +36,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ROOT = Path(__file__).parents[1]
+TEMPLATE_SAMPLE = "P04_BL_TREG"
+TEMPLATE_REASON = "naive CD45RA peak is clean on this baseline"
 
 
 def _free_port() -> int:
@@ -143,12 +146,30 @@ def reviewed(demo_run, tmp_path_factory):
             page.click("#exclude")
             pages["excluded_status"] = page.inner_text("#review-status")
 
+            # An expert sets the Treg CD45RA boundary on a baseline sample as the study's.
+            page.goto(base + f"/sample/{TEMPLATE_SAMPLE}")
+            page.select_option("#sample-template-threshold", "t_cd45ra")
+            page.fill("#sample-template-value", "0.5")
+            page.fill("#sample-template-reason", TEMPLATE_REASON)
+            page.click("#sample-set-template")
+            page.wait_for_load_state("networkidle")
+            pages["template_url"] = page.url
+            pages["template_message"] = page.inner_text("#message")
+            pages["templates"] = page.inner_text("#templates")
+            pages["touched"] = page.inner_text("#touched")
+            _screenshot(page, shots / "templates.png", full_page=True)
+
             page.goto(base + "/signoff")
             _screenshot(page, shots / "signoff.png", full_page=True)
             pages["signoff"] = page.inner_text("#signoff")
-            page.click("#publish")
-            page.wait_for_load_state("networkidle")
-            pages["published"] = page.inner_text("#message")
+            page.click("#publish")  # returns at once; the page polls the background job
+            pages["publish_first_state"] = page.inner_text("#publish-state")
+            # A locator wait, not wait_for_function: the page's CSP forbids eval'd scripts.
+            playwright.expect(page.locator("#publish-state")).to_have_text(
+                re.compile(r"^(done|failed)$"), timeout=300_000
+            )
+            _screenshot(page, shots / "publish.png")
+            pages["published"] = page.inner_text("#publish-result")
             browser.close()
     finally:
         server.send_signal(signal.SIGTERM)
@@ -165,9 +186,47 @@ def test_pages_show_files_patient_sample_and_signoff(reviewed):
     assert "P04_M1_BCELL" in pages["today"] and "to_review" in pages["today"]
     assert "t_cd19" in pages["patient"] and "M12" in pages["patient"]
     assert "cd19_b CD19" in pages["patient_mfi"] and "transitional_b CD24" in pages["patient_mfi"]
-    for name in ("today", "patient", "sample", "signoff"):
+    for name in ("today", "patient", "sample", "signoff", "templates", "publish"):
         assert (reviewed["shots"] / f"{name}.png").stat().st_size > 20_000, name
+    assert pages["publish_first_state"] in ("running", "done")  # the page did not wait
     assert "results and the cohort report rewritten" in pages["published"]
+    assert "reports/cohort_report.pdf" in pages["published"]
+
+
+def test_a_study_template_set_in_the_browser_is_stored_audited_and_named(reviewed):
+    """The expert's template is in the study reference (so the next pass re-gates every Treg
+    sample: the strategy's identity changed), in the audit trail and in the report's Methods."""
+    from cohort.audit import AuditLog
+    from cohort.store import Store
+    from cohort.study import Study
+    from cohort.templates import panel_templates
+
+    pages, study, root = reviewed["pages"], reviewed["study"], reviewed["root"]
+    assert pages["template_url"].endswith("/templates/TREG")
+    assert "re-gates the panel's samples" in pages["template_message"]
+    assert f"0.500 on {TEMPLATE_SAMPLE}" in pages["templates"] and "jdupont" in pages["templates"]
+    assert TEMPLATE_REASON in pages["templates"] and "P04_M1_TREG" in pages["touched"]
+    template = panel_templates(Study(study), "TREG")["t_cd45ra"]
+    assert (template.value, template.given_on, template.set_by, template.reason) == (
+        0.5,
+        TEMPLATE_SAMPLE,
+        "jdupont",
+        TEMPLATE_REASON,
+    )
+    assert Study(study).strategies["TREG"].sha256 != Study(root).strategies["TREG"].sha256
+    assert Study(study).strategies["BCELL"].sha256 == Study(root).strategies["BCELL"].sha256
+    store = Store(study / "immunomon.db")
+    entries = [e for e in AuditLog(store.conn).entries() if e.action == "template"]
+    store.close()
+    assert [(e.who, e.reason) for e in entries] == [("jdupont", TEMPLATE_REASON)]
+    assert entries[0].detail["new_offset"] == template.offset
+    text = subprocess.run(
+        ["pdftotext", str(study / "reports" / "cohort_report.pdf"), "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "t_cd45ra: expert template set by jdupont" in " ".join(text.split())
 
 
 def test_an_adjusted_threshold_regates_that_sample_only(reviewed):
@@ -293,6 +352,13 @@ def test_the_nightly_pass_keeps_the_override_and_undo_is_a_new_entry(reviewed, t
 
     study = tmp_path / "study"
     shutil.copytree(reviewed["study"], study)
+    # The browser's study template re-gates every Treg sample on a pass (its identity is
+    # checked above and in tests/test_templates.py); here the override's survival is at stake.
+    reference = Path("references") / "treg.yaml"
+    if (reviewed["root"] / reference).is_file():
+        shutil.copy(reviewed["root"] / reference, study / reference)
+    else:
+        (study / reference).unlink()
     summary = run_study(study, 1)
     assert summary.processed == 0 and summary.unchanged == 182  # the override stays current
     server = ReviewServer(study, accounts=False)

@@ -91,11 +91,13 @@ def test_accounts_store_a_salted_hash_not_the_password(tmp_path):
 BASE = "http://127.0.0.1:8765"  # the address the app is served at (Site's default)
 PASSWORD = "a long enough password"
 SAMPLE = "P01_BL_BCELL"
+TREG_SAMPLE = "P01_BL_TREG"
 
 
 @pytest.fixture(scope="module")
 def reviewable(tmp_path_factory):
-    """A small study with three processed B-cell samples and two accounts (ana, bo)."""
+    """A small study with three processed B-cell samples, one Treg sample (its t_cd45ra has a
+    landmark: it can take a study template) and two accounts (ana, bo)."""
     import hashlib
 
     from cohort.study import Study
@@ -104,7 +106,7 @@ def reviewable(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("reviewable") / "study"
     simulate_study(root, DemoOptions(events_per_file=1000, include_bad_files=False))
-    keep = ("P01_BL_BCELL", "P01_M1_BCELL", "P02_BL_BCELL")
+    keep = ("P01_BL_BCELL", "P01_M1_BCELL", "P02_BL_BCELL", TREG_SAMPLE)
     for path in list((root / "inbox").iterdir()):
         if not path.name.startswith(keep):
             path.unlink()
@@ -691,3 +693,135 @@ def test_sessions_held_by_the_server_are_bounded(monkeypatch):
         guard.start_session(browser, f"person{i}")
     assert len(guard.sessions) == 3
     assert guard.who(browsers[0]) is None and guard.who(browsers[-1]) == "person4"
+
+
+# study templates from the review page ----------------------------------------------------
+def _template_form(token, value="0.5", sample=TREG_SAMPLE, **extra) -> dict:
+    return {
+        "threshold": "t_cd45ra",
+        "value": value,
+        "sample_id": sample,
+        "reason": "naive peak is clear on this sample",
+        "csrf": token,
+    } | extra
+
+
+def test_a_study_template_is_signed_audited_and_stored(study):
+    """The page's action calls cohort.templates: no token, a foreign host or no signature
+    changes nothing; signed, the template is in the reference file and the trail."""
+    from cohort.study import Study
+    from cohort.templates import panel_templates
+
+    (study / "inbox" / "notes_P01.fcs").write_text("misnamed\n")  # the inbox has such files
+    client = _client(study, accounts=True)
+    token = _signed_in(client)
+    page = client.get("/templates/TREG")
+    assert "t_cd45ra" in page.text and TREG_SAMPLE in page.text and "re-gates" in page.text
+    assert 'id="sample-set-template"' in client.get(f"/sample/{TREG_SAMPLE}").text
+    assert 'id="sample-set-template"' not in client.get(f"/sample/{SAMPLE}").text  # no landmark
+    path = "/templates/TREG/set"
+    no_token = client.post(path, data=_template_form(""), follow_redirects=False)
+    assert no_token.status_code == 403 and "form token" in no_token.json()["detail"]
+    rebound = {"Host": "rebind.attacker.example:8765"}
+    foreign = client.post(path, data=_template_form(token, password=PASSWORD), headers=rebound)
+    assert foreign.status_code == 421
+    unsigned = client.post(path, data=_template_form(token, password="not it"))
+    assert unsigned.status_code == 403 and "nothing was signed" in unsigned.json()["detail"]
+    assert _trail(study) == [] and panel_templates(Study(study), "TREG") == {}
+    done = client.post(path, data=_template_form(token, password=PASSWORD))
+    assert done.status_code == 200 and done.url.path == "/templates/TREG"
+    assert "audit entry #1" in done.text and "re-gates the panel" in done.text
+    (entry,) = _trail(study)
+    assert (entry.who, entry.action, entry.reason) == (
+        "ana",
+        "template",
+        "naive peak is clear on this sample",
+    )
+    assert entry.detail["threshold"] == "t_cd45ra" and entry.detail["given_on"] == TREG_SAMPLE
+    template = panel_templates(Study(study), "TREG")["t_cd45ra"]
+    assert (template.value, template.set_by, template.given_on) == (0.5, "ana", TREG_SAMPLE)
+    assert abs(template.offset - (0.5 - entry.detail["landmark"])) < 1e-6
+    in_force = client.app.state.server.study.strategies["TREG"].offsets  # not a stale cache
+    assert in_force == {"t_cd45ra": template.offset}
+    listed = client.get("/templates/TREG").text  # the page shows who set it and why
+    assert "0.500 on P01_BL_TREG" in listed and "naive peak is clear" in listed
+    anchors = (study / "audit_anchors.jsonl").read_text()
+    assert '"why": "template TREG t_cd45ra"' in anchors
+
+
+def test_a_study_template_is_refused_with_a_reason_while_a_pass_runs(study):
+    from cohort.study import Study
+
+    client = _client(study)
+    token = _named(client)
+    path = "/templates/TREG/set"
+    for form, said in [
+        (_template_form(token, value="0.95"), "is outside the strategy"),
+        (_template_form(token, sample=SAMPLE), "is a BCELL sample, not TREG"),
+        (_template_form(token, reason=" "), "needs a reason"),
+        (_template_form(token, value="abc"), "is not a number"),
+    ]:
+        form["back"] = "/templates/TREG"
+        response = client.post(path, data=form)
+        assert response.url.path == "/templates/TREG" and said in response.text, said
+    unknown = client.post(path, data=_template_form(token, sample="../../etc"))
+    assert unknown.status_code == 404 and "no processed sample" in unknown.json()["detail"]
+    with Study(study).exclusive(wait=False):  # a pass holds the study
+        response = client.post(path, data=_template_form(token, back=f"/sample/{TREG_SAMPLE}"))
+        assert response.url.path == f"/sample/{TREG_SAMPLE}"
+        assert 'id="error"' in response.text
+    assert _trail(study) == []
+    assert client.post(path, data=_template_form(token, back="//evil.example")).url.path == (
+        "/templates/TREG"
+    )  # a form's way back is a local path only; this one was set (nothing held the study)
+    assert [e.action for e in _trail(study)] == ["template"]
+
+
+def test_publish_runs_in_the_background_one_at_a_time(study, monkeypatch):
+    """POST /publish returns at once to a page that polls the job; a second start while one
+    runs, or a start while a pass holds the study, is refused; the result is shown."""
+    import threading
+
+    import flows.review as review
+    from cohort.study import Study
+
+    release = threading.Event()
+
+    def slow_outputs(study_, store):
+        release.wait(30)
+        return "visits.csv: line 3: no such patient"
+
+    monkeypatch.setattr(review, "update_outputs", slow_outputs)
+    client = _client(study)
+    token = _named(client)
+    started = client.post("/publish", data={"csrf": token})
+    assert started.url.path == "/publish" and 'id="publish-state">running' in started.text
+    assert client.get("/publish/status.json").json()["state"] == "running"
+    again = client.post("/publish", data={"csrf": token})
+    assert again.url.path == "/signoff" and "already being updated" in again.text
+    assert client.get("/").status_code == 200  # the pages are not blocked meanwhile
+    release.set()
+    for _ in range(100):
+        job = client.get("/publish/status.json").json()
+        if job["state"] != "running":
+            break
+        threading.Event().wait(0.05)
+    assert job["state"] == "done" and job["who"] == "ana"
+    assert job["problem"] == "visits.csv: line 3: no such patient"
+    assert "clinical input problem: visits.csv" in client.get("/publish").text
+    with Study(study).exclusive(wait=False):  # the job let go of the study's lock
+        refused = client.post("/publish", data={"csrf": token})
+    assert refused.url.path == "/signoff" and 'id="error"' in refused.text
+    assert client.get("/publish/status.json").json()["state"] == "done"  # not restarted
+
+    def broken(study_, store):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(review, "update_outputs", broken)
+    client.post("/publish", data={"csrf": token})
+    for _ in range(100):
+        job = client.get("/publish/status.json").json()
+        if job["state"] != "running":
+            break
+        threading.Event().wait(0.05)
+    assert job["state"] == "failed" and job["error"] == "OSError: disk full"
