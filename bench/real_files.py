@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gating.adaptive import place_threshold
+from gating.adaptive import place_threshold, place_threshold_by_mixture
 from gating.pipeline import gate_sample
 from gating.strategy import StrategyFile, strategy_from_model
 from panels.fcs import read_events
@@ -108,6 +108,12 @@ def evaluate(path: Path, spec: RealFile) -> tuple[dict, dict]:
     for marker in (*spec.inside, *spec.outside):
         values = space[marker][qc_passed]
         cut = place_threshold(values, (0.2, 0.8), 0.5)
+        label = cut.method
+        if not cut.from_data and cut.separation:
+            # Refused by the separation floor (a gate the pipeline would send to review); for
+            # back-gating the scatter gate, a weak positive set is still a positive set.
+            cut = place_threshold_by_mixture(values, (0.2, 0.8), 0.5, min_ashman_d=0.0)
+            label = f"{cut.method}, below the floor: D {cut.separation:.2f}"
         positive = qc_passed & (space[marker] >= cut.value)
         positives[marker] = positive
         share = 100 * (positive & lymph).sum() / max(positive.sum(), 1)
@@ -115,7 +121,7 @@ def evaluate(path: Path, spec: RealFile) -> tuple[dict, dict]:
         if not cut.from_data:  # no positive population of its own: no back-gating figure
             share = np.nan
         row[f"{marker}+ {column} (%)"] = share if column == "inside" else 100 - share
-        row[f"{marker} threshold"] = f"{cut.value:.2f}" + f" ({cut.method})"
+        row[f"{marker} threshold"] = f"{cut.value:.2f} ({label})"
     return row, {"space": space, "masks": masks, "gate": lymph_gate, "positives": positives}
 
 

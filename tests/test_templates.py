@@ -172,7 +172,7 @@ def test_a_template_on_the_pooled_scale_is_kept_when_the_reference_is_rebuilt(re
     [
         ("NOPE", "t_cd45ra", 0.4, "A", "r", "no panel 'NOPE'"),
         (PANEL, "t_cd99", 0.4, "A", "r", "no threshold 't_cd99'"),
-        (PANEL, "t_cd127", 0.4, "A", "r", "no landmark"),
+        (PANEL, "t_hladr", 0.4, "A", "r", "no landmark"),
         (PANEL, "t_cd45ra", 0.95, "A", "r", "outside the strategy's bounds"),
         (PANEL, "t_cd45ra", float("nan"), "A", "r", "not a number"),
         (PANEL, "t_cd45ra", 0.4, " ", "r", "name of the person"),
@@ -246,10 +246,10 @@ def test_cli_reference_set(pooled):
     assert done.returncode == 0, done.stderr
     assert "set by Dr CLI" in done.stdout and "re-gates the T samples" in done.stdout
     refused = subprocess.run(
-        [*command, *args, "--threshold", "t_cd127"], capture_output=True, text=True, timeout=120
+        [*command, *args, "--threshold", "t_hladr"], capture_output=True, text=True, timeout=120
     )
     assert refused.returncode == 2
-    assert refused.stderr.count("\n") == 1 and "t_cd127 has no landmark" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and "t_hladr has no landmark" in refused.stderr
     entries = AuditLog(Store(pooled.db_path).conn).entries()
     assert [e.who for e in entries if e.action == "template"] == ["Dr CLI"]
     assert np.isfinite(panel_templates(Study(pooled.root), PANEL)["t_cd45ra"].offset)
