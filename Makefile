@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO ?= demo-study
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-slow test-all lint bench clean
 
 # The runtime alone for `make demo`; the test and lint tools and the dask extra for `make test`.
 $(BIN)/immunomon: pyproject.toml
@@ -23,7 +23,15 @@ setup: $(VENV)/.dev
 demo: $(BIN)/immunomon
 	$(BIN)/immunomon demo $(DEMO)
 
+# The everyday suite (under 10 minutes on 2 cores); `make test-slow` runs the end-to-end
+# modules marked slow (whole demo studies, kill tests, the browser); CI runs both.
 test: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+test-all: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
