@@ -746,7 +746,7 @@ def test_a_study_template_is_signed_audited_and_stored(study):
     listed = client.get("/templates/TREG").text  # the page shows who set it and why
     assert "0.500 on P01_BL_TREG" in listed and "naive peak is clear" in listed
     anchors = (study / "audit_anchors.jsonl").read_text()
-    assert '"why": "template TREG t_cd45ra"' in anchors
+    assert '"seq": 1,' in anchors and '"why": "template' in anchors  # the entry is anchored
 
 
 def test_a_study_template_is_refused_with_a_reason_while_a_pass_runs(study):
