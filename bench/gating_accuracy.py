@@ -19,9 +19,11 @@
 Prints, per simulator and population: samples, median F1 of event membership (samples with
 >= 200 true events), median signed error (gated - true: + overcounts, - undercounts) and
 median / p90 / max absolute error of pct_parent in percentage points;
-then how each threshold was placed (valley / mixture_2d / mixture_1d / registered / default),
-with counts. As a study would, each study first builds its reference for registered thresholds
-(``immunomon reference build``: every file gated once, landmarks pooled) and is then scored;
+then how each threshold and each gate placed as a whole polygon was placed (valley /
+mixture_2d / mixture_1d / registered / cloud_arm / tip_valley / tip_mixture / tip_below_floor /
+default), with counts and the share not placed from the data (flagged for review). As a
+study would, each study first builds its reference for registered thresholds (``immunomon
+reference build``: every file gated once, landmarks pooled) and is then scored;
 ``--no-reference`` scores per-sample placement alone.
 """
 
@@ -40,6 +42,7 @@ from cohort.study import Study
 from gating.gates import ThresholdMark
 from gating.pipeline import gate_sample
 from gating.registration import registered_thresholds
+from gating.strategy import CloudArmSpec, CloudTipSpec
 from panels.errors import ImmunomonError
 from panels.fcs import read_events, scan_header
 from panels.resolve import resolve_panel
@@ -60,6 +63,9 @@ TRUTH = {
     "real_shaped": real_shaped.TRUTH,
 }
 SIMULATORS = tuple(TRUTH)
+# Gates placed per sample as a whole polygon (not from thresholds): their placement is counted
+# beside the thresholds', by the method their note starts with.
+PLACED_GATE_SPECS = (CloudArmSpec, CloudTipSpec)
 # Looser median-error target for the rarest populations (issue 14).
 RARE = {"plasmablasts", "hladr_memory_treg"}
 
@@ -156,17 +162,28 @@ def score_study(
                     "flags": ";".join(gating.flags),
                 }
             )
+        placed_gates = {
+            spec.name
+            for spec in study.strategies[name.panel_token].gates
+            if isinstance(spec, PLACED_GATE_SPECS)
+        }
         for applied in gating.gates:
             if isinstance(applied.gate, ThresholdMark):
-                placements.append(
-                    {
-                        "sample_id": name.sample_id,
-                        "panel": name.panel_token,
-                        "threshold": applied.name,
-                        "method": applied.gate.method,
-                        "value": applied.gate.value,
-                    }
-                )
+                method, value = applied.gate.method, applied.gate.value
+            elif applied.name in placed_gates:  # a polygon placed from the data: its method
+                method, value = applied.note.split(":", 1)[0], np.nan
+            else:
+                continue
+            placements.append(
+                {
+                    "sample_id": name.sample_id,
+                    "panel": name.panel_token,
+                    "threshold": applied.name,
+                    "method": method,
+                    "value": value,
+                    "from_data": applied.from_data,
+                }
+            )
     scores = pd.DataFrame(rows)
     scores["error"] = scores.pct_gated - scores.pct_true
     scores["abs_error"] = scores.error.abs()
@@ -196,15 +213,18 @@ def summarise(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def placement_table(placements: pd.DataFrame) -> pd.DataFrame:
-    """Per threshold: how many samples had it placed by each method, and the default share."""
+    """Per threshold or placed gate: how many samples had it placed by each method, and the
+    share not placed from the data (a default, or a gate below the separation floor: each
+    flags its sample for review)."""
     counts = (
         placements.pivot_table(
-            index=["panel", "threshold"], columns="method", values="value", aggfunc="size"
+            index=["panel", "threshold"], columns="method", values="sample_id", aggfunc="size"
         )
         .fillna(0)
         .astype(int)
     )
-    counts["default_share"] = (counts.get("default", 0) / counts.sum(axis=1)).round(3)
+    by = placements.groupby(["panel", "threshold"])
+    counts["not_from_data_share"] = (1 - by.from_data.mean()).reindex(counts.index).round(3)
     return counts
 
 

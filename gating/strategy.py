@@ -278,8 +278,57 @@ class CloudArmSpec(_GateSpec):
         return AppliedGate(self.name, self.parent, gate, arm.from_data, f"{arm.method}: {arm.note}")
 
 
+class CloudTipSpec(_GateSpec):
+    """The tip of the parent's cloud towards ``target`` on ``dimensions`` (transitional B: the
+    CD24-high CD38-high tip of the CD27- B cells' diagonal CD38 x CD24 cloud), as a polygon
+    placed per sample (``gating.cloud_tip.place_cloud_tip``): the band beyond a cut
+    perpendicular to the cloud's axis, the cut at a valley or a t-mixture boundary along it."""
+
+    kind: Literal["cloud_tip"]
+    dimensions: tuple[str, str]
+    # the events whose cloud it is (CD27- B), when not the parent: a boolean gate then joins
+    # the two as siblings (GatingML and FlowJo combine sibling gates only)
+    within: str | None = None
+    target: tuple[Literal["high", "low"], Literal["high", "low"]] = ("high", "high")
+    # half-width of the band across the axis, in robust SDs of the events' distances from it
+    across: float = Field(5.0, gt=0.0)
+    # where no tip component is found: the cut this many of the cloud's spreads beyond its peak
+    default_cut: float = Field(1.5, gt=0.0)
+
+    def dimensions_used(self) -> set[str]:
+        return set(self.dimensions)
+
+    def references(self) -> list[str]:
+        return [self.within] if self.within else []
+
+    def describe(self) -> str:
+        x_dim, y_dim = self.dimensions
+        x_side, y_side = self.target
+        return (
+            f"{x_dim}-{x_side} {y_dim}-{y_side} tip of the {self.within or 'parent'}'s cloud: "
+            f"the band ({self.across:g} robust SDs each side of the cloud's axis) beyond a cut "
+            "across the axis at a density valley or a t-mixture boundary along it (per sample)"
+        )
+
+    def place(self, context: PlacementContext) -> AppliedGate:
+        from gating.cloud_tip import place_cloud_tip
+
+        x_dim, y_dim = self.dimensions
+        within = context.masks[self.within or self.parent]
+        tip = place_cloud_tip(
+            context.space[x_dim][within],
+            context.space[y_dim][within],
+            target=tuple(1 if side == "high" else -1 for side in self.target),
+            across=self.across,
+            default_cut=self.default_cut,
+        )
+        gate = PolygonGate(self.dimensions, tip.vertices)
+        return AppliedGate(self.name, self.parent, gate, tip.from_data, f"{tip.method}: {tip.note}")
+
+
 GateSpec = Annotated[
-    RectangleSpec | BooleanSpec | ScatterClusterSpec | CloudArmSpec, Field(discriminator="kind")
+    RectangleSpec | BooleanSpec | ScatterClusterSpec | CloudArmSpec | CloudTipSpec,
+    Field(discriminator="kind"),
 ]
 
 
@@ -310,7 +359,9 @@ class Strategy:
     version: int
     qc: QcSettings
     thresholds: dict[str, ThresholdSpec]
-    gates: tuple[RectangleSpec | BooleanSpec | ScatterClusterSpec | CloudArmSpec, ...]
+    gates: tuple[
+        RectangleSpec | BooleanSpec | ScatterClusterSpec | CloudArmSpec | CloudTipSpec, ...
+    ]
     sha256: str
     source: str
     # Registered thresholds' study offsets from their landmarks (``gating.registration``),

@@ -128,7 +128,7 @@ def test_strategy_change_reprocesses_and_keeps_the_old_results(tmp_path, prefect
     config["panels"]["BCELL"] = "local/bcell_panel.yaml"
     (root / "study.yaml").write_text(yaml.safe_dump(config))
     assert run_study(root, 1).processed == 12
-    strategy["thresholds"]["t_cd24"]["default"] = 0.70  # a reviewer revises a gate
+    strategy["thresholds"]["t_igd"]["default"] = 0.50  # a reviewer revises a gate
     (root / "local" / "bcell_strategy.yaml").write_text(yaml.safe_dump(strategy))
     second = run_study(root, 1)
     assert second.processed == 6 and second.unchanged == 6  # only the B-cell tubes

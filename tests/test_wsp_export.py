@@ -163,7 +163,7 @@ def test_workspace_is_flowjo_xml_naming_every_sample_with_groups_and_review_keyw
             assert shown[gate.name].get("annotation").startswith(gate.note), gate.name
     assert int(node.find(".//AndNode[@name='memory_b']").get("count")) == sample.counts["memory_b"]
     # The hand-set threshold is named, with how it was set, on the gates that use it.
-    for name in ("cd27neg_b", "cd27pos_b", "transitional_b"):
+    for name in ("cd27neg_b", "cd27pos_b", "cd27neg_igdpos_b"):
         assert "t_cd27 = 0.550 (manual: set by hand" in shown[name].get("annotation"), name
     assert "t_cd27" not in shown["cd19_b"].get("annotation")
 
