@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
+from simulate._study import save_truth, spillover_keyword, spillover_matrix, start_study
 from simulate.fcs_writer import write_fcs
 from stats.plan import AnalysisPlan
 
@@ -192,15 +192,6 @@ class DemoOptions:
     include_bad_files: bool = True
 
 
-def _spillover(fluors: list[str]) -> np.ndarray:
-    s = np.eye(len(fluors))
-    for i, a in enumerate(fluors):
-        for j, b in enumerate(fluors):
-            if (a, b) in SPILLOVER_PAIRS:
-                s[i, j] = SPILLOVER_PAIRS[(a, b)]
-    return s
-
-
 def population_frequencies(
     panel: str, group: str, visit: str, patient_rng, visit_rng
 ) -> dict[str, float]:
@@ -328,7 +319,7 @@ def simulate_sample(
             np.full(n_debris, LABELS.index("debris"), dtype=np.uint8),
         ]
     )
-    spill = _spillover([f for _, f, _ in channels])
+    spill = spillover_matrix([f for _, f, _ in channels], SPILLOVER_PAIRS)
     detector = expr @ spill
     if gains is not None:
         detector *= gains[None, :]
@@ -387,9 +378,6 @@ def channel_label(style: str, marker: str, fluor: str) -> str:
 
 def simulate_study(root: str | Path, options: DemoOptions = DemoOptions()) -> Path:
     """Write study.yaml, clinical CSVs, inbox FCS files and truth/ for the demo study."""
-    root = Path(root)
-    for sub in ("inbox", "clinical", "truth"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(options.seed)
     study = {
         "study": "MSC-INS phase I (demo)",
@@ -402,7 +390,7 @@ def simulate_study(root: str | Path, options: DemoOptions = DemoOptions()) -> Pa
         # The trial's analysis plan, every key written out (these are also the defaults).
         "analysis": AnalysisPlan().model_dump(mode="json"),
     }
-    (root / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    root = start_study(root, study, ("inbox", "clinical", "truth"))
     patients, visits, relapses, meds = _clinical_tables(rng)
     patients.to_csv(root / "clinical" / "patients.csv", index=False)
     visits.to_csv(root / "clinical" / "visits.csv", index=False)
@@ -453,8 +441,7 @@ def _write_sample(root, sample_id, panel, shares, options, rng, file_index) -> l
     pns = ["", "", "", *[channel_label(style, m, f) for _, f, m in channels], ""]
     if style == "pnn":  # marker only in $PnN, as some exports do
         pnn = ["FSC-A", "FSC-H", "SSC-A", *[m for _, _, m in channels], "Time"]
-    n_fl = len(channels)
-    spill_text = ",".join([str(n_fl), *pnn[3 : 3 + n_fl], *(f"{v:.6g}" for v in spill.ravel())])
+    spill_text = spillover_keyword(pnn[3 : 3 + len(channels)], spill)
     keywords = {
         "$CYT": "Demo LSRFortessa" if vendor == "bd" else "Demo Aurora",
         "$SPILLOVER": spill_text,
@@ -482,9 +469,7 @@ def _write_sample(root, sample_id, panel, shares, options, rng, file_index) -> l
         pnr=pnr,
         byteorder=byteorder,
     )
-    np.savez_compressed(
-        root / "truth" / f"{sample_id}.npz", labels=labels, label_names=np.array(LABELS)
-    )
+    save_truth(root, sample_id, labels, LABELS)
     return [{"sample_id": sample_id, "panel": panel, **r} for r in truth_counts(panel, labels)]
 
 

@@ -65,9 +65,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from flowutils import transforms
 
+from simulate._study import save_truth, spillover_keyword, spillover_matrix, start_study
 from simulate.fcs_writer import write_fcs
 
 RANGE = 262144.0  # 2^18, as BD FACSDiva files record
@@ -359,14 +359,6 @@ def _treg_plane(
     return cd25, cd127
 
 
-def _spillover(detectors: list[str]) -> np.ndarray:
-    matrix = np.eye(len(detectors))
-    for i, a in enumerate(detectors):
-        for j, b in enumerate(detectors):
-            matrix[i, j] = SPILL.get((a, b), matrix[i, j])
-    return matrix
-
-
 def to_linear(logicle_values: np.ndarray) -> np.ndarray:
     """Linear channel units of values on the pipeline's logicle scale (exact inverse)."""
     column = np.asarray(logicle_values, dtype=np.float64).reshape(-1, 1)
@@ -476,7 +468,7 @@ def simulate_tube(
             area[:, 1] / np.maximum(ssc_h, 1) * 65536,
         ]
     )
-    spill = _spillover(detectors)
+    spill = spillover_matrix(detectors, SPILL)
     signal = np.vstack([signal_s, signal_d, signal_x])
     detector = signal @ spill
     detector += rng.normal(0, 1, detector.shape) * np.sqrt(PHOTON_NOISE * np.abs(detector))
@@ -509,10 +501,7 @@ def write_tube(
     if with_scatter:
         pnn = ["FSC-A", "FSC-H", "FSC-W", "SSC-A", "SSC-H", "SSC-W", *tube.detectors, "Time"]
         events = np.column_stack([tube.scatter, tube.detector, tube.time])
-        n = len(tube.detectors)
-        keywords["$SPILLOVER"] = ",".join(
-            [str(n), *tube.detectors, *(f"{x:.6g}" for x in tube.spillover.ravel())]
-        )
+        keywords["$SPILLOVER"] = spillover_keyword(tube.detectors, tube.spillover)
         keywords["$TIMESTEP"] = "0.01"
         write_fcs(path, events, pnn, ["", "", "", "", "", "", *pns, ""], keywords)
         return tube.labels
@@ -527,9 +516,6 @@ def simulate_real_shaped(
     root: str | Path, options: RealShapedOptions = RealShapedOptions()
 ) -> Path:
     """Write study.yaml, the inbox and truth/ of the real-shaped study; returns ``root``."""
-    root = Path(root)
-    for sub in ("inbox", "truth"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
     study = {
         "study": "Real-shaped (simulated from the shapes of real expert-gated files)",
         "visits": {v: VISITS[v] for v in options.visits},
@@ -538,7 +524,7 @@ def simulate_real_shaped(
         "panels": {"BCELL": "bcell", "TREG": "treg"},
         "absolute_counts": "none",
     }
-    (root / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    root = start_study(root, study)
     for p in range(1, options.patients + 1):
         child = p <= (options.patients * 10) // 16  # the trial's 10 children of 16
         for v, visit in enumerate(options.visits):
@@ -555,9 +541,5 @@ def simulate_real_shaped(
                 labels = write_tube(
                     root / "inbox" / f"{sample_id}.fcs", tube, sample_id, with_scatter=with_scatter
                 )
-                np.savez_compressed(
-                    root / "truth" / f"{sample_id}.npz",
-                    labels=labels,
-                    label_names=np.array(LABEL_NAMES),
-                )
+                save_truth(root, sample_id, labels, LABEL_NAMES)
     return root

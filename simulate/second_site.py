@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from simulate._study import save_truth, spillover_keyword, spillover_matrix, start_study
 from simulate.fcs_writer import write_fcs
 
 FULL_SCALE = 1048576.0  # 2^20, as CytoFLEX files record
@@ -291,14 +291,6 @@ def sample_shares(tube: str, child: bool, rng: np.random.Generator) -> dict[str,
     return {**top, **shares}
 
 
-def _spillover(dyes: list[str]) -> np.ndarray:
-    matrix = np.eye(len(dyes))
-    for i, a in enumerate(dyes):
-        for j, b in enumerate(dyes):
-            matrix[i, j] = SPILL.get((a, b), matrix[i, j])
-    return matrix
-
-
 def simulate_tube(
     tube: str,
     shares: dict[str, float],
@@ -361,7 +353,7 @@ def simulate_tube(
     fsc = np.concatenate([fsc_s, fsc_d, fsc_x]) * fsc_scale * FULL_SCALE
     ssc = np.concatenate([ssc_s, ssc_d, ssc_x]) * ssc_scale * FULL_SCALE
     width = np.concatenate([width_s, width_d, width_x]) * 0.3 * FULL_SCALE
-    spill = _spillover([d for _, d, _ in channels])
+    spill = spillover_matrix([d for _, d, _ in channels], SPILL)
     detector = np.vstack([sig_s, sig_d, sig_x]) @ spill
     detector *= rng.uniform(0.7, 1.4, len(markers))[None, :]  # this file's detector gains
     detector += rng.normal(0, 1, detector.shape) * np.sqrt(4.0 * detector)
@@ -383,9 +375,6 @@ def simulate_tube(
 
 def simulate_site(root: str | Path, options: SiteOptions = SiteOptions()) -> Path:
     """Write study.yaml, the inbox and truth/ for the second site's study."""
-    root = Path(root)
-    for sub in ("inbox", "truth"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
     study = {
         "study": "Second site (simulated, independent population model)",
         "visits": {v: VISITS[v] for v in options.visits},
@@ -394,7 +383,7 @@ def simulate_site(root: str | Path, options: SiteOptions = SiteOptions()) -> Pat
         "panels": {"B": "bcell", "T": "treg"},
         "absolute_counts": "none",
     }
-    (root / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    root = start_study(root, study)
     for p in range(1, options.patients + 1):
         child = p <= options.patients // 2
         for v, visit in enumerate(options.visits):
@@ -411,12 +400,9 @@ def simulate_site(root: str | Path, options: SiteOptions = SiteOptions()) -> Pat
                     pulse="FSC-W" if rng.uniform() < 2 / 3 else "SSC-H",
                     with_igm=tube != "B" or rng.uniform() >= options.igm_free_share,
                 )
-                n_fl = len(pnn) - 4
                 keywords = {
                     "$CYT": "CytoFLEX LX (simulated)",
-                    "$SPILLOVER": ",".join(
-                        [str(n_fl), *pnn[3:-1], *(f"{x:.6g}" for x in spill.ravel())]
-                    ),
+                    "$SPILLOVER": spillover_keyword(pnn[3:-1], spill),
                     "$TIMESTEP": "0.001",
                     "$FIL": f"{sample_id}.fcs",
                 }
@@ -428,9 +414,5 @@ def simulate_site(root: str | Path, options: SiteOptions = SiteOptions()) -> Pat
                     keywords,
                     pnr=[FULL_SCALE] * (len(pnn) - 1) + [1048576.0],
                 )
-                np.savez_compressed(
-                    root / "truth" / f"{sample_id}.npz",
-                    labels=labels,
-                    label_names=np.array(LABEL_NAMES),
-                )
+                save_truth(root, sample_id, labels, LABEL_NAMES)
     return root
