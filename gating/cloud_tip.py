@@ -61,6 +61,9 @@ TAIL_DF = 4.0  # degrees of freedom of every t component (flowClust's default)
 LIGHT_TAIL_DF = 30.0  # the alternative: tails as a normal law's
 MIN_TIP_EVENTS = 200  # fewer events than this in the parent: nothing to fit, default
 MIN_TIP_WEIGHT = 0.01  # a tip component holding less of the parent is no population
+MAX_TIP_WEIGHT = 0.5  # nor one holding more: that is the cloud
+# The axis' angle from the first dimension, degrees (signed towards the target): a diagonal.
+AXIS_ANGLES = (20.0, 70.0)
 FIT_BAND = 2.5  # the mixture is fitted on events this many robust SDs from the axis
 
 
@@ -249,7 +252,18 @@ def cloud_axis(
         if np.all(v * sign > 0):
             candidates.append(v)
     axis = candidates[0] if candidates else sign / np.linalg.norm(sign)
-    return centre, axis
+    return centre, diagonal(axis, target)
+
+
+def diagonal(vector: np.ndarray, target: tuple[int, int] = (1, 1)) -> np.ndarray:
+    """The unit vector's direction held between ``AXIS_ANGLES`` from the first dimension
+    (signed towards ``target``): the population is high (or low) on BOTH markers, so an axis
+    along one marker alone (a cloud with a long tail on one of them) is not its direction."""
+    sign = np.asarray(target, dtype=np.float64)
+    x, y = np.asarray(vector, dtype=np.float64) * sign
+    low, high = np.radians(AXIS_ANGLES)
+    angle = float(np.clip(np.arctan2(y, x), low, high))
+    return np.array([np.cos(angle), np.sin(angle)]) * sign
 
 
 def _robust_sd(values: np.ndarray) -> float:
@@ -286,9 +300,7 @@ def place_cloud_tip(
     if min(np.count_nonzero(beyond), np.count_nonzero(~beyond)) < MIN_TIP_EVENTS // 10:
         return first
     line = np.median(points[beyond], axis=0) - np.median(points[~beyond], axis=0)
-    line = line / np.linalg.norm(line)
-    if not np.all(line * np.asarray(target) > 0):
-        return first
+    line = diagonal(line / np.linalg.norm(line), target)
     return _place_along(x, y, centre, line, across, default_cut, min_ashman_d, span)
 
 
@@ -328,7 +340,13 @@ def _place_along(
     near = np.abs(beside) <= FIT_BAND * _robust_sd(beside)
     mixture = best_t_mixture(along[near])
     k = mixture.weights.size
-    tip_ok = k >= 2 and mixture.weights[-1] >= MIN_TIP_WEIGHT and mixture.locations[-1] > peak
+    # A tip is a minority beyond the cloud's peak: a component holding most events is the
+    # cloud itself (split from a tail of its own on the other side).
+    tip_ok = (
+        k >= 2
+        and MIN_TIP_WEIGHT <= mixture.weights[-1] <= MAX_TIP_WEIGHT
+        and mixture.locations[-1] > peak
+    )
     if tip_ok:
         d = ashman_d(*_neighbours(mixture))
         if d >= min_ashman_d:

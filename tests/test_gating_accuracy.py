@@ -358,6 +358,9 @@ def test_cloud_without_a_tip_is_not_passed_as_placed_from_the_data():
     assert not tip.from_data, tip.note
     too_few = place_cloud_tip(points[:100, 0], points[:100, 1])
     assert too_few.method == "default" and "too few events (100)" in too_few.note
+    # Every event at one point, and non-finite values: placed by default, no error.
+    stuck = np.r_[np.full(500, 0.5), np.nan, np.inf]
+    assert not place_cloud_tip(stuck, stuck[::-1].copy()).from_data
 
 
 def test_tip_moves_with_the_cloud():
