@@ -348,6 +348,27 @@ def test_separate_tip_cluster_is_found_from_the_data():
         assert got[-n_tip:].mean() > 0.97
 
 
+def test_a_long_tail_on_one_marker_does_not_turn_the_axis():
+    """The second site's naive cloud with a long CD24-low tail: its covariance's main axis is
+    CD24 alone, along which the 'tip' was the cloud itself (30-56% of B on 4 of 48 tubes).
+    The axis is held on the diagonal and the separate tip is found."""
+    from gating.cloud_tip import place_cloud_tip
+
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        naive = np.column_stack([rng.normal(0.37, 0.035, 1000), rng.normal(0.40, 0.06, 1000)])
+        tail = np.column_stack([rng.normal(0.37, 0.035, 250), rng.normal(0.20, 0.07, 250)])
+        n_tip = 55
+        transitional = rng.normal((0.56, 0.58), 0.035, (n_tip, 2))
+        points = np.vstack([naive, tail, transitional])
+        tip = place_cloud_tip(points[:, 0], points[:, 1])
+        assert tip.from_data, tip.note
+        angle = np.degrees(np.arctan2(tip.axis[1], tip.axis[0]))
+        assert 20 <= angle <= 70, tip.axis
+        got = _in_polygon(tip, points[:, 0], points[:, 1])
+        assert abs(got.sum() - n_tip) <= 5, (got.sum(), n_tip)  # before: 577 and 1055
+
+
 def test_cloud_without_a_tip_is_not_passed_as_placed_from_the_data():
     """One round cloud, no transitional population: whatever the gate takes, it is not
     released as a data-driven boundary."""
