@@ -282,11 +282,12 @@ def place_cloud_tip(
 ) -> CloudTip:
     """The tip of the (x, y) cloud towards ``target`` (see the module docstring).
 
-    Two passes: the first along the covariance's eigenvector (``cloud_axis``); the second
-    along the line from the median of the events short of the first cut to the median of the
-    events beyond it, the axis through the cloud and its tip (the eigenvector of the whole
-    parent tilts with whatever else the parent holds: double-negative B cells below the
-    cloud, a separate tip cluster)."""
+    Three axes are tried: the covariance's eigenvector (``cloud_axis``), the plain diagonal,
+    and the line from the median of the events short of the better one's cut to the median
+    of those beyond it (the axis through the cloud and its tip: the eigenvector of the whole
+    parent tilts with whatever else the parent holds, double-negative B cells below the
+    cloud, a cloud elongated along one marker). The placement kept is the one from the data
+    with the largest separation (``_placement_rank``)."""
     finite = np.isfinite(x) & np.isfinite(y)
     x, y = x[finite].astype(np.float64), y[finite].astype(np.float64)
     if x.size < MIN_TIP_EVENTS:
@@ -294,14 +295,26 @@ def place_cloud_tip(
         axis = np.asarray(target, float) / np.sqrt(2.0)
         return _tip(centre, axis, 0.1, 0.2, False, "default", f"too few events ({x.size})", span)
     centre, axis = cloud_axis(x, y, target)
-    first = _place_along(x, y, centre, axis, across, default_cut, min_ashman_d, span)
+    sign = np.asarray(target, dtype=np.float64)
+    tries = [
+        _place_along(x, y, centre, along, across, default_cut, min_ashman_d, span)
+        for along in (axis, sign / np.sqrt(2.0))  # the eigenvector, and the plain diagonal
+    ]
+    first = max(tries, key=_placement_rank)
     points = np.column_stack([x, y])
-    beyond = (points - centre) @ axis >= first.cut
-    if min(np.count_nonzero(beyond), np.count_nonzero(~beyond)) < MIN_TIP_EVENTS // 10:
-        return first
-    line = np.median(points[beyond], axis=0) - np.median(points[~beyond], axis=0)
-    line = diagonal(line / np.linalg.norm(line), target)
-    return _place_along(x, y, centre, line, across, default_cut, min_ashman_d, span)
+    beyond = (points - centre) @ np.asarray(first.axis) >= first.cut
+    if min(np.count_nonzero(beyond), np.count_nonzero(~beyond)) >= MIN_TIP_EVENTS // 10:
+        line = np.median(points[beyond], axis=0) - np.median(points[~beyond], axis=0)
+        line = diagonal(line / np.linalg.norm(line), target)
+        tries.append(_place_along(x, y, centre, line, across, default_cut, min_ashman_d, span))
+    return max(tries, key=_placement_rank)
+
+
+def _placement_rank(tip: CloudTip) -> tuple[bool, float]:
+    """Placed from the data first, then the larger separation: the axis along which the tip
+    stands furthest from the cloud (a cloud elongated along one marker tilts its eigenvector
+    away from a tip that lies on the diagonal)."""
+    return tip.from_data, tip.separation if tip.separation is not None else -np.inf
 
 
 def _place_along(
@@ -330,7 +343,9 @@ def _place_along(
         f"peak {peak:+.3f}, spread {spread:.3f} along it, band {half_width:.3f} wide each side"
     )
     lo, hi = peak, float(np.quantile(along, 0.999))
-    valley = density_valleys(along, (lo, hi)).place(0.0, DEEP_VALLEY)
+    # Beyond a valley lies a population: at least MIN_TIP_WEIGHT of the events (a gap in the
+    # tip's own far tail, 0.2% of the events beyond it, is no boundary).
+    valley = density_valleys(along, (lo, hi), min_side_share=MIN_TIP_WEIGHT).place(0.0, DEEP_VALLEY)
     if valley.from_data:
         cut, dip = valley.value, valley.separation
         note = f"{where}; cut at a valley {cut:+.3f} along the axis (dip {dip:.2f})"
