@@ -325,8 +325,11 @@ def test_tip_of_one_diagonal_cloud_is_counted_near_the_truth_and_sent_to_review(
         errors.append(100 * (got.sum() - truth.sum()) / truth.size)
         f1 = 2 * (got & truth).sum() / (got.sum() + truth.sum())
         assert f1 > 0.55, f1
-        # The axis is the cloud's diagonal (0.35, 0.55) / |.|, not either marker alone.
-        assert np.dot(tip.axis, np.array([0.35, 0.55]) / np.hypot(0.35, 0.55)) > 0.98
+        # The axis is near the cloud's diagonal (0.35, 0.55) / |.| (within 15 degrees: of the
+        # axes tried, the one separating the tip best is kept), not either marker alone.
+        assert np.dot(tip.axis, np.array([0.35, 0.55]) / np.hypot(0.35, 0.55)) > np.cos(
+            np.radians(15)
+        )
     assert np.median(np.abs(errors)) < 2.5, errors
 
 
