@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import textwrap
 
 import matplotlib
 
@@ -173,9 +174,10 @@ def drug_bars(
     share_12m: dict[str, float],
     p_values: dict[str, float],
     title: str,
+    labels: dict[str, str] | None = None,
 ) -> None:
     """Share of patients on each drug at baseline and +12 months, the paired test's p above
-    each pair."""
+    each pair; ``labels``: the drugs' display names (their codes otherwise)."""
     drugs = sorted(share_baseline)
     x = np.arange(len(drugs))
     ax.bar(
@@ -190,7 +192,8 @@ def drug_bars(
     )
     for i, d in enumerate(drugs):
         ax.text(i, 106, f"p {format_p(p_values.get(d, np.nan))}", ha="center", fontsize=6)
-    ax.set_xticks(x, drugs)
+    names = [(labels or {}).get(d, d) for d in drugs]
+    ax.set_xticks(x, [textwrap.fill(name, 12) for name in names], fontsize=6)
     ax.set_ylim(0, 165)  # room for the p-values (106) and the legend above them
     ax.set_yticks([0, 25, 50, 75, 100])
     ax.set_ylabel("patients on the drug (%)")

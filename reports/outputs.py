@@ -39,6 +39,7 @@ from reports.monitor_pages import (
     table_one,
     visit_deviations,
 )
+from reports.names import Names
 from reports.qc_report import write_sample_qc_report
 from stats.clinical import (
     COX_ANALYSES,
@@ -317,8 +318,10 @@ def monitor_tables(study: Study, store: Store, results: CohortResults) -> Monito
             cfg.analysis.visit_window_days,
             cfg.analysis.baseline_window_days,
         ),
-        qc=qc_summary(samples, store.current_qc_steps(), store.current_gates()),
+        qc=qc_summary(samples, store.current_qc_steps(), store.current_gates(), study_names(study)),
         definitions=definitions,
+        visit_window_days=cfg.analysis.visit_window_days,
+        baseline_window_days=cfg.analysis.baseline_window_days,
     )
 
 
@@ -366,12 +369,32 @@ def report_context(study: Study, store: Store, results: CohortResults) -> Report
             f"{name} is broken, so this report leaves out {FEEDS[name]}"
             for name in results.broken_inputs
         ],
-        population_titles={
-            (token, name): title
-            for token, strategy in study.strategies.items()
-            if isinstance(strategy, Strategy)
-            for name, title in strategy.titles().items()
+        names=study_names(study),
+    )
+
+
+def study_names(study: Study) -> Names:
+    """The study's display names: populations from each strategy as run (title, parent,
+    thresholds' markers), drugs from the analysis plan."""
+    strategies = {t: s for t, s in study.strategies.items() if isinstance(s, Strategy)}
+    return Names(
+        titles={  # gates without a title: not reported, printed by their code
+            (token, gate.name): gate.title
+            for token, strategy in strategies.items()
+            for gate in strategy.gates
+            if gate.title
         },
+        parents={
+            (token, gate.name): gate.parent
+            for token, strategy in strategies.items()
+            for gate in strategy.gates
+        },
+        markers={
+            (token, name): spec.dimension
+            for token, strategy in strategies.items()
+            for name, spec in strategy.thresholds.items()
+        },
+        drugs=study.config.analysis.drugs,
     )
 
 

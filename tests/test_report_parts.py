@@ -6,6 +6,9 @@ import pandas as pd
 import pytest
 
 from reports.cohort_report import split_into_runs
+from reports.figure_checks import raw_codes
+from reports.names import Names, flag_words
+from stats.plan import AnalysisPlan
 
 
 @pytest.mark.parametrize(
@@ -50,11 +53,88 @@ def test_completeness_page_counts_samples_needing_review_and_populations_not_mea
     )
     states = _sample_states(samples).state.tolist()
     assert states == ["needs_review", "processed", "partial", "quarantined", "needs_review"]
-    lines = qc_summary_lines(samples)
+    names = Names(
+        titles={
+            ("BCELL", "igm_memory_b"): "IgM memory B (CD27+ IgD+ IgM+)",
+            ("TREG", "lymphocytes"): "Lymphocytes (FSC/SSC)",
+        },
+        markers={("BCELL", "t_cd24"): "CD24", ("TREG", "t_cd24"): "CD24"},
+    )
+    lines = qc_summary_lines(samples, names)
     assert lines[0].startswith("Processed samples: 4; needing review before release: 2")
-    assert "    default_threshold:t_cd24: 2 samples" in lines
-    assert "    default_gate:lymphocytes: 1 samples" in lines
-    assert "    igm_memory_b(IgM): 1 samples" in lines
+    # Each reason in words, per panel: never the code (issue 24, item 4).
+    assert (
+        "    BCELL: CD24 boundary (t_cd24) at its default: no separation in the data: 1 samples"
+        in lines
+    )
+    assert (
+        "    TREG: Lymphocytes gate at its default: the data did not place it: 1 samples" in lines
+    )
+    assert "    BCELL: IgM memory B not measured: the tube lacks IgM: 1 samples" in lines
+    assert not any(raw_codes(line) for line in lines), lines
+
+
+def test_populations_flags_drugs_and_measures_have_display_names():
+    """One place names everything a page prints (reports.names, the analysis plan): a
+    population with what it is a share of, each flag family in words, the drug classes
+    with defaults the study can override, the measures with their parent named."""
+    names = Names(
+        titles={
+            ("BCELL", "cd19_b"): "CD19+ B cells",
+            ("BCELL", "transitional_b"): "Transitional B (CD24hi CD38hi CD27-)",
+            ("BCELL", "lymphocytes"): "Lymphocytes (FSC/SSC)",
+        },
+        parents={
+            ("BCELL", "transitional_b"): "cd19_b",
+            ("BCELL", "cd19_b"): "lymphocytes",
+            ("BCELL", "lymphocytes"): "qc_passed",
+        },
+        markers={("BCELL", "t_cd24"): "CD24"},
+        drugs=AnalysisPlan(drug_names={"cni": "tacrolimus"}).drugs,
+    )
+    assert names.definition("BCELL", "transitional_b") == (
+        "Transitional B (CD24hi CD38hi CD27-, % of CD19+ B cells)"
+    )
+    assert names.definition("BCELL", "cd19_b") == "CD19+ B cells (% of lymphocytes)"
+    assert names.definition("BCELL", "lymphocytes") == (
+        "Lymphocytes (FSC/SSC, % of events passing QC)"
+    )
+    assert names.measure("pct_parent", "BCELL", "transitional_b") == "% of CD19+ B cells"
+    assert names.measure("cells_per_ul", "BCELL", "transitional_b") == "cells/µL"
+    assert names.short("BCELL", "transitional_b") == "Transitional B"
+    assert names.flag("BCELL", "low_count:transitional_b<50") == (
+        "Transitional B: fewer than 50 events"
+    )
+    assert names.flag("BCELL", "default_threshold:t_cd24") == (
+        "CD24 boundary (t_cd24) at its default: no separation in the data"
+    )
+    assert (
+        flag_words("qc_removed:31%>20%")
+        == "QC removed 31% of the events (more than the 20% allowed)"
+    )
+    assert flag_words("not_measured:igm_memory_b(IgM+IgD)").endswith("lacks IgM, IgD")
+    assert flag_words("a_new_code:x") == "a_new_code:x"  # unknown: as written, never dropped
+    # Every family the pipeline writes has words (codes from gating/, flows/, stats/).
+    for code in (
+        "needs_review",
+        "default_gate:singlets",
+        "below_separation_floor:t_cd3",
+        "skipped:singlets,debris",
+        "entered_at:cd4_t",
+        "no_time_channel:time_qc_skipped",
+        "no_pulse_height_or_width:doublets_not_removed",
+        "no_spillover_keyword:uncompensated",
+        "reader:$PnR repaired",
+        "monotone_likelihood",
+        "zero_cell",
+        "all_one_sign",
+    ):
+        assert flag_words(code) != code and not raw_codes(flag_words(code)), code
+    # Drugs: the plan's defaults, study.yaml's override wins, an unknown class as its code.
+    assert names.drug("mmf") == "mycophenolate mofetil"
+    assert names.drug("cni") == "tacrolimus"
+    assert AnalysisPlan().drugs["cni"] == "calcineurin inhibitor"
+    assert names.drug("rituximab2") == "rituximab2"
 
 
 @pytest.mark.parametrize(
