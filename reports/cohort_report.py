@@ -46,11 +46,9 @@ def _text_pages(
 ) -> None:
     """Monospaced text over as many pages as needed, title repeated; lines wrapped and pages
     filled to what the page holds at this size, so no text runs off it."""
-    width_in, height_in = A4_LANDSCAPE if landscape else A4_PORTRAIT
-    char_in, line_in = _monospace_metrics(size)
-    chars = int(width_in * 0.88 / char_in)
-    per_page = int(height_in * 0.86 / line_in)
-    pages = _paginate(_wrap(lines, chars, hang), per_page)
+    height_in = (A4_LANDSCAPE if landscape else A4_PORTRAIT)[1]
+    per_page = int(height_in * 0.86 / _monospace_metrics(size)[1])
+    pages = _paginate(_wrap(lines, _line_chars(size, landscape), hang), per_page)
     for k, chunk in enumerate(pages, start=1):
         fig = plt.figure(figsize=A4_LANDSCAPE if landscape else A4_PORTRAIT)
         suffix = f" ({k}/{len(pages)})" if len(pages) > 1 else ""
@@ -58,6 +56,12 @@ def _text_pages(
         fig.text(0.06, 0.93, "\n".join(chunk), family="monospace", fontsize=size, va="top")
         pdf.savefig(fig)
         plt.close(fig)
+
+
+def _line_chars(size: float, landscape: bool = False) -> int:
+    """Characters of monospaced text at ``size`` that fit the text width of a page."""
+    width_in = (A4_LANDSCAPE if landscape else A4_PORTRAIT)[0]
+    return int(width_in * 0.88 / _monospace_metrics(size)[0])
 
 
 def _paginate(lines: list[str], per_page: int) -> list[list[str]]:
@@ -73,7 +77,13 @@ def _paginate(lines: list[str], per_page: int) -> list[list[str]]:
         elif header and set(line.strip()) == {"-"}:
             header = [*header[:1], line]
         if len(pages[-1]) >= per_page:
-            pages.append(header[:] if header and is_table_row(line) else [])
+            # A heading and column headers never end a page without a row under them.
+            tail = []
+            if is_table_header(pages[-1][-1]) and len(pages[-1]) > 2:
+                tail = pages[-1][-2:] if pages[-1][-2].strip() else pages[-1][-1:]
+                del pages[-1][-len(tail) :]
+            carried = header[:] if header and is_table_row(line) and not tail else []
+            pages.append(tail or carried)
         pages[-1].append(line)
     return pages
 
@@ -271,8 +281,7 @@ def _monitor_pages(pdf: PdfPages, monitor: MonitorTables) -> None:
         f"{r.patient_id:8} {r.visit:6} {r.panel:6} {r.file:24} {r.why}"
         for r in missing.itertuples()
     ]
-    # Long reasons wrap under the 'why' column.
-    _text_pages(pdf, "Missing samples and why", lines, size=7, hang=8 + 1 + 6 + 1 + 6 + 1 + 25)
+    missing_lines = lines
     dev = monitor.deviations
     errors = dev.verdict.str.startswith("ERROR").sum()
     lines = [
@@ -295,7 +304,15 @@ def _monitor_pages(pdf: PdfPages, monitor: MonitorTables) -> None:
         ]
     else:
         lines.append("Every dated visit of every patient is within its window.")
-    _text_pages(pdf, "Visit-window deviations", lines, size=7)
+    # One page for both when they fit (a page of 'none' says nothing); long reasons wrap under
+    # the 'why' column.
+    missing_lines = _wrap(missing_lines, _line_chars(7), hang=8 + 1 + 6 + 1 + 6 + 1 + 25)
+    _text_pages(
+        pdf,
+        "Missing samples and why; visit-window deviations",
+        [*missing_lines, "", "Visit-window deviations", "", *lines],
+        size=7,
+    )
     _text_pages(pdf, "Quality control: cohort summary", monitor.qc, size=7.5)
 
 
@@ -561,7 +578,7 @@ def _clinical_figures(
             share_bl,
             share_12,
             dict(zip(fisher.measure, fisher.p_value, strict=True)),
-            f"{ctx.groups[group]}: drugs (n = {len(followed)} followed to +12 months)",
+            f"{ctx.groups[group]}: drugs, McNemar\n(n = {len(followed)} followed to +12 months)",
             labels=ctx.names.drugs,
         )
     pdf.savefig(fig)
@@ -606,7 +623,8 @@ def _clinical_table(pdf, statistics: pd.DataFrame, ctx: ReportContext | None = N
             # Infinite: a Kaplan-Meier median not reached; otherwise an interval's open end.
             infinite = "not reached" if r.test == "kaplan_meier" else "inf"
             effect = format_estimate(r.effect, infinite=infinite) if exists else "†"
-            ci = format_interval(r.ci_low, r.ci_high, infinite="inf") if exists else ""
+            # A zero cell's exact interval bounds the estimate that does not exist: shown.
+            ci = format_interval(r.ci_low, r.ci_high, infinite="inf")
             star = "*" if r.primary is True or r.primary == 1 else " "
             flag = flag_short(r.flag) if isinstance(r.flag, str) else ""
             p = format_p(r.p_value) if np.isfinite(r.p_value) else "-"
@@ -624,10 +642,11 @@ def _clinical_table(pdf, statistics: pd.DataFrame, ctx: ReportContext | None = N
         "Estimates: Wilcoxon rows the median of the paired differences (after - before); Cox "
         "rows the hazard ratio after vs before; Fisher the conditional odds ratio; McNemar "
         "the change in the share of patients on the drug; Kaplan-Meier the median in days.",
-        "† the maximum-likelihood estimate does not exist. "
-        + "; ".join(f"{FLAG_SHORT[code]}: {flag_words(code)}" for code in FLAG_SHORT)
-        + ". No estimate, interval or Wald p is shown for it; read the Firth penalised and "
-        "exact conditional rows.",
+        "† the maximum-likelihood estimate does not exist: no estimate or Wald p is shown for "
+        "it; read the Firth penalised and exact conditional rows (a zero cell: the exact "
+        "conditional interval of the odds ratio still bounds it). Flags: "
+        + "; ".join(f"'{FLAG_SHORT[code]}', {flag_words(code)}" for code in FLAG_SHORT)
+        + ".",
         "Kaplan-Meier curves' steps: results/km_curves.csv.",
         "",
         "Method of each analysis and test, as run (rows of one analysis and test differ only "
@@ -642,8 +661,9 @@ def _clinical_table(pdf, statistics: pd.DataFrame, ctx: ReportContext | None = N
 
 
 def _statistic(value) -> str:
-    """A test statistic as the tables print it: '-' where none was computed."""
-    text = format_estimate(value, infinite="inf")
+    """A test statistic as the tables print it: '-' where none was computed, 'infinite' for
+    a sample odds ratio with a zero cell."""
+    text = format_estimate(value, infinite="infinite")
     return "-" if text == "NA" else text
 
 
@@ -759,7 +779,7 @@ def _appendix(pdf: PdfPages, samples: pd.DataFrame, visits: list[str] | None = N
         .map(order)
         .fillna(len(order)),
     ).sort_values(["_patient", "_visit", "file"], kind="stable")
-    lines = []
+    lines = [f"{'file':34} {'status':11} sha256 of the file as received"]
     for r in samples.itertuples():
         lines.append(f"{r.file:34} {r.status:11} {r.sha256}")
         if isinstance(r.reason, str) and r.reason:

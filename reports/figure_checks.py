@@ -142,7 +142,12 @@ def _hatching_claimed(fig: Figure, words: list[str]) -> list[str]:
     """A note about hatched bars on a page where no bar is hatched."""
     if not any(re.search(r"\bhatch", w, re.I) for w in words):
         return []
-    hatched = any(patch.get_hatch() for ax in fig.axes for patch in ax.patches)
+    # A hatched bar of height 0 shows no hatching: the claim needs a visible one.
+    hatched = any(
+        patch.get_hatch() and patch.get_window_extent().height > 1
+        for ax in fig.axes
+        for patch in ax.patches
+    )
     return [] if hatched else ["the page's text speaks of hatching but nothing is hatched"]
 
 
@@ -198,6 +203,17 @@ def _overprinted_ticks(ax, renderer) -> list[str]:
     return problems
 
 
+def _annotations_overprinted(ax, renderer) -> list[str]:
+    """Annotations of one panel printed over one another (neighbouring bars' tests)."""
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in _visible_texts(ax)]
+    return [
+        f"annotations {a[:20]!r} and {b[:20]!r} of '{ax.get_title()[:40]}' print over each other"
+        for k, (a, box_a) in enumerate(boxes)
+        for b, box_b in boxes[k + 1 :]
+        if _overlap(box_a, box_b)
+    ]
+
+
 def _in_margin(extent: Bbox, page: Bbox, margin_px: float) -> bool:
     return (
         extent.x0 < page.x0 + margin_px
@@ -226,6 +242,7 @@ def figure_problems(fig: Figure) -> list[str]:
                 f"{MARGIN_PT:g} pt of the page edge"
             )
         box = ax.get_window_extent(renderer)
+        problems += _annotations_overprinted(ax, renderer)
         for text in _visible_texts(ax):
             extent = text.get_window_extent(renderer)
             if not _inside(extent, box):

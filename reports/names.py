@@ -36,9 +36,12 @@ def population_definition(title: str, parent_title: str) -> str:
 
 
 def _lower_first(text: str) -> str:
-    """'Lymphocytes' -> 'lymphocytes' in running text; marker names (CD19+, HLA-DR+) kept."""
+    """'Lymphocytes' -> 'lymphocytes', 'Memory B' -> 'memory B' in running text; marker
+    names (CD19+, HLA-DR+) and short cell names ('Treg') kept as written."""
     head = text.split(" ", 1)[0]
-    return text[0].lower() + text[1:] if head[1:].islower() else text
+    if head[1:].islower() and (len(head) > 4 or " " in text):
+        return text[0].lower() + text[1:]
+    return text
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,7 @@ def drug_test_lines(fisher, mcnemar) -> str:
         elif ci:  # a zero cell: the estimate is 0 or infinite, the exact interval bounds it
             estimate = f"OR {format_estimate(fisher.effect, infinite='inf')}† {ci}"
         else:
-            estimate = "no OR: all on or all off"
+            estimate = "no OR"  # every patient on, or every patient off, at both dates
         lines += [f"Fisher {estimate}", f"  {_p_text(fisher)}"]
     if mcnemar is not None:
         change = f"{100 * mcnemar.effect:+.0f}%" if np.isfinite(mcnemar.effect) else "NA"
@@ -214,7 +214,7 @@ def figure_2b(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Dat
         ax.bar(x - 0.2, [at_bl[d] for d in drugs], 0.4, color=OKABE_ITO[0], label="baseline")
         ax.bar(x + 0.2, [at_12[d] for d in drugs], 0.4, color=OKABE_ITO[1], label="+12 months")
         top = max(len(block), 1)
-        ax.set_ylim(0, top * 1.75)
+        ax.set_ylim(0, top * 1.5)
         for i, drug in enumerate(drugs):
             fisher = statistic_row(
                 statistics, analysis="drug_use_fisher", group=group, measure=drug
@@ -224,14 +224,16 @@ def figure_2b(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Dat
             )
             ax.text(
                 i,
-                top * 1.06,
+                top * 1.04,
                 drug_test_lines(fisher, mcnemar),
                 ha="center",
                 va="bottom",
                 fontsize=5.5,
                 linespacing=1.25,
             )
-        ax.set_xticks(x, [textwrap.fill(names.drug(d), 14) for d in drugs], fontsize=7)
+        ax.set_xticks(
+            x, [textwrap.fill(names.drug(d), 14, break_long_words=False) for d in drugs], fontsize=7
+        )
         ax.set_ylabel("patients on the drug (count)")
         count_axis(ax)
         ax.set_title(f"{title} (n = {len(block)} followed to +12 months)", fontsize=9)
@@ -260,8 +262,8 @@ def paired_test_text(row) -> str:
         return "not tested"
     ci = format_interval(row.ci_low, row.ci_high)
     estimate = f"median {format_estimate(row.effect)}" + (f" {ci}" if ci else " (n < 6: no CI)")
-    if not np.isfinite(row.p_value):
-        return f"{estimate}; no test ({row.method.split(':')[-1].strip()})"
+    if not np.isfinite(row.p_value):  # the signed-rank test needs a non-zero difference
+        return f"{estimate}; no test: no patient changed"
     return f"{estimate}, Wilcoxon {_p_text(row)}"
 
 
@@ -294,6 +296,7 @@ def _figure_3_page(pdf, ctx, windows, statistics, subgroups, page: int, n_pages:
         weight="bold",
     )
     shown: set[str] = set()
+    hatched = False  # a hatched bar that is not 0 high: only then does the note say so
     for col, group in enumerate(subgroups):
         whole = ctx.members(windows, group)
         size = -(-len(whole) // n_pages)
@@ -307,6 +310,7 @@ def _figure_3_page(pdf, ctx, windows, statistics, subgroups, page: int, n_pages:
         ax.set_ylim(0, top * 1.3 + 0.5)
         for i, (bar, is_short) in enumerate(zip(bars, short, strict=True)):
             if is_short:  # the window the patient was followed: a bar of 0 would hide it
+                hatched |= bar.get_height() > 0
                 bar.set_hatch("///")
                 bar.set_edgecolor("0.2")
                 days = int(block.after_days.iloc[i])
@@ -364,7 +368,10 @@ def _figure_3_page(pdf, ctx, windows, statistics, subgroups, page: int, n_pages:
         "The paper shows counts (n = all patients before, those still followed after). The "
         "tests here compare relapses per 365 days of observation with every patient, so a "
         "shortened window is not read as fewer relapses"
-        + (f"; hatched: after-window shortened by loss to follow-up: {lost_text}" * bool(lost_text))
+        + (
+            f"; 'd only' over a bar{', hatched,' if hatched else ''}: after-window shortened "
+            f"by loss to follow-up: {lost_text}" * bool(lost_text)
+        )
         + ". Drug counts: patients not followed to +12 months are left out of the test.",
         y=0.03,
     )
@@ -408,7 +415,8 @@ def figure_4(
             names.measure(measure, panel, population),
             OKABE_ITO[1],
         )
-        ax.set_title(names.short(panel, population), fontsize=9)
+        # The population with its defining markers, wrapped to the panel's width.
+        ax.set_title(textwrap.fill(names.title(panel, population), 26), fontsize=9)
         ax.set_xlabel("visit")
     _note(
         fig,

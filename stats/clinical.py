@@ -118,8 +118,9 @@ def paired_before_after(
                     ci_high=res.ci_high,
                     flag=res.flag,
                     primary=np.isfinite(res.p_value),
-                    method=f"{res.method}; {what}; effect = median(after - before)"
-                    + (_not_followed_note(block) if at_12m else _shortened_note(block)),
+                    method=f"{res.method}; {what}"
+                    + (_not_followed_note(block) if at_12m else _shortened_note(block))
+                    + "; effect = median(after - before)",
                 )
             )
     return pd.DataFrame(rows, columns=STATISTICS_COLUMNS)

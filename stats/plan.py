@@ -105,7 +105,7 @@ DEFAULT_PATIENT_GROUPS = ("child", "adult")  # patients.csv group values of the 
 # Display names of the drug classes counted (cohort.clinical.DRUG_CLASS); study.yaml
 # ``analysis: drug_names`` adds or overrides entries. A class not named prints as its code.
 DEFAULT_DRUG_NAMES = {
-    "prednisone": "prednisone (or another corticosteroid)",
+    "prednisone": "prednisone or equivalent",
     "mmf": "mycophenolate mofetil",
     "cni": "calcineurin inhibitor",
     "rituximab": "rituximab",
@@ -146,6 +146,7 @@ TEST_TITLES = {
     "fisher_exact": "Fisher's exact",
     "mcnemar_exact": "McNemar's exact",
     "kaplan_meier": "Kaplan-Meier",
+    "not_tested": "not tested",
 }
 
 
