@@ -578,7 +578,7 @@ def _clinical_figures(
             share_bl,
             share_12,
             dict(zip(fisher.measure, fisher.p_value, strict=True)),
-            f"{ctx.groups[group]}: drugs, McNemar\n(n = {len(followed)} followed to +12 months)",
+            f"{ctx.groups[group]}: on each drug\n(n = {len(followed)} at +12 months; McNemar)",
             labels=ctx.names.drugs,
         )
     pdf.savefig(fig)

@@ -183,7 +183,7 @@ def drug_test_lines(fisher, mcnemar) -> str:
         if bool(fisher.estimate_exists):
             estimate = f"OR {format_estimate(fisher.effect, infinite='inf')} {ci}"
         elif ci:  # a zero cell: the estimate is 0 or infinite, the exact interval bounds it
-            estimate = f"OR {format_estimate(fisher.effect, infinite='inf')}† {ci}"
+            estimate = f"OR† {ci}"
         else:
             estimate = "no OR"  # every patient on, or every patient off, at both dates
         lines += [f"Fisher {estimate}", f"  {_p_text(fisher)}"]
@@ -200,7 +200,7 @@ def figure_2b(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Dat
     followed = windows[windows.drugs_12m.notna()]
     drugs = sorted(set(statistics.loc[statistics.analysis == "drug_use_fisher", "measure"]))
     fig, axes = plt.subplots(1, len(ctx.groups), figsize=A4_LANDSCAPE, squeeze=False)
-    fig.subplots_adjust(left=0.06, right=0.98, top=0.82, bottom=0.2, wspace=0.3)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.88, bottom=0.2, wspace=0.3)
     fig.suptitle(
         "Figure 2B. Patients on each drug at baseline and at +12 months",
         y=0.965,

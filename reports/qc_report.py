@@ -17,6 +17,7 @@ from gating.gates import EllipseGate, PolygonGate, RectangleGate, ThresholdMark,
 from gating.records import AppliedGate
 from gating.strategy import QC_ROOT
 from reports.figures import A4_LANDSCAPE, A4_PORTRAIT, OKABE_ITO, plt
+from reports.names import flag_words
 
 GATE_COLOUR = OKABE_ITO[3]
 # Gates whose position the data decided (listed with data/DEFAULT on the first page).
@@ -244,7 +245,8 @@ def summary_lines(
                 how = g.gate.method if g.from_data else "DEFAULT"
             first = f"  {g.name:22} {how:11} "
             lines += _wrapped(first, g.note, width, len(first))
-    lines += ["", *_wrapped("Flags: ", "; ".join(flags) if flags else "none", width, 7)]
+    words = "; ".join(flag_words(f) for f in flags)  # in words (reports.names), not codes
+    lines += ["", *_wrapped("Flags: ", words or "none", width, 7)]
     return lines
 
 

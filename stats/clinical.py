@@ -576,8 +576,8 @@ def kaplan_meier_medians(curves: dict[tuple[str, str], KaplanMeierFitter]) -> pd
                 family="not tested",
                 estimate_exists=True,  # inf is an answer here: fewer than half relapsed
                 method="Kaplan-Meier median time to first relapse in each patient's 12-month "
-                "window before or after infusion, as the row's measure says (days; inf = not "
-                "reached: fewer than half relapsed)",
+                "window before or after infusion, as the row's measure says (days; not reached "
+                "when fewer than half relapsed: 'inf' in statistics.csv)",
             )
         )
     return pd.DataFrame(rows, columns=STATISTICS_COLUMNS)
