@@ -25,7 +25,7 @@ COUNT_AXIS = re.compile(r"\(count\)|\bnumber of\b|^events\b|^patients\b(?!.*%)",
 # open end, not a raw value; 'inf' quoted names the CSV's spelling). Names and words come from ``reports.names``.
 RAW_CODE = re.compile(
     r"\b(default_threshold|default_gate|low_count|not_measured|below_separation_floor"
-    r"|qc_removed|no_spillover_keyword|no_time_channel|entered_at):\S"
+    r"|qc_removed|no_spillover_keyword|no_time_channel|entered_at):[^\s;,]+"
     r"|\(None, |\b\d+\.\d{7,}\b|(?<![\w.'])(nan|NaN|-?inf)(?![\w.\]'])"
 )
 # The largest band of empty page between the title and the panels (share of the height).
