@@ -529,7 +529,7 @@ def _clinical_figures(
     pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.DataFrame
 ) -> None:
     fig, axes = plt.subplots(len(ctx.groups), 4, figsize=A4_LANDSCAPE, squeeze=False)
-    fig.subplots_adjust(left=0.06, right=0.96, top=0.9, bottom=0.07, hspace=0.6, wspace=0.4)
+    fig.subplots_adjust(left=0.06, right=0.96, top=0.9, bottom=0.09, hspace=0.6, wspace=0.4)
     fig.suptitle(
         "Clinical outcomes per patient: before vs after infusion (paired Wilcoxon), "
         "drugs at baseline vs +12 months (exact McNemar)",

@@ -193,7 +193,7 @@ def drug_bars(
     for i, d in enumerate(drugs):
         ax.text(i, 106, format_p_phrase(p_values.get(d, np.nan)), ha="center", fontsize=6)
     names = [(labels or {}).get(d, d) for d in drugs]
-    ax.set_xticks(x, [textwrap.fill(n, 12, break_long_words=False) for n in names], fontsize=6)
+    ax.set_xticks(x, [textwrap.fill(n, 14, break_long_words=False) for n in names], fontsize=6)
     ax.set_ylim(0, 165)  # room for the p-values (106) and the legend above them
     ax.set_yticks([0, 25, 50, 75, 100])
     ax.set_ylabel("patients on the drug (%)")
