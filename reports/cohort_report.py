@@ -689,7 +689,7 @@ def _population_page(pdf, ctx: ReportContext, block: pd.DataFrame, tests: pd.Dat
     fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.13, hspace=0.45)
     fig.suptitle(
         f"{ctx.names.definition(panel, population)}\n"
-        f"({ctx.panels.get(panel, panel)} panel; {panel} {population} in results/*.csv)",
+        f"({panel} panel; {population} in results/*.csv)",
         y=0.965,
         fontsize=12,
         weight="bold",
