@@ -245,3 +245,79 @@ def test_the_reused_qc_gates_page_draws_a_sample_as_a_fresh_page_does():
     assert sum(ax.get_visible() for ax in axes) == 3
     plt.close(fresh_fig)
     assert limit_text("C", None, 0.48858314752578735) == "C < 0.489"
+
+
+def test_qc_summary_names_the_low_count_populations_their_floor_and_default_markers():
+    """Issue 24, p6: 'low counts: 32' said neither which populations nor what floor."""
+    from reports.monitor_pages import qc_summary
+
+    samples = pd.DataFrame(
+        {
+            "sample_id": ["a", "b", "c"],
+            "panel": ["BCELL"] * 3,
+            "status": ["processed"] * 3,
+            "events": [10000, 12000, 11000],
+            "needs_review": [True, False, False],
+            "qc_flags": [
+                "low_count:plasmablasts<50;low_count:transitional_b<50;default_threshold:t_cd24",
+                "low_count:plasmablasts<50",
+                "",
+            ],
+        }
+    )
+    steps = pd.DataFrame(
+        {"sample_id": ["a", "b", "c"], "step": ["debris"] * 3, "removed": [1, 2, 3]}
+    ).assign(events_in=100)
+    gates = pd.DataFrame(
+        {"sample_id": ["a"], "kind": ["threshold"], "from_data": [False], "gate": ["t_cd24"]}
+    )
+    names = Names(
+        titles={
+            ("BCELL", "plasmablasts"): "Plasmablasts (CD27+ CD38hi)",
+            ("BCELL", "transitional_b"): "Transitional B (CD24hi CD38hi CD27-)",
+        },
+        markers={("BCELL", "t_cd24"): "CD24"},
+    )
+    lines = qc_summary(samples, steps, gates, names)
+    assert "  samples with a population below its event floor: 2:" in lines
+    assert "    Plasmablasts: fewer than 50 events: 2 samples" in lines
+    assert "    Transitional B: fewer than 50 events: 1 samples" in lines
+    assert "  thresholds left at the strategy's default (samples): CD24 (t_cd24) 1" in lines
+    assert not any(raw_codes(line) for line in lines)
+
+
+def test_no_deviation_page_states_the_windows_it_checked_beside_the_missing_samples():
+    """Issue 24, p5: a page of '(none)' without the windows. Now one page with the missing
+    samples, naming the windows and saying that every visit is within them."""
+    from matplotlib.text import Text
+
+    from reports.cohort_report import _monitor_pages
+    from reports.figure_checks import figure_problems
+    from reports.monitor_pages import MonitorTables
+
+    class Pages:
+        titles: list[str] = []
+        texts: list[str] = []
+        problems: list[str] = []
+
+        def savefig(self, fig, **_):
+            self.problems += figure_problems(fig)
+            self.texts += [t.get_text() for t in fig.findobj(Text)]
+
+    empty = pd.DataFrame(
+        columns=["patient_id", "visit", "scheduled", "visit_date", "days_from_schedule", "verdict"]
+    )
+    missing = pd.DataFrame(
+        [{"patient_id": "P07", "visit": "M6", "panel": "BCELL", "file": "", "why": "not received"}]
+    )
+    monitor = MonitorTables(
+        pd.DataFrame(), [], missing, empty, ["Panel BCELL: 1 samples"], [], 14.0, 60.0
+    )
+    pages = Pages()
+    _monitor_pages(pages, monitor)
+    text = " ".join(" ".join(pages.texts).split())
+    assert pages.problems == []
+    assert "Missing samples and why; visit-window deviations" in text
+    assert "within +/-14 days of its scheduled day" in text and "at most 60 days before" in text
+    assert "Every dated visit of every patient is within its window." in text
+    assert "(none)" not in text
