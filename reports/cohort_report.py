@@ -726,7 +726,7 @@ def _wilcoxon_tables(pdf, ctx: ReportContext, data: pd.DataFrame, wilcox: pd.Dat
     header = (
         f"{'group':12} {'panel':6} {'population':20} {'measure':18} {'visit':5} "
         f"{'n':>3} {'baseline median [IQR]':>24} {'visit median [IQR]':>24} "
-        f"{'median diff':>11} {'p':>9} {'p (BH)':>9}"
+        f"{'median diff':>11} {'95% CI':>18} {'p':>9} {'p (BH)':>9}"
     )
     lines = [header, "-" * len(header)]
     for r in wilcox.itertuples():
@@ -749,12 +749,14 @@ def _wilcoxon_tables(pdf, ctx: ReportContext, data: pd.DataFrame, wilcox: pd.Dat
             f"{ctx.names.short(r.panel, r.population)[:20]:20} "
             f"{ctx.names.measure(r.measure, r.panel, r.population)[:18]:18} {r.visit:5} {r.n:>3} "
             f"{summary(pairs[ctx.baseline]):>24} {summary(pairs[r.visit]):>24} "
-            f"{format_estimate(r.effect):>11} {_fmt_p(r.p_value):>9} {_fmt_p(r.p_adjusted):>9}"
+            f"{format_estimate(r.effect):>11} {format_interval(r.ci_low, r.ci_high) or '-':>18} "
+            f"{_fmt_p(r.p_value):>9} {_fmt_p(r.p_adjusted):>9}"
         )
     lines += [
         "",
         "Medians [IQR] over the n patients with both visits (the test's pairs); median diff: "
-        "median of the paired differences (visit - baseline). p (BH): Benjamini-Hochberg "
+        "median of the paired differences (visit - baseline), with its distribution-free 95% "
+        "CI from the order statistics (-: fewer than 6 pairs). p (BH): Benjamini-Hochberg "
         "within the row's family (statistics.csv family column). Populations are defined on "
         "the page 'Populations: gate definitions'.",
     ]

@@ -22,7 +22,8 @@ MARGIN_PT = 14.0
 COUNT_AXIS = re.compile(r"\(count\)|\bnumber of\b|^events\b|^patients\b(?!.*%)", re.I)
 # What a referee should never read: the pipeline's flag codes, raw floats and tuples,
 # non-numbers, a NaN printed as a number ('inf' closing an interval, '[0.5, inf]', is its
-# open end, not a raw value; 'inf' quoted names the CSV's spelling). Names and words come from ``reports.names``.
+# open end, not a raw value; 'inf' quoted names the CSV's spelling). Names and words come
+# from ``reports.names``.
 RAW_CODE = re.compile(
     r"\b(default_threshold|default_gate|low_count|not_measured|below_separation_floor"
     r"|qc_removed|no_spillover_keyword|no_time_channel|entered_at):[^\s;,]+"

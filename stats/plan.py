@@ -229,7 +229,9 @@ class AnalysisPlan(BaseModel):
             f"non-zero pairs without ties; with ties or zeros, an exact permutation test up to "
             f"{rule.enumerate_up_to} non-zero pairs; else normal approximation with continuity "
             f"and tie correction. Zero differences: {rule.zero_method} "
-            f"({'dropped' if rule.zero_method == 'wilcox' else 'ranked, then dropped'}).",
+            f"({'dropped' if rule.zero_method == 'wilcox' else 'ranked, then dropped'}). "
+            "Estimate: the median of the paired differences, with its distribution-free 95% "
+            "interval from their order statistics (binomial ranks; none below 6 pairs).",
             "Clinical analyses: " + ", ".join(self.clinical) + ".",
             "Cox models (after vs before infusion, Efron ties): whether the ordinary maximum-"
             "likelihood estimate exists is checked first (a linear programme finds any "
