@@ -309,7 +309,7 @@ def _monitor_pages(pdf: PdfPages, monitor: MonitorTables) -> None:
     missing_lines = _wrap(missing_lines, _line_chars(7), hang=8 + 1 + 6 + 1 + 6 + 1 + 25)
     _text_pages(
         pdf,
-        "Missing samples and why; visit-window deviations",
+        "Missing samples and why. Visit-window deviations",
         [*missing_lines, "", "Visit-window deviations", "", *lines],
         size=7,
     )

@@ -400,12 +400,24 @@ def _trial(n_patients: int):
             "n_drugs_12m": rng.integers(0, 3, n_patients).astype(float),
         }
     )
+    from stats.tests import STATISTICS_COLUMNS
+
     statistics = pd.DataFrame(
         [
-            {"analysis": a, "group": g, "p_value": 0.03}
+            {
+                "analysis": a,
+                "group": g,
+                "p_value": 0.03,
+                "effect": -1.0,
+                "ci_low": -2.0,
+                "ci_high": 0.0,
+                "primary": True,
+                "method": "Wilcoxon signed-rank",
+            }
             for a in ("relapses_before_after", "drugs_baseline_12m")
             for g in ("all", "child", "adult")
-        ]
+        ],
+        columns=STATISTICS_COLUMNS,
     )
     ctx = ReportContext(
         study="scale",

@@ -317,7 +317,7 @@ def test_no_deviation_page_states_the_windows_it_checked_beside_the_missing_samp
     _monitor_pages(pages, monitor)
     text = " ".join(" ".join(pages.texts).split())
     assert pages.problems == []
-    assert "Missing samples and why; visit-window deviations" in text
+    assert "Missing samples and why. Visit-window deviations" in text
     assert "within +/-14 days of its scheduled day" in text and "at most 60 days before" in text
     assert "Every dated visit of every patient is within its window." in text
     assert "(none)" not in text
