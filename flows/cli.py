@@ -45,19 +45,11 @@ def _ready_for_passes(workers: int | None, dask_address: str | None) -> Iterator
     The pool is opened before anything imports Prefect, so the workers load while this process
     imports the flow and Prefect's server starts.
     """
-    from flows.worker_pool import local_workers, sample_worker_pool
+    from flows.worker_pool import dask_worker_pool, local_workers, sample_worker_pool
 
-    if dask_address:
-        import importlib.util
-
-        from cohort.study import StudyError
-
-        if importlib.util.find_spec("prefect_dask") is None:
-            raise StudyError(
-                "--dask needs the dask extra: pip install 'immunomon[dask]' "
-                "(in .venv: .venv/bin/pip install -e '.[dask]')"
-            )
-    with sample_worker_pool(local_workers(workers, dask_address)):
+    # Connected first: the Dask workers load the sample code while Prefect starts here.
+    pool = dask_worker_pool(dask_address) if dask_address else None
+    with pool or sample_worker_pool(local_workers(workers)):
         from flows.prefect_api import prefect_api_running, prefect_api_starting
 
         with prefect_api_running():
@@ -169,12 +161,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from cohort.store import Store
     from cohort.study import Study
-    from flows.outcome import cohort_outputs
-    from reports.outputs import write_qc_report_from_store, write_report, write_results
+    from flows.outcome import rewrite_cohort_outputs
+    from reports.outputs import write_qc_report_from_store
 
     study = Study(args.study)
-    store = Store(study.db_path)
     if args.sample:
+        store = Store(study.db_path)
         try:
             path = write_qc_report_from_store(study, store, args.sample)
         except LookupError as exc:
@@ -184,13 +176,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
             store.close()
         print(f"QC report written: {path}")
         return 0
-    try:
-        results, error = write_results(study, store)
-        if results is not None:
-            write_report(study, store, results)
-    finally:
-        store.close()
-    outputs = cohort_outputs(study, results, error)
+    outputs, error = rewrite_cohort_outputs(
+        study, waiting=lambda line: print(line, file=sys.stderr, flush=True)
+    )
     if error:
         print(f"incomplete: {outputs}", file=sys.stderr)
         return 2
