@@ -47,7 +47,7 @@ def current_workspace_samples(study, store, sample_ids: list[str] | None = None)
     """Every current sample (or those of ``sample_ids``) with its file, gates, counts and
     review keywords; and the samples left out, with the reason (gated by a lab's FlowJo
     workspace, or a file changed since it was processed)."""
-    from cohort.review import current_review_states
+    from cohort.review import current_review_states, override_text
     from gating.wsp_export import WorkspaceSample, gate_counts
     from panels.fcs import scan_header
     from panels.resolve import resolve_panel
@@ -88,7 +88,7 @@ def current_workspace_samples(study, store, sample_ids: list[str] | None = None)
             "PANEL": record["panel"] or "",
             "REVIEW STATUS": state.status if state else "to_review",
             "OVERRIDDEN GATES": ";".join(
-                f"{t}={o.value:g} by {o.who}: {o.reason}"
+                f"{t}={override_text(o.value)} by {o.who}: {o.reason}"
                 for t, o in sorted((state.overrides if state else {}).items())
             ),
             "REVIEW DECIDED BY": state.decided_by if state else "",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -30,6 +31,8 @@ from cohort.review import (
     ReviewStatus,
     check_signature,
     current_review_states,
+    describe_override,
+    drawn_gate,
     record_decision,
     record_override,
     record_undo,
@@ -39,6 +42,8 @@ from cohort.store import Store
 from cohort.study import Study
 from cohort.templates import POOLED
 from flows.review_security import ReviewGuard, Site, local_path, page_of
+from gating.gates import Gate
+from gating.strategy import override_record
 from panels.errors import ImmunomonError
 from reports.outputs import software_version, update_outputs
 from stats.drift import DRIFT_Z, drift_scores
@@ -130,6 +135,54 @@ class ReviewServer:
     ):
         """Set one threshold of one sample by hand and re-gate that sample now. Returns the
         counts before and after. After an approval or exclusion it must be ``signed``."""
+        if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+            raise AuditError(f"{value} is outside the logicle scale (0 to 1)")
+
+        def checked(strategy, sample) -> tuple[dict, float]:
+            if threshold not in strategy.thresholds:
+                raise AuditError(f"{threshold!r} is not a threshold of strategy {strategy.name}")
+            old = self._placed(sample, threshold)
+            return {"threshold": threshold, "old": None if old is None else old.value}, value
+
+        return self._override(sample_id, threshold, who, reason, signed, checked)
+
+    def redraw(
+        self,
+        sample_id: str,
+        gate: str,
+        geometry: dict,
+        who: str,
+        reason: str,
+        signed: bool = False,
+    ):
+        """Redraw one placed gate of one sample by hand (the lymphocyte ellipse: centre, semi-
+        axes, angle; a polygon: its vertices, on the gate's own scale) and re-gate that sample
+        now; audited and signed like a threshold. Returns the counts before and after."""
+
+        def checked(strategy, sample) -> tuple[dict, Gate]:
+            drawable = strategy.drawable()
+            if gate not in drawable:
+                raise AuditError(
+                    f"{gate!r} is not a gate of strategy {strategy.name} that can be drawn "
+                    f"(those that can: {', '.join(drawable) or 'none'})"
+                )
+            placed = self._placed(sample, gate)
+            if placed is None:
+                raise AuditError(f"{sample_id} has no gate {gate!r} placed: nothing to redraw")
+            recorded = {"gate": gate, "kind": placed.kind, "old": override_record(placed)}
+            return recorded, drawn_gate(placed, geometry)
+
+        return self._override(sample_id, gate, who, reason, signed, checked)
+
+    def _placed(self, sample: dict, name: str):
+        """The sample's current gate (or threshold mark) of that name, as recorded."""
+        gates = self.store.applied_gates(sample["sample_key"])
+        return next((g.gate for g in gates if g.name == name), None)
+
+    def _override(self, sample_id, name, who, reason, signed, checked):
+        """An override of threshold or gate ``name``: ``checked(strategy, sample)`` checks the
+        request and gives what to record and the new value (a number or a drawn gate); then
+        the sample is re-gated and the override audited with the counts before and after."""
         from flows.sample_work import process_sample_file
         from gating.strategy import Strategy
 
@@ -139,26 +192,16 @@ class ReviewServer:
             strategy = self.study.strategies[sample["panel"]]
             if not isinstance(strategy, Strategy):
                 raise AuditError(f"{sample_id} is gated by a FlowJo workspace: adjust it in FlowJo")
-            if threshold not in strategy.thresholds:
-                raise AuditError(f"{threshold!r} is not a threshold of strategy {strategy.name}")
-            if not 0.0 <= value <= 1.0:
-                raise AuditError(f"{value} is outside the logicle scale (0 to 1)")
             if not reason.strip():
                 raise AuditError("override needs a reason in words")
+            recorded, value = checked(strategy, sample)
             entries = self.log.entries()
             check_signature(entries, sample_id, "override", signed)  # before re-gating
-            old = next(
-                (
-                    g.gate.value
-                    for g in self.store.applied_gates(sample["sample_key"])
-                    if g.name == threshold
-                ),
-                None,
-            )
             before = self.counts(sample["sample_key"])
             state = self.states().get(sample_id, ReviewStatus(sample_id))
-            overrides = state.applied_overrides(strategy.sha256) | {threshold: value}
-            record = self._regate(sample, strategy.with_overrides(overrides), process_sample_file)
+            overrides = state.applied_overrides(strategy.sha256) | {name: value}
+            effective = strategy.with_overrides(overrides)  # refuses a bad value: not gated
+            record = self._regate(sample, effective, process_sample_file)
             after = self.counts(record.sample_key)
             record_override(
                 self.log,
@@ -167,9 +210,8 @@ class ReviewServer:
                 reason,
                 self.software,
                 {
-                    "threshold": threshold,
-                    "old": old,
-                    "new": value,
+                    **recorded,
+                    "new": override_record(value),
                     "strategy_sha256": strategy.sha256,
                     "counts_before": before,
                     "counts_after": after,
@@ -476,11 +518,32 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
             raise AuditError(f"{value!r} is not a number") from None
         signed = signed_for(request, person, password, sample_id, "override")
         before, after = server.adjust(sample_id, threshold, number, person, reason, signed)
-        request.session["change"] = [
-            {"population": p, "before": before.get(p, ""), "after": after.get(p, "")}
-            for p in dict.fromkeys([*before, *after])
-        ]
+        request.session["change"] = counts_change(before, after)
         request.session["message"] = f"{threshold} set to {number:g}; {sample_id} re-gated"
+        return RedirectResponse(f"/sample/{quote(sample_id)}", status_code=303)
+
+    @actions.post("/sample/{sample_id}/redraw")
+    def redraw(
+        request: Request,
+        sample_id: str,
+        gate: str = Form(...),
+        geometry: str = Form(...),
+        reason: str = Form(""),
+        password: str = Form(""),
+        person: str = Depends(guard.person),
+    ):
+        try:
+            drawn = json.loads(geometry)
+        except ValueError:
+            raise AuditError(f"the drawn {gate} is not JSON: {geometry[:80]!r}") from None
+        if not isinstance(drawn, dict):
+            raise AuditError(
+                f"the drawn {gate} must be an object (centre, axes, angle or vertices)"
+            )
+        signed = signed_for(request, person, password, sample_id, "override")
+        before, after = server.redraw(sample_id, gate, drawn, person, reason, signed)
+        request.session["change"] = counts_change(before, after)
+        request.session["message"] = f"{gate} redrawn; {sample_id} re-gated"
         return RedirectResponse(f"/sample/{quote(sample_id)}", status_code=303)
 
     @actions.post("/sample/{sample_id}/decide")
@@ -635,6 +698,16 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
         with server.lock:
             server.sample(sample_id)
             return threshold_bins(server, sample_id, threshold)
+
+    @pages.get("/scatter/{sample_id}/{gate}.json")
+    def gate_scatter_json(request: Request, sample_id: str, gate: str):
+        """The parent's events of a drawable gate on its two dimensions (at most
+        ``SCATTER_POINTS``) and the gate's geometry: what the sample page draws to drag it."""
+        if not who(request):
+            raise HTTPException(401, "sign in first")
+        with server.lock:
+            server.sample(sample_id)
+            return gate_scatter(server, sample_id, gate)
 
     @pages.get("/audit.csv")
     def audit_csv(request: Request):
@@ -805,6 +878,7 @@ def _reported(server: ReviewServer, panel: str) -> list:
 
 def sample_context(server: ReviewServer, sample_id: str) -> dict:
     from gating.gates import ThresholdMark
+    from gating.pipeline import HAND_DRAWN
     from gating.registration import registered_thresholds
     from gating.strategy import Strategy
 
@@ -825,7 +899,7 @@ def sample_context(server: ReviewServer, sample_id: str) -> dict:
                 }
             )
         else:
-            how = "data" if g.from_data else "default"
+            how = "manual" if g.note == HAND_DRAWN else "data" if g.from_data else "default"
         gates.append({"name": g.name, "parent": g.parent, "how": how, "note": g.note})
     pops = server.store.current_populations()
     pops = pops[pops.sample_key == key]
@@ -853,7 +927,9 @@ def sample_context(server: ReviewServer, sample_id: str) -> dict:
     ]
     strategy = server.study.strategies[sample["panel"]]
     templatable = set(registered_thresholds(strategy)) if isinstance(strategy, Strategy) else set()
+    drawable = strategy.drawable() if isinstance(strategy, Strategy) else {}
     return {
+        "drawable": [g.name for g in applied if g.name in drawable],
         "s": sample,
         "state": state,
         "templatable": [t for t in thresholds if t["name"] in templatable],
@@ -901,11 +977,17 @@ def templates_context(server: ReviewServer, panel: str) -> dict:
     }
 
 
+def counts_change(before: dict[str, int], after: dict[str, int]) -> list[dict]:
+    """Each population's count before and after a change, as the sample page tabulates it."""
+    return [
+        {"population": p, "before": before.get(p, ""), "after": after.get(p, "")}
+        for p in dict.fromkeys([*before, *after])
+    ]
+
+
 def _describe(detail: dict) -> str:
-    if "threshold" in detail:
-        old = detail.get("old")
-        old_text = f"{old:.3f}" if isinstance(old, (int, float)) else "?"
-        text = f"{detail['threshold']}: {old_text} -> {float(detail['new']):.3f}"
+    if ("threshold" in detail or "gate" in detail) and "new" in detail:
+        text = describe_override(detail)
         if "undoes" in detail:
             text = f"undo #{detail['undoes']} ({text})"
         return text + _superseding(detail)
@@ -960,6 +1042,51 @@ def threshold_bins(server: ReviewServer, sample_id: str, threshold: str) -> dict
         "bounds": list(spec.bounds),
         "edges": edges.round(6).tolist(),
         "counts": counts.tolist(),
+    }
+
+
+SCATTER_POINTS = 20_000  # events sent to the page to drag a gate over (a random subset beyond)
+
+
+def gate_geometry(gate) -> dict:
+    """A drawable gate's handles as the page drags them: an ellipse's centre, semi-axes and
+    angle (``cohort.review.drawn_gate`` reads the same keys back), a polygon's vertices."""
+    from gating.gates import EllipseGate
+
+    if isinstance(gate, EllipseGate):
+        centre, axes, angle = gate.axes()
+        return {"centre": list(centre), "axes": list(axes), "angle": angle}
+    return {"vertices": [list(v) for v in gate.vertices]}
+
+
+def gate_scatter(server: ReviewServer, sample_id: str, gate: str) -> dict:
+    """The events of a drawable gate's parent on the gate's dimensions (scatter as a fraction
+    of range, markers in logicle), the gate's count and parent count, and its geometry."""
+    from gating.strategy import Strategy
+    from reports.outputs import replay_current
+
+    sample, gates, masks, space, _ = replay_current(server.study, server.store, sample_id)
+    strategy = server.study.strategies[sample["panel"]]
+    drawable = strategy.drawable() if isinstance(strategy, Strategy) else {}
+    applied = next((g for g in gates if g.name == gate), None)
+    if gate not in drawable or applied is None:
+        raise HTTPException(404, f"no drawable gate {gate!r} for {sample_id}")
+    rows = np.flatnonzero(masks[applied.parent])
+    parent_count = int(rows.size)
+    if rows.size > SCATTER_POINTS:  # the same subset on every load: seeded by nothing else
+        rows = np.sort(np.random.default_rng(0).choice(rows, SCATTER_POINTS, replace=False))
+    x_dim, y_dim = applied.gate.dimensions
+    return {
+        "gate": gate,
+        "kind": applied.gate.kind,
+        "parent": applied.parent,
+        "dimensions": [x_dim, y_dim],
+        "x": np.round(np.asarray(space[x_dim])[rows], 5).tolist(),
+        "y": np.round(np.asarray(space[y_dim])[rows], 5).tolist(),
+        "parent_count": parent_count,
+        "count": int(np.count_nonzero(masks[gate])),
+        "geometry": gate_geometry(applied.gate),
+        "note": applied.note,
     }
 
 
