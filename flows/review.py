@@ -1059,6 +1059,30 @@ def gate_geometry(gate) -> dict:
     return {"vertices": [list(v) for v in gate.vertices]}
 
 
+def _extent(gate) -> list[tuple[float, float]]:
+    """The gate's own span on each of its two dimensions."""
+    from gating.gates import EllipseGate
+
+    if isinstance(gate, EllipseGate):
+        half = np.sqrt(np.diag(np.asarray(gate.covariance)) * gate.distance_square)
+        return [(m - h, m + h) for m, h in zip(gate.mean, half, strict=True)]
+    points = np.asarray(gate.vertices, float)
+    return [(points[:, k].min(), points[:, k].max()) for k in range(2)]
+
+
+def _view(values: np.ndarray, extent: tuple[float, float]) -> list[float]:
+    """The shown range of one axis: most events and the gate, within a little more than the
+    plot's scale (0 to 1), so a small cluster is not lost in a corner; a polygon's far
+    vertices (an open side) are drawn on the edge."""
+    finite = values[np.isfinite(values)]
+    low, top = np.quantile(finite, [0.005, 0.995]) if finite.size else (0.0, 1.0)
+    low = max(-0.1, min(0.0, float(low), float(extent[0])))
+    high = min(1.1, max(float(top), float(extent[1])))
+    high = max(high, low + 0.05)
+    margin = 0.05 * (high - low)
+    return [round(max(-0.1, low - margin), 4), round(min(1.1, high + margin), 4)]
+
+
 def gate_scatter(server: ReviewServer, sample_id: str, gate: str) -> dict:
     """The events of a drawable gate's parent on the gate's dimensions (scatter as a fraction
     of range, markers in logicle), the gate's count and parent count, and its geometry."""
@@ -1076,13 +1100,16 @@ def gate_scatter(server: ReviewServer, sample_id: str, gate: str) -> dict:
     if rows.size > SCATTER_POINTS:  # the same subset on every load: seeded by nothing else
         rows = np.sort(np.random.default_rng(0).choice(rows, SCATTER_POINTS, replace=False))
     x_dim, y_dim = applied.gate.dimensions
+    x = np.asarray(space[x_dim])[rows]
+    y = np.asarray(space[y_dim])[rows]
     return {
+        "view": [_view(x, ex) for x, ex in zip((x, y), _extent(applied.gate), strict=True)],
         "gate": gate,
         "kind": applied.gate.kind,
         "parent": applied.parent,
         "dimensions": [x_dim, y_dim],
-        "x": np.round(np.asarray(space[x_dim])[rows], 5).tolist(),
-        "y": np.round(np.asarray(space[y_dim])[rows], 5).tolist(),
+        "x": np.round(x, 5).tolist(),
+        "y": np.round(y, 5).tolist(),
         "parent_count": parent_count,
         "count": int(np.count_nonzero(masks[gate])),
         "geometry": gate_geometry(applied.gate),
