@@ -88,7 +88,9 @@ def current_workspace_samples(study, store, sample_ids: list[str] | None = None)
             "PANEL": record["panel"] or "",
             "REVIEW STATUS": state.status if state else "to_review",
             "OVERRIDDEN GATES": ";".join(
-                f"{t}={override_text(o.value)} by {o.who}: {o.reason}"
+                f"{t}={o.value:g} by {o.who}: {o.reason}"
+                if isinstance(o.value, float)
+                else f"{t}={override_text(o.value)} by {o.who}: {o.reason}"
                 for t, o in sorted((state.overrides if state else {}).items())
             ),
             "REVIEW DECIDED BY": state.decided_by if state else "",
