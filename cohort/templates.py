@@ -24,7 +24,6 @@ value must be carried to each sample through something each sample has.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,11 +165,10 @@ def panel_templates(study: Study, panel: str) -> dict[str, ExpertTemplate]:
 
 
 def _sample_landmark(study: Study, panel: str, base, threshold: str, sample_id: str) -> float:
-    """The landmark of ``threshold`` in one sample, gated with the strategy as written."""
-    from gating.pipeline import gate_sample
+    """The landmark of ``threshold`` in one sample, gated with the strategy as written (the
+    same per-file gating as a pass, ``gating.apply.gate_file``)."""
+    from gating.apply import gate_file
     from gating.registration import sample_landmarks
-    from panels.fcs import read_events
-    from panels.resolve import resolve_panel
 
     paths = []
     for path in study.inbox_files():
@@ -186,8 +184,7 @@ def _sample_landmark(study: Study, panel: str, base, threshold: str, sample_id: 
         raise TemplateError(f"no file of sample {sample_id!r} in {study.inbox}")
     if study.parse_name(paths[0].name).panel_token != panel:
         raise TemplateError(f"sample {sample_id} is not a {panel} sample")
-    data = read_events(paths[0])
-    gating = gate_sample(data, resolve_panel(study.panels[panel], data.header), base)
+    gating = gate_file(paths[0], study.panels[panel], base).gating
     found = sample_landmarks(base, gating).get(threshold)
     if found is None:
         raise TemplateError(
@@ -337,14 +334,6 @@ class WorkspaceSeeding:
     not_used: list[tuple[str, str]]  # (FlowJo gate or threshold, why)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def seed_from_workspace(
     study: Study,
     store,
@@ -366,6 +355,7 @@ def seed_from_workspace(
     through its own landmark. The workspace's sample must be a file of the study's inbox (its
     landmark is measured on it). Nothing is set unless every value can be: gates and limits
     that give no template are returned with the reason, never silently dropped."""
+    from cohort.intake import sha256_of
     from gating.workspace import workspace_limits, workspace_samples
     from panels.fcs import scan_header
     from panels.resolve import resolve_panel
@@ -427,7 +417,7 @@ def seed_from_workspace(
             f"{workspace}: nothing set for panel {panel}: no usable limit of a threshold with a "
             f"landmark ({listed})"
         )
-    sha256 = _file_sha256(workspace)
+    sha256 = sha256_of(workspace)
     changes = [
         set_template(
             study,
