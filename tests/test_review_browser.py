@@ -80,10 +80,13 @@ def reviewed(demo_run, tmp_path_factory):
     shutil.copytree(root, study)
     shots = tmp_path_factory.mktemp("screenshots")
     port = _free_port()
+    # The server's log goes to a file: a pipe nobody reads fills (uvicorn logs every request,
+    # and the publish page polls) and the server then blocks writing, at shutdown too.
+    log = open(shots / "server.log", "w")  # noqa: SIM115 (closed once the server is gone)
     server = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "review", "--study", str(study), "--port", str(port)],
         cwd=ROOT,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -97,7 +100,8 @@ def reviewed(demo_run, tmp_path_factory):
             time.sleep(0.2)
     else:
         server.kill()
-        pytest.fail(f"the review server did not start: {server.stdout.read()}")
+        log.close()
+        pytest.fail(f"the review server did not start: {(shots / 'server.log').read_text()}")
     pages = {}
     try:
         with playwright.sync_playwright() as p:
@@ -209,6 +213,8 @@ def reviewed(demo_run, tmp_path_factory):
         except subprocess.TimeoutExpired:
             server.kill()
             pytest.fail("the review server did not stop on SIGTERM within 15 s")
+        finally:
+            log.close()
     return {"root": root, "study": study, "pages": pages, "shots": shots}
 
 
