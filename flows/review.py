@@ -11,6 +11,7 @@ import datetime as dt
 import io
 import json
 import math
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -19,7 +20,8 @@ from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
-from fastapi import Depends, FastAPI, Form, HTTPException, Request
+from fastapi import Depends, FastAPI, Form, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -48,6 +50,7 @@ from panels.errors import ImmunomonError
 from reports.outputs import software_version, update_outputs
 from stats.drift import DRIFT_Z, drift_scores
 
+MAX_WORKSPACE_BYTES = 64 * 2**20  # a FlowJo workspace uploaded to seed a template
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
 
@@ -300,6 +303,36 @@ class ReviewServer:
             # and review states must use the reference now in force, as the next pass will.
             vars(self.study).pop("strategies", None)
             return change
+
+    def seed_template(
+        self,
+        panel: str,
+        workspace: Path,
+        who: str,
+        reason: str,
+        group: str,
+        sample: str | None,
+    ):
+        """Start the panel's study template from a FlowJo workspace
+        (``cohort.templates.seed_from_workspace``, audited per threshold); refused while a
+        pass holds the study, as ``set_template``."""
+        from cohort.templates import seed_from_workspace
+
+        with self.lock, self.study.exclusive(wait=False):
+            seeding = seed_from_workspace(
+                self.study,
+                self.store,
+                panel,
+                workspace,
+                who=who,
+                reason=reason,
+                group=group,
+                sample=sample,
+                software=self.software,
+            )
+            anchor_head(self.study.root, self.store.conn, f"template {panel} from {workspace.name}")
+            vars(self.study).pop("strategies", None)  # the reference in force changed
+            return seeding
 
     def start_publish(self, who: str) -> PublishJob:
         """Start rewriting results and the cohort report in a background thread. Refused
@@ -622,7 +655,12 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
         with server.lock:
             context = templates_context(server, panel)
         return render(
-            request, "templates.html", title=f"Study templates {panel}", chosen=sample, **context
+            request,
+            "templates.html",
+            title=f"Study templates {panel}",
+            chosen=sample,
+            not_used=request.session.pop("not_used", None),
+            **context,
         )
 
     @actions.post("/templates/{panel}/set")
@@ -660,6 +698,56 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
             f"{regates}"
         )
         return RedirectResponse(f"/templates/{quote(panel)}", status_code=303)
+
+    @actions.post("/templates/{panel}/from-wsp")
+    async def seed_study_template(
+        request: Request,
+        panel: str,
+        workspace: UploadFile,
+        group: str = Form("All Samples"),
+        template_sample: str = Form(""),
+        reason: str = Form(""),
+        password: str = Form(""),
+        person: str = Depends(guard.person),
+    ):
+        """A FlowJo workspace uploaded as the start of the panel's study template: kept in
+        a temporary folder for the reading only (the study folder is not written but for the
+        reference and the trail), named in the audit entries by its file name and sha256."""
+        guard.signature(request, person, password)  # a study-wide decision: always signed
+        back = f"/templates/{quote(panel)}"
+        name = Path(workspace.filename or "workspace.wsp").name
+        content = await workspace.read(MAX_WORKSPACE_BYTES + 1)
+        if len(content) > MAX_WORKSPACE_BYTES:
+            request.session["error"] = (
+                f"{name}: larger than {MAX_WORKSPACE_BYTES // 2**20} MB; is it a FlowJo workspace?"
+            )
+            return RedirectResponse(back, status_code=303)
+        with tempfile.TemporaryDirectory(prefix="immunomon-wsp-") as folder:
+            path = Path(folder) / name
+            path.write_bytes(content)
+            try:
+                seeding = await run_in_threadpool(
+                    server.seed_template,
+                    panel,
+                    path,
+                    person,
+                    reason,
+                    group or "All Samples",
+                    template_sample or None,
+                )
+            except ImmunomonError as exc:  # refused: back to the page, saying why
+                request.session["error"] = str(exc)
+                return RedirectResponse(back, status_code=303)
+        set_ = ", ".join(
+            f"{c.template.threshold} {c.template.value:.3f} (#{c.audit_seq})"
+            for c in seeding.changes
+        )
+        request.session["message"] = (
+            f"{name} (sha256 {seeding.sha256[:12]}) read on {seeding.sample_id}: {set_}; "
+            "the next processing pass re-gates the panel's samples"
+        )
+        request.session["not_used"] = [list(item) for item in seeding.not_used]
+        return RedirectResponse(back, status_code=303)
 
     @actions.post("/publish")
     def publish(request: Request, person: str = Depends(guard.person)):

@@ -394,3 +394,42 @@ def test_cli_reference_set_from_a_workspace(study, tmp_path):
         timeout=180,
     )
     assert mixed.returncode == 2 and "leave out --threshold" in mixed.stderr
+
+
+def test_the_templates_page_takes_a_workspace_upload(study, tmp_path):
+    """The review page's form does what the command does: signed, audited, the FlowJo gates
+    not used listed on the page; the upload is read from a temporary folder, not kept."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from flows.review import create_app
+
+    wsp = _our_workspace(study, [REFERENCE_SAMPLE], tmp_path / "lab.wsp")
+    client = TestClient(create_app(study.root), base_url="http://127.0.0.1:8765")
+    token = re.search(r'name="csrf" value="([^"]+)"', client.get("/whoami").text)[1]
+    client.post("/whoami", data={"name": "ana", "csrf": token})
+    page = client.get(f"/templates/{PANEL}")
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text)[1]
+    assert 'id="wsp-form"' in page.text
+    before = {p.relative_to(study.root) for p in study.root.rglob("*")}
+    response = client.post(
+        f"/templates/{PANEL}/from-wsp",
+        data={"csrf": token, "group": "Tregs", "reason": "lab template"},
+        files={"workspace": ("lab.wsp", wsp.read_bytes(), "application/xml")},
+    )
+    assert response.status_code == 200
+    assert "lab.wsp (sha256" in response.text and f"read on {REFERENCE_SAMPLE}" in response.text
+    assert 'id="not-used"' in response.text and "cloud_arm" in response.text
+    template = panel_templates(Study(study.root), PANEL)["t_cd45ra"]
+    assert (template.set_by, template.given_on) == ("ana", REFERENCE_SAMPLE)
+    added = {p.relative_to(study.root) for p in study.root.rglob("*")} - before
+    assert {str(p) for p in added} <= {"references", "references/treg.yaml", "audit_anchors.jsonl"}
+    refused = client.post(
+        f"/templates/{PANEL}/from-wsp",
+        data={"csrf": token, "group": "Nope", "reason": "lab template"},
+        files={"workspace": ("lab.wsp", wsp.read_bytes(), "application/xml")},
+    )
+    assert (
+        "no sample group &#39;Nope&#39;" in refused.text or "no sample group 'Nope'" in refused.text
+    )
