@@ -337,3 +337,23 @@ def test_the_exports_carry_the_drawn_ellipse(study):
         gate.distance_square,
     )
     assert back.axes()[1] == pytest.approx(geometry["axes"]) and back.axes()[2] == pytest.approx(20)
+
+
+def test_redrawing_after_an_approval_must_be_signed_and_says_what_it_supersedes(study):
+    from cohort.review import SignatureNeeded
+    from flows.review import ReviewServer
+
+    server = ReviewServer(study, accounts=True)
+    server.decide([SAMPLE], "approve", "bo", "gates look right")
+    _, gates, counts, trail = _current(study)
+    (cx, cy), (major, minor), angle = gates["lymphocytes"].gate.axes()
+    drawn = {"centre": [cx, cy], "axes": [major * 0.8, minor], "angle": angle}
+    with pytest.raises(SignatureNeeded, match="sign it with your password"):
+        server.redraw(SAMPLE, "lymphocytes", drawn, "ana", "tighter", signed=False)
+    assert _current(study)[2:] == (counts, trail)  # nothing re-gated, nothing recorded
+    server.redraw(SAMPLE, "lymphocytes", drawn, "ana", "tighter", signed=True)
+    entry = _current(study)[3][-1]
+    assert entry.detail["supersedes"] == {"seq": trail[-1].seq, "action": "approve", "who": "bo"}
+    assert review_states(_current(study)[3])[SAMPLE].status == "overridden"
+    with pytest.raises(AuditError, match="reason"):
+        server.redraw(SAMPLE, "lymphocytes", drawn, "ana", "  ", signed=True)
