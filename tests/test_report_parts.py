@@ -203,50 +203,6 @@ def test_long_reasons_wrap_under_their_column_and_the_appendix_is_in_visit_order
     assert positions == sorted(positions)
 
 
-def test_the_reused_qc_gates_page_draws_a_sample_as_a_fresh_page_does():
-    """The QC PDF's gates page is reused across samples: nothing of the previous sample
-    (limits, artists, titles, hidden panels) survives into the next one."""
-    import numpy as np
-
-    from gating.gates import RectangleGate
-    from gating.records import AppliedGate
-    from reports.figures import A4_LANDSCAPE, plt
-    from reports.qc_report import _gates_page, draw_gates_page, limit_text
-
-    def sample(seed: int, n_gates: int, scale: float):
-        rng = np.random.default_rng(seed)
-        dims = {"A": scale * rng.random(400), "B": rng.random(400), "C": rng.random(400)}
-        masks = {"root": np.ones(400, bool)}
-        gates = []
-        for k in range(n_gates):
-            limits = {"A": (0.2 * scale, None), "B": (None, 0.7)}
-            if k == 0:
-                limits["C"] = (None, 0.488)
-            masks[f"g{k}"] = dims["A"] >= 0.2 * scale
-            gates.append(AppliedGate(f"g{k}", "root", RectangleGate(limits=limits), True, ""))
-        return gates, dims, masks
-
-    def state(axes):  # what a hidden panel held is never drawn
-        return [
-            (ax.get_title(), ax.get_xlim(), ax.get_ylim(), len(ax.patches), len(ax.texts))
-            if ax.get_visible()
-            else "hidden"
-            for ax in axes
-        ]
-
-    page, axes = _gates_page()
-    first = sample(1, 12, 10.0)
-    draw_gates_page(page, axes, "A", *first[:1], first[1], first[2], first[1].get)
-    second = sample(2, 3, 1.0)
-    draw_gates_page(page, axes, "B", *second[:1], second[1], second[2], second[1].get)
-    fresh_fig, fresh = plt.subplots(3, 4, figsize=A4_LANDSCAPE)
-    draw_gates_page(fresh_fig, fresh.ravel(), "B", *second[:1], second[1], second[2], second[1].get)
-    assert state(axes) == state(fresh.ravel())
-    assert sum(ax.get_visible() for ax in axes) == 3
-    plt.close(fresh_fig)
-    assert limit_text("C", None, 0.48858314752578735) == "C < 0.489"
-
-
 def test_qc_summary_names_the_low_count_populations_their_floor_and_default_markers():
     """Issue 24, p6: 'low counts: 32' said neither which populations nor what floor."""
     from reports.monitor_pages import qc_summary
