@@ -47,7 +47,7 @@ from flows.review_security import ReviewGuard, Site, local_path, page_of
 from gating.gates import Gate
 from gating.strategy import override_record
 from panels.errors import ImmunomonError
-from reports.outputs import software_version, update_outputs
+from reports.outputs import software_version, study_names, update_outputs
 from stats.drift import DRIFT_Z, drift_scores
 
 MAX_WORKSPACE_BYTES = 64 * 2**20  # a FlowJo workspace uploaded to seed a template
@@ -840,13 +840,14 @@ def today_rows(server: ReviewServer) -> pd.DataFrame:
     drift = drift_table(server)
     flagged = drift.loc[drift.flagged.astype(bool)].groupby("sample_id").key.apply(list).to_dict()
     attention = []
+    names = study_names(server.study)  # flags in words, as the report prints them
     for r in samples.itertuples():
         items = []
         if r.status == "failed":
             items.append("failed")
         flags = str(r.qc_flags or "").split(";")
-        items += [f for f in flags if f.startswith(("default_threshold", "default_gate"))]
-        items += [f for f in flags if f.startswith(("low_count", "high_qc_loss"))]
+        for families in (("default_threshold", "default_gate"), ("low_count", "high_qc_loss")):
+            items += [names.flag(r.panel, f) for f in flags if f.startswith(families)]
         items += [f"drift {k}" for k in flagged.get(r.sample_id, [])]
         note = states.get(r.sample_id)
         if note is not None and note.note:
@@ -1021,7 +1022,11 @@ def sample_context(server: ReviewServer, sample_id: str) -> dict:
         "s": sample,
         "state": state,
         "templatable": [t for t in thresholds if t["name"] in templatable],
-        "flags": (sample["qc_flags"] or "").replace(";", "; "),
+        "flags": "; ".join(
+            study_names(server.study).flag(sample["panel"], f)
+            for f in (sample["qc_flags"] or "").split(";")
+            if f
+        ),
         "gates": gates,
         "thresholds": thresholds,
         "populations": populations,
