@@ -239,6 +239,30 @@ def _report(label: str, files: int, m: PassMeasure) -> str:
     )
 
 
+def qc_cost_lines(results: list[dict]) -> list[str]:
+    """Per scale run with and without QC PDFs: what the PDFs add, against processing (a
+    first pass minus an unchanged second pass, with ``qc_reports: none``; issue 25: at most
+    half)."""
+
+    def cpu(measure: dict) -> float:
+        return sum(measure["cpu_by_process"].values())
+
+    lines = []
+    for scale in sorted({r["scale"] for r in results}):
+        rows = {r["qc_reports"]: r for r in results if r["scale"] == scale}
+        if "none" not in rows or "all" not in rows or "second" not in rows["none"]:
+            continue
+        none = rows["none"]
+        processing = cpu(none["first"]) - cpu(none["second"])
+        added = cpu(rows["all"]["first"]) - cpu(none["first"])
+        lines.append(
+            f"{scale}x: processing {processing:.1f} CPU-s (first pass - second, QC PDFs none); "
+            f"QC PDFs for every sample add {added:.1f} CPU-s = {added / processing:.2f}x "
+            "processing (goal: at most 0.5x)"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", default="1,4,10")
@@ -280,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.out:
                     shutil.rmtree(study)
             shutil.rmtree(template)
+        for line in qc_cost_lines(results):
+            print(line, flush=True)
         (workdir / "results.json").write_text(json.dumps(results, indent=1))
     finally:
         if not args.out:

@@ -22,11 +22,16 @@ from cohort.audit import AuditLog
 from cohort.intake import plan_intake
 from cohort.review import overrides_in_force, panel_of, reviewer_name
 from cohort.store import Store
-from cohort.study import Study, StudyError, StudyLease
-from flows.outcome import PassIncomplete, RunSummary, cohort_outputs
+from cohort.study import Study, StudyLease
+from flows.outcome import PassIncomplete, RunSummary, cohort_outputs, rewrite_cohort_outputs
 from flows.prefect_api import prune_study_runs, retention
 from flows.tasks import process_batch_task, sample_batches
-from flows.worker_pool import local_workers, open_worker_pool, sample_worker_pool
+from flows.worker_pool import (
+    dask_worker_pool,
+    local_workers,
+    open_worker_pool,
+    sample_worker_pool,
+)
 from gating.pipeline import PIPELINE_VERSION
 from reports.outputs import software_version, write_report, write_results
 
@@ -117,25 +122,14 @@ def warnings_to_log(logger) -> Iterator[None]:
 def per_sample_runner(workers: int, dask_address: str | None) -> Iterator:
     """Where the per-sample tasks run; yields ``submit(parameters) -> future``.
 
-    Locally the flow's task threads hand the CPU work to a pool of ``workers`` processes. With
-    ``dask_address`` the tasks go to that Dask cluster (prefect-dask); its workers read the
-    inbox, which must be on a shared path, and return plain records: only this process
-    writes the store.
+    The flow's task threads hand each file's CPU work to a pool: ``workers`` local processes,
+    or, with ``dask_address``, that Dask cluster (``flows.worker_pool.dask_worker_pool``),
+    whose workers read the inbox, which must be on a shared path, and return plain records:
+    only this process talks to Prefect and writes the store.
     """
-    if dask_address:
-        try:
-            from prefect_dask import DaskTaskRunner
-        except ImportError:
-            raise StudyError(
-                "--dask needs the dask extra: pip install 'immunomon[dask]' (in .venv: "
-                ".venv/bin/pip install -e '.[dask]')"
-            ) from None
-
-        with DaskTaskRunner(address=dask_address) as runner:
-            yield lambda parameters: runner.submit(process_batch_task, parameters)
-    else:
-        with sample_worker_pool(workers):
-            yield lambda parameters: process_batch_task.submit(**parameters)
+    pool = dask_worker_pool(dask_address) if dask_address else sample_worker_pool(workers)
+    with pool:
+        yield lambda parameters: process_batch_task.submit(**parameters)
 
 
 def _one_pass(
@@ -181,16 +175,29 @@ def _one_pass(
         logger.warning("%s quarantined: %s", decision.path.name, decision.reason)
     progress = RunProgress(len(plan.ready), lease)
     with per_sample_runner(workers if len(plan.ready) > 1 else 1, dask_address) as submit:
+        pool = open_worker_pool()
         outcomes = _process_ready(
-            plan.ready, study, store, run_id, logger, submit, progress, strategy_of, workers
+            plan.ready,
+            study,
+            store,
+            run_id,
+            logger,
+            submit,
+            progress,
+            strategy_of,
+            pool.workers if pool else workers,
         )
         results, error = results_task(study, store)
         lease.renew()
         if results is not None:
             # The local pool, if one is open, draws the report's pages too.
-            pool = open_worker_pool()
+            local = pool if pool and pool.local else None
             report_task(
-                study, store, results, pool.executor if pool else None, pool.workers if pool else 1
+                study,
+                store,
+                results,
+                local.executor if local else None,
+                local.workers if local else 1,
             )
     outputs = cohort_outputs(study, results, error)
     if error:
@@ -422,15 +429,8 @@ def report_flow(study_root: str) -> str | State:
     ``immunomon report`` exits 2); the message is also logged at ERROR."""
     study = Study(study_root)
     logger = get_run_logger()
-    with warnings_to_log(logger), study.exclusive(waiting=logger.warning):
-        store = Store(study.db_path)
-        try:
-            results, error = results_task(study, store)
-            if results is not None:
-                report_task(study, store, results)
-        finally:
-            store.close()
-    outputs = cohort_outputs(study, results, error)
+    with warnings_to_log(logger):
+        outputs, error = rewrite_cohort_outputs(study, results_task, report_task, logger.warning)
     if error:
         logger.error("%s", outputs)
         return Failed(message=outputs, data=PassIncomplete(outputs))

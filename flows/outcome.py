@@ -5,6 +5,7 @@ No Prefect here: ``immunomon report`` says the same without importing it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -77,3 +78,33 @@ def cohort_outputs(study: Study, results: CohortResults | None, error: str) -> s
         for name, problem in results.broken_inputs.items()
     )
     return f"{written}; left out: {left_out}"
+
+
+def rewrite_cohort_outputs(
+    study: Study,
+    write_results: Callable | None = None,
+    write_report: Callable | None = None,
+    waiting: Callable[[str], None] | None = None,
+) -> tuple[str, str]:
+    """The results and the cohort report rewritten from the store, nothing processed, under
+    the study's lock (a pass in progress is waited for, ``waiting`` told who holds it): what
+    ``immunomon report`` and the served report deployment both do. ``write_results`` and
+    ``write_report`` default to ``reports.outputs``'s (the flow passes them as its tasks).
+    Returns the sentence of what was written and left out (``cohort_outputs``) and the
+    error, '' when nothing was left out."""
+    from cohort.store import Store
+
+    if write_results is None or write_report is None:
+        from reports import outputs
+
+        write_results = write_results or outputs.write_results
+        write_report = write_report or outputs.write_report
+    with study.exclusive(waiting=waiting):
+        store = Store(study.db_path)
+        try:
+            results, error = write_results(study, store)
+            if results is not None:
+                write_report(study, store, results)
+        finally:
+            store.close()
+    return cohort_outputs(study, results, error), error

@@ -16,7 +16,6 @@ from gating.apply import AnyStrategy, gate_file
 from gating.pipeline import PIPELINE_VERSION
 from gating.records import NEEDS_REVIEW
 from panels.resolve import Panel
-from reports.qc_report import write_sample_qc_report
 
 
 def worth_a_qc_report(flags: list[str]) -> bool:
@@ -74,6 +73,9 @@ def process_sample_file(
     )
     wanted = qc_reports == "all" or (qc_reports == "flagged" and worth_a_qc_report(flags))
     if qc_report_dir and wanted and data is not None:
+        # Here, not at the top: a worker with qc_reports none never loads matplotlib.
+        from reports.qc_report import write_sample_qc_report
+
         write_sample_qc_report(
             Path(qc_report_dir) / f"{name.sample_id}.pdf",
             sample_id=name.sample_id,

@@ -1,7 +1,8 @@
 """The Prefect task for a batch of sample files.
 
 Parallelism has one layer: Prefect runs the tasks in threads, and each task hands each file's
-CPU work to the flow's process pool (``flows.worker_pool``). Prefect's own subprocess runner
+CPU work to the flow's pool (``flows.worker_pool``: local processes, or with ``--dask`` the
+cluster's executor, so no Prefect task runs on a Dask worker). Prefect's own subprocess runner
 would start an ephemeral API per worker on the same SQLite file ('database is locked'); this way
 only the flow process talks to Prefect.
 

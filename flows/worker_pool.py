@@ -1,8 +1,13 @@
-"""The local process pool that does a pass's per-sample CPU work.
+"""The pool that does a pass's per-sample CPU work: local processes, or a Dask cluster.
 
 This module imports nothing heavy, so a command can start the workers first and let them load
 the gating and report code while it imports Prefect and starts Prefect's API. The workers
-never import Prefect: only the flow process talks to it.
+never import Prefect: only the flow process talks to it. With ``--dask`` the pool is the
+cluster's executor: the Prefect tasks still run in the flow process and hand each file to a
+Dask worker, which runs plain functions. Running Prefect's task engine on the Dask workers
+(prefect-dask) cost each worker Prefect's import and an API client before its first file and
+every task a round of API calls from the worker (issue 25: 41 s between connecting and the
+first task).
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ Result = TypeVar("Result")
 
 @dataclass(frozen=True)
 class WorkerPool:
-    """An open pool: its executor and how many processes it runs."""
+    """An open pool: its executor, how many files it works on at once, and whether its
+    workers are processes of this machine (the cohort report's pages are drawn only there:
+    they are written to this machine's temporary folder)."""
 
     executor: Executor
     workers: int
+    local: bool = True
 
 
 _pool: WorkerPool | None = None
@@ -46,6 +54,15 @@ def _prepare_worker(parent_pid: int) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+
+
+def _prepare_dask_worker() -> None:
+    """On each Dask worker as the pass connects: load the sample code now, while the flow
+    process starts Prefect and takes the inbox in, not when the first file arrives."""
+    importlib.import_module(WORKER_MODULES[0])
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # each of a worker's threads is one core, as in the local pool
 
 
 def local_workers(workers: int | None, dask_address: str | None = None) -> int:
@@ -86,6 +103,48 @@ def sample_worker_pool(workers: int) -> Iterator[None]:
             raise
         finally:
             _pool = None
+
+
+DASK_CONNECT_SECONDS = 30
+
+
+@contextmanager
+def dask_worker_pool(address: str) -> Iterator[None]:
+    """Run the per-sample CPU work on the Dask cluster whose scheduler is at ``address`` while
+    the block is open (a nested call uses the pool already open).
+
+    Its workers need immunomon installed and the study at the same path; they get plain
+    arguments and return plain records. A cluster that does not answer within
+    ``DASK_CONNECT_SECONDS`` is one line naming the address (exit code 2)."""
+    global _pool
+    if _pool is not None:
+        yield
+        return
+    from cohort.study import StudyError
+
+    try:
+        from distributed import Client, fire_and_forget
+    except ImportError:
+        raise StudyError(
+            "--dask needs the dask extra: pip install 'immunomon[dask]' "
+            "(in .venv: .venv/bin/pip install -e '.[dask]')"
+        ) from None
+    try:
+        client = Client(address, set_as_default=False, timeout=DASK_CONNECT_SECONDS)
+    except (OSError, TimeoutError) as error:
+        raise StudyError(
+            f"--dask {address}: no Dask scheduler answered ({error}); check the address "
+            "and that the scheduler runs (dask scheduler; dask worker ADDRESS)"
+        ) from None
+    try:
+        for worker in client.nthreads():  # one each, ahead of the files, run meanwhile
+            fire_and_forget(client.submit(_prepare_dask_worker, workers=[worker], pure=False))
+        threads = sum(client.nthreads().values()) or 1
+        _pool = WorkerPool(client.get_executor(pure=False), threads, local=False)
+        yield
+    finally:
+        _pool = None
+        client.close()  # the files in flight are given up with it; the next pass does them
 
 
 def run_in_worker_pool(function: Callable[..., Result], *args: object) -> Result:

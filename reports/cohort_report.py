@@ -29,14 +29,10 @@ from reports.figures import (
     plt,
 )
 from reports.monitor_pages import MonitorTables
+from reports.names import FLAG_SHORT, Names, flag_short, flag_words
 from reports.numbers import format_estimate, format_interval, format_p, format_p_phrase
 from reports.paper_figures import figure_2a, figure_2b, figure_3, figure_4, statistic_row
-
-MEASURE_LABEL = {
-    "pct_parent": "% of parent",
-    "pct_lymphocytes": "% of lymphocytes",
-    "cells_per_ul": "cells/µL",
-}
+from stats.plan import ANALYSIS_TITLES, TEST_TITLES
 
 
 def _text_pages(
@@ -50,11 +46,9 @@ def _text_pages(
 ) -> None:
     """Monospaced text over as many pages as needed, title repeated; lines wrapped and pages
     filled to what the page holds at this size, so no text runs off it."""
-    width_in, height_in = A4_LANDSCAPE if landscape else A4_PORTRAIT
-    char_in, line_in = _monospace_metrics(size)
-    chars = int(width_in * 0.88 / char_in)
-    per_page = int(height_in * 0.86 / line_in)
-    pages = _paginate(_wrap(lines, chars, hang), per_page)
+    height_in = (A4_LANDSCAPE if landscape else A4_PORTRAIT)[1]
+    per_page = int(height_in * 0.86 / _monospace_metrics(size)[1])
+    pages = _paginate(_wrap(lines, _line_chars(size, landscape), hang), per_page)
     for k, chunk in enumerate(pages, start=1):
         fig = plt.figure(figsize=A4_LANDSCAPE if landscape else A4_PORTRAIT)
         suffix = f" ({k}/{len(pages)})" if len(pages) > 1 else ""
@@ -62,6 +56,12 @@ def _text_pages(
         fig.text(0.06, 0.93, "\n".join(chunk), family="monospace", fontsize=size, va="top")
         pdf.savefig(fig)
         plt.close(fig)
+
+
+def _line_chars(size: float, landscape: bool = False) -> int:
+    """Characters of monospaced text at ``size`` that fit the text width of a page."""
+    width_in = (A4_LANDSCAPE if landscape else A4_PORTRAIT)[0]
+    return int(width_in * 0.88 / _monospace_metrics(size)[0])
 
 
 def _paginate(lines: list[str], per_page: int) -> list[list[str]]:
@@ -77,7 +77,13 @@ def _paginate(lines: list[str], per_page: int) -> list[list[str]]:
         elif header and set(line.strip()) == {"-"}:
             header = [*header[:1], line]
         if len(pages[-1]) >= per_page:
-            pages.append(header[:] if header and is_table_row(line) else [])
+            # A heading and column headers never end a page without a row under them.
+            tail = []
+            if is_table_header(pages[-1][-1]) and len(pages[-1]) > 2:
+                tail = pages[-1][-2:] if pages[-1][-2].strip() else pages[-1][-1:]
+                del pages[-1][-len(tail) :]
+            carried = header[:] if header and is_table_row(line) and not tail else []
+            pages.append(tail or carried)
         pages[-1].append(line)
     return pages
 
@@ -170,7 +176,7 @@ def report_sections(
                     partial(_clinical_figures, ctx=context, windows=windows, statistics=statistics),
                 ),
             ]
-        sections.append((0.02, partial(_clinical_table, statistics=statistics)))
+        sections.append((0.02, partial(_clinical_table, statistics=statistics, ctx=context)))
     wilcox = statistics[statistics.analysis == "wilcoxon_vs_baseline"]
     data = populations[populations.patient_id.isin(groups)].copy()
     data["group"] = data.patient_id.map(groups)
@@ -202,6 +208,7 @@ def report_sections(
                     measure=measure,
                     visits=context.visits,
                     statistics=statistics,
+                    names=context.names,
                 ),
             )
         )
@@ -212,7 +219,13 @@ def report_sections(
                 partial(
                     _text_pages,
                     title="Populations: gate definitions, from the strategy files as run",
-                    lines=monitor.definitions,
+                    lines=[
+                        "Populations as this report names them, with what each is a share of "
+                        "([panel, code] in results/*.csv):",
+                        *context.names.glossary(context.panels),
+                        "",
+                        *monitor.definitions,
+                    ],
                     size=6.5,
                 ),
             )
@@ -268,24 +281,38 @@ def _monitor_pages(pdf: PdfPages, monitor: MonitorTables) -> None:
         f"{r.patient_id:8} {r.visit:6} {r.panel:6} {r.file:24} {r.why}"
         for r in missing.itertuples()
     ]
-    # Long reasons wrap under the 'why' column.
-    _text_pages(pdf, "Missing samples and why", lines, size=7, hang=8 + 1 + 6 + 1 + 6 + 1 + 25)
+    missing_lines = lines
     dev = monitor.deviations
     errors = dev.verdict.str.startswith("ERROR").sum()
     lines = [
         f"{len(dev)} visit(s) outside their window, {errors} of them error(s). Scheduled day: "
-        "first infusion + months x 30.44 days (clinical/visits.csv visit_date). The samples "
-        "are kept in the analysis as dated; an error means the sample is not what its visit "
-        "label says (a 'baseline' drawn after the infusion).",
+        "first infusion + months x 30.44 days (clinical/visits.csv visit_date). "
+        + monitor.windows_text()
+        + " The samples are kept in the analysis as dated; an error means the sample is not "
+        "what its visit label says (a 'baseline' drawn after the infusion).",
         "",
-        f"{'patient':8} {'visit':6} {'scheduled':>11} {'visit date':>11} {'days off':>9}  verdict",
     ]
-    lines += [
-        f"{r.patient_id:8} {r.visit:6} {r.scheduled:>11} {r.visit_date:>11} "
-        f"{r.days_from_schedule:9d}  {r.verdict}"
-        for r in dev.itertuples()
-    ] or ["(none)"]
-    _text_pages(pdf, "Visit-window deviations", lines, size=7)
+    if len(dev):
+        lines.append(
+            f"{'patient':8} {'visit':6} {'scheduled':>11} {'visit date':>11} {'days off':>9}  "
+            "verdict"
+        )
+        lines += [
+            f"{r.patient_id:8} {r.visit:6} {r.scheduled:>11} {r.visit_date:>11} "
+            f"{r.days_from_schedule:9d}  {r.verdict}"
+            for r in dev.itertuples()
+        ]
+    else:
+        lines.append("Every dated visit of every patient is within its window.")
+    # One page for both when they fit (a page of 'none' says nothing); long reasons wrap under
+    # the 'why' column.
+    missing_lines = _wrap(missing_lines, _line_chars(7), hang=8 + 1 + 6 + 1 + 6 + 1 + 25)
+    _text_pages(
+        pdf,
+        "Missing samples and why. Visit-window deviations",
+        [*missing_lines, "", "Visit-window deviations", "", *lines],
+        size=7,
+    )
     _text_pages(pdf, "Quality control: cohort summary", monitor.qc, size=7.5)
 
 
@@ -430,8 +457,10 @@ def _sample_states(samples: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def qc_summary_lines(samples: pd.DataFrame) -> list[str]:
-    """How many processed samples need review and why; populations not measured and why."""
+def qc_summary_lines(samples: pd.DataFrame, names: Names | None = None) -> list[str]:
+    """How many processed samples need review and why; populations not measured and why;
+    each reason in words (``reports.names``), per panel."""
+    names = names or Names()
     processed = samples[samples.status == "processed"]
     flags = processed.qc_flags.fillna("").str.split(";")
     review = flags.map(lambda f: NEEDS_REVIEW in f)
@@ -439,22 +468,25 @@ def qc_summary_lines(samples: pd.DataFrame) -> list[str]:
         f"Processed samples: {len(processed)}; needing review before release: "
         f"{int(review.sum())} (a gate or threshold placed by its default, or high QC loss)."
     ]
-    reasons = pd.Series(
-        [x for f in flags for x in f if x.startswith(REVIEW_FLAGS)], dtype=object
-    ).value_counts()
-    lines += [f"    {reason}: {count} samples" for reason, count in reasons.items()]
-    lost = pd.Series(
-        [
-            x.removeprefix("not_measured:")
-            for f in flags
-            for x in f
-            if x.startswith("not_measured:")
-        ],
-        dtype=object,
-    ).value_counts()
-    if not lost.empty:
+
+    def counted(prefixes: tuple[str, ...]) -> list[str]:
+        found = pd.Series(
+            [
+                (panel, x)
+                for panel, f in zip(processed.panel, flags, strict=True)
+                for x in f
+                if x.startswith(prefixes)
+            ],
+            dtype=object,
+        ).value_counts(sort=False)
+        ordered = sorted(found.items(), key=lambda item: (item[0][0], -item[1]))
+        return [f"    {panel}: {names.flag(panel, x)}: {n} samples" for (panel, x), n in ordered]
+
+    lines += counted(REVIEW_FLAGS)
+    lost = counted(("not_measured:",))
+    if lost:
         lines.append("Populations not measured (the tube lacks a marker they need):")
-        lines += [f"    {what}: {count} samples" for what, count in lost.items()]
+        lines += lost
     return lines
 
 
@@ -483,7 +515,12 @@ def _completeness_page(pdf: PdfPages, ctx: ReportContext, samples: pd.DataFrame)
         )
         part = f" ({k}/{len(pages)}: {patients[0]} to {patients[-1]})" if len(pages) > 1 else ""
         ax.set_title(f"Data completeness: patients x visits x panels{part}")
-        fig.text(0.08, 0.2, "\n".join(qc_summary_lines(samples)[:14]), fontsize=7, va="top")
+        summary = qc_summary_lines(samples, ctx.names)
+        if len(summary) > 14:  # the page holds 14 lines; the rest is in the CSV
+            summary = summary[:13] + [
+                f"    and {len(summary) - 13} more reasons: results/samples.csv, qc_flags"
+            ]
+        fig.text(0.08, 0.2, "\n".join(summary), fontsize=7, va="top")
         pdf.savefig(fig)
         plt.close(fig)
 
@@ -492,7 +529,7 @@ def _clinical_figures(
     pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.DataFrame
 ) -> None:
     fig, axes = plt.subplots(len(ctx.groups), 4, figsize=A4_LANDSCAPE, squeeze=False)
-    fig.subplots_adjust(left=0.06, right=0.98, top=0.9, bottom=0.06, hspace=0.55, wspace=0.4)
+    fig.subplots_adjust(left=0.06, right=0.96, top=0.9, bottom=0.09, hspace=0.6, wspace=0.4)
     fig.suptitle(
         "Clinical outcomes per patient: before vs after infusion (paired Wilcoxon), "
         "drugs at baseline vs +12 months (exact McNemar)",
@@ -541,7 +578,8 @@ def _clinical_figures(
             share_bl,
             share_12,
             dict(zip(fisher.measure, fisher.p_value, strict=True)),
-            f"{ctx.groups[group]}: drugs (n={len(followed)})",
+            f"{ctx.groups[group]}: on each drug\n(n = {len(followed)} at +12 months; McNemar)",
+            labels=ctx.names.drugs,
         )
     pdf.savefig(fig)
     plt.close(fig)
@@ -561,49 +599,72 @@ def _p_or_why(row, before: np.ndarray, after: np.ndarray) -> str:
     return f"p: not computed ({int(pairs.sum())} pairs)"
 
 
-def _clinical_table(pdf, statistics: pd.DataFrame) -> None:
-    """The clinical statistics page: every clinical row with its estimate where one exists
-    (a dagger where the maximum-likelihood estimate does not), interval, p, the plan's
-    primary p starred, and the row's flag; then each row's method as run."""
+def _clinical_table(pdf, statistics: pd.DataFrame, ctx: ReportContext | None = None) -> None:
+    """The clinical statistics page: per analysis and measure (named in words, their codes in
+    brackets), one row per group and test with its estimate where one exists (a dagger where
+    the maximum-likelihood estimate does not), interval, p, the plan's primary p starred, and
+    the row's flag in words; then each analysis's method as run."""
+    names = ctx.names if ctx is not None else Names()
+    groups = ctx.groups if ctx is not None else {}
     rows = statistics[statistics.analysis != "wilcoxon_vs_baseline"]
     header = (
-        f"{'analysis':28} {'group':6} {'measure':28} {'test':22} {'n':>3} {'statistic':>9} "
-        f"{'effect':>11} {'95% CI':>20} {'p':>8}  {'flag':19}"
+        f"{'group':14} {'test':27} {'n':>3} {'statistic':>9} {'estimate':>11} "
+        f"{'95% CI':>20} {'p':>8}   flag"
     )
-    lines = [header, "-" * len(header)]
-    for r in rows.itertuples():
-        exists = r.estimate_exists is True or r.estimate_exists == 1  # bool, numpy bool
-        # Infinite: a Kaplan-Meier median not reached; otherwise an interval's open end.
-        infinite = "not reached" if r.test == "kaplan_meier" else "inf"
-        effect = format_estimate(r.effect, infinite=infinite) if exists else "†"
-        ci = format_interval(r.ci_low, r.ci_high, infinite="inf") if exists else ""
-        star = "*" if r.primary is True or r.primary == 1 else " "
-        flag = r.flag if isinstance(r.flag, str) else ""
-        lines.append(
-            f"{r.analysis:28} {r.group:6} {r.measure:28} {r.test:22} {r.n:>3.0f} "
-            f"{format_estimate(r.statistic, infinite='inf'):>9} {effect:>11} {ci:>20} "
-            f"{format_p(r.p_value):>8}{star} {flag:19}"
-        )
+    lines: list[str] = []
+    for (analysis, measure), block in rows.groupby(["analysis", "measure"], sort=False):
+        what = names.drug(measure) if analysis.startswith("drug_use") else names.measure(measure)
+        lines += [
+            f"{ANALYSIS_TITLES.get(analysis, analysis)}: {what}  [{analysis}, {measure}]",
+            header,
+        ]
+        for r in block.itertuples():
+            exists = r.estimate_exists is True or r.estimate_exists == 1  # bool, numpy bool
+            # Infinite: a Kaplan-Meier median not reached; otherwise an interval's open end.
+            infinite = "not reached" if r.test == "kaplan_meier" else "inf"
+            effect = format_estimate(r.effect, infinite=infinite) if exists else "†"
+            # A zero cell's exact interval bounds the estimate that does not exist: shown.
+            ci = format_interval(r.ci_low, r.ci_high, infinite="inf")
+            star = "*" if r.primary is True or r.primary == 1 else " "
+            flag = flag_short(r.flag) if isinstance(r.flag, str) else ""
+            p = format_p(r.p_value) if np.isfinite(r.p_value) else "-"
+            lines.append(
+                f"{groups.get(r.group, r.group)[:14]:14} "
+                f"{TEST_TITLES.get(r.test, str(r.test))[:27]:27} {r.n:>3.0f} "
+                f"{_statistic(r.statistic):>9} {effect:>11} {ci:>20} {p:>8}{star}  {flag}"
+            )
+        lines.append("")
     lines += [
-        "",
         "* the primary p of its analysis and group under the analysis plan (study.yaml "
         "analysis: primary_p; Methods). Clinical p-values are not adjusted. p to 2, "
-        "estimates to 3 significant digits; full precision in results/statistics.csv.",
-        "† the maximum-likelihood estimate does not exist (flag monotone_likelihood: the "
-        "likelihood rises for ever as the hazard ratio goes to 0 or infinity; zero_cell: a "
-        "zero cell makes the odds ratio 0 or infinite): no estimate, interval or Wald p is "
-        "shown for it; read the Firth (cox_firth) and exact (cox_exact_conditional) rows. "
-        "all_one_sign: every paired difference has one sign, so p is the smallest the test "
-        "can give.",
-        "Kaplan-Meier medians (effect, days; inf = not reached) are in results/statistics.csv, "
-        "the curves' steps in results/km_curves.csv.",
+        "estimates to 3 significant digits; full precision in results/statistics.csv. "
+        "-: no test (a median, or a model that could not be fitted: its method says why).",
+        "Estimates: Wilcoxon rows the median of the paired differences (after - before); Cox "
+        "rows the hazard ratio after vs before; Fisher the conditional odds ratio; McNemar "
+        "the change in the share of patients on the drug; Kaplan-Meier the median in days.",
+        "† the maximum-likelihood estimate does not exist: no estimate or Wald p is shown for "
+        "it; read the Firth penalised and exact conditional rows (a zero cell: the exact "
+        "conditional interval of the odds ratio still bounds it). Flags: "
+        + "; ".join(f"'{FLAG_SHORT[code]}', {flag_words(code)}" for code in FLAG_SHORT)
+        + ".",
+        "Kaplan-Meier curves' steps: results/km_curves.csv.",
         "",
-        "Method of each row, as run (rows of one analysis and test differ only in counts; each "
-        "row's own text is its method column in statistics.csv):",
+        "Method of each analysis and test, as run (rows of one analysis and test differ only "
+        "in counts; each row's own text is its method column in statistics.csv):",
     ]
     for r in rows.drop_duplicates(["analysis", "test"]).itertuples():
-        lines.append(f"- {r.analysis} / {r.test}: {r.method}")
+        lines.append(
+            f"- {ANALYSIS_TITLES.get(r.analysis, r.analysis)} / "
+            f"{TEST_TITLES.get(r.test, r.test)}: {r.method}"
+        )
     _text_pages(pdf, "Clinical outcome statistics", lines, size=6.3, landscape=True)
+
+
+def _statistic(value) -> str:
+    """A test statistic as the tables print it: '-' where none was computed, 'infinite' for
+    a sample odds ratio with a zero cell."""
+    text = format_estimate(value, infinite="infinite")
+    return "-" if text == "NA" else text
 
 
 def _wrap(lines: list[str], width: int, hang: int = 4) -> list[str]:
@@ -622,12 +683,12 @@ def _wrap(lines: list[str], width: int, hang: int = 4) -> list[str]:
 
 def _population_page(pdf, ctx: ReportContext, block: pd.DataFrame, tests: pd.DataFrame) -> None:
     """One population: % of parent and cells/µL per visit, all patients and by age group."""
-    panel, population, parent = block.panel.iloc[0], block.population.iloc[0], block.parent.iloc[0]
+    panel, population = block.panel.iloc[0], block.population.iloc[0]
     # Each panel its own y-axis: a shared one let the last group drawn cut off the others.
     fig, axes = plt.subplots(2, len(ctx.groups), figsize=A4_LANDSCAPE, squeeze=False)
     fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.13, hspace=0.45)
     fig.suptitle(
-        f"{ctx.title_of(panel, population)}, % of {ctx.title_of(panel, parent)}\n"
+        f"{ctx.names.definition(panel, population)}\n"
         f"({panel} panel; {population} in results/*.csv)",
         y=0.965,
         fontsize=12,
@@ -644,10 +705,10 @@ def _population_page(pdf, ctx: ReportContext, block: pd.DataFrame, tests: pd.Dat
                 ctx.visits,
                 measure,
                 dict(zip(own.visit, own.p_value, strict=True)),
-                MEASURE_LABEL[measure],
+                ctx.names.measure(measure, panel, population),
                 OKABE_ITO[col % len(OKABE_ITO)],
             )
-            ax.set_title(f"{ctx.groups[group]}: {MEASURE_LABEL[measure]}")
+            ax.set_title(f"{ctx.groups[group]}: {ctx.names.measure(measure, panel, population)}")
             ax.set_xlabel("visit (months after first infusion)")
     fig.text(
         0.07,
@@ -663,9 +724,9 @@ def _population_page(pdf, ctx: ReportContext, block: pd.DataFrame, tests: pd.Dat
 
 def _wilcoxon_tables(pdf, ctx: ReportContext, data: pd.DataFrame, wilcox: pd.DataFrame) -> None:
     header = (
-        f"{'group':6} {'panel':6} {'population':18} {'measure':15} {'visit':5} "
+        f"{'group':12} {'panel':6} {'population':20} {'measure':18} {'visit':5} "
         f"{'n':>3} {'baseline median [IQR]':>24} {'visit median [IQR]':>24} "
-        f"{'median diff':>11} {'p':>9} {'p (BH)':>9}"
+        f"{'median diff':>11} {'95% CI':>18} {'p':>9} {'p (BH)':>9}"
     )
     lines = [header, "-" * len(header)]
     for r in wilcox.itertuples():
@@ -684,14 +745,20 @@ def _wilcoxon_tables(pdf, ctx: ReportContext, data: pd.DataFrame, wilcox: pd.Dat
             return f"{format_estimate(q2)} {format_interval(q1, q3)}"
 
         lines.append(
-            f"{r.group:6} {r.panel:6} {r.population:18} {r.measure:15} {r.visit:5} {r.n:>3} "
+            f"{ctx.groups.get(r.group, r.group)[:12]:12} {r.panel:6} "
+            f"{ctx.names.short(r.panel, r.population)[:20]:20} "
+            f"{ctx.names.measure(r.measure, r.panel, r.population)[:18]:18} {r.visit:5} {r.n:>3} "
             f"{summary(pairs[ctx.baseline]):>24} {summary(pairs[r.visit]):>24} "
-            f"{format_estimate(r.effect):>11} {_fmt_p(r.p_value):>9} {_fmt_p(r.p_adjusted):>9}"
+            f"{format_estimate(r.effect):>11} {format_interval(r.ci_low, r.ci_high) or '-':>18} "
+            f"{_fmt_p(r.p_value):>9} {_fmt_p(r.p_adjusted):>9}"
         )
     lines += [
         "",
-        "Medians [IQR] over the n patients with both visits (the test's pairs). p (BH): "
-        "Benjamini-Hochberg within the row's family (statistics.csv family column).",
+        "Medians [IQR] over the n patients with both visits (the test's pairs); median diff: "
+        "median of the paired differences (visit - baseline), with its distribution-free 95% "
+        "CI from the order statistics (-: fewer than 6 pairs). p (BH): Benjamini-Hochberg "
+        "within the row's family (statistics.csv family column). Populations are defined on "
+        "the page 'Populations: gate definitions'.",
     ]
     _text_pages(
         pdf,
@@ -714,7 +781,7 @@ def _appendix(pdf: PdfPages, samples: pd.DataFrame, visits: list[str] | None = N
         .map(order)
         .fillna(len(order)),
     ).sort_values(["_patient", "_visit", "file"], kind="stable")
-    lines = []
+    lines = [f"{'file':34} {'status':11} sha256 of the file as received"]
     for r in samples.itertuples():
         lines.append(f"{r.file:34} {r.status:11} {r.sha256}")
         if isinstance(r.reason, str) and r.reason:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from reports.names import Names
+
 
 @dataclass(frozen=True)
 class ReportContext:
@@ -40,10 +42,9 @@ class ReportContext:
         return frame[frame.group.isin(self.group_patients[group])]
 
     left_out: list[str] = field(default_factory=list)
-    # Display titles of the populations: (panel token, population) -> title (the strategy's
-    # ``title:``), so pages name "Transitional B (CD24hi CD38hi CD27-)", not transitional_b.
-    population_titles: dict[tuple[str, str], str] = field(default_factory=dict)
+    # What every page calls a population, measure, flag and drug (``reports.names``).
+    names: Names = field(default_factory=Names)
 
     def title_of(self, panel: str, population: str) -> str:
         """A population's display title; its name when the strategy gives none."""
-        return self.population_titles.get((panel, population), population)
+        return self.names.title(panel, population)

@@ -1,7 +1,8 @@
 """Checks that a drawn page cannot misstate: every data point inside its axes' limits, every
 annotation inside its own axes, page text inside the page and clear of the panels' labels,
 nothing within a printer's margin of the page edge, no table without column headers, no
-count axis ticked at fractions.
+count axis ticked at fractions, no raw code (flag codes, nan, full-precision floats, tuples),
+no note about hatching where nothing is hatched, no empty band under the page title.
 
 The report's tests run these on every page's figure object before it is saved."""
 
@@ -19,6 +20,17 @@ TOLERANCE_PX = 1.5
 MARGIN_PT = 14.0
 # Axis labels that say the axis counts things (patients, relapses, drugs, events).
 COUNT_AXIS = re.compile(r"\(count\)|\bnumber of\b|^events\b|^patients\b(?!.*%)", re.I)
+# What a referee should never read: the pipeline's flag codes, raw floats and tuples,
+# non-numbers, a NaN printed as a number ('inf' closing an interval, '[0.5, inf]', is its
+# open end, not a raw value; 'inf' quoted names the CSV's spelling). Names and words come
+# from ``reports.names``.
+RAW_CODE = re.compile(
+    r"\b(default_threshold|default_gate|low_count|not_measured|below_separation_floor"
+    r"|qc_removed|no_spillover_keyword|no_time_channel|entered_at):[^\s;,]+"
+    r"|\(None, |\b\d+\.\d{7,}\b|(?<![\w.'])(nan|NaN|-?inf)(?![\w.\]'])"
+)
+# The largest band of empty page between the title and the panels (share of the height).
+EMPTY_BAND = 0.1
 _NUMBER = re.compile(r"^[-+<>]?\s*\d[\d.,:/%-]*(e[-+]?\d+)?$|^(NA|nan|inf)$", re.I)
 
 
@@ -106,6 +118,56 @@ def unlabelled_tables(lines: list[str]) -> list[str]:
     return problems
 
 
+def raw_codes(text: str) -> list[str]:
+    """The raw codes in a page's text: flag codes, floats to full precision, tuples, nan."""
+    return sorted({m.group(0) for m in RAW_CODE.finditer(text)})
+
+
+def _all_text(fig: Figure) -> list[str]:
+    """Every visible string on the page: page text, titles, labels, ticks, annotations."""
+    texts = [t for t in fig.texts if t.get_visible()]
+    if fig._suptitle is not None:
+        texts.append(fig._suptitle)
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        texts += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label]
+        texts += ax.texts + ax.get_xticklabels() + ax.get_yticklabels()
+        legend = ax.get_legend()
+        if legend is not None:
+            texts += legend.get_texts()
+    return [t.get_text() for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+def _hatching_claimed(fig: Figure, words: list[str]) -> list[str]:
+    """A note about hatched bars on a page where no bar is hatched."""
+    if not any(re.search(r"\bhatch", w, re.I) for w in words):
+        return []
+    # A hatched bar of height 0 shows no hatching: the claim needs a visible one.
+    hatched = any(
+        patch.get_hatch() and patch.get_window_extent().height > 1
+        for ax in fig.axes
+        for patch in ax.patches
+    )
+    return [] if hatched else ["the page's text speaks of hatching but nothing is hatched"]
+
+
+def _empty_band(fig: Figure, renderer, panels) -> list[str]:
+    """A band of empty page between the page title and the panels below it."""
+    title = fig._suptitle
+    if title is None or not title.get_text() or not panels:
+        return []
+    bottom = title.get_window_extent(renderer).y0
+    tops = [ax.get_tightbbox(renderer) for ax in panels]
+    top = max((b.y1 for b in tops if b is not None and b.y1 <= bottom + 1), default=None)
+    if top is None:
+        return []
+    gap = (bottom - top) / fig.bbox.height
+    if gap > EMPTY_BAND:
+        return [f"{gap:.0%} of the page empty between the title and the panels"]
+    return []
+
+
 def _count_ticks(ax) -> list[str]:
     problems = []
     for axis, label, (lo, hi) in (
@@ -142,6 +204,17 @@ def _overprinted_ticks(ax, renderer) -> list[str]:
     return problems
 
 
+def _annotations_overprinted(ax, renderer) -> list[str]:
+    """Annotations of one panel printed over one another (neighbouring bars' tests)."""
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in _visible_texts(ax)]
+    return [
+        f"annotations {a[:20]!r} and {b[:20]!r} of '{ax.get_title()[:40]}' print over each other"
+        for k, (a, box_a) in enumerate(boxes)
+        for b, box_b in boxes[k + 1 :]
+        if _overlap(box_a, box_b)
+    ]
+
+
 def _in_margin(extent: Bbox, page: Bbox, margin_px: float) -> bool:
     return (
         extent.x0 < page.x0 + margin_px
@@ -170,6 +243,7 @@ def figure_problems(fig: Figure) -> list[str]:
                 f"{MARGIN_PT:g} pt of the page edge"
             )
         box = ax.get_window_extent(renderer)
+        problems += _annotations_overprinted(ax, renderer)
         for text in _visible_texts(ax):
             extent = text.get_window_extent(renderer)
             if not _inside(extent, box):
@@ -196,6 +270,10 @@ def figure_problems(fig: Figure) -> list[str]:
                 problems.append(
                     f"page text {text.get_text()[:40]!r} overlaps the panel '{ax.get_title()}'"
                 )
+    words = _all_text(fig)
+    problems += [f"raw code {code!r} printed" for code in raw_codes("\n".join(words))]
+    problems += _hatching_claimed(fig, words)
+    problems += _empty_band(fig, renderer, panels)
     if fig._suptitle is not None and fig._suptitle.get_text():
         extent = fig._suptitle.get_window_extent(renderer)
         if _in_margin(extent, page, margin_px):

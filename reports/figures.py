@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import textwrap
 
 import matplotlib
 
@@ -13,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from reports.numbers import format_p  # noqa: E402
+from reports.numbers import format_p_phrase  # noqa: E402
 
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -173,9 +174,10 @@ def drug_bars(
     share_12m: dict[str, float],
     p_values: dict[str, float],
     title: str,
+    labels: dict[str, str] | None = None,
 ) -> None:
     """Share of patients on each drug at baseline and +12 months, the paired test's p above
-    each pair."""
+    each pair; ``labels``: the drugs' display names (their codes otherwise)."""
     drugs = sorted(share_baseline)
     x = np.arange(len(drugs))
     ax.bar(
@@ -189,8 +191,9 @@ def drug_bars(
         label="+12 months",
     )
     for i, d in enumerate(drugs):
-        ax.text(i, 106, f"p {format_p(p_values.get(d, np.nan))}", ha="center", fontsize=6)
-    ax.set_xticks(x, drugs)
+        ax.text(i, 106, format_p_phrase(p_values.get(d, np.nan)), ha="center", fontsize=6)
+    names = [(labels or {}).get(d, d) for d in drugs]
+    ax.set_xticks(x, [textwrap.fill(n, 14, break_long_words=False) for n in names], fontsize=6)
     ax.set_ylim(0, 165)  # room for the p-values (106) and the legend above them
     ax.set_yticks([0, 25, 50, 75, 100])
     ax.set_ylabel("patients on the drug (%)")

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from reports.names import Names
+
 
 @dataclass(frozen=True)
 class MonitorTables:
@@ -20,6 +22,18 @@ class MonitorTables:
     deviations: pd.DataFrame
     qc: list[str]
     definitions: list[str]
+    # The plan's visit windows (days), for the deviations page to state what it checked.
+    visit_window_days: float
+    baseline_window_days: float
+
+    def windows_text(self) -> str:
+        """The windows the deviations were checked against, in words."""
+        return (
+            f"Windows checked: each follow-up visit within +/-{self.visit_window_days:g} days "
+            "of its scheduled day; the baseline at most "
+            f"{self.baseline_window_days:g} days before the first infusion and never after it "
+            "(study.yaml analysis: visit_window_days, baseline_window_days)."
+        )
 
 
 DAYS_PER_MONTH = 30.44
@@ -183,9 +197,16 @@ def visit_deviations(
     return pd.DataFrame(rows, columns=columns)
 
 
-def qc_summary(samples: pd.DataFrame, qc_steps: pd.DataFrame, gates: pd.DataFrame) -> list[str]:
+def qc_summary(
+    samples: pd.DataFrame,
+    qc_steps: pd.DataFrame,
+    gates: pd.DataFrame,
+    names: Names | None = None,
+) -> list[str]:
     """Per panel: samples, events acquired, share removed by each QC step (median and
-    maximum), thresholds left at their default, samples to review and with low counts."""
+    maximum), thresholds left at their default (by marker), samples to review, and which
+    populations had low counts in how many samples, with the floor."""
+    names = names or Names()
     processed = samples[samples.status == "processed"]
     lines = []
     for panel, block in processed.groupby("panel"):
@@ -194,6 +215,9 @@ def qc_summary(samples: pd.DataFrame, qc_steps: pd.DataFrame, gates: pd.DataFram
         steps["share"] = steps.removed / steps.events_in.replace(0, np.nan)
         flags = block.qc_flags.fillna("").str.split(";")
         low = int(flags.map(lambda f: any(x.startswith("low_count:") for x in f)).sum())
+        low_by_flag = pd.Series(
+            [x for f in flags for x in f if x.startswith("low_count:")], dtype=object
+        ).value_counts()
         lines += [
             f"Panel {panel}: {len(block)} samples, events acquired "
             f"{_median_range(block.events.astype(float), '{:.0f}')} (median (range))",
@@ -206,11 +230,19 @@ def qc_summary(samples: pd.DataFrame, qc_steps: pd.DataFrame, gates: pd.DataFram
         mine = gates[gates.sample_id.isin(keys)]
         defaults = mine[(mine.kind == "threshold") & ~mine.from_data.astype(bool)]
         per_gate = defaults.groupby("gate").size()
-        placed = ", ".join(f"{g} {n}" for g, n in per_gate.items()) or "none"
+        placed = (
+            ", ".join(
+                f"{names.markers.get((panel, g), '')} ({g}) {n}".lstrip()
+                for g, n in per_gate.items()
+            )
+            or "none"
+        )
         lines += [
             f"  thresholds left at the strategy's default (samples): {placed}",
-            f"  needs review: {int(block.needs_review.astype(str).eq('True').sum())}   "
-            f"low counts: {low}",
-            "",
+            f"  needs review before release: "
+            f"{int(block.needs_review.astype(str).eq('True').sum())} samples",
+            f"  samples with a population below its event floor: {low}" + (":" if low else ""),
         ]
+        lines += [f"    {names.flag(panel, flag)}: {n} samples" for flag, n in low_by_flag.items()]
+        lines.append("")
     return lines

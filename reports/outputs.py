@@ -21,6 +21,7 @@ from cohort.review import (
     REVIEW_ACTIONS,
     ReviewStatus,
     current_review_states,
+    describe_override,
     status_frame,
     undone,
 )
@@ -39,6 +40,7 @@ from reports.monitor_pages import (
     table_one,
     visit_deviations,
 )
+from reports.names import Names
 from reports.qc_report import write_sample_qc_report
 from stats.clinical import (
     COX_ANALYSES,
@@ -126,10 +128,7 @@ def review_lines(study: Study, store: Store, review: pd.DataFrame) -> list[str]:
         if e.action == "exclude" and status.get(e.sample_id) != "excluded":
             continue  # approved again later
         if e.action == "override":
-            what = (
-                f"{e.detail['threshold']} {e.detail.get('old') or float('nan'):.3f} -> "
-                f"{float(e.detail['new']):.3f}"
-            )
+            what = describe_override(e.detail)
         else:
             what = "excluded from the statistics"
         lines.append(f"  #{e.seq} {e.at[:19]} {e.who}: {e.sample_id} {what}; why: {e.reason}")
@@ -317,8 +316,10 @@ def monitor_tables(study: Study, store: Store, results: CohortResults) -> Monito
             cfg.analysis.visit_window_days,
             cfg.analysis.baseline_window_days,
         ),
-        qc=qc_summary(samples, store.current_qc_steps(), store.current_gates()),
+        qc=qc_summary(samples, store.current_qc_steps(), store.current_gates(), study_names(study)),
         definitions=definitions,
+        visit_window_days=cfg.analysis.visit_window_days,
+        baseline_window_days=cfg.analysis.baseline_window_days,
     )
 
 
@@ -366,12 +367,32 @@ def report_context(study: Study, store: Store, results: CohortResults) -> Report
             f"{name} is broken, so this report leaves out {FEEDS[name]}"
             for name in results.broken_inputs
         ],
-        population_titles={
-            (token, name): title
-            for token, strategy in study.strategies.items()
-            if isinstance(strategy, Strategy)
-            for name, title in strategy.titles().items()
+        names=study_names(study),
+    )
+
+
+def study_names(study: Study) -> Names:
+    """The study's display names: populations from each strategy as run (title, parent,
+    thresholds' markers), drugs from the analysis plan."""
+    strategies = {t: s for t, s in study.strategies.items() if isinstance(s, Strategy)}
+    return Names(
+        titles={  # gates without a title: not reported, printed by their code
+            (token, gate.name): gate.title
+            for token, strategy in strategies.items()
+            for gate in strategy.gates
+            if gate.title
         },
+        parents={
+            (token, gate.name): gate.parent
+            for token, strategy in strategies.items()
+            for gate in strategy.gates
+        },
+        markers={
+            (token, name): spec.dimension
+            for token, strategy in strategies.items()
+            for name, spec in strategy.thresholds.items()
+        },
+        drugs=study.config.analysis.drugs,
     )
 
 

@@ -11,13 +11,9 @@ import pandas as pd
 
 from reports.context import ReportContext
 from reports.figures import A4_LANDSCAPE, OKABE_ITO, boxplot_by_visit, count_axis, plt
+from reports.names import Names
 from reports.numbers import format_estimate, format_interval, format_p, format_p_phrase
 
-MEASURE_TITLE = {
-    "pct_parent": "% of parent",
-    "pct_lymphocytes": "% of lymphocytes",
-    "cells_per_ul": "cells/µL",
-}
 KM_TICKS = (0, 90, 180, 270, 365)
 
 
@@ -144,7 +140,9 @@ def figure_2a(
             ]
             lines.append((window, colour, at_risk))
         ax.set_xlim(-20, 385)
-        ax.set_ylim(0, 1.08)
+        # Room above 1 for the legend: a curve that never drops (no relapse after) runs at 1.
+        ax.set_ylim(0, 1.25)
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
         ax.set_xticks(KM_TICKS)
         ax.set_xlabel("days since the window's start")
         ax.set_ylabel("relapse-free (proportion)")
@@ -178,12 +176,33 @@ def _drug_counts(block: pd.DataFrame, drugs: list[str]) -> tuple[dict, dict]:
     return count("drugs_baseline"), count("drugs_12m")
 
 
+def drug_test_lines(fisher, mcnemar) -> str:
+    """Figure 2B's text over one drug: Fisher's odds ratio with its exact interval and p,
+    McNemar's change in the share on the drug and p; the plan's primary p marked."""
+    lines = []
+    if fisher is not None:
+        ci = format_interval(fisher.ci_low, fisher.ci_high, infinite="inf")
+        if bool(fisher.estimate_exists):
+            estimate = f"OR {format_estimate(fisher.effect, infinite='inf')} {ci}"
+        elif ci:  # a zero cell: the estimate is 0 or infinite, the exact interval bounds it
+            estimate = f"OR† {ci}"
+        else:
+            estimate = "no OR"  # every patient on, or every patient off, at both dates
+        lines += [f"Fisher {estimate}", f"  {_p_text(fisher)}"]
+    if mcnemar is not None:
+        change = f"{100 * mcnemar.effect:+.0f}%" if np.isfinite(mcnemar.effect) else "NA"
+        lines += [f"McNemar change {change}", f"  {_p_text(mcnemar)}"]
+    return "\n".join(lines)
+
+
 def figure_2b(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.DataFrame) -> None:
-    """Numbers of patients on each drug at baseline and at +12 months, per group."""
+    """Numbers of patients on each drug at baseline and at +12 months, per group, with each
+    drug's tests: estimate, interval and p, the primary p marked."""
+    names = ctx.names
     followed = windows[windows.drugs_12m.notna()]
     drugs = sorted(set(statistics.loc[statistics.analysis == "drug_use_fisher", "measure"]))
     fig, axes = plt.subplots(1, len(ctx.groups), figsize=A4_LANDSCAPE, squeeze=False)
-    fig.subplots_adjust(left=0.06, right=0.98, top=0.82, bottom=0.2, wspace=0.3)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.88, bottom=0.2, wspace=0.3)
     fig.suptitle(
         "Figure 2B. Patients on each drug at baseline and at +12 months",
         y=0.965,
@@ -197,7 +216,7 @@ def figure_2b(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Dat
         ax.bar(x - 0.2, [at_bl[d] for d in drugs], 0.4, color=OKABE_ITO[0], label="baseline")
         ax.bar(x + 0.2, [at_12[d] for d in drugs], 0.4, color=OKABE_ITO[1], label="+12 months")
         top = max(len(block), 1)
-        ax.set_ylim(0, top * 1.45)
+        ax.set_ylim(0, top * 1.5)
         for i, drug in enumerate(drugs):
             fisher = statistic_row(
                 statistics, analysis="drug_use_fisher", group=group, measure=drug
@@ -207,13 +226,16 @@ def figure_2b(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Dat
             )
             ax.text(
                 i,
-                top * 1.08,
-                f"Fisher {_fmt_p(fisher.p_value if fisher is not None else np.nan)}\n"
-                f"McNemar {_fmt_p(mcnemar.p_value if mcnemar is not None else np.nan)}",
+                top * 1.04,
+                drug_test_lines(fisher, mcnemar),
                 ha="center",
-                fontsize=6,
+                va="bottom",
+                fontsize=5.5,
+                linespacing=1.25,
             )
-        ax.set_xticks(x, drugs)
+        ax.set_xticks(
+            x, [textwrap.fill(names.drug(d), 14, break_long_words=False) for d in drugs], fontsize=7
+        )
         ax.set_ylabel("patients on the drug (count)")
         count_axis(ax)
         ax.set_title(f"{title} (n = {len(block)} followed to +12 months)", fontsize=9)
@@ -222,13 +244,29 @@ def figure_2b(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Dat
     _note(
         fig,
         "As the paper, counts of patients. Fisher's exact test is the paper's; it treats the two "
-        "dates as independent groups. McNemar's exact test is the paired test of the same "
-        "patients at both dates. Patients not followed to +12 months are left out at both "
-        "dates" + (f" ({', '.join(lost.patient_id)})." if len(lost) else "."),
+        "dates as independent groups: OR, the conditional maximum-likelihood odds ratio of "
+        "being on the drug at baseline vs +12 months, with its exact conditional 95% CI (as "
+        "R's fisher.test); † a zero cell, so the odds ratio is 0 or infinite. McNemar's exact "
+        "test is the paired test of the same patients at both dates; change: the share of "
+        "patients on the drug at +12 months minus at baseline. (primary): the p the analysis "
+        "plan names primary. Patients not followed to +12 months are left out at both dates"
+        + (f" ({', '.join(lost.patient_id)})." if len(lost) else "."),
         y=0.05,
     )
     pdf.savefig(fig)
     plt.close(fig)
+
+
+def paired_test_text(row) -> str:
+    """A paired Wilcoxon row as Figure 3 prints it: the median difference with its 95%
+    interval, and p (primary marked); why not, where there is no test."""
+    if row is None:
+        return "not tested"
+    ci = format_interval(row.ci_low, row.ci_high)
+    estimate = f"median {format_estimate(row.effect)}" + (f" {ci}" if ci else " (n < 6: no CI)")
+    if not np.isfinite(row.p_value):  # the signed-rank test needs a non-zero difference
+        return f"{estimate}; no test: no patient changed"
+    return f"{estimate}, Wilcoxon {_p_text(row)}"
 
 
 # Patients per group on one Figure 3 page: 6-point ids under each pair of bars stay apart.
@@ -260,6 +298,7 @@ def _figure_3_page(pdf, ctx, windows, statistics, subgroups, page: int, n_pages:
         weight="bold",
     )
     shown: set[str] = set()
+    hatched = False  # a hatched bar that is not 0 high: only then does the note say so
     for col, group in enumerate(subgroups):
         whole = ctx.members(windows, group)
         size = -(-len(whole) // n_pages)
@@ -273,6 +312,7 @@ def _figure_3_page(pdf, ctx, windows, statistics, subgroups, page: int, n_pages:
         ax.set_ylim(0, top * 1.3 + 0.5)
         for i, (bar, is_short) in enumerate(zip(bars, short, strict=True)):
             if is_short:  # the window the patient was followed: a bar of 0 would hide it
+                hatched |= bar.get_height() > 0
                 bar.set_hatch("///")
                 bar.set_edgecolor("0.2")
                 days = int(block.after_days.iloc[i])
@@ -288,13 +328,12 @@ def _figure_3_page(pdf, ctx, windows, statistics, subgroups, page: int, n_pages:
         ax.set_ylabel("relapses (count)")
         count_axis(ax)
         test = statistic_row(statistics, analysis="relapses_before_after", group=group)
-        p = format_p_phrase(test.p_value if test is not None else None)
         n_after = int((whole.after_days >= whole.before_days).sum())
         shown |= set(block.patient_id)
         ax.set_title(
-            f"3A {ctx.groups[group]}: n = {len(whole)} before, {n_after} full windows after; "
-            f"rates {p}",
-            fontsize=8,
+            f"3A {ctx.groups[group]}: n = {len(whole)} before, {n_after} full windows after\n"
+            f"relapses per year, after - before: {paired_test_text(test)}",
+            fontsize=7.5,
         )
         ax.legend(frameon=False, fontsize=6, loc="upper right")
 
@@ -318,11 +357,10 @@ def _figure_3_page(pdf, ctx, windows, statistics, subgroups, page: int, n_pages:
         ax.set_ylabel("drugs (count)")
         count_axis(ax)
         test = statistic_row(statistics, analysis="drugs_baseline_12m", group=group)
-        p = format_p_phrase(test.p_value if test is not None else None)
         ax.set_title(
             f"3B {ctx.groups[group]}: n = {int(whole.n_drugs_12m.notna().sum())} followed to "
-            f"+12 months; {p}",
-            fontsize=8,
+            f"+12 months\ndrugs, +12 months - baseline: {paired_test_text(test)}",
+            fontsize=7.5,
         )
         ax.legend(frameon=False, fontsize=6, loc="upper right")
     lost = windows[(windows.after_days < windows.before_days) & windows.patient_id.isin(shown)]
@@ -332,7 +370,10 @@ def _figure_3_page(pdf, ctx, windows, statistics, subgroups, page: int, n_pages:
         "The paper shows counts (n = all patients before, those still followed after). The "
         "tests here compare relapses per 365 days of observation with every patient, so a "
         "shortened window is not read as fewer relapses"
-        + (f"; hatched: after-window shortened by loss to follow-up: {lost_text}" * bool(lost_text))
+        + (
+            f"; 'd only' over a bar{', hatched,' if hatched else ''}: after-window shortened "
+            f"by loss to follow-up: {lost_text}" * bool(lost_text)
+        )
         + ". Drug counts: patients not followed to +12 months are left out of the test.",
         y=0.03,
     )
@@ -350,9 +391,11 @@ def figure_4(
     measure: str,
     visits: list[str],
     statistics: pd.DataFrame,
+    names: Names | None = None,
 ) -> None:
     """One part of Figure 4: a group's populations per visit, box-and-whisker, n per visit,
     stars for the paired Wilcoxon test against baseline."""
+    names = names or Names()
     fig, axes = plt.subplots(1, len(specs), figsize=A4_LANDSCAPE, squeeze=False)
     fig.subplots_adjust(left=0.06, right=0.98, top=0.88, bottom=0.2, wspace=0.35)
     fig.suptitle(f"Figure {label}. {group_title}: {title}", y=0.965, fontsize=12, weight="bold")
@@ -371,10 +414,11 @@ def figure_4(
             visits,
             measure,
             dict(zip(tests.visit, tests.p_value, strict=True)),
-            MEASURE_TITLE[measure],
+            names.measure(measure, panel, population),
             OKABE_ITO[1],
         )
-        ax.set_title(f"{population} ({panel})", fontsize=9)
+        # The population with its defining markers, wrapped to the panel's width.
+        ax.set_title(textwrap.fill(names.title(panel, population), 26), fontsize=9)
         ax.set_xlabel("visit")
     _note(
         fig,

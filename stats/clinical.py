@@ -36,6 +36,14 @@ def _shortened_note(block: pd.DataFrame) -> str:
     return f"; after-window shortened by loss to follow-up: {listed}"
 
 
+def _not_followed_note(block: pd.DataFrame) -> str:
+    lost = block[block.drugs_12m.isna()]
+    if lost.empty:
+        return ""
+    listed = ", ".join(f"{r.patient_id} (followed {r.after_days} d)" for r in lost.itertuples())
+    return f": {listed}"
+
+
 def _row(analysis, group, measure, **values) -> dict:
     row = dict.fromkeys(STATISTICS_COLUMNS, np.nan)
     row.update(
@@ -90,6 +98,8 @@ def paired_before_after(
     rows = []
     rule = plan.signed_rank.rule()
     for analysis, measure, before, after, what in specs:
+        # Drugs are counted on two days, so a shortened window is not the point: who is out.
+        at_12m = analysis == "drugs_baseline_12m"
         if analysis in leave_out or analysis not in plan.clinical:
             continue
         for group, block in _groups(windows, plan):
@@ -104,10 +114,13 @@ def paired_before_after(
                     p_value=res.p_value,
                     test=res.test,
                     effect=res.effect,
+                    ci_low=res.ci_low,
+                    ci_high=res.ci_high,
                     flag=res.flag,
                     primary=np.isfinite(res.p_value),
-                    method=f"{res.method}; {what}; effect = median(after - before)"
-                    + _shortened_note(block),
+                    method=f"{res.method}; {what}"
+                    + (_not_followed_note(block) if at_12m else _shortened_note(block))
+                    + "; effect = median(after - before)",
                 )
             )
     return pd.DataFrame(rows, columns=STATISTICS_COLUMNS)
@@ -562,8 +575,9 @@ def kaplan_meier_medians(curves: dict[tuple[str, str], KaplanMeierFitter]) -> pd
                 test="kaplan_meier",
                 family="not tested",
                 estimate_exists=True,  # inf is an answer here: fewer than half relapsed
-                method="Kaplan-Meier median time to first relapse in the 12-month window "
-                f"{window} infusion (days; inf = not reached: fewer than half relapsed)",
+                method="Kaplan-Meier median time to first relapse in each patient's 12-month "
+                "window before or after infusion, as the row's measure says (days; not reached "
+                "when fewer than half relapsed: 'inf' in statistics.csv)",
             )
         )
     return pd.DataFrame(rows, columns=STATISTICS_COLUMNS)

@@ -102,6 +102,53 @@ DEFAULT_GROUPS = [
 ]
 DEFAULT_PATIENT_GROUPS = ("child", "adult")  # patients.csv group values of the default plan
 
+# Display names of the drug classes counted (cohort.clinical.DRUG_CLASS); study.yaml
+# ``analysis: drug_names`` adds or overrides entries. A class not named prints as its code.
+DEFAULT_DRUG_NAMES = {
+    "prednisone": "prednisone or equivalent",
+    "mmf": "mycophenolate mofetil",
+    "cni": "calcineurin inhibitor",
+    "rituximab": "rituximab",
+}
+# What each measure of statistics.csv is, as axes and columns say it (``pct_parent`` names
+# its parent population where the page knows it: reports.names).
+MEASURE_TITLES = {
+    "pct_parent": "% of parent",
+    "pct_lymphocytes": "% of lymphocytes",
+    "cells_per_ul": "cells/µL",
+    "relapses_per_year": "relapses per 365 days of observation",
+    "n_immunosuppressive_drugs": "number of immunosuppressive drugs",
+    "prednisone_mg_per_year": "prednisone, mg per 365 days of observation",
+    "hazard_ratio_after_vs_before": "hazard ratio of a first relapse, after vs before",
+    "median_days_before": "median days to a first relapse, window before infusion",
+    "median_days_after": "median days to a first relapse, window after infusion",
+}
+# The analyses (statistics.csv ``analysis``) and tests (``test``) in words.
+ANALYSIS_TITLES = {
+    "wilcoxon_vs_baseline": "Visit vs baseline, paired Wilcoxon signed-rank",
+    "relapses_before_after": "Relapses, 12 months before vs after infusion",
+    "drugs_baseline_12m": "Immunosuppressive drugs, infusion day vs +12 months",
+    "prednisone_before_after": "Prednisone dose, 12 months before vs after infusion",
+    "relapse_free_cox_unmatched": "Relapse-free survival: Cox, windows unmatched",
+    "relapse_free_cox_stratified": "Relapse-free survival: Cox, stratified by patient",
+    "kaplan_meier_median": "Relapse-free survival: Kaplan-Meier medians",
+    "drug_use_fisher": "On the drug, baseline vs +12 months: Fisher's exact test",
+    "drug_use_mcnemar": "On the drug, baseline vs +12 months: exact McNemar test",
+}
+TEST_TITLES = {
+    "signed_rank_exact": "Wilcoxon, exact",
+    "signed_rank_permutation": "Wilcoxon, exact permutation",
+    "signed_rank_normal_cc": "Wilcoxon, normal approx.",
+    "cox_wald": "Cox ML, Wald",
+    "cox_likelihood_ratio": "Cox ML, likelihood ratio",
+    "cox_firth": "Firth penalised",
+    "cox_exact_conditional": "exact conditional (pairs)",
+    "fisher_exact": "Fisher's exact",
+    "mcnemar_exact": "McNemar's exact",
+    "kaplan_meier": "Kaplan-Meier",
+    "not_tested": "not tested",
+}
+
 
 class AnalysisPlan(BaseModel):
     """study.yaml ``analysis:``; every key has the trial's default."""
@@ -136,6 +183,8 @@ class AnalysisPlan(BaseModel):
     baseline_window_days: float = Field(default=60.0, gt=0)
     # The trial paper's Figure 4: one group, its B-cell subsets and its Treg subsets.
     figure_4: Figure4Spec = Field(default_factory=lambda: Figure4Spec())
+    # Display names of drug classes, over DEFAULT_DRUG_NAMES (e.g. {cni: "tacrolimus"}).
+    drug_names: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("groups")
     @classmethod
@@ -151,6 +200,11 @@ class AnalysisPlan(BaseModel):
         if self.figure_4.group not in {g.name for g in self.groups}:
             raise ValueError(f"figure_4.group {self.figure_4.group!r} is not one of the groups")
         return self
+
+    @property
+    def drugs(self) -> dict[str, str]:
+        """Every drug class's display name: the defaults, overridden by study.yaml."""
+        return {**DEFAULT_DRUG_NAMES, **self.drug_names}
 
     @property
     def group_titles(self) -> dict[str, str]:
@@ -175,7 +229,9 @@ class AnalysisPlan(BaseModel):
             f"non-zero pairs without ties; with ties or zeros, an exact permutation test up to "
             f"{rule.enumerate_up_to} non-zero pairs; else normal approximation with continuity "
             f"and tie correction. Zero differences: {rule.zero_method} "
-            f"({'dropped' if rule.zero_method == 'wilcox' else 'ranked, then dropped'}).",
+            f"({'dropped' if rule.zero_method == 'wilcox' else 'ranked, then dropped'}). "
+            "Estimate: the median of the paired differences, with its distribution-free 95% "
+            "interval from their order statistics (binomial ranks; none below 6 pairs).",
             "Clinical analyses: " + ", ".join(self.clinical) + ".",
             "Cox models (after vs before infusion, Efron ties): whether the ordinary maximum-"
             "likelihood estimate exists is checked first (a linear programme finds any "

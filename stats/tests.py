@@ -45,6 +45,9 @@ class PairedResult:
     # all_one_sign: every non-zero difference has one sign, so p is the smallest the test
     # can give with this many pairs (the effect still exists: a median difference).
     flag: str = ""
+    # The distribution-free 95% interval of the median difference (``median_interval``).
+    ci_low: float = float("nan")
+    ci_high: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,38 @@ def paired_wilcoxon(
     if one_sign:
         notes.append(f"all {m} non-zero differences of one sign: p is the smallest possible")
     detail = f" ({'; '.join(notes)})" if notes else ""
-    method = f"Wilcoxon signed-rank, two-sided, {kind}{detail}"
-    return PairedResult(n, statistic, p, effect, method, test, "all_one_sign" if one_sign else "")
+    low, high = median_interval(diff)
+    interval = (
+        "; 95% CI of the median difference from its order statistics (binomial, distribution-free)"
+        if np.isfinite(low)
+        else f"; no 95% CI of the median difference with {n} pairs (at least 6 needed)"
+    )
+    method = f"Wilcoxon signed-rank, two-sided, {kind}{detail}{interval}"
+    flag = "all_one_sign" if one_sign else ""
+    return PairedResult(n, statistic, p, effect, method, test, flag, low, high)
+
+
+def median_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The distribution-free confidence interval of a median from order statistics: the
+    k-th smallest and k-th largest value, k the largest rank with P(Binomial(n, 1/2) < k) <=
+    (1 - level) / 2, so the coverage is at least ``level`` (Conover, Practical Nonparametric
+    Statistics, 3rd ed., section 3.2; n = 10 gives the 2nd and 9th values). NaN when n is
+    too small for any interval to reach ``level`` (n < 6 at 95%)."""
+    from scipy import stats
+
+    x = np.sort(np.asarray(values, float)[np.isfinite(values)])
+    n = x.size
+    if n == 0:
+        return float("nan"), float("nan")
+    # P(B <= k - 1) <= alpha/2  <=>  k - 1 <= ppf; binom.ppf gives the smallest q with cdf >= p.
+    alpha = (1.0 - level) / 2.0
+    k = int(stats.binom.ppf(alpha, n, 0.5))
+    if stats.binom.cdf(k, n, 0.5) > alpha:
+        k -= 1
+    k += 1  # 1-based rank of the lower end
+    if k < 1:
+        return float("nan"), float("nan")
+    return float(x[k - 1]), float(x[n - k])
 
 
 def _permutation_p(ranks: np.ndarray, v_plus: float) -> float:

@@ -278,9 +278,27 @@ def test_new_content_under_a_processed_name_is_a_new_acquisition(tmp_path, prefe
 
 
 def test_dask_cluster_gives_the_same_results_as_local_processing(tmp_path, prefect_harness):
+    """Byte for byte the local results; the files are plain functions on the workers (no
+    Prefect there), and the first file's work starts within seconds of connecting (it was
+    41 s with Prefect's task engine on the workers; generous bound for a loaded host)."""
+    from dask.utils import key_split
     from distributed import LocalCluster
+    from distributed.diagnostics.plugin import SchedulerPlugin
 
     from flows.nightly import run_study
+
+    class Timeline(SchedulerPlugin):
+        def __init__(self) -> None:
+            self.connected: list[float] = []
+            self.work: list[tuple[float, str]] = []
+
+        def add_client(self, scheduler, client: str) -> None:
+            self.connected.append(time.time())
+
+        def transition(self, key, start, finish, *args, **kwargs) -> None:
+            for span in kwargs.get("startstops") or ():
+                if span["action"] == "compute" and "prepare_dask_worker" not in key_split(key):
+                    self.work.append((span["start"], key_split(key)))
 
     root = _small_study(tmp_path / "study")
     local = tmp_path / "local"
@@ -289,11 +307,30 @@ def test_dask_cluster_gives_the_same_results_as_local_processing(tmp_path, prefe
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster:
+        timeline = Timeline()
+        cluster.scheduler.add_plugin(timeline)
         summary = run_study(root, dask_address=cluster.scheduler_address)
-        assert "process_batch_task" in cluster.scheduler.task_prefixes  # ran on the cluster
+        prefixes = set(cluster.scheduler.task_prefixes)
+    assert "process_sample_file_noting_warnings" in prefixes  # ran on the cluster
+    assert not any("task" in p for p in prefixes)  # no Prefect task run on a worker
     assert (summary.processed, summary.failed) == (12, 0)
     for name in ("populations.csv", "statistics.csv"):
         assert (root / "results" / name).read_bytes() == (local / "results" / name).read_bytes()
+    first_work = min(timeline.work)[0] - min(timeline.connected)
+    assert first_work < 30, first_work  # 20.9 s at load 13 on 2 cores; 52.7 s before
+
+
+def test_a_dask_address_that_does_not_answer_is_one_line(tmp_path, capsys, monkeypatch):
+    from flows import worker_pool
+    from flows.cli import main
+
+    monkeypatch.setattr(worker_pool, "DASK_CONNECT_SECONDS", 2)
+    root = _small_study(tmp_path / "study", keep=("P01",), visits=("BL",))
+    assert main(["run", "--study", str(root), "--dask", "tcp://127.0.0.1:8839"]) == 2
+    err = capsys.readouterr().err
+    assert "--dask tcp://127.0.0.1:8839: no Dask scheduler answered" in err
+    assert "Traceback" not in err
+    assert not (root / "results").exists() or not any((root / "results").iterdir())
 
 
 def test_deployments_carry_the_study_schedule(tmp_path):
@@ -542,6 +579,40 @@ def test_the_cli_sends_info_logs_to_the_prefect_api(tmp_path, prefect_harness):
     info = [log.message for log in logs if log.level == 20]
     assert any("files in inbox: 2 to process" in m for m in info), info
     assert sum(m.startswith("processed ") for m in info) == 2, info
+
+
+def test_report_waits_for_a_pass_and_says_what_the_flow_says(tmp_path, capsys):
+    """`immunomon report` and the served report deployment are one function
+    (``flows.outcome.rewrite_cohort_outputs``): the same sentence, exit 2 with a broken
+    visits.csv, and like the deployment it waits for a pass holding the study."""
+    from cohort.study import Study
+    from flows.cli import main
+
+    root = _small_study(tmp_path / "study", keep=("P01",), visits=("BL",))
+    visits = root / "clinical" / "visits.csv"
+    visits.write_text(visits.read_text().replace("visit_date", "visit_day", 1))
+    study = Study(root)
+    held, said = threading.Event(), []
+
+    def a_pass() -> None:  # holds the study until the report says it waits
+        with study.exclusive():
+            held.set()
+            deadline = time.monotonic() + 60
+            while "waiting for the pass started at" not in "".join(said):
+                if time.monotonic() > deadline:
+                    break
+                said.append(capsys.readouterr().err)
+                time.sleep(0.2)
+
+    holder = threading.Thread(target=a_pass)
+    holder.start()
+    held.wait(30)
+    assert main(["report", "--study", str(root)]) == 2
+    holder.join(60)
+    said.append(capsys.readouterr().err)
+    err = "".join(said)
+    assert "waiting for the pass started at" in err
+    assert re.search(r"incomplete: wrote .*; left out: .*visits\.csv: missing column", err), err
 
 
 def test_served_deployments_end_failed_with_our_message_and_no_engine_error(

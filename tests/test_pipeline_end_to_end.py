@@ -140,7 +140,7 @@ def test_report_has_sections_and_the_p_values(demo_run):
         "Paired Wilcoxon signed-rank tests against baseline",
         "Methods",
         "Appendix: input files",
-        "CD19+ B cells, % of Lymphocytes",
+        "CD19+ B cells (% of lymphocytes)",
         "BCELL panel; cd19_b",
         "TREG panel; treg",
         "Figure 2A. Relapse-free survival",

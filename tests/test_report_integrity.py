@@ -86,6 +86,50 @@ def test_figure_checks_catch_the_margin_unlabelled_tables_and_fractional_count_t
     plt.close(fig)
 
 
+def test_figure_checks_catch_raw_codes_false_hatching_empty_bands_and_overprinting():
+    """The rest of issue 24's page faults, each on a constructed page: a flag code and a
+    gate label printed raw, nan in a table, a footnote about hatched bars where the only
+    hatched bar is 0 high, a large empty band under the title, two tests printed over each
+    other above neighbouring bars. The same page drawn right passes."""
+
+    def page(right: bool):
+        fig, ax = plt.subplots(figsize=(11.69, 8.27))
+        fig.subplots_adjust(top=0.9 if right else 0.6, bottom=0.2)
+        fig.suptitle("Figure X", y=0.965)
+        bars = ax.bar([0, 1], [3, 0 if not right else 2])
+        bars[1].set_hatch("///")
+        ax.set_ylim(0, 6)
+        ax.set_ylabel("relapses (count)")
+        ax.set_yticks(range(7))
+        gap = 0.55 if right else 0.02
+        ax.text(0.5 - gap, 4, "OR 0.5 [0.1, 2.0]", ha="center", fontsize=6)
+        ax.text(0.5 + gap, 4, "OR 1.5 [0.3, 8.0]", ha="center", fontsize=6)
+        label = "CD24 boundary at its default" if right else "default_threshold:t_cd24"
+        ax.set_title(label + (" t_cd24 0.489" if right else " (None, 0.48858314752578735)"))
+        fig.text(0.1, 0.08, "hatched: after-window shortened by loss to follow-up", fontsize=7)
+        fig.text(
+            0.1,
+            0.04,
+            "group  test  statistic  p\nall  Fisher  "
+            + ("infinite" if right else "nan")
+            + "  0.02",
+            family="monospace",
+            fontsize=7,
+        )
+        problems = "\n".join(figure_problems(fig))
+        plt.close(fig)
+        return problems
+
+    wrong = page(right=False)
+    assert "raw code 'default_threshold:t_cd24' printed" in wrong
+    assert "raw code '0.48858314752578735' printed" in wrong and "'(None, '" in wrong
+    assert "raw code 'nan' printed" in wrong
+    assert "speaks of hatching but nothing is hatched" in wrong
+    assert "empty between the title and the panels" in wrong
+    assert "'OR 0.5 [0.1, 2.0]' and 'OR 1.5 [0.3, 8.0]'" in wrong and "print over" in wrong
+    assert page(right=True) == ""
+
+
 class _CheckedPdf:
     """Stands in for PdfPages: checks every page instead of saving it."""
 
@@ -144,9 +188,9 @@ def test_the_report_has_the_papers_figures_and_what_a_monitor_asks_for(report_pa
     ):
         assert expected in titles, expected
     # The paper's figures follow the all / children / adults pages, as the issue asks.
-    assert titles.index("Figure 2B") > titles.index("HLA-DR+ memory Treg, % of Memory Treg")
-    # Populations named for a referee, with their defining markers (issue 24).
-    assert "Transitional B (CD24hi CD38hi CD27-), % of CD19+ B cells" in titles
+    assert titles.index("Figure 2B") > titles.index("HLA-DR+ memory Treg (% of memory Treg)")
+    # Populations named for a referee, with their defining markers and parent (issue 24).
+    assert "Transitional B (CD24hi CD38hi CD27-, % of CD19+ B cells)" in titles
 
 
 @functools.cache
@@ -356,12 +400,24 @@ def _trial(n_patients: int):
             "n_drugs_12m": rng.integers(0, 3, n_patients).astype(float),
         }
     )
+    from stats.tests import STATISTICS_COLUMNS
+
     statistics = pd.DataFrame(
         [
-            {"analysis": a, "group": g, "p_value": 0.03}
+            {
+                "analysis": a,
+                "group": g,
+                "p_value": 0.03,
+                "effect": -1.0,
+                "ci_low": -2.0,
+                "ci_high": 0.0,
+                "primary": True,
+                "method": "Wilcoxon signed-rank",
+            }
             for a in ("relapses_before_after", "drugs_baseline_12m")
             for g in ("all", "child", "adult")
-        ]
+        ],
+        columns=STATISTICS_COLUMNS,
     )
     ctx = ReportContext(
         study="scale",

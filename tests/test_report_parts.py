@@ -6,6 +6,9 @@ import pandas as pd
 import pytest
 
 from reports.cohort_report import split_into_runs
+from reports.figure_checks import raw_codes
+from reports.names import Names, flag_words
+from stats.plan import AnalysisPlan
 
 
 @pytest.mark.parametrize(
@@ -50,11 +53,88 @@ def test_completeness_page_counts_samples_needing_review_and_populations_not_mea
     )
     states = _sample_states(samples).state.tolist()
     assert states == ["needs_review", "processed", "partial", "quarantined", "needs_review"]
-    lines = qc_summary_lines(samples)
+    names = Names(
+        titles={
+            ("BCELL", "igm_memory_b"): "IgM memory B (CD27+ IgD+ IgM+)",
+            ("TREG", "lymphocytes"): "Lymphocytes (FSC/SSC)",
+        },
+        markers={("BCELL", "t_cd24"): "CD24", ("TREG", "t_cd24"): "CD24"},
+    )
+    lines = qc_summary_lines(samples, names)
     assert lines[0].startswith("Processed samples: 4; needing review before release: 2")
-    assert "    default_threshold:t_cd24: 2 samples" in lines
-    assert "    default_gate:lymphocytes: 1 samples" in lines
-    assert "    igm_memory_b(IgM): 1 samples" in lines
+    # Each reason in words, per panel: never the code (issue 24, item 4).
+    assert (
+        "    BCELL: CD24 boundary (t_cd24) at its default: no separation in the data: 1 samples"
+        in lines
+    )
+    assert (
+        "    TREG: Lymphocytes gate at its default: the data did not place it: 1 samples" in lines
+    )
+    assert "    BCELL: IgM memory B not measured: the tube lacks IgM: 1 samples" in lines
+    assert not any(raw_codes(line) for line in lines), lines
+
+
+def test_populations_flags_drugs_and_measures_have_display_names():
+    """One place names everything a page prints (reports.names, the analysis plan): a
+    population with what it is a share of, each flag family in words, the drug classes
+    with defaults the study can override, the measures with their parent named."""
+    names = Names(
+        titles={
+            ("BCELL", "cd19_b"): "CD19+ B cells",
+            ("BCELL", "transitional_b"): "Transitional B (CD24hi CD38hi CD27-)",
+            ("BCELL", "lymphocytes"): "Lymphocytes (FSC/SSC)",
+        },
+        parents={
+            ("BCELL", "transitional_b"): "cd19_b",
+            ("BCELL", "cd19_b"): "lymphocytes",
+            ("BCELL", "lymphocytes"): "qc_passed",
+        },
+        markers={("BCELL", "t_cd24"): "CD24"},
+        drugs=AnalysisPlan(drug_names={"cni": "tacrolimus"}).drugs,
+    )
+    assert names.definition("BCELL", "transitional_b") == (
+        "Transitional B (CD24hi CD38hi CD27-, % of CD19+ B cells)"
+    )
+    assert names.definition("BCELL", "cd19_b") == "CD19+ B cells (% of lymphocytes)"
+    assert names.definition("BCELL", "lymphocytes") == (
+        "Lymphocytes (FSC/SSC, % of events passing QC)"
+    )
+    assert names.measure("pct_parent", "BCELL", "transitional_b") == "% of CD19+ B cells"
+    assert names.measure("cells_per_ul", "BCELL", "transitional_b") == "cells/µL"
+    assert names.short("BCELL", "transitional_b") == "Transitional B"
+    assert names.flag("BCELL", "low_count:transitional_b<50") == (
+        "Transitional B: fewer than 50 events"
+    )
+    assert names.flag("BCELL", "default_threshold:t_cd24") == (
+        "CD24 boundary (t_cd24) at its default: no separation in the data"
+    )
+    assert (
+        flag_words("qc_removed:31%>20%")
+        == "QC removed 31% of the events (more than the 20% allowed)"
+    )
+    assert flag_words("not_measured:igm_memory_b(IgM+IgD)").endswith("lacks IgM, IgD")
+    assert flag_words("a_new_code:x") == "a_new_code:x"  # unknown: as written, never dropped
+    # Every family the pipeline writes has words (codes from gating/, flows/, stats/).
+    for code in (
+        "needs_review",
+        "default_gate:singlets",
+        "below_separation_floor:t_cd3",
+        "skipped:singlets,debris",
+        "entered_at:cd4_t",
+        "no_time_channel:time_qc_skipped",
+        "no_pulse_height_or_width:doublets_not_removed",
+        "no_spillover_keyword:uncompensated",
+        "reader:$PnR repaired",
+        "monotone_likelihood",
+        "zero_cell",
+        "all_one_sign",
+    ):
+        assert flag_words(code) != code and not raw_codes(flag_words(code)), code
+    # Drugs: the plan's defaults, study.yaml's override wins, an unknown class as its code.
+    assert names.drug("mmf") == "mycophenolate mofetil"
+    assert names.drug("cni") == "tacrolimus"
+    assert AnalysisPlan().drugs["cni"] == "calcineurin inhibitor"
+    assert names.drug("rituximab2") == "rituximab2"
 
 
 @pytest.mark.parametrize(
@@ -123,45 +203,77 @@ def test_long_reasons_wrap_under_their_column_and_the_appendix_is_in_visit_order
     assert positions == sorted(positions)
 
 
-def test_the_reused_qc_gates_page_draws_a_sample_as_a_fresh_page_does():
-    """The QC PDF's gates page is reused across samples: nothing of the previous sample
-    (limits, artists, titles, hidden panels) survives into the next one."""
-    import numpy as np
+def test_qc_summary_names_the_low_count_populations_their_floor_and_default_markers():
+    """Issue 24, p6: 'low counts: 32' said neither which populations nor what floor."""
+    from reports.monitor_pages import qc_summary
 
-    from gating.gates import RectangleGate
-    from gating.records import AppliedGate
-    from reports.figures import A4_LANDSCAPE, plt
-    from reports.qc_report import _gates_page, draw_gates_page, limit_text
+    samples = pd.DataFrame(
+        {
+            "sample_id": ["a", "b", "c"],
+            "panel": ["BCELL"] * 3,
+            "status": ["processed"] * 3,
+            "events": [10000, 12000, 11000],
+            "needs_review": [True, False, False],
+            "qc_flags": [
+                "low_count:plasmablasts<50;low_count:transitional_b<50;default_threshold:t_cd24",
+                "low_count:plasmablasts<50",
+                "",
+            ],
+        }
+    )
+    steps = pd.DataFrame(
+        {"sample_id": ["a", "b", "c"], "step": ["debris"] * 3, "removed": [1, 2, 3]}
+    ).assign(events_in=100)
+    gates = pd.DataFrame(
+        {"sample_id": ["a"], "kind": ["threshold"], "from_data": [False], "gate": ["t_cd24"]}
+    )
+    names = Names(
+        titles={
+            ("BCELL", "plasmablasts"): "Plasmablasts (CD27+ CD38hi)",
+            ("BCELL", "transitional_b"): "Transitional B (CD24hi CD38hi CD27-)",
+        },
+        markers={("BCELL", "t_cd24"): "CD24"},
+    )
+    lines = qc_summary(samples, steps, gates, names)
+    assert "  samples with a population below its event floor: 2:" in lines
+    assert "    Plasmablasts: fewer than 50 events: 2 samples" in lines
+    assert "    Transitional B: fewer than 50 events: 1 samples" in lines
+    assert "  thresholds left at the strategy's default (samples): CD24 (t_cd24) 1" in lines
+    assert not any(raw_codes(line) for line in lines)
 
-    def sample(seed: int, n_gates: int, scale: float):
-        rng = np.random.default_rng(seed)
-        dims = {"A": scale * rng.random(400), "B": rng.random(400), "C": rng.random(400)}
-        masks = {"root": np.ones(400, bool)}
-        gates = []
-        for k in range(n_gates):
-            limits = {"A": (0.2 * scale, None), "B": (None, 0.7)}
-            if k == 0:
-                limits["C"] = (None, 0.488)
-            masks[f"g{k}"] = dims["A"] >= 0.2 * scale
-            gates.append(AppliedGate(f"g{k}", "root", RectangleGate(limits=limits), True, ""))
-        return gates, dims, masks
 
-    def state(axes):  # what a hidden panel held is never drawn
-        return [
-            (ax.get_title(), ax.get_xlim(), ax.get_ylim(), len(ax.patches), len(ax.texts))
-            if ax.get_visible()
-            else "hidden"
-            for ax in axes
-        ]
+def test_no_deviation_page_states_the_windows_it_checked_beside_the_missing_samples():
+    """Issue 24, p5: a page of '(none)' without the windows. Now one page with the missing
+    samples, naming the windows and saying that every visit is within them."""
+    from matplotlib.text import Text
 
-    page, axes = _gates_page()
-    first = sample(1, 12, 10.0)
-    draw_gates_page(page, axes, "A", *first[:1], first[1], first[2], first[1].get)
-    second = sample(2, 3, 1.0)
-    draw_gates_page(page, axes, "B", *second[:1], second[1], second[2], second[1].get)
-    fresh_fig, fresh = plt.subplots(3, 4, figsize=A4_LANDSCAPE)
-    draw_gates_page(fresh_fig, fresh.ravel(), "B", *second[:1], second[1], second[2], second[1].get)
-    assert state(axes) == state(fresh.ravel())
-    assert sum(ax.get_visible() for ax in axes) == 3
-    plt.close(fresh_fig)
-    assert limit_text("C", None, 0.48858314752578735) == "C < 0.489"
+    from reports.cohort_report import _monitor_pages
+    from reports.figure_checks import figure_problems
+    from reports.monitor_pages import MonitorTables
+
+    class Pages:
+        titles: list[str] = []
+        texts: list[str] = []
+        problems: list[str] = []
+
+        def savefig(self, fig, **_):
+            self.problems += figure_problems(fig)
+            self.texts += [t.get_text() for t in fig.findobj(Text)]
+
+    empty = pd.DataFrame(
+        columns=["patient_id", "visit", "scheduled", "visit_date", "days_from_schedule", "verdict"]
+    )
+    missing = pd.DataFrame(
+        [{"patient_id": "P07", "visit": "M6", "panel": "BCELL", "file": "", "why": "not received"}]
+    )
+    monitor = MonitorTables(
+        pd.DataFrame(), [], missing, empty, ["Panel BCELL: 1 samples"], [], 14.0, 60.0
+    )
+    pages = Pages()
+    _monitor_pages(pages, monitor)
+    text = " ".join(" ".join(pages.texts).split())
+    assert pages.problems == []
+    assert "Missing samples and why. Visit-window deviations" in text
+    assert "within +/-14 days of its scheduled day" in text and "at most 60 days before" in text
+    assert "Every dated visit of every patient is within its window." in text
+    assert "(none)" not in text

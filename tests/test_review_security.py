@@ -3,6 +3,7 @@ state rules, forms that need their token, personal accounts, signatures, rate li
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -843,3 +844,24 @@ def test_publish_runs_in_the_background_one_at_a_time(study, monkeypatch):
             break
         threading.Event().wait(0.05)
     assert job["state"] == "failed" and job["error"] == "OSError: disk full"
+
+
+def test_the_review_pages_print_flags_in_words_as_the_report_does(study):
+    """A lab scientist reads what is wrong with a sample, not a code: the today list and the
+    sample page name the boundary and the population the flag is about."""
+    import sqlite3
+
+    conn = sqlite3.connect(study / "immunomon.db")
+    conn.execute(
+        "UPDATE samples SET qc_flags=? WHERE sample_id=?",
+        ("default_threshold:t_cd27;low_count:plasmablasts<50", SAMPLE),
+    )
+    conn.commit()
+    conn.close()
+    client = _client(study)
+    _named(client)
+    for page in ("/", f"/sample/{SAMPLE}"):
+        text = html.unescape(client.get(page).text)
+        assert "CD27 boundary (t_cd27) at its default" in text, page
+        assert "Plasmablasts: fewer than 50 events" in text, page
+        assert "default_threshold:t_cd27" not in text and "low_count:" not in text, page

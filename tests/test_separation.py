@@ -217,21 +217,50 @@ def test_figure_2a_states_the_separation_and_shows_the_estimates_that_exist():
 
 
 def test_clinical_statistics_page_marks_missing_estimates_and_the_primary_p():
+    """The clinical page as a referee reads it: each analysis headed in words (its codes in
+    brackets), groups, tests and flags in words, columns where their headers are."""
     from reports.cohort_report import _clinical_table
+    from reports.context import ReportContext
+    from reports.figure_checks import raw_codes
 
     _, table = _children_separated()
+    plan = AnalysisPlan()
+    ctx = ReportContext(
+        study="separated",
+        visits=[],
+        baseline="BL",
+        panels={},
+        strategy_hashes={},
+        software="test",
+        data_as_of="",
+        clinical_cut="",
+        groups=plan.group_titles,
+        group_patients={g.name: g.patients for g in plan.groups},
+    )
     pages = _Pages()
-    _clinical_table(pages, table)
+    _clinical_table(pages, table, ctx)
     assert pages.problems == []
     text = "\n".join(pages.texts)
-    rows = [line for line in text.splitlines() if line.startswith("relapse_free_cox_")]
-    child = [line for line in rows if " child " in line]
-    wald = [line for line in child if " cox_wald " in line]
-    assert len(wald) == 2 and all("†" in line and "monotone_likelihood" in line for line in wald)
-    exact = next(line for line in child if "cox_exact_conditional" in line)
+    lines = text.splitlines()
+    heading = lines.index(
+        "Relapse-free survival: Cox, stratified by patient: hazard ratio of a first relapse, "
+        "after vs before  [relapse_free_cox_stratified, hazard_ratio_after_vs_before]"
+    )
+    header = lines[heading + 1]
+    block = lines[heading + 2 : lines.index("", heading)]
+    child = [line for line in block if line.startswith("Children ")]
+    wald = next(line for line in child if " Cox ML, Wald " in line)
+    assert "†" in wald and wald.rstrip().endswith("no MLE (separation)")
+    exact = next(line for line in child if "exact conditional (pairs)" in line)
     assert "[0, 0.446]" in exact and "0.0020*" in exact
-    assert sum("*" in line for line in child) == 2  # one primary p per model
+    # Each value under its header: the p column's right edge, the interval's.
+    assert exact.index("0.0020") + len("0.0020") == header.index(" p ") + 2
+    assert exact.index("[0, 0.446]") + len("[0, 0.446]") == header.index("95% CI") + 6
+    assert sum("*" in line for line in child) == 1  # one primary p per model and group
     assert "† the maximum-likelihood estimate does not exist" in text
+    # No raw code in a table cell: no nan, no flag code outside the brackets of a heading.
+    assert not raw_codes(text) and " nan " not in text
+    assert not [line for line in block if "monotone_likelihood" in line]
 
 
 def test_a_drug_everyone_takes_at_both_dates_has_no_odds_ratio():
