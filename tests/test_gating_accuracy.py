@@ -438,3 +438,23 @@ def test_real_shaped_transitional_b_floor(tmp_path):
                 assert result.get_gate_count(name) == int(gating.masks[name].sum()), name
     for population, values in errors.items():
         assert np.median(np.abs(values)) < 3.0, (population, values)
+
+
+def test_transitional_tip_drawn_by_hand_in_review_is_used_as_drawn(tmp_path):
+    """A tip sent to review (below the separation floor) is a placed polygon a reviewer may
+    redraw: the sample is then gated with the drawn polygon, recorded as drawn by hand."""
+    from gating.gates import PolygonGate
+    from gating.pipeline import HAND_DRAWN
+
+    path, _ = write_simulated(tmp_path / "s.fcs", "BCELL", n_events=5000, seed=4)
+    data = read_events(path)
+    resolved = resolve_panel(load_panel("bcell"), data.header)
+    strategy = load_strategy("bcell")
+    drawn = PolygonGate(("CD38", "CD24"), ((0.7, 0.7), (0.95, 0.7), (0.95, 0.95), (0.7, 0.95)))
+    gating = gate_sample(data, resolved, strategy.with_overrides({"transitional_tip": drawn}))
+    tip = next(g for g in gating.gates if g.name == "transitional_tip")
+    assert tip.gate == drawn and tip.note == HAND_DRAWN
+    cd38, cd24 = gating.space["CD38"], gating.space["CD24"]
+    inside = (cd38 >= 0.7) & (cd38 <= 0.95) & (cd24 >= 0.7) & (cd24 <= 0.95)
+    expected = gating.masks["cd27neg_b"] & inside
+    assert abs(int(gating.masks["transitional_b"].sum()) - int(expected.sum())) <= 2
