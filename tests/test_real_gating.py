@@ -121,13 +121,47 @@ def test_treg_gate_matches_flowjo_event_by_event(flowatlas_table):
 
 
 def test_cd4_share_of_t_cells(flowatlas_table):
-    """CD4 % of T against what a panel without CD8 and CD19 can tell apart (FlowJo's CD4 and
-    CD4+CD8+ among its T cells and the CD3-IgD+ B cells): within 3 points on 3 of 6
-    (measured 390C 0.1, 412C_mLN 0.5, 428C 0.2; 403C 5.6, 423C 9.0, 412C_BM 2.9)."""
+    """CD4 % of T within 3 points of FlowJo's on every scored file (measured 2026-12-01: at
+    most 2.63, 423_Donor_Lung_032; 2.63 on all 12): CD4+ CD8- as FlowJo gates it, T cells
+    CD19- where CD3 shares its channel with IgD, the CD4 boundary placed among the CD8- T
+    cells. Event by event the CD4 gate agrees with FlowJo's at F1 >= 0.93 (measured 0.94)."""
     table = flowatlas_table
-    difference = (table.cd4_pct_t - table.fj_cd4dp_pct_t_with_b).abs()
-    assert (difference <= 3.0).sum() >= 3, difference
-    assert difference.max() <= 10.0
+    difference = (table.cd4_pct_t - table.fj_cd4_pct_t).abs()
+    assert (difference <= 3.0).all(), difference
+    assert table.cd4_f1.min() >= 0.93, table.cd4_f1
+
+
+@needs_flowatlas
+def test_cd8_and_cd19_limits_apply_only_where_the_tube_stains_them():
+    """The same file with and without CD8 and CD19 in the panel: without them CD4 T is still
+    measured (its note says which limits were left out) and counts the CD4+CD8+ cells and the
+    CD3-IgD+ B cells the stained tube excludes."""
+    from gating.pipeline import gate_sample
+
+    data = _exported("412C_mLN_026.fcs")
+    strategy = load_strategy("treg")
+    full = replace(load_panel("treg"), enters_at="lymphocytes")
+    bare = replace(
+        full, markers={k: v for k, v in full.markers.items() if k not in ("CD8", "CD19")}
+    )
+    stained = gate_sample(data, resolve_panel(full, data.header), strategy)
+    unstained = gate_sample(data, resolve_panel(bare, data.header), strategy)
+    assert not unstained.not_measured
+    notes = {g.name: g.note for g in unstained.gates}
+    assert "not applied: CD8" in notes["cd4_t"] and "not applied: CD19" in notes["t_cells"]
+    assert "not applied" not in {g.name: g.note for g in stained.gates}["cd4_t"]
+    t_stained, t_unstained = stained.masks["t_cells"], unstained.masks["t_cells"]
+    assert not (t_stained & ~t_unstained).any()  # the same CD3 boundary, less the CD19+
+    t_cd8 = next(g.gate.value for g in stained.gates if g.name == "t_cd8")
+    cd8_high = stained.space["CD8"] >= t_cd8
+    assert not (stained.masks["cd4_t"] & cd8_high).any()
+    assert (unstained.masks["cd4_t"] & cd8_high).sum() >= 30  # FlowJo: 50 CD4+CD8+
+    # IgD+ B cells in CD3-IgD: several hundred T "cells" more without CD19.
+    assert unstained.masks["t_cells"].sum() - stained.masks["t_cells"].sum() > 300
+    assert strategy.not_measurable(("CD8", "CD19")) == {}
+    assert "  cd4_t = t_cells where CD4 >= t_cd4 and CD8 < t_cd8 (where stained)" in (
+        strategy.definitions()
+    )
 
 
 def _two_normals(distance_in_sd: float, n: int = 6000, seed: int = 3) -> np.ndarray:
