@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -41,7 +40,7 @@ from cohort.templates import POOLED
 from flows.review_security import ReviewGuard, Site, local_path, page_of
 from panels.errors import ImmunomonError
 from reports.outputs import software_version, update_outputs
-from stats.drift import DRIFT_Z, drift_scores
+from stats.drift import DRIFT_Z, drift_scores, placement_values
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
@@ -704,18 +703,13 @@ def today_rows(server: ReviewServer) -> pd.DataFrame:
 def drift_table(server: ReviewServer) -> pd.DataFrame:
     """Drift scores of every current sample's thresholds, population % and the medians of
     each reported population's own markers (those its gate is drawn on)."""
-    marks = server.store.current_gates()
-    marks = marks[marks.kind == "threshold"]
-    rows = [
-        (
-            r.sample_id,
-            r.patient_id,
-            r.visit,
-            f"threshold {r.gate}",
-            json.loads(r.parameters)["value"],
-        )
-        for r in marks.itertuples()
-    ]
+    axes = {
+        gate.name: tuple(gate.dimensions)
+        for panel in server.study.panels
+        for gate in _reported(server, panel)
+        if isinstance(getattr(gate, "dimensions", None), (tuple, list))
+    }
+    rows = list(placement_values(server.store.current_gates(), axes).itertuples(index=False))
     pops = server.store.current_populations()
     pct = 100.0 * pops["count"] / pops.parent_count.replace(0, np.nan)
     rows += list(
