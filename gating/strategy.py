@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gating.gates import BooleanGate, EllipseGate, PolygonGate, RectangleGate
+from gating.gates import BooleanGate, EllipseGate, PolygonGate, RawRangeGate, RectangleGate
 from gating.records import AppliedGate
 from panels.config_files import find_config_file, load_yaml_model
 from panels.errors import ImmunomonError
@@ -149,8 +149,6 @@ class RectangleSpec(_GateSpec):
         unknown = sorted(set(self.optional) - set(self.limits))
         if unknown:
             raise ValueError(f"optional: {', '.join(unknown)} has no limit in this gate")
-        if not set(self.limits) - set(self.optional):
-            raise ValueError("at least one limit must not be optional")
         return self
 
     def thresholds_used(self, absent: Container[str] = ()) -> list[str]:
@@ -188,7 +186,10 @@ class RectangleSpec(_GateSpec):
         note = "limits from thresholds"
         if absent:
             note += f"; not in this tube, so not applied: {', '.join(absent)}"
-        return AppliedGate(self.name, self.parent, RectangleGate(limits), True, note)
+        gate: RectangleGate | RawRangeGate = RectangleGate(limits)
+        if not limits:  # every limit optional and absent: every event of the parent passes
+            gate = RawRangeGate({}, tuple(context.space.channels.values())[:1])
+        return AppliedGate(self.name, self.parent, gate, True, note)
 
 
 class BooleanSpec(_GateSpec):
