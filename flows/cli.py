@@ -371,53 +371,58 @@ def _cmd_audit_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_users_add(args: argparse.Namespace) -> int:
-    import getpass
-
-    from cohort.accounts import AccountError, add_user
+def _change_account(study_dir: str, change, action: str, summary: str) -> Path:
+    """Apply ``change(conn)`` to the study's accounts and audit it as ``action`` in one
+    place, so adding and removing a person are recorded alike; returns the store's path."""
     from cohort.audit import AuditLog
     from cohort.review import reviewer_name
     from cohort.store import Store
     from cohort.study import Study
     from reports.outputs import software_version
 
-    study = Study(args.study)
+    study = Study(study_dir)
+    store = Store(study.db_path)
+    try:
+        change(store.conn)
+        AuditLog(store.conn).append(reviewer_name(), action, summary, software_version())
+    finally:
+        store.close()
+    return study.db_path
+
+
+def _cmd_users_add(args: argparse.Namespace) -> int:
+    import getpass
+
+    from cohort.accounts import AccountError, add_user
+    from cohort.study import Study
+
+    Study(args.study)  # a wrong study folder is named before a password is asked for
     if sys.stdin.isatty():
         password = getpass.getpass(f"password for {args.name}: ")
         if getpass.getpass("again: ") != password:
             raise AccountError("the two passwords differ: nothing was stored")
     else:  # from a script: the password on the first line of stdin
         password = sys.stdin.readline().rstrip("\n")
-    store = Store(study.db_path)
-    try:
-        add_user(store.conn, args.name, password)
-        AuditLog(store.conn).append(
-            reviewer_name(), "user_added", f"account {args.name} added", software_version()
-        )
-    finally:
-        store.close()
-    print(f"account {args.name} added to {study.db_path}")
+    db = _change_account(
+        args.study,
+        lambda conn: add_user(conn, args.name, password),
+        "user_added",
+        f"account {args.name} added",
+    )
+    print(f"account {args.name} added to {db}")
     return 0
 
 
 def _cmd_users_remove(args: argparse.Namespace) -> int:
     from cohort.accounts import remove_user
-    from cohort.audit import AuditLog
-    from cohort.review import reviewer_name
-    from cohort.store import Store
-    from cohort.study import Study
-    from reports.outputs import software_version
 
-    study = Study(args.study)
-    store = Store(study.db_path)
-    try:
-        remove_user(store.conn, args.name)
-        AuditLog(store.conn).append(
-            reviewer_name(), "user_removed", f"account {args.name} removed", software_version()
-        )
-    finally:
-        store.close()
-    print(f"account {args.name} removed from {study.db_path}; its review sessions have ended")
+    db = _change_account(
+        args.study,
+        lambda conn: remove_user(conn, args.name),
+        "user_removed",
+        f"account {args.name} removed",
+    )
+    print(f"account {args.name} removed from {db}; its review sessions have ended")
     return 0
 
 

@@ -339,6 +339,24 @@ def test_users_remove_from_the_command_line(study, capsys):
     assert [e.action for e in _trail(study)] == ["user_removed"]
 
 
+def test_users_add_from_a_script_is_audited_and_signs_in(study, capsys, monkeypatch):
+    import io
+
+    from cohort.accounts import check_password
+    from cohort.store import Store
+    from flows.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long enough password\n"))
+    assert main(["-q", "users", "add", "cy", "--study", str(study)]) == 0
+    assert "account cy added" in capsys.readouterr().out
+    store = Store(study / "immunomon.db")
+    try:
+        assert check_password(store.conn, "cy", "a long enough password")
+    finally:
+        store.close()
+    assert [e.action for e in _trail(study)] == ["user_added"]
+
+
 def test_headers_tls_cookies_and_local_redirects_only(study):
     from flows.review_security import Site, local_path
 
