@@ -8,8 +8,7 @@ from pathlib import Path
 
 from cohort.study import Study
 from cohort.templates import TEMPLATE_METHOD, keep_templates, panel_templates
-from gating.apply import load_panel_strategy
-from gating.pipeline import gate_sample
+from gating.apply import gate_file, load_panel_strategy
 from gating.registration import (
     RegisteredThreshold,
     StudyReference,
@@ -19,8 +18,6 @@ from gating.registration import (
     write_reference,
 )
 from gating.strategy import Strategy, StrategyError
-from panels.fcs import read_events
-from panels.resolve import resolve_panel
 
 
 def build_panel_reference(
@@ -37,10 +34,8 @@ def build_panel_reference(
             "(a threshold with 'registration:'), so there is no reference to build"
         )
     collected = []
-    for path in files:
-        data = read_events(path)
-        resolved = resolve_panel(study.panels[panel_token], data.header)
-        gating = gate_sample(data, resolved, base)
+    for path in files:  # each gated as a pass gates it
+        gating = gate_file(path, study.panels[panel_token], base).gating
         collected.append((path.stem, sample_landmarks(base, gating)))
     reference = build_reference(base, collected, software=software)
     # An expert's template is kept: the automatic placement does not overwrite a decision.

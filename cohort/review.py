@@ -13,11 +13,14 @@ says otherwise: adjusting it re-gates it but leaves it out of the statistics."""
 from __future__ import annotations
 
 import getpass
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from cohort.audit import AuditEntry, AuditError, AuditLog
+from gating.gates import MAX_DRAWN_VERTICES, EllipseGate, Gate, PolygonGate
+from gating.strategy import override_from_record
 
 REVIEW_STATES = ("to_review", "overridden", "approved", "excluded")
 REVIEW_ACTIONS = ("override", "approve", "exclude", "undo")  # audit actions a person takes
@@ -25,8 +28,10 @@ REVIEW_ACTIONS = ("override", "approve", "exclude", "undo")  # audit actions a p
 
 @dataclass(frozen=True)
 class Override:
-    threshold: str
-    value: float
+    """A threshold set, or a gate (ellipse, polygon) drawn, by hand for one sample."""
+
+    name: str  # the threshold's or the gate's
+    value: float | Gate
     strategy_sha256: str  # the panel strategy (without overrides) it was made under
     seq: int
     who: str
@@ -46,11 +51,89 @@ class ReviewStatus:
     decision_seq: int = 0  # the approval or exclusion in force (0: none)
     note: str = ""  # e.g. an override from an earlier strategy, not applied
 
-    def applied_overrides(self, strategy_sha256: str) -> dict[str, float]:
-        """Threshold -> value of the overrides made under this strategy."""
+    def applied_overrides(self, strategy_sha256: str) -> dict[str, float | Gate]:
+        """Threshold -> value, gate -> drawn gate, of the overrides made under this strategy."""
         return {
             t: o.value for t, o in self.overrides.items() if o.strategy_sha256 == strategy_sha256
         }
+
+
+def override_of(detail: dict) -> tuple[str, float | Gate]:
+    """The threshold or gate an override entry sets, and its value as the pipeline takes it."""
+    if "gate" in detail:
+        return detail["gate"], override_from_record(detail["new"])
+    return detail["threshold"], float(detail["new"])
+
+
+def override_text(value: float | Gate | None) -> str:
+    """An override's value as the pages, the trail and the export's keywords say it."""
+    if value is None:
+        return "?"
+    if isinstance(value, EllipseGate):
+        (x, y), (major, minor), angle = value.axes()
+        return (
+            f"ellipse at ({x:.3f}, {y:.3f}), semi-axes {major:.3f} x {minor:.3f}, {angle:.0f} deg"
+        )
+    if isinstance(value, PolygonGate):
+        return "polygon " + " ".join(f"({x:.3f}, {y:.3f})" for x, y in value.vertices)
+    if isinstance(value, Gate):
+        return value.kind
+    return f"{float(value):.3f}"
+
+
+def _pair(value) -> tuple[float, float]:
+    x, y = value
+    return float(x), float(y)
+
+
+def drawn_gate(placed: Gate, geometry: Mapping) -> Gate:
+    """The gate a person drew in review over ``placed`` (same kind, same dimensions, on the
+    scale it is evaluated on): an ellipse from ``centre``, ``axes`` (semi-axes) and ``angle``
+    (degrees), its boundary at the placed ellipse's distance; a polygon from ``vertices``.
+    Anything else, or a degenerate or out-of-scale shape, is an AuditError saying what."""
+    try:
+        if isinstance(placed, EllipseGate):
+            gate: Gate = EllipseGate.from_axes(
+                placed.dims,
+                _pair(geometry["centre"]),
+                _pair(geometry["axes"]),
+                float(geometry["angle"]),
+                placed.distance_square,
+            )
+        elif isinstance(placed, PolygonGate):
+            vertices = geometry["vertices"]
+            if len(vertices) > MAX_DRAWN_VERTICES:
+                raise AuditError(
+                    f"a polygon drawn in review has at most {MAX_DRAWN_VERTICES} vertices "
+                    f"({len(vertices)} given)"
+                )
+            gate = PolygonGate(placed.dims, tuple(_pair(v) for v in vertices))
+        else:
+            raise AuditError(f"a {placed.kind} gate cannot be redrawn in review")
+    except (KeyError, TypeError, ValueError) as exc:
+        shape = "centre, axes, angle" if isinstance(placed, EllipseGate) else "vertices"
+        raise AuditError(
+            f"the drawn {placed.kind} is not usable ({type(exc).__name__}: {exc}); "
+            f"give its {shape} as numbers"
+        ) from None
+    problem = gate.drawn_problem()
+    if problem:
+        raise AuditError(f"the drawn {placed.kind}: {problem}")
+    return gate
+
+
+def describe_override(detail: dict) -> str:
+    """An override entry's change in words: ``t_cd19 0.512 -> 0.620``, or the gate's old and
+    new ellipse or polygon."""
+    name, new = override_of(detail)
+    old = detail.get("old")
+    if old is not None and "gate" in detail:
+        old = override_from_record(old)
+    elif isinstance(old, (int, float)):
+        old = float(old)
+    else:
+        old = None
+    return f"{name} {override_text(old)} -> {override_text(new)}"
 
 
 def undone(entries: list[AuditEntry]) -> set[int]:
@@ -86,9 +169,9 @@ def review_states(
             continue
         state = states.setdefault(e.sample_id, ReviewStatus(e.sample_id))
         if e.action == "override":
-            d = e.detail
-            state.overrides[d["threshold"]] = Override(
-                d["threshold"], float(d["new"]), d["strategy_sha256"], e.seq, e.who, e.reason
+            name, value = override_of(e.detail)
+            state.overrides[name] = Override(
+                name, value, e.detail["strategy_sha256"], e.seq, e.who, e.reason
             )
             last_override[e.sample_id] = e.seq
         else:
@@ -100,7 +183,7 @@ def review_states(
         if made is not None and made.action == "exclude":
             state.status = "excluded"  # until a signed decision says otherwise
         elif stale:
-            names = ", ".join(o.threshold for o in stale)
+            names = ", ".join(o.name for o in stale)
             state.status = "to_review"
             state.note = (
                 f"override of {names} was made under strategy {stale[0].strategy_sha256[:12]}; "
@@ -120,8 +203,8 @@ def review_states(
 def overrides_in_force(
     entries: list[AuditEntry], strategy_of_panel: dict[str, str]
 ) -> dict[str, dict[str, float]]:
-    """sample_id -> threshold -> value of the overrides the nightly pass applies: those made
-    under the panel's current strategy (``strategy_of_panel``: panel token -> sha256)."""
+    """sample_id -> threshold or gate -> value of the overrides the nightly pass applies: those
+    made under the panel's current strategy (``strategy_of_panel``: panel token -> sha256)."""
     strategy_of = {}
     for e in entries:
         if e.sample_id:

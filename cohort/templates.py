@@ -165,11 +165,10 @@ def panel_templates(study: Study, panel: str) -> dict[str, ExpertTemplate]:
 
 
 def _sample_landmark(study: Study, panel: str, base, threshold: str, sample_id: str) -> float:
-    """The landmark of ``threshold`` in one sample, gated with the strategy as written."""
-    from gating.pipeline import gate_sample
+    """The landmark of ``threshold`` in one sample, gated with the strategy as written (the
+    same per-file gating as a pass, ``gating.apply.gate_file``)."""
+    from gating.apply import gate_file
     from gating.registration import sample_landmarks
-    from panels.fcs import read_events
-    from panels.resolve import resolve_panel
 
     paths = []
     for path in study.inbox_files():
@@ -185,8 +184,7 @@ def _sample_landmark(study: Study, panel: str, base, threshold: str, sample_id: 
         raise TemplateError(f"no file of sample {sample_id!r} in {study.inbox}")
     if study.parse_name(paths[0].name).panel_token != panel:
         raise TemplateError(f"sample {sample_id} is not a {panel} sample")
-    data = read_events(paths[0])
-    gating = gate_sample(data, resolve_panel(study.panels[panel], data.header), base)
+    gating = gate_file(paths[0], study.panels[panel], base).gating
     found = sample_landmarks(base, gating).get(threshold)
     if found is None:
         raise TemplateError(
@@ -208,13 +206,15 @@ def set_template(
     reason: str,
     sample_id: str | None = None,
     software: str = "",
+    source: dict | None = None,
 ) -> TemplateChange:
     """Set (or change) the expert template of ``threshold`` of ``panel``: ``value`` on the
     logicle scale of sample ``sample_id``, or, without one, on the pooled aligned scale of the
     panel's study reference. Stored as an offset from the landmark in the reference file and
     audited (``store``: cohort.store.Store, whose audit trail gets a ``template`` entry). The
-    next pass re-gates the panel's samples. The caller holds the study's lock if a pass may
-    run (the CLI does)."""
+    next pass re-gates the panel's samples. ``source``: where the value came from, recorded
+    in the audit entry (a FlowJo workspace's name, sha256 and gate). The caller holds the
+    study's lock if a pass may run (the CLI does)."""
     from gating.registration import load_reference
 
     if not who.strip():
@@ -306,6 +306,7 @@ def set_template(
                 "new_offset": offset,
                 "reference_sha256_old": before.sha256 if before else "",
                 "reference_sha256_new": after.sha256 if after else "",
+                **({"source": source} if source else {}),
             },
         )
     except BaseException:
@@ -319,6 +320,127 @@ def set_template(
         path,
         entry.seq,
     )
+
+
+@dataclass(frozen=True)
+class WorkspaceSeeding:
+    """What ``seed_from_workspace`` did: the templates set, and every FlowJo gate or limit
+    that did not become one, with the reason."""
+
+    workspace: Path
+    sha256: str
+    sample_id: str  # the study sample the workspace's gates were read on
+    changes: list[TemplateChange]
+    not_used: list[tuple[str, str]]  # (FlowJo gate or threshold, why)
+
+
+def seed_from_workspace(
+    study: Study,
+    store,
+    panel: str,
+    workspace: Path,
+    *,
+    who: str,
+    reason: str,
+    group: str = "All Samples",
+    sample: str | None = None,
+    software: str = "",
+) -> WorkspaceSeeding:
+    """Start the panel's study template from a lab's FlowJo workspace: its gates on one of
+    its samples (``sample``, or the first of ``group``) are read with flowkit and mapped to
+    the strategy's thresholds (``gating.workspace.workspace_limits``: rectangles named as our
+    gates, by marker), each limit on that sample's own logicle scale. Each threshold with a
+    landmark becomes an expert template given on that sample (``set_template``: audited,
+    naming the workspace's file name, sha256 and gate), which every sample then adapts
+    through its own landmark. The workspace's sample must be a file of the study's inbox (its
+    landmark is measured on it). Nothing is set unless every value can be: gates and limits
+    that give no template are returned with the reason, never silently dropped."""
+    from cohort.intake import sha256_of
+    from gating.workspace import workspace_limits, workspace_samples
+    from panels.fcs import scan_header
+    from panels.resolve import resolve_panel
+
+    if not who.strip():
+        raise TemplateError("a template needs the name of the person setting it (--who)")
+    if not reason.strip():
+        raise TemplateError("a template needs a reason in words (--reason)")
+    workspace = Path(workspace)
+    if not workspace.is_file():
+        raise TemplateError(f"{workspace}: no such FlowJo workspace file")
+    base, registered = _base_strategy(study, panel)
+    files = {path.name: path for path in study.inbox_files()}
+    if sample is None:  # the group's first sample that is a file of the study
+        members = workspace_samples(workspace, group)
+        sample = next((m for m in members if m in files), members[0] if members else None)
+    path = files.get(sample or "")
+    if path is None:
+        raise TemplateError(
+            f"{workspace}: its sample {sample!r} is not a file of {study.inbox}: the limits "
+            "are read on a sample whose landmark can be measured; give --template-sample "
+            "NAME (a file of the study that the workspace gates)"
+        )
+    name = study.parse_name(path.name)
+    if isinstance(name, str) or name.panel_token != panel:
+        raise TemplateError(f"{workspace}: sample {path.name} is not a {panel} sample")
+    header = scan_header(path)
+    resolved = resolve_panel(study.panels[panel], header)
+    seed = workspace_limits(
+        workspace, base, resolved, dict(zip(header.pnn, header.pnr, strict=True)), group, path.name
+    )
+    not_used = list(seed.unmapped)
+    chosen = {}
+    for threshold, limit in seed.limits.items():
+        low, high = base.thresholds[threshold].bounds
+        if threshold not in registered:
+            not_used.append(
+                (
+                    f"{limit.gate} ({threshold} = {limit.value:.3f})",
+                    f"{threshold} has no landmark to carry a template to each sample (only "
+                    f"{', '.join(registered) or 'none'}); it stays placed per sample",
+                )
+            )
+        elif not (math.isfinite(limit.value) and low <= limit.value <= high):
+            not_used.append(
+                (
+                    f"{limit.gate} ({threshold} = {limit.value:.3f})",
+                    f"outside the strategy's bounds [{low}, {high}] for {threshold}",
+                )
+            )
+        else:
+            chosen[threshold] = limit
+    for threshold in registered:
+        if threshold not in seed.limits:
+            not_used.append((threshold, "no FlowJo rectangle of the workspace sets it"))
+    if not chosen or len(chosen) < len([t for t in seed.limits if t in registered]):
+        listed = "; ".join(f"{what}: {why}" for what, why in not_used)
+        raise TemplateError(
+            f"{workspace}: nothing set for panel {panel}: no usable limit of a threshold with a "
+            f"landmark ({listed})"
+        )
+    sha256 = sha256_of(workspace)
+    changes = [
+        set_template(
+            study,
+            store,
+            panel,
+            threshold,
+            round(limit.value, 6),
+            who=who,
+            reason=reason,
+            sample_id=name.sample_id,
+            software=software,
+            source={
+                "workspace": workspace.name,
+                "workspace_sha256": sha256,
+                "flowjo_sample": seed.sample,
+                "flowjo_gate": limit.gate,
+                "flowjo_channel": limit.channel,
+                "flowjo_side": limit.side,
+            },
+        )
+        for threshold, limit in chosen.items()
+    ]
+    return WorkspaceSeeding(workspace, sha256, name.sample_id, changes, not_used)
 
 
 def _entry(template: ExpertTemplate, placed: dict | None) -> dict:

@@ -287,9 +287,18 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
 def _cmd_reference_set(args: argparse.Namespace) -> int:
     from cohort.store import Store
     from cohort.study import Study
-    from cohort.templates import set_template
+    from cohort.templates import TemplateError, set_template
     from reports.outputs import software_version
 
+    if args.from_wsp:
+        return _reference_from_workspace(args)
+    if args.threshold is None or args.value is None:
+        raise TemplateError(
+            "reference set needs --threshold and --value (or --from-wsp FILE: a FlowJo "
+            "workspace's gates as the panel's template)"
+        )
+    if args.sample_group or args.template_sample:
+        raise TemplateError("--sample-group and --template-sample go with --from-wsp")
     study = Study(args.study)
     with study.exclusive():  # not while a run is writing results
         store = Store(study.db_path)
@@ -317,6 +326,50 @@ def _cmd_reference_set(args: argparse.Namespace) -> int:
         print(f"wrote {change.path}; the next run re-gates the {args.panel} samples with it")
     else:
         print(f"wrote {change.path}; the offset is unchanged, so no sample is re-gated")
+    return 0
+
+
+def _reference_from_workspace(args: argparse.Namespace) -> int:
+    from cohort.store import Store
+    from cohort.study import Study
+    from cohort.templates import TemplateError, seed_from_workspace
+    from reports.outputs import software_version
+
+    if args.threshold is not None or args.value is not None or args.sample:
+        raise TemplateError(
+            "--from-wsp reads every threshold from the workspace: leave out --threshold, "
+            "--value and --sample (use --template-sample for the workspace's sample)"
+        )
+    study = Study(args.study)
+    with study.exclusive():  # not while a run is writing results
+        store = Store(study.db_path)
+        try:
+            seeding = seed_from_workspace(
+                study,
+                store,
+                args.panel,
+                Path(args.from_wsp),
+                who=args.who,
+                reason=args.reason,
+                group=args.sample_group or "All Samples",
+                sample=args.template_sample,
+                software=software_version(),
+            )
+        finally:
+            store.close()
+    print(
+        f"{seeding.workspace.name} (sha256 {seeding.sha256[:12]}), gates of sample "
+        f"{seeding.sample_id}:"
+    )
+    for change in seeding.changes:
+        t = change.template
+        print(
+            f"  {t.threshold}: {t.value:.3f} (landmark {t.landmark:.3f}) = each sample's "
+            f"landmark {t.offset:+.4f} (audit entry {change.audit_seq})"
+        )
+    for what, why in seeding.not_used:
+        print(f"  not used: {what}: {why}")
+    print(f"wrote {seeding.changes[0].path}; the next run re-gates the {args.panel} samples")
     return 0
 
 
@@ -676,12 +729,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     template.add_argument("--study", required=True, help="study folder")
     template.add_argument("--panel", required=True, help="panel token, e.g. TREG")
-    template.add_argument("--threshold", required=True, help="threshold name, e.g. t_cd45ra")
-    template.add_argument("--value", required=True, type=float, help="logicle value (0..1)")
+    template.add_argument("--threshold", help="threshold name, e.g. t_cd45ra")
+    template.add_argument("--value", type=float, help="logicle value (0..1)")
     template.add_argument(
         "--sample",
         help="the reference sample the value is read on (default: the pooled aligned scale "
         "of the study reference)",
+    )
+    template.add_argument(
+        "--from-wsp",
+        metavar="FILE",
+        help="a FlowJo workspace: its rectangles named as the strategy's gates give the "
+        "thresholds (instead of --threshold/--value), read on one of its samples",
+    )
+    template.add_argument(
+        "--sample-group", help="with --from-wsp: the workspace's sample group (All Samples)"
+    )
+    template.add_argument(
+        "--template-sample",
+        help="with --from-wsp: the workspace's sample (a file name of the study's inbox) whose "
+        "gates are read (default: the group's first that the study has)",
     )
     template.add_argument("--reason", required=True, help="why, in words (audit trail)")
     template.add_argument("--who", required=True, help="the name of the person setting it")

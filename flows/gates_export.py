@@ -11,7 +11,6 @@ the gating package writes the files, and ``check_export`` reads them back with f
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,19 +34,12 @@ class StudyExport:
     skipped: dict[str, str] = field(default_factory=dict)  # sample id -> reason
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def current_workspace_samples(study, store, sample_ids: list[str] | None = None):
     """Every current sample (or those of ``sample_ids``) with its file, gates, counts and
     review keywords; and the samples left out, with the reason (gated by a lab's FlowJo
     workspace, or a file changed since it was processed)."""
-    from cohort.review import current_review_states
+    from cohort.intake import sha256_of
+    from cohort.review import current_review_states, override_text
     from gating.wsp_export import WorkspaceSample, gate_counts
     from panels.fcs import scan_header
     from panels.resolve import resolve_panel
@@ -72,7 +64,7 @@ def current_workspace_samples(study, store, sample_ids: list[str] | None = None)
             skipped[sample_id] = f"gated with the FlowJo workspace {source}"
             continue
         fcs_path = study.inbox / record["file_name"]
-        if not fcs_path.is_file() or _sha256(fcs_path) != record["sha256"]:
+        if not fcs_path.is_file() or sha256_of(fcs_path) != record["sha256"]:
             skipped[sample_id] = (
                 f"{fcs_path} is not the file that was processed (missing or replaced): "
                 "run a pass, then export again"
@@ -89,6 +81,8 @@ def current_workspace_samples(study, store, sample_ids: list[str] | None = None)
             "REVIEW STATUS": state.status if state else "to_review",
             "OVERRIDDEN GATES": ";".join(
                 f"{t}={o.value:g} by {o.who}: {o.reason}"
+                if isinstance(o.value, float)
+                else f"{t}={override_text(o.value)} by {o.who}: {o.reason}"
                 for t, o in sorted((state.overrides if state else {}).items())
             ),
             "REVIEW DECIDED BY": state.decided_by if state else "",

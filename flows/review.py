@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
+import math
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -17,7 +20,8 @@ from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
-from fastapi import Depends, FastAPI, Form, HTTPException, Request
+from fastapi import Depends, FastAPI, Form, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -29,6 +33,8 @@ from cohort.review import (
     ReviewStatus,
     check_signature,
     current_review_states,
+    describe_override,
+    drawn_gate,
     record_decision,
     record_override,
     record_undo,
@@ -38,10 +44,13 @@ from cohort.store import Store
 from cohort.study import Study
 from cohort.templates import POOLED
 from flows.review_security import ReviewGuard, Site, local_path, page_of
+from gating.gates import Gate
+from gating.strategy import override_record
 from panels.errors import ImmunomonError
 from reports.outputs import software_version, update_outputs
 from stats.drift import DRIFT_Z, drift_scores, placement_values
 
+MAX_WORKSPACE_BYTES = 64 * 2**20  # a FlowJo workspace uploaded to seed a template
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
 
@@ -129,6 +138,54 @@ class ReviewServer:
     ):
         """Set one threshold of one sample by hand and re-gate that sample now. Returns the
         counts before and after. After an approval or exclusion it must be ``signed``."""
+        if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+            raise AuditError(f"{value} is outside the logicle scale (0 to 1)")
+
+        def checked(strategy, sample) -> tuple[dict, float]:
+            if threshold not in strategy.thresholds:
+                raise AuditError(f"{threshold!r} is not a threshold of strategy {strategy.name}")
+            old = self._placed(sample, threshold)
+            return {"threshold": threshold, "old": None if old is None else old.value}, value
+
+        return self._override(sample_id, threshold, who, reason, signed, checked)
+
+    def redraw(
+        self,
+        sample_id: str,
+        gate: str,
+        geometry: dict,
+        who: str,
+        reason: str,
+        signed: bool = False,
+    ):
+        """Redraw one placed gate of one sample by hand (the lymphocyte ellipse: centre, semi-
+        axes, angle; a polygon: its vertices, on the gate's own scale) and re-gate that sample
+        now; audited and signed like a threshold. Returns the counts before and after."""
+
+        def checked(strategy, sample) -> tuple[dict, Gate]:
+            drawable = strategy.drawable()
+            if gate not in drawable:
+                raise AuditError(
+                    f"{gate!r} is not a gate of strategy {strategy.name} that can be drawn "
+                    f"(those that can: {', '.join(drawable) or 'none'})"
+                )
+            placed = self._placed(sample, gate)
+            if placed is None:
+                raise AuditError(f"{sample_id} has no gate {gate!r} placed: nothing to redraw")
+            recorded = {"gate": gate, "kind": placed.kind, "old": override_record(placed)}
+            return recorded, drawn_gate(placed, geometry)
+
+        return self._override(sample_id, gate, who, reason, signed, checked)
+
+    def _placed(self, sample: dict, name: str):
+        """The sample's current gate (or threshold mark) of that name, as recorded."""
+        gates = self.store.applied_gates(sample["sample_key"])
+        return next((g.gate for g in gates if g.name == name), None)
+
+    def _override(self, sample_id, name, who, reason, signed, checked):
+        """An override of threshold or gate ``name``: ``checked(strategy, sample)`` checks the
+        request and gives what to record and the new value (a number or a drawn gate); then
+        the sample is re-gated and the override audited with the counts before and after."""
         from flows.sample_work import process_sample_file
         from gating.strategy import Strategy
 
@@ -138,26 +195,16 @@ class ReviewServer:
             strategy = self.study.strategies[sample["panel"]]
             if not isinstance(strategy, Strategy):
                 raise AuditError(f"{sample_id} is gated by a FlowJo workspace: adjust it in FlowJo")
-            if threshold not in strategy.thresholds:
-                raise AuditError(f"{threshold!r} is not a threshold of strategy {strategy.name}")
-            if not 0.0 <= value <= 1.0:
-                raise AuditError(f"{value} is outside the logicle scale (0 to 1)")
             if not reason.strip():
                 raise AuditError("override needs a reason in words")
+            recorded, value = checked(strategy, sample)
             entries = self.log.entries()
             check_signature(entries, sample_id, "override", signed)  # before re-gating
-            old = next(
-                (
-                    g.gate.value
-                    for g in self.store.applied_gates(sample["sample_key"])
-                    if g.name == threshold
-                ),
-                None,
-            )
             before = self.counts(sample["sample_key"])
             state = self.states().get(sample_id, ReviewStatus(sample_id))
-            overrides = state.applied_overrides(strategy.sha256) | {threshold: value}
-            record = self._regate(sample, strategy.with_overrides(overrides), process_sample_file)
+            overrides = state.applied_overrides(strategy.sha256) | {name: value}
+            effective = strategy.with_overrides(overrides)  # refuses a bad value: not gated
+            record = self._regate(sample, effective, process_sample_file)
             after = self.counts(record.sample_key)
             record_override(
                 self.log,
@@ -166,9 +213,8 @@ class ReviewServer:
                 reason,
                 self.software,
                 {
-                    "threshold": threshold,
-                    "old": old,
-                    "new": value,
+                    **recorded,
+                    "new": override_record(value),
                     "strategy_sha256": strategy.sha256,
                     "counts_before": before,
                     "counts_after": after,
@@ -257,6 +303,36 @@ class ReviewServer:
             # and review states must use the reference now in force, as the next pass will.
             vars(self.study).pop("strategies", None)
             return change
+
+    def seed_template(
+        self,
+        panel: str,
+        workspace: Path,
+        who: str,
+        reason: str,
+        group: str,
+        sample: str | None,
+    ):
+        """Start the panel's study template from a FlowJo workspace
+        (``cohort.templates.seed_from_workspace``, audited per threshold); refused while a
+        pass holds the study, as ``set_template``."""
+        from cohort.templates import seed_from_workspace
+
+        with self.lock, self.study.exclusive(wait=False):
+            seeding = seed_from_workspace(
+                self.study,
+                self.store,
+                panel,
+                workspace,
+                who=who,
+                reason=reason,
+                group=group,
+                sample=sample,
+                software=self.software,
+            )
+            anchor_head(self.study.root, self.store.conn, f"template {panel} from {workspace.name}")
+            vars(self.study).pop("strategies", None)  # the reference in force changed
+            return seeding
 
     def start_publish(self, who: str) -> PublishJob:
         """Start rewriting results and the cohort report in a background thread. Refused
@@ -475,11 +551,32 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
             raise AuditError(f"{value!r} is not a number") from None
         signed = signed_for(request, person, password, sample_id, "override")
         before, after = server.adjust(sample_id, threshold, number, person, reason, signed)
-        request.session["change"] = [
-            {"population": p, "before": before.get(p, ""), "after": after.get(p, "")}
-            for p in dict.fromkeys([*before, *after])
-        ]
+        request.session["change"] = counts_change(before, after)
         request.session["message"] = f"{threshold} set to {number:g}; {sample_id} re-gated"
+        return RedirectResponse(f"/sample/{quote(sample_id)}", status_code=303)
+
+    @actions.post("/sample/{sample_id}/redraw")
+    def redraw(
+        request: Request,
+        sample_id: str,
+        gate: str = Form(...),
+        geometry: str = Form(...),
+        reason: str = Form(""),
+        password: str = Form(""),
+        person: str = Depends(guard.person),
+    ):
+        try:
+            drawn = json.loads(geometry)
+        except ValueError:
+            raise AuditError(f"the drawn {gate} is not JSON: {geometry[:80]!r}") from None
+        if not isinstance(drawn, dict):
+            raise AuditError(
+                f"the drawn {gate} must be an object (centre, axes, angle or vertices)"
+            )
+        signed = signed_for(request, person, password, sample_id, "override")
+        before, after = server.redraw(sample_id, gate, drawn, person, reason, signed)
+        request.session["change"] = counts_change(before, after)
+        request.session["message"] = f"{gate} redrawn; {sample_id} re-gated"
         return RedirectResponse(f"/sample/{quote(sample_id)}", status_code=303)
 
     @actions.post("/sample/{sample_id}/decide")
@@ -558,7 +655,12 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
         with server.lock:
             context = templates_context(server, panel)
         return render(
-            request, "templates.html", title=f"Study templates {panel}", chosen=sample, **context
+            request,
+            "templates.html",
+            title=f"Study templates {panel}",
+            chosen=sample,
+            not_used=request.session.pop("not_used", None),
+            **context,
         )
 
     @actions.post("/templates/{panel}/set")
@@ -597,6 +699,56 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
         )
         return RedirectResponse(f"/templates/{quote(panel)}", status_code=303)
 
+    @actions.post("/templates/{panel}/from-wsp")
+    async def seed_study_template(
+        request: Request,
+        panel: str,
+        workspace: UploadFile,
+        group: str = Form("All Samples"),
+        template_sample: str = Form(""),
+        reason: str = Form(""),
+        password: str = Form(""),
+        person: str = Depends(guard.person),
+    ):
+        """A FlowJo workspace uploaded as the start of the panel's study template: kept in
+        a temporary folder for the reading only (the study folder is not written but for the
+        reference and the trail), named in the audit entries by its file name and sha256."""
+        guard.signature(request, person, password)  # a study-wide decision: always signed
+        back = f"/templates/{quote(panel)}"
+        name = Path(workspace.filename or "workspace.wsp").name
+        content = await workspace.read(MAX_WORKSPACE_BYTES + 1)
+        if len(content) > MAX_WORKSPACE_BYTES:
+            request.session["error"] = (
+                f"{name}: larger than {MAX_WORKSPACE_BYTES // 2**20} MB; is it a FlowJo workspace?"
+            )
+            return RedirectResponse(back, status_code=303)
+        with tempfile.TemporaryDirectory(prefix="immunomon-wsp-") as folder:
+            path = Path(folder) / name
+            path.write_bytes(content)
+            try:
+                seeding = await run_in_threadpool(
+                    server.seed_template,
+                    panel,
+                    path,
+                    person,
+                    reason,
+                    group or "All Samples",
+                    template_sample or None,
+                )
+            except ImmunomonError as exc:  # refused: back to the page, saying why
+                request.session["error"] = str(exc)
+                return RedirectResponse(back, status_code=303)
+        set_ = ", ".join(
+            f"{c.template.threshold} {c.template.value:.3f} (#{c.audit_seq})"
+            for c in seeding.changes
+        )
+        request.session["message"] = (
+            f"{name} (sha256 {seeding.sha256[:12]}) read on {seeding.sample_id}: {set_}; "
+            "the next processing pass re-gates the panel's samples"
+        )
+        request.session["not_used"] = [list(item) for item in seeding.not_used]
+        return RedirectResponse(back, status_code=303)
+
     @actions.post("/publish")
     def publish(request: Request, person: str = Depends(guard.person)):
         server.start_publish(person)
@@ -634,6 +786,16 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
         with server.lock:
             server.sample(sample_id)
             return threshold_bins(server, sample_id, threshold)
+
+    @pages.get("/scatter/{sample_id}/{gate}.json")
+    def gate_scatter_json(request: Request, sample_id: str, gate: str):
+        """The parent's events of a drawable gate on its two dimensions (at most
+        ``SCATTER_POINTS``) and the gate's geometry: what the sample page draws to drag it."""
+        if not who(request):
+            raise HTTPException(401, "sign in first")
+        with server.lock:
+            server.sample(sample_id)
+            return gate_scatter(server, sample_id, gate)
 
     @pages.get("/audit.csv")
     def audit_csv(request: Request):
@@ -799,6 +961,7 @@ def _reported(server: ReviewServer, panel: str) -> list:
 
 def sample_context(server: ReviewServer, sample_id: str) -> dict:
     from gating.gates import ThresholdMark
+    from gating.pipeline import HAND_DRAWN
     from gating.registration import registered_thresholds
     from gating.strategy import Strategy
 
@@ -819,7 +982,7 @@ def sample_context(server: ReviewServer, sample_id: str) -> dict:
                 }
             )
         else:
-            how = "data" if g.from_data else "default"
+            how = "manual" if g.note == HAND_DRAWN else "data" if g.from_data else "default"
         gates.append({"name": g.name, "parent": g.parent, "how": how, "note": g.note})
     pops = server.store.current_populations()
     pops = pops[pops.sample_key == key]
@@ -847,7 +1010,9 @@ def sample_context(server: ReviewServer, sample_id: str) -> dict:
     ]
     strategy = server.study.strategies[sample["panel"]]
     templatable = set(registered_thresholds(strategy)) if isinstance(strategy, Strategy) else set()
+    drawable = strategy.drawable() if isinstance(strategy, Strategy) else {}
     return {
+        "drawable": [g.name for g in applied if g.name in drawable],
         "s": sample,
         "state": state,
         "templatable": [t for t in thresholds if t["name"] in templatable],
@@ -895,11 +1060,17 @@ def templates_context(server: ReviewServer, panel: str) -> dict:
     }
 
 
+def counts_change(before: dict[str, int], after: dict[str, int]) -> list[dict]:
+    """Each population's count before and after a change, as the sample page tabulates it."""
+    return [
+        {"population": p, "before": before.get(p, ""), "after": after.get(p, "")}
+        for p in dict.fromkeys([*before, *after])
+    ]
+
+
 def _describe(detail: dict) -> str:
-    if "threshold" in detail:
-        old = detail.get("old")
-        old_text = f"{old:.3f}" if isinstance(old, (int, float)) else "?"
-        text = f"{detail['threshold']}: {old_text} -> {float(detail['new']):.3f}"
+    if ("threshold" in detail or "gate" in detail) and "new" in detail:
+        text = describe_override(detail)
         if "undoes" in detail:
             text = f"undo #{detail['undoes']} ({text})"
         return text + _superseding(detail)
@@ -954,6 +1125,78 @@ def threshold_bins(server: ReviewServer, sample_id: str, threshold: str) -> dict
         "bounds": list(spec.bounds),
         "edges": edges.round(6).tolist(),
         "counts": counts.tolist(),
+    }
+
+
+SCATTER_POINTS = 20_000  # events sent to the page to drag a gate over (a random subset beyond)
+
+
+def gate_geometry(gate) -> dict:
+    """A drawable gate's handles as the page drags them: an ellipse's centre, semi-axes and
+    angle (``cohort.review.drawn_gate`` reads the same keys back), a polygon's vertices."""
+    from gating.gates import EllipseGate
+
+    if isinstance(gate, EllipseGate):
+        centre, axes, angle = gate.axes()
+        return {"centre": list(centre), "axes": list(axes), "angle": angle}
+    return {"vertices": [list(v) for v in gate.vertices]}
+
+
+def _extent(gate) -> list[tuple[float, float]]:
+    """The gate's own span on each of its two dimensions."""
+    from gating.gates import EllipseGate
+
+    if isinstance(gate, EllipseGate):
+        half = np.sqrt(np.diag(np.asarray(gate.covariance)) * gate.distance_square)
+        return [(m - h, m + h) for m, h in zip(gate.mean, half, strict=True)]
+    points = np.asarray(gate.vertices, float)
+    return [(points[:, k].min(), points[:, k].max()) for k in range(2)]
+
+
+def _view(values: np.ndarray, extent: tuple[float, float]) -> list[float]:
+    """The shown range of one axis: most events and the gate, within a little more than the
+    plot's scale (0 to 1), so a small cluster is not lost in a corner; a polygon's far
+    vertices (an open side) are drawn on the edge."""
+    finite = values[np.isfinite(values)]
+    low, top = np.quantile(finite, [0.005, 0.995]) if finite.size else (0.0, 1.0)
+    low = max(-0.1, min(0.0, float(low), float(extent[0])))
+    high = min(1.1, max(float(top), float(extent[1])))
+    high = max(high, low + 0.05)
+    margin = 0.05 * (high - low)
+    return [round(max(-0.1, low - margin), 4), round(min(1.1, high + margin), 4)]
+
+
+def gate_scatter(server: ReviewServer, sample_id: str, gate: str) -> dict:
+    """The events of a drawable gate's parent on the gate's dimensions (scatter as a fraction
+    of range, markers in logicle), the gate's count and parent count, and its geometry."""
+    from gating.strategy import Strategy
+    from reports.outputs import replay_current
+
+    sample, gates, masks, space, _ = replay_current(server.study, server.store, sample_id)
+    strategy = server.study.strategies[sample["panel"]]
+    drawable = strategy.drawable() if isinstance(strategy, Strategy) else {}
+    applied = next((g for g in gates if g.name == gate), None)
+    if gate not in drawable or applied is None:
+        raise HTTPException(404, f"no drawable gate {gate!r} for {sample_id}")
+    rows = np.flatnonzero(masks[applied.parent])
+    parent_count = int(rows.size)
+    if rows.size > SCATTER_POINTS:  # the same subset on every load: seeded by nothing else
+        rows = np.sort(np.random.default_rng(0).choice(rows, SCATTER_POINTS, replace=False))
+    x_dim, y_dim = applied.gate.dimensions
+    x = np.asarray(space[x_dim])[rows]
+    y = np.asarray(space[y_dim])[rows]
+    return {
+        "view": [_view(x, ex) for x, ex in zip((x, y), _extent(applied.gate), strict=True)],
+        "gate": gate,
+        "kind": applied.gate.kind,
+        "parent": applied.parent,
+        "dimensions": [x_dim, y_dim],
+        "x": np.round(x, 5).tolist(),
+        "y": np.round(y, 5).tolist(),
+        "parent_count": parent_count,
+        "count": int(np.count_nonzero(masks[gate])),
+        "geometry": gate_geometry(applied.gate),
+        "note": applied.note,
     }
 
 

@@ -16,6 +16,7 @@ Adding a kind is adding a class here (and, if it is drawn differently, a drawing
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,13 @@ if TYPE_CHECKING:
     from gating.space import GatingSpace
 
 Limits = dict[str, tuple[float | None, float | None]]
+# A gate drawn by hand in review lies on the plot's scale (logicle 0-1, scatter as a fraction of
+# range), with this much room beyond it; a coordinate further out is a slip or a forgery.
+DRAWN_REACH = 1.5
+DRAWN_LIMITS = "[-1, 2]"
+MAX_DRAWN_VERTICES = 200
+MIN_DRAWN_AREA = 1e-6  # of the unit square: less is a line, not a region
+MIN_DRAWN_AXIS = 1e-3  # an ellipse's semi-axis, on the plot's scale
 # dimension name, low, high -> flowkit Dimension (transform and compensation of that dimension)
 DimensionMaker = Callable[..., Any]
 
@@ -71,6 +79,11 @@ class Gate(ABC):
     @abstractmethod
     def to_flowkit(self, name: str, dimension: DimensionMaker, parent_path: tuple) -> list:
         """flowkit gates that reproduce this one; helpers first, the gate named ``name`` last."""
+
+    def drawn_problem(self) -> str:
+        """Why this gate, drawn by hand in review, cannot be used ('' when it can). Only kinds
+        a person can draw on a scatter plot (ellipse, polygon) say ''."""
+        return f"a {self.kind} gate cannot be drawn in review"
 
 
 def gate_from_record(kind: str, dimensions: tuple[str, ...], parameters: Mapping) -> Gate:
@@ -244,6 +257,20 @@ class PolygonGate(Gate):
         vertices = [list(v) for v in self.vertices]
         return [fk.gates.PolygonGate(name, [dimension(d) for d in self.dims], vertices)]
 
+    def drawn_problem(self) -> str:
+        """Why this polygon, drawn by hand, cannot be used ('' when it can): finite vertices
+        on the plot's scale, not too many, enclosing an area."""
+        points = np.asarray(self.vertices, float)
+        if points.ndim != 2 or points.shape[1] != 2 or not 3 <= len(points) <= MAX_DRAWN_VERTICES:
+            return f"a polygon needs 3 to {MAX_DRAWN_VERTICES} vertices of 2 coordinates"
+        if not np.isfinite(points).all() or np.abs(points - 0.5).max() > DRAWN_REACH:
+            return f"every vertex must be a finite number within {DRAWN_LIMITS} (the plot's scale)"
+        x, y = points[:, 0], points[:, 1]
+        area = 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+        if area < MIN_DRAWN_AREA:
+            return f"the polygon encloses no area ({area:.2g}): its vertices are (nearly) in line"
+        return ""
+
 
 def singlet_polygon(max_ratio: float, area: str = "FSC-A", height: str = "FSC-H") -> PolygonGate:
     """Region height >= area / max_ratio (range-scaled), as a polygon gate."""
@@ -326,6 +353,65 @@ class EllipseGate(Gate):
                 hit = points_in_ellipsoid(covariance, mean, distance_square, xy)
                 inside[near] = hit.astype(bool)
         return inside
+
+    @classmethod
+    def from_axes(
+        cls,
+        dims: tuple[str, str],
+        centre: tuple[float, float],
+        axes: tuple[float, float],
+        angle: float,
+        distance_square: float = 1.0,
+    ) -> EllipseGate:
+        """The ellipse with ``centre``, semi-axes ``axes`` (along its own x, then y) and its x
+        axis ``angle`` degrees anticlockwise from the plot's x: what a person drags in review.
+        Kept in this class's form, so the boundary is where ``distance_square`` puts it."""
+        theta = np.radians(float(angle)) if math.isfinite(angle) else np.nan
+        rotation = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+        scales = np.diag(np.square(np.asarray(axes, float)) / float(distance_square))
+        covariance = rotation @ scales @ rotation.T
+        covariance = (covariance + covariance.T) / 2
+        return cls(
+            tuple(dims),
+            tuple(float(c) for c in centre),
+            tuple(tuple(float(v) for v in row) for row in covariance),
+            float(distance_square),
+        )
+
+    def axes(self) -> tuple[tuple[float, float], tuple[float, float], float]:
+        """Centre, semi-axes (major first) and the major axis' angle in degrees (-90, 90]:
+        the handles review draws (the inverse of ``from_axes``)."""
+        values, vectors = np.linalg.eigh(np.asarray(self.covariance, float))
+        minor, major = np.sqrt(np.clip(values, 0.0, None) * self.distance_square)
+        x, y = vectors[:, 1]
+        angle = float(np.degrees(np.arctan2(y, x)))
+        if angle <= -90.0:
+            angle += 180.0
+        elif angle > 90.0:
+            angle -= 180.0
+        return (float(self.mean[0]), float(self.mean[1])), (float(major), float(minor)), angle
+
+    def drawn_problem(self) -> str:
+        """Why this ellipse, drawn by hand, cannot be used ('' when it can): two dimensions,
+        a finite centre on the plot's scale, semi-axes neither degenerate nor beyond it."""
+        mean = np.asarray(self.mean, float)
+        covariance = np.asarray(self.covariance, float)
+        if mean.shape != (2,) or covariance.shape != (2, 2):
+            return "an ellipse drawn in review has 2 dimensions"
+        if not (np.isfinite(mean).all() and np.isfinite(covariance).all()):
+            return "the ellipse's centre and axes must be finite numbers"
+        if not (math.isfinite(self.distance_square) and self.distance_square > 0):
+            return "the ellipse's distance must be a positive number"
+        if np.abs(mean - 0.5).max() > DRAWN_REACH:
+            return f"the ellipse's centre must lie within {DRAWN_LIMITS} (the plot's scale)"
+        if not np.allclose(covariance, covariance.T, rtol=1e-9, atol=1e-15):
+            return "the ellipse's covariance must be symmetric"
+        values = np.linalg.eigvalsh(covariance) * self.distance_square
+        if values.min() <= 0 or np.sqrt(values.min()) < MIN_DRAWN_AXIS:
+            return f"the ellipse is flat: each semi-axis must be at least {MIN_DRAWN_AXIS}"
+        if np.sqrt(values.max()) > 2 * DRAWN_REACH:
+            return f"the ellipse is larger than the plot: semi-axes at most {2 * DRAWN_REACH}"
+        return ""
 
     def to_flowkit(self, name, dimension, parent_path):
         import flowkit as fk

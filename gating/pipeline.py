@@ -32,6 +32,7 @@ from panels.fcs import FcsData
 from panels.resolve import ResolvedPanel
 
 PIPELINE_VERSION = "6"  # bump when a change alters counts for an unchanged strategy and file
+HAND_DRAWN = "drawn by hand in review"  # the note of a gate placed as a person drew it
 
 
 def replay_gates(
@@ -101,6 +102,10 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
         if spec.name in entered:  # the file is this population already: nothing to place
             why = f"the file is an export of {entry} (already gated)"
             applied = passed_through(spec.name, spec.parent, resolved, why)
+        elif spec.name in strategy.overrides:  # drawn by hand in review: as drawn
+            applied = AppliedGate(
+                spec.name, spec.parent, strategy.overrides[spec.name], True, HAND_DRAWN
+            )
         else:
             applied = spec.place(context)
         if not applied.from_data:

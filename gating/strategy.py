@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +22,15 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gating.gates import BooleanGate, EllipseGate, PolygonGate, RawRangeGate, RectangleGate
+from gating.gates import (
+    BooleanGate,
+    EllipseGate,
+    Gate,
+    PolygonGate,
+    RawRangeGate,
+    RectangleGate,
+    gate_from_record,
+)
 from gating.records import AppliedGate
 from panels.config_files import find_config_file, load_yaml_model
 from panels.errors import ImmunomonError
@@ -343,20 +352,51 @@ class Strategy:
     # from the study reference with this sha256; the strategy's sha256 then includes it.
     offsets: Mapping[str, float] = field(default_factory=dict)
     reference_sha256: str = ""
-    # Thresholds set by hand for one sample in review (``cohort.review``): used as written,
-    # recorded as 'manual'; the sha256 then includes them, so the result is a new one.
-    overrides: Mapping[str, float] = field(default_factory=dict)
+    # Set by hand for one sample in review (``cohort.review``): thresholds (name -> value) and
+    # drawn gates (gate name -> its ellipse or polygon), used as given and recorded as manual;
+    # the sha256 then includes them, so the result is a new one.
+    overrides: Mapping[str, float | Gate] = field(default_factory=dict)
     base_sha256: str = ""  # the strategy's sha256 without the overrides
 
-    def with_overrides(self, overrides: Mapping[str, float]) -> Strategy:
-        """This strategy with one sample's hand-set thresholds."""
-        unknown = sorted(set(overrides) - set(self.thresholds))
+    def drawable(self) -> dict[str, tuple[str, str]]:
+        """Gate name -> its two dimensions, for the gates a person may redraw in review: those
+        placed per sample on a scatter plot (the lymphocyte ellipse, a placed polygon)."""
+        return {
+            g.name: tuple(g.dimensions)
+            for g in self.gates
+            if not isinstance(g, (RectangleSpec, BooleanSpec))
+            and len(getattr(g, "dimensions", ())) == 2
+        }
+
+    def with_overrides(self, overrides: Mapping[str, float | Gate]) -> Strategy:
+        """This strategy with one sample's hand-set thresholds and hand-drawn gates."""
+        drawable = self.drawable()
+        unknown = sorted(set(overrides) - set(self.thresholds) - set(drawable))
         if unknown:
-            raise StrategyError(f"{', '.join(unknown)}: not thresholds of strategy {self.name}")
+            raise StrategyError(
+                f"{', '.join(unknown)}: not thresholds or drawable gates of strategy {self.name}"
+            )
+        for name, value in overrides.items():
+            if name in self.thresholds:
+                if not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise StrategyError(f"{name}: a threshold's value must be a finite number")
+                continue
+            if not isinstance(value, Gate):
+                raise StrategyError(f"{name}: a drawn gate must be an ellipse or a polygon")
+            problem = value.drawn_problem()
+            if not problem and tuple(value.dimensions) != drawable[name]:
+                problem = (
+                    f"drawn on {' x '.join(value.dimensions)}, but the gate is on "
+                    f"{' x '.join(drawable[name])}"
+                )
+            if problem:
+                raise StrategyError(f"gate {name} of strategy {self.name}: {problem}")
         if not overrides:
             return self
         base = self.base_sha256 or self.sha256
-        text = json.dumps({k: float(v) for k, v in sorted(overrides.items())})
+        text = json.dumps(
+            {k: override_record(v) for k, v in sorted(overrides.items())}, sort_keys=True
+        )
         digest = hashlib.sha256(f"{base}|manual|{text}".encode()).hexdigest()
         return replace(self, overrides=dict(overrides), sha256=digest, base_sha256=base)
 
@@ -410,6 +450,33 @@ class Strategy:
             if needs:
                 lost[spec.name] = needs
         return {name: tuple(sorted(needs)) for name, needs in lost.items()}
+
+
+def override_record(value: float | Gate) -> float | dict:
+    """An override as JSON (the audit trail's and the identity's form): a threshold's value,
+    or a drawn gate's kind, dimensions and parameters."""
+    if isinstance(value, Gate):
+        return {
+            "kind": value.kind,
+            "dimensions": list(value.dimensions),
+            "parameters": value.parameters(),
+        }
+    return float(value)
+
+
+def override_from_record(record: float | Mapping) -> float | Gate:
+    """``override_record``'s inverse; a record that is neither is a StrategyError."""
+    if isinstance(record, Mapping):
+        try:
+            return gate_from_record(
+                str(record["kind"]), tuple(record["dimensions"]), record["parameters"]
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StrategyError(f"a drawn gate's record is not usable ({exc})") from None
+    try:
+        return float(record)
+    except (TypeError, ValueError):
+        raise StrategyError(f"an override's value {record!r} is not a number") from None
 
 
 def load_strategy(name_or_path: str, base_dir: Path | None = None) -> Strategy:

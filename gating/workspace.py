@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from gating.records import PopulationCount, SampleGating
 from gating.strategy import StrategyError
 
@@ -88,12 +90,7 @@ def load_workspace_strategy(path: str | Path, options: dict) -> WorkspaceStrateg
             f"{where}: the panel's 'workspace: populations:' must map each reported "
             "population to a gate name of the workspace"
         )
-    try:
-        workspace = _parse(str(path), path.stat().st_mtime_ns)
-    except Exception as exc:  # flowkit raises many types for a malformed file
-        raise StrategyError(
-            f"{where}: flowkit cannot read it ({type(exc).__name__}: {exc})"
-        ) from exc
+    workspace = _read(path)
     group = str(options.get("group", "All Samples"))
     groups = list(workspace.get_sample_groups())
     if group not in groups:
@@ -158,3 +155,135 @@ def gate_sample_with_workspace(fcs_path: str | Path, strategy: WorkspaceStrategy
         populations.append(PopulationCount(population, parent, count, parent_count))
     flags = [f"flowjo_workspace:{'own_gates' if own else 'template ' + strategy.template_sample}"]
     return SampleGating(sample.event_count, populations, [], [], flags)
+
+
+@dataclass(frozen=True)
+class WorkspaceLimit:
+    """A FlowJo rectangle's limit read as one of our thresholds: ``value`` on our logicle
+    scale (the panel's W, M, A and the file's $PnR), from gate ``gate`` (its FlowJo path)."""
+
+    threshold: str
+    value: float
+    gate: str
+    channel: str
+    side: str  # "min" or "max"
+
+
+@dataclass(frozen=True)
+class WorkspaceSeed:
+    """What a FlowJo workspace's template sample gives a strategy: each threshold's limit (the
+    first gate that sets it), and every FlowJo gate not used, with the reason."""
+
+    sample: str  # the workspace's sample the gates were read on (its file name)
+    limits: dict[str, WorkspaceLimit]
+    unmapped: list[tuple[str, str]]  # (FlowJo gate path, why it gives no threshold)
+
+
+def _read(path: Path):
+    """The parsed workspace; a file flowkit cannot read is a StrategyError naming it."""
+    where = f"FlowJo workspace {path}"
+    try:
+        return _parse(str(path), path.stat().st_mtime_ns)
+    except OSError as exc:
+        raise StrategyError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    except Exception as exc:  # flowkit raises many types for a malformed file
+        raise StrategyError(
+            f"{where}: flowkit cannot read it ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def workspace_samples(path: str | Path, group: str = "All Samples") -> list[str]:
+    """The samples (file names) of a workspace's sample group; an unknown group is an error
+    naming the groups there are."""
+    path = Path(path)
+    workspace = _read(path)
+    groups = list(workspace.get_sample_groups())
+    if group not in groups:
+        raise StrategyError(
+            f"FlowJo workspace {path}: no sample group {group!r} (groups: {', '.join(groups)})"
+        )
+    return list(workspace.get_sample_ids(group_name=group, loaded_only=False))
+
+
+def workspace_limits(
+    path: str | Path,
+    strategy,
+    resolved,
+    pnr: dict[str, float],
+    group: str = "All Samples",
+    sample: str | None = None,
+) -> WorkspaceSeed:
+    """Read a FlowJo workspace's gates (flowkit) on one sample of ``group`` (``sample``, or
+    the group's first) and map them to ``strategy``'s thresholds: a FlowJo rectangle named as
+    one of our rectangle gates gives, on each dimension our gate limits by a threshold, that
+    threshold's value. FlowJo's dimension is matched to our marker by its channel
+    (``resolved``: the panel bound to a file of the study; ``Comp-`` or not), its limit taken
+    back to channel units through the workspace's own transform and then onto our logicle
+    (``pnr``: channel -> $PnR of that file). Every other gate is listed with the reason.
+
+    An ellipse or polygon of FlowJo is not a threshold: our placed gates (the lymphocyte
+    ellipse, the Treg arm) find themselves on each sample, so their FlowJo geometry is listed,
+    not used."""
+    from gating.space import channel_range
+    from gating.strategy import RectangleSpec
+    from gating.transforms import Logicle
+
+    path = Path(path)
+    where = f"FlowJo workspace {path}"
+    members = workspace_samples(path, group)
+    chosen = sample if sample is not None else (members[0] if members else "")
+    if chosen not in members:
+        raise StrategyError(
+            f"{where}: sample {chosen!r} is not in group {group!r} "
+            f"(its samples: {', '.join(members) or 'none'})"
+        )
+    gating = _read(path).get_gating_strategy(chosen)
+    ours = {g.name.casefold(): g for g in strategy.gates}
+    marker_of = {channel: marker for marker, channel in resolved.marker_channels.items()}
+    panel = resolved.panel
+    limits: dict[str, WorkspaceLimit] = {}
+    unmapped: list[tuple[str, str]] = []
+    for name, parents in gating.get_gate_ids():
+        label = "/".join((*[p for p in parents if p != "root"], name))
+        gate = gating.get_gate(name, parents)
+        spec = ours.get(name.casefold())
+        kind = type(gate).__name__
+        if spec is None:
+            unmapped.append((label, f"no gate of strategy {strategy.name} is named {name!r}"))
+            continue
+        if not isinstance(spec, RectangleSpec) or kind != "RectangleGate":
+            unmapped.append(
+                (
+                    label,
+                    f"a FlowJo {kind} for our {spec.kind} gate {spec.name}: "
+                    "only rectangle limits map to thresholds (our placed gates are found on "
+                    "each sample)",
+                )
+            )
+            continue
+        used = False
+        for dim in gate.dimensions:
+            channel = dim.id.removeprefix("Comp-")
+            marker = marker_of.get(channel)
+            if marker is None or marker not in spec.limits:
+                continue
+            for side, ref, limit in zip(
+                ("min", "max"), spec.limits[marker], (dim.min, dim.max), strict=True
+            ):
+                if not isinstance(ref, str) or limit is None or ref in limits:
+                    continue
+                value = float(limit)
+                if dim.transformation_ref is not None:
+                    theirs = gating.get_transform(dim.transformation_ref)
+                    value = float(np.asarray(theirs.inverse(np.array([[value]]))).ravel()[0])
+                logicle = Logicle(
+                    channel_range(pnr[channel]), panel.logicle_w, panel.logicle_m, panel.logicle_a
+                )
+                ours_value = float(logicle.exact(np.array([value]))[0])
+                limits[ref] = WorkspaceLimit(ref, ours_value, label, channel, side)
+                used = True
+        if not used:
+            unmapped.append(
+                (label, f"no limit of it falls on a threshold of {spec.name} not already read")
+            )
+    return WorkspaceSeed(chosen, limits, unmapped)

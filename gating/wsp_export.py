@@ -130,34 +130,29 @@ def _to_channel_units(strategy, dim, value: float) -> float:
     return float(transform.inverse(np.array([[float(value)]]))[0, 0])
 
 
-def _add_dimensions(gate_el, gate, comp_id) -> None:
+def _shape_element(parent_el, tag: str, gate, comp_id, strategy=None, **attributes):
+    """A FlowJo gate element (``tag``) with its dimensions; with ``strategy``, each
+    dimension's limits in channel units (a rectangle's)."""
+    el = etree.SubElement(parent_el, _g(tag), eventsInside="1")
+    for key, value in attributes.items():
+        el.set(key, value)
     for dim in gate.dimensions:
-        dim_el = etree.SubElement(gate_el, _g("dimension"))
+        dim_el = etree.SubElement(el, _g("dimension"))
+        for key, limit in (("min", dim.min), ("max", dim.max)):
+            if strategy is not None and limit is not None:
+                dim_el.set(_g(key), _number(_to_channel_units(strategy, dim, limit)))
         etree.SubElement(dim_el, _d("fcs-dimension")).set(
             _d("name"), _flowjo_dimension(dim, comp_id)
         )
+    return el
 
 
 def _rectangle(parent_el, gate, strategy, comp_id) -> None:
-    el = etree.SubElement(parent_el, _g("RectangleGate"), eventsInside="1")
-    el.set("percentX", "0")
-    el.set("percentY", "0")
-    for dim in gate.dimensions:
-        dim_el = etree.SubElement(el, _g("dimension"))
-        if dim.min is not None:
-            dim_el.set(_g("min"), _number(_to_channel_units(strategy, dim, dim.min)))
-        if dim.max is not None:
-            dim_el.set(_g("max"), _number(_to_channel_units(strategy, dim, dim.max)))
-        etree.SubElement(dim_el, _d("fcs-dimension")).set(
-            _d("name"), _flowjo_dimension(dim, comp_id)
-        )
+    _shape_element(parent_el, "RectangleGate", gate, comp_id, strategy, percentX="0", percentY="0")
 
 
 def _polygon(parent_el, gate, strategy, comp_id) -> None:
-    el = etree.SubElement(parent_el, _g("PolygonGate"), eventsInside="1")
-    el.set("quadId", "-1")
-    el.set("gateResolution", "256")
-    _add_dimensions(el, gate, comp_id)
+    el = _shape_element(parent_el, "PolygonGate", gate, comp_id, quadId="-1", gateResolution="256")
     for vertex in gate.vertices:
         vertex_el = etree.SubElement(el, _g("vertex"))
         for dim, coordinate in zip(gate.dimensions, vertex, strict=True):
@@ -206,8 +201,7 @@ def _ellipse(parent_el, gate, strategy, comp_id) -> None:
     foci, edges = ellipse_foci_and_edges(
         gate.coordinates, gate.covariance_matrix, gate.distance_square
     )
-    el = etree.SubElement(parent_el, _g("EllipsoidGate"), eventsInside="1")
-    _add_dimensions(el, gate, comp_id)
+    el = _shape_element(parent_el, "EllipsoidGate", gate, comp_id)
     for tag, points in (("foci", foci), ("edge", edges)):
         group = etree.SubElement(el, _g(tag))
         for point in points:

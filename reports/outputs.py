@@ -21,6 +21,7 @@ from cohort.review import (
     REVIEW_ACTIONS,
     ReviewStatus,
     current_review_states,
+    describe_override,
     status_frame,
     undone,
 )
@@ -126,10 +127,7 @@ def review_lines(study: Study, store: Store, review: pd.DataFrame) -> list[str]:
         if e.action == "exclude" and status.get(e.sample_id) != "excluded":
             continue  # approved again later
         if e.action == "override":
-            what = (
-                f"{e.detail['threshold']} {e.detail.get('old') or float('nan'):.3f} -> "
-                f"{float(e.detail['new']):.3f}"
-            )
+            what = describe_override(e.detail)
         else:
             what = "excluded from the statistics"
         lines.append(f"  #{e.seq} {e.at[:19]} {e.who}: {e.sample_id} {what}; why: {e.reason}")

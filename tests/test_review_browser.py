@@ -37,6 +37,8 @@ CHROMIUM_ARGS = [
 ]
 ROOT = Path(__file__).parents[1]
 TEMPLATE_SAMPLE = "P04_BL_TREG"
+ELLIPSE_SAMPLE = "P06_M3_BCELL"
+ELLIPSE_REASON = "ellipse reaches into the monocytes"
 TEMPLATE_REASON = "naive CD45RA peak is clean on this baseline"
 
 
@@ -78,10 +80,13 @@ def reviewed(demo_run, tmp_path_factory):
     shutil.copytree(root, study)
     shots = tmp_path_factory.mktemp("screenshots")
     port = _free_port()
+    # The server's log goes to a file: a pipe nobody reads fills (uvicorn logs every request,
+    # and the publish page polls) and the server then blocks writing, at shutdown too.
+    log = open(shots / "server.log", "w")  # noqa: SIM115 (closed once the server is gone)
     server = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "review", "--study", str(study), "--port", str(port)],
         cwd=ROOT,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -95,7 +100,8 @@ def reviewed(demo_run, tmp_path_factory):
             time.sleep(0.2)
     else:
         server.kill()
-        pytest.fail(f"the review server did not start: {server.stdout.read()}")
+        log.close()
+        pytest.fail(f"the review server did not start: {(shots / 'server.log').read_text()}")
     pages = {}
     try:
         with playwright.sync_playwright() as p:
@@ -146,6 +152,35 @@ def reviewed(demo_run, tmp_path_factory):
             page.click("#exclude")
             pages["excluded_status"] = page.inner_text("#review-status")
 
+            # The lymphocyte ellipse of one sample: shorten its major axis by dragging the
+            # axis' end halfway to the centre, then move the whole ellipse by its centre.
+            page.goto(base + f"/sample/{ELLIPSE_SAMPLE}")
+            playwright.expect(page.locator("#draw-preview")).to_contain_text("lymphocytes:")
+            pages["ellipse_placed"] = page.request.get(
+                base + f"/scatter/{ELLIPSE_SAMPLE}/lymphocytes.json"
+            ).json()
+            box = page.locator("#scatter").bounding_box()
+            ox, oy = box["x"] + 1, box["y"] + 1  # the canvas' border
+            handles = json.loads(page.get_attribute("#scatter", "data-handles"))
+            (cx, cy), (mx, my) = handles["centre"], handles["major"]
+            page.mouse.move(ox + mx, oy + my)
+            page.mouse.down()
+            page.mouse.move(ox + (cx + mx) / 2, oy + (cy + my) / 2, steps=8)
+            page.mouse.up()
+            page.mouse.move(ox + cx, oy + cy)
+            page.mouse.down()
+            page.mouse.move(ox + cx - 6, oy + cy, steps=4)
+            page.mouse.up()
+            pages["ellipse_preview"] = page.inner_text("#draw-preview")
+            pages["ellipse_drawn"] = json.loads(page.input_value("#redraw-geometry"))
+            page.fill("#redraw-reason", ELLIPSE_REASON)
+            page.click("#redraw")
+            page.wait_for_load_state("networkidle")
+            _screenshot(page, shots / "ellipse.png", full_page=True)
+            pages["ellipse_status"] = page.inner_text("#review-status")
+            pages["ellipse_change"] = page.inner_text("#change")
+            pages["ellipse_gates"] = page.inner_text("#gates")
+
             # An expert sets the Treg CD45RA boundary on a baseline sample as the study's.
             page.goto(base + f"/sample/{TEMPLATE_SAMPLE}")
             page.select_option("#sample-template-threshold", "t_cd45ra")
@@ -178,6 +213,8 @@ def reviewed(demo_run, tmp_path_factory):
         except subprocess.TimeoutExpired:
             server.kill()
             pytest.fail("the review server did not stop on SIGTERM within 15 s")
+        finally:
+            log.close()
     return {"root": root, "study": study, "pages": pages, "shots": shots}
 
 
@@ -243,9 +280,10 @@ def test_an_adjusted_threshold_regates_that_sample_only(reviewed):
     sample = store.current_sample("P04_M1_BCELL")
     mark = next(g for g in store.applied_gates(sample["sample_key"]) if g.name == "t_cd19")
     assert (mark.gate.value, mark.gate.method) == (float(value), "manual")
-    # Only this sample has a new result: every other current result is the demo run's.
+    # Only this sample (and the one whose ellipse was redrawn) has a new result: every other
+    # current result is the demo run's.
     original = Store(reviewed["root"] / "immunomon.db")
-    keys = set(store.files_frame().sample_id) - {"P04_M1_BCELL"}
+    keys = set(store.files_frame().sample_id) - {"P04_M1_BCELL", ELLIPSE_SAMPLE}
     now = store.current_populations()
     then = original.current_populations()
     for frame in (now, then):
@@ -260,6 +298,64 @@ def test_an_adjusted_threshold_regates_that_sample_only(reviewed):
     assert row.review_status.iloc[0] == "overridden" and row.overridden_gates.iloc[0] == "t_cd19"
     samples = pd.read_csv(study / "results" / "samples.csv").set_index("sample_id")
     assert samples.at["P04_M3_BCELL", "review_status"] == "approved"
+
+
+def test_an_ellipse_dragged_in_the_browser_is_stored_counted_and_audited(reviewed):
+    """The drag moved the handles by the mouse; the drawn ellipse is the sample's gate now,
+    its counts are the gate's own test on the events, the page showed them before and after,
+    and the trail holds the signed change with both ellipses and both counts."""
+    from cohort.audit import AuditLog
+    from cohort.store import Store
+
+    pages, study, root = reviewed["pages"], reviewed["study"], reviewed["root"]
+    placed, drawn = pages["ellipse_placed"]["geometry"], pages["ellipse_drawn"]
+    assert drawn["axes"][0] == pytest.approx(placed["axes"][0] / 2, rel=0.05)  # the drag
+    assert drawn["axes"][1] == pytest.approx(placed["axes"][1])
+    assert drawn["centre"][0] < placed["centre"][0]
+    assert pages["ellipse_status"] == "overridden"
+    assert "drawn by hand in review" in pages["ellipse_gates"]
+    rows = {r.split("\t")[0]: r.split("\t")[1:] for r in pages["ellipse_change"].splitlines()}
+    before, after = (int(v) for v in rows["lymphocytes"])
+    assert after < before  # half the major axis: fewer lymphocytes
+    store = Store(study / "immunomon.db")
+    try:
+        sample = store.current_sample(ELLIPSE_SAMPLE)
+        gate = next(g for g in store.applied_gates(sample["sample_key"]) if g.name == "lymphocytes")
+        (x, y), axes, angle = gate.gate.axes()
+        assert [x, y] == pytest.approx(drawn["centre"]) and angle == pytest.approx(
+            drawn["angle"], abs=1e-6
+        )
+        assert sorted(axes) == pytest.approx(sorted(drawn["axes"]))
+        pops = store.current_populations()
+        mine = pops[pops.sample_key == sample["sample_key"]].set_index("population")
+        assert mine.at["lymphocytes", "count"] == after
+        # The page's preview counted the same events (all are sent at 6000 per file).
+        preview = int(re.search(r"lymphocytes: (\d+) of", pages["ellipse_preview"])[1])
+        assert abs(preview - after) <= 2  # events on the boundary itself may differ
+        entry = next(
+            e
+            for e in AuditLog(store.conn).entries()
+            if e.sample_id == ELLIPSE_SAMPLE and e.action == "override"
+        )
+    finally:
+        store.close()
+    assert (entry.who, entry.reason, entry.detail["gate"]) == (
+        "jdupont",
+        ELLIPSE_REASON,
+        "lymphocytes",
+    )
+    assert entry.detail["counts_before"]["lymphocytes"] == before
+    assert entry.detail["counts_after"]["lymphocytes"] == after
+    original = Store(root / "immunomon.db")
+    then = original.current_populations()
+    original.close()
+    then = then[(then.sample_id == ELLIPSE_SAMPLE) & (then.population == "lymphocytes")]
+    assert int(then["count"].iloc[0]) == before
+    populations = pd.read_csv(study / "results" / "populations.csv")
+    row = populations[
+        (populations.sample_id == ELLIPSE_SAMPLE) & (populations.population == "lymphocytes")
+    ]
+    assert row.overridden_gates.iloc[0] == "lymphocytes" and row["count"].iloc[0] == after
 
 
 def test_an_excluded_sample_leaves_the_statistics_and_is_listed_in_the_report(reviewed):
@@ -364,6 +460,30 @@ def test_the_nightly_pass_keeps_the_override_and_undo_is_a_new_entry(reviewed, t
     assert summary.processed == 0 and summary.unchanged == 182  # the override stays current
     server = ReviewServer(study, accounts=False)
     assert server.states()["P04_M1_BCELL"].status == "overridden"
+    assert server.states()[ELLIPSE_SAMPLE].status == "overridden"  # the drawn ellipse too
+    drawn = reviewed["pages"]["ellipse_drawn"]
+    store = Store(study / "immunomon.db")
+    sample = store.current_sample(ELLIPSE_SAMPLE)
+    gate = next(g for g in store.applied_gates(sample["sample_key"]) if g.name == "lymphocytes")
+    store.close()
+    assert list(gate.gate.mean) == pytest.approx(drawn["centre"])
+    assert server.undo(ELLIPSE_SAMPLE, "jdupont", "ellipse was right") == "override"
+    original = Store(reviewed["root"] / "immunomon.db")
+    store = Store(study / "immunomon.db")
+    try:
+        counts = [
+            s.current_populations()
+            .query("sample_id == @ELLIPSE_SAMPLE")
+            .set_index("population")["count"]
+            for s in (original, store)
+        ]
+        sample = store.current_sample(ELLIPSE_SAMPLE)
+        gate = next(g for g in store.applied_gates(sample["sample_key"]) if g.name == "lymphocytes")
+    finally:
+        original.close()
+        store.close()
+    assert gate.note != "drawn by hand in review"
+    assert counts[0].to_dict() == counts[1].to_dict()  # undo re-gated: the placed ellipse again
     # Drift is scored on thresholds, population shares and the gating markers' medians.
     keys = set(drift_table(server).key)
     assert {"threshold t_cd19", "% cd19_b", "median cd19_b CD19"} <= keys

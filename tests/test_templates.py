@@ -3,6 +3,7 @@ audited, part of the results' identity, named in the report's Methods."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -264,3 +265,169 @@ def test_a_template_entry_edited_by_hand_is_named_not_a_traceback(pooled):
     with pytest.raises(TemplateError, match="treg.yaml: a template entry lacks 'set_by'"):
         panel_templates(Study(pooled.root), PANEL)
     assert "templates not readable" in template_methods_lines(Study(pooled.root))[0]
+
+
+# A FlowJo workspace seeds the study template (issue 26, item 4) ---------------------------
+def _our_workspace(study: Study, sample_ids: list[str], path):
+    """Our own FlowJo export of ``sample_ids`` (gated as a pass gates them), one group."""
+    from gating.wsp_export import WorkspaceSample, write_workspace
+
+    samples = []
+    for sample_id in sample_ids:
+        fcs = study.inbox / f"{sample_id.replace('_', '-')}.fcs"
+        data = read_events(fcs)
+        resolved = resolve_panel(study.panels[PANEL], data.header)
+        gating = gate_sample(data, resolved, study.strategies[PANEL])
+        counts = {name: int(mask.sum()) for name, mask in gating.masks.items()}
+        samples.append(WorkspaceSample(sample_id, fcs, data.header, resolved, gating.gates, counts))
+    write_workspace(path, samples, {"Tregs": sample_ids})
+    return path
+
+
+def _move_memory_treg_limit(path, fcs_name: str, study: Study, new_logicle: float) -> None:
+    """Edit the XML as a lab would in FlowJo: the memory Treg gate's CD45RA maximum of one
+    sample, in FlowJo's channel units."""
+    from lxml import etree
+
+    from gating.space import GatingSpace
+    from gating.wsp_export import NS_GATING
+
+    data = read_events(study.inbox / fcs_name)
+    space = GatingSpace.of_sample(data, resolve_panel(study.panels[PANEL], data.header))
+    channel_units = float(space.transforms["CD45RA"].inverse(new_logicle)[0])
+    doc = etree.parse(str(path))
+    node = next(n for n in doc.iter("SampleNode") if n.get("name") == fcs_name)
+    gate = next(p for p in node.iter("Population") if p.get("name") == "memory_treg")
+    dims = gate.findall(f".//{{{NS_GATING}}}dimension")
+    dims[0].set(f"{{{NS_GATING}}}max", repr(channel_units))
+    doc.write(str(path), xml_declaration=True, encoding="utf-8")
+
+
+def test_a_flowjo_workspace_seeds_the_template_each_sample_adapts_through_its_landmark(
+    study, tmp_path
+):
+    import hashlib
+
+    from cohort.templates import seed_from_workspace
+
+    wsp = _our_workspace(study, [REFERENCE_SAMPLE, OTHER_SAMPLE], tmp_path / "lab.wsp")
+    placed = _threshold(_gate(study, REFERENCE_SAMPLE), "t_cd45ra").value
+    wanted = round(placed + 0.04, 4)  # the lab moved the boundary in FlowJo
+    _move_memory_treg_limit(wsp, "S01-V0-T.fcs", study, wanted)
+    store = Store(study.db_path)
+    seeding = seed_from_workspace(
+        study, store, PANEL, wsp, who="Dr FlowJo", reason="our lab template", group="Tregs"
+    )
+    entries = [e for e in AuditLog(store.conn).entries() if e.action == "template"]
+    store.close()
+    assert seeding.sample_id == REFERENCE_SAMPLE  # the group's first sample
+    (change,) = seeding.changes
+    own = _landmark(_gate(study, REFERENCE_SAMPLE))
+    assert change.template.value == pytest.approx(wanted, abs=1e-5)
+    assert change.template.offset == pytest.approx(wanted - own, abs=1e-5)
+    # Audited, naming the workspace by file name and content, and the gate it came from.
+    source = entries[-1].detail["source"]
+    assert source["workspace"] == "lab.wsp"
+    assert source["workspace_sha256"] == hashlib.sha256(wsp.read_bytes()).hexdigest()
+    assert source["flowjo_gate"].endswith("treg/memory_treg") and source["flowjo_side"] == "max"
+    # Every other sample: its own landmark + the offset, so it moved by the FlowJo edit.
+    regated = Study(study.root)
+    other = _gate(regated, OTHER_SAMPLE)
+    assert _threshold(other, "t_cd45ra").value == pytest.approx(
+        _landmark(other) + change.template.offset, abs=1e-5
+    )
+    assert _threshold(_gate(regated, REFERENCE_SAMPLE), "t_cd45ra").value == pytest.approx(
+        wanted, abs=1e-5
+    )
+    # Nothing silently dropped: the placed gates and the thresholds without a landmark.
+    not_used = dict(seeding.not_used)
+    assert any(k.endswith("lymphocytes") and "scatter_cluster" in v for k, v in not_used.items())
+    assert any(k.endswith("cd4_t/treg") and "cloud_arm" in v for k, v in not_used.items())
+    assert any("t_hladr" in k and "no landmark" in v for k, v in not_used.items())
+
+
+def test_a_workspace_limit_outside_the_bounds_sets_nothing(study, tmp_path):
+    from cohort.templates import seed_from_workspace
+
+    wsp = _our_workspace(study, [REFERENCE_SAMPLE], tmp_path / "lab.wsp")
+    _move_memory_treg_limit(wsp, "S01-V0-T.fcs", study, 0.9)  # bounds are [0.22, 0.68]
+    store = Store(study.db_path)
+    with pytest.raises(TemplateError, match=r"nothing set .*outside the strategy's bounds"):
+        seed_from_workspace(study, store, PANEL, wsp, who="A", reason="r", group="Tregs")
+    assert [e for e in AuditLog(store.conn).entries() if e.action == "template"] == []
+    store.close()
+    assert panel_templates(Study(study.root), PANEL) == {}
+    with pytest.raises(TemplateError, match="not a file of"):
+        store = Store(study.db_path)
+        try:
+            seed_from_workspace(
+                study, store, PANEL, wsp, who="A", reason="r", group="Tregs", sample="x.fcs"
+            )
+        finally:
+            store.close()
+
+
+def test_cli_reference_set_from_a_workspace(study, tmp_path, monkeypatch, capsys):
+    from flows.cli import main
+
+    wsp = _our_workspace(study, [REFERENCE_SAMPLE], tmp_path / "lab.wsp")
+    command = ["reference", "set", "--study", str(study.root), "--panel", PANEL]
+    args = [*command, "--reason", "lab template", "--who", "Dr CLI", "--from-wsp", str(wsp)]
+    done = subprocess.run(  # the installed entry point, once
+        [sys.executable, "-m", "flows.cli", *args, "--sample-group", "Tregs"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "lab.wsp (sha256" in done.stdout and "t_cd45ra:" in done.stdout
+    assert "not used:" in done.stdout and "re-gates the T samples" in done.stdout
+    # The refusals in this process (main() as the script runs it; its settings undone after).
+    for name in ("PREFECT_LOGGING_LEVEL", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"):
+        monkeypatch.setenv(name, os.environ.get(name, "WARNING"))
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    assert main(["-q", *args, "--sample-group", "Nope"]) == 2
+    refused = capsys.readouterr().err
+    assert refused.count("\n") == 1 and "no sample group 'Nope'" in refused
+    assert main(["-q", *args, "--threshold", "t_cd45ra"]) == 2
+    assert "leave out --threshold" in capsys.readouterr().err
+
+
+def test_the_templates_page_takes_a_workspace_upload(study, tmp_path):
+    """The review page's form does what the command does: signed, audited, the FlowJo gates
+    not used listed on the page; the upload is read from a temporary folder, not kept."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from flows.review import create_app
+
+    wsp = _our_workspace(study, [REFERENCE_SAMPLE], tmp_path / "lab.wsp")
+    client = TestClient(create_app(study.root), base_url="http://127.0.0.1:8765")
+    token = re.search(r'name="csrf" value="([^"]+)"', client.get("/whoami").text)[1]
+    client.post("/whoami", data={"name": "ana", "csrf": token})
+    page = client.get(f"/templates/{PANEL}")
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text)[1]
+    assert 'id="wsp-form"' in page.text
+    before = {p.relative_to(study.root) for p in study.root.rglob("*")}
+    response = client.post(
+        f"/templates/{PANEL}/from-wsp",
+        data={"csrf": token, "group": "Tregs", "reason": "lab template"},
+        files={"workspace": ("lab.wsp", wsp.read_bytes(), "application/xml")},
+    )
+    assert response.status_code == 200
+    assert "lab.wsp (sha256" in response.text and f"read on {REFERENCE_SAMPLE}" in response.text
+    assert 'id="not-used"' in response.text and "cloud_arm" in response.text
+    template = panel_templates(Study(study.root), PANEL)["t_cd45ra"]
+    assert (template.set_by, template.given_on) == ("ana", REFERENCE_SAMPLE)
+    added = {p.relative_to(study.root) for p in study.root.rglob("*")} - before
+    kept = {"references", "references/treg.yaml", "audit_anchors.jsonl", ".immunomon.lock"}
+    assert {str(p) for p in added} <= kept
+    refused = client.post(
+        f"/templates/{PANEL}/from-wsp",
+        data={"csrf": token, "group": "Nope", "reason": "lab template"},
+        files={"workspace": ("lab.wsp", wsp.read_bytes(), "application/xml")},
+    )
+    assert (
+        "no sample group &#39;Nope&#39;" in refused.text or "no sample group 'Nope'" in refused.text
+    )

@@ -147,3 +147,42 @@ def test_a_study_panel_can_use_the_workspace(lab, tmp_path, prefect_harness):
     for population, gate in POPULATIONS.items():
         assert bcell.loc[population, "count"] == theirs.get_gate_count(gate)
     assert set(pops[pops.panel == "TREG"].population) >= {"treg", "cd4_t"}  # YAML as before
+
+
+FLOWATLAS = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "flowatlas_tissues"
+
+
+@pytest.mark.skipif(
+    not (FLOWATLAS / "flowatlas.wsp").is_file(),
+    reason=f"FlowAtlas workspace not found at {FLOWATLAS} (shared/ beside the clone)",
+)
+def test_a_real_flowjo_workspace_maps_to_the_treg_strategy_only_where_it_can():
+    """FlowJo 10's own workspace (FlowAtlas, T-cell panel): read with flowkit against our Treg
+    strategy, every one of its gates is accounted for. Its names are the lab's ("T cells",
+    "CD4"), its CD4 gate is a polygon, and its Treg gate (a polygon, like our placed arm) has
+    no CD45RA child: no rectangle gives one of our thresholds, so it cannot seed the template,
+    and the listing says so gate by gate rather than dropping them."""
+    from dataclasses import replace
+
+    from gating.strategy import load_strategy
+    from gating.workspace import workspace_limits
+    from panels.fcs import scan_header
+    from panels.resolve import resolve_panel
+
+    header = scan_header(FLOWATLAS / "fcs" / "390C_Ileum_028.fcs")
+    panel = replace(load_panel("treg"), enters_at="lymphocytes")  # no scatter in these files
+    resolved = resolve_panel(panel, header)
+    seed = workspace_limits(
+        FLOWATLAS / "flowatlas.wsp",
+        load_strategy("treg"),
+        resolved,
+        dict(zip(header.pnn, header.pnr, strict=True)),
+        sample="390C_Ileum_028.fcs",
+    )
+    workspace = fk.Workspace(str(FLOWATLAS / "flowatlas.wsp"), load_missing_file_data=True)
+    gates = workspace.get_gate_ids("390C_Ileum_028.fcs")
+    assert seed.limits == {}
+    assert len(seed.unmapped) == len(gates)  # each gate listed once, with its reason
+    reasons = dict(seed.unmapped)
+    assert reasons["T cells"] == "no gate of strategy treg is named 'T cells'"
+    assert "PolygonGate for our cloud_arm gate treg" in reasons["T cells/CD4/Treg"]
