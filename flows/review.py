@@ -48,7 +48,7 @@ from gating.gates import Gate
 from gating.strategy import override_record
 from panels.errors import ImmunomonError
 from reports.outputs import software_version, study_names, update_outputs
-from stats.drift import DRIFT_Z, drift_scores
+from stats.drift import DRIFT_Z, drift_scores, placement_values
 
 MAX_WORKSPACE_BYTES = 64 * 2**20  # a FlowJo workspace uploaded to seed a template
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -866,18 +866,13 @@ def today_rows(server: ReviewServer) -> pd.DataFrame:
 def drift_table(server: ReviewServer) -> pd.DataFrame:
     """Drift scores of every current sample's thresholds, population % and the medians of
     each reported population's own markers (those its gate is drawn on)."""
-    marks = server.store.current_gates()
-    marks = marks[marks.kind == "threshold"]
-    rows = [
-        (
-            r.sample_id,
-            r.patient_id,
-            r.visit,
-            f"threshold {r.gate}",
-            json.loads(r.parameters)["value"],
-        )
-        for r in marks.itertuples()
-    ]
+    axes = {
+        gate.name: tuple(gate.dimensions)
+        for panel in server.study.panels
+        for gate in _reported(server, panel)
+        if isinstance(getattr(gate, "dimensions", None), (tuple, list))
+    }
+    rows = list(placement_values(server.store.current_gates(), axes).itertuples(index=False))
     pops = server.store.current_populations()
     pct = 100.0 * pops["count"] / pops.parent_count.replace(0, np.nan)
     rows += list(

@@ -465,8 +465,13 @@ def place_lymphocyte_ellipse(
 # population it is measured against does not reach).
 MIN_CLOUD_EVENTS = 150
 # A dip along the arm's diagonal is believed among at least this many events beyond the
-# cloud's limits (a few hundred scattered events show chance dips).
+# cloud's limits (a few hundred scattered events show chance dips), or, among at least
+# MIN_GAP_EVENTS, where it is an empty gap (at most DEEP_VALLEY of the lower peak: the arm a
+# cluster of its own, as in blood where Tregs sit apart from the cloud; a small file's arm
+# then has too few events for the count above, and the tail rule alone cuts into the cloud's
+# edge, which outnumbers the Tregs).
 MIN_ARM_EVENTS = 400
+MIN_GAP_EVENTS = 60
 
 
 @dataclass(frozen=True)
@@ -562,7 +567,10 @@ def place_cloud_arm(
             along, (min_distance, min_distance + 6.0), bandwidth=0.3, min_side_share=0.05
         )
         dip = valleys.place(min_distance, SHALLOW_VALLEY)
-        if dip.from_data and along.size >= MIN_ARM_EVENTS:
+        gap = dip.from_data and dip.separation >= 1.0 - DEEP_VALLEY
+        if dip.from_data and (
+            along.size >= MIN_ARM_EVENTS or (gap and along.size >= MIN_GAP_EVENTS)
+        ):
             min_distance = dip.value
             valley_note = f"; diagonal at a dip {dip.separation:.2f} deep, {dip.value:.2f} SD out"
     # Corners in signed z-units (towards the arm), then back to the axes. ``far`` reaches

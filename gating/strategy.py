@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -27,6 +27,7 @@ from gating.gates import (
     EllipseGate,
     Gate,
     PolygonGate,
+    RawRangeGate,
     RectangleGate,
     gate_from_record,
 )
@@ -128,8 +129,9 @@ class _GateSpec(_Spec):
         """Gates this one needs to be defined before it (besides its parent)."""
         return []
 
-    def thresholds_used(self) -> list[str]:
-        """Names of the strategy thresholds this gate's placement uses."""
+    def thresholds_used(self, absent: Container[str] = ()) -> list[str]:
+        """Names of the strategy thresholds this gate's placement uses (on a tube lacking the
+        ``absent`` markers)."""
         return []
 
     def dimensions_used(self) -> set[str]:
@@ -142,36 +144,61 @@ class _GateSpec(_Spec):
 
 
 class RectangleSpec(_GateSpec):
-    """Limits per dimension: a threshold's name, a number, or null (open)."""
+    """Limits per dimension: a threshold's name, a number, or null (open). Limits on the
+    ``optional`` markers apply where the tube carries them and are left out where it does
+    not (CD4 T cells are CD8- where CD8 is stained; a tube without CD8 cannot exclude the
+    CD4+CD8+ cells, and says so in the gate's note)."""
 
     kind: Literal["rectangle"]
     limits: dict[str, tuple[Limit, Limit]] = Field(min_length=1)
+    optional: tuple[str, ...] = ()
 
-    def thresholds_used(self) -> list[str]:
-        return [r for pair in self.limits.values() for r in pair if isinstance(r, str)]
+    @model_validator(mode="after")
+    def _optional_limits(self) -> RectangleSpec:
+        unknown = sorted(set(self.optional) - set(self.limits))
+        if unknown:
+            raise ValueError(f"optional: {', '.join(unknown)} has no limit in this gate")
+        return self
+
+    def thresholds_used(self, absent: Container[str] = ()) -> list[str]:
+        return [r for pair in self._limits(absent).values() for r in pair if isinstance(r, str)]
 
     def dimensions_used(self) -> set[str]:
-        return set(self.limits)
+        return set(self.limits) - set(self.optional)
+
+    def _limits(self, absent: Container[str]) -> dict[str, tuple[Limit, Limit]]:
+        """The limits a tube lacking the ``absent`` markers gets."""
+        return {
+            dim: pair
+            for dim, pair in self.limits.items()
+            if dim not in self.optional or dim not in absent
+        }
 
     def describe(self) -> str:
         parts = []
         for dim, (low, high) in self.limits.items():
+            where = " (where stained)" if dim in self.optional else ""
             if low is not None and high is not None:
-                parts.append(f"{low} <= {dim} < {high}")
+                parts.append(f"{low} <= {dim} < {high}{where}")
             elif low is not None:
-                parts.append(f"{dim} >= {low}")
+                parts.append(f"{dim} >= {low}{where}")
             elif high is not None:
-                parts.append(f"{dim} < {high}")
+                parts.append(f"{dim} < {high}{where}")
         return " and ".join(parts)
 
     def place(self, context: PlacementContext) -> AppliedGate:
+        absent = [dim for dim in self.optional if dim not in context.space]
         limits = {
             dim: (context.threshold(lo), context.threshold(hi))
-            for dim, (lo, hi) in self.limits.items()
+            for dim, (lo, hi) in self._limits(absent).items()
         }
-        return AppliedGate(
-            self.name, self.parent, RectangleGate(limits), True, "limits from thresholds"
-        )
+        note = "limits from thresholds"
+        if absent:
+            note += f"; not in this tube, so not applied: {', '.join(absent)}"
+        gate: RectangleGate | RawRangeGate = RectangleGate(limits)
+        if not limits:  # every limit optional and absent: every event of the parent passes
+            gate = RawRangeGate({}, tuple(context.space.channels.values())[:1])
+        return AppliedGate(self.name, self.parent, gate, True, note)
 
 
 class BooleanSpec(_GateSpec):
@@ -465,7 +492,7 @@ class Strategy:
         for spec in self.gates:
             needs = set(spec.dimensions_used())
             depends = [spec.parent, *spec.references()]
-            for name in spec.thresholds_used():
+            for name in spec.thresholds_used(absent):  # optional limits on absent markers: none
                 needs |= self.thresholds[name].markers()
                 depends.append(self.thresholds[name].within)
             needs &= absent

@@ -37,28 +37,31 @@ def test_populations_agree_with_ground_truth(demo_run):
     merged = got.merge(truth, on=["sample_id", "population"], suffixes=("", "_true"))
     assert len(merged) == len(got)
     error = (merged.pct_parent - merged.pct_parent_true).abs().groupby(merged.population).median()
-    error = error.drop(list(TREG_SUBSETS_OFF_AT_6000_EVENTS))
+    error = error.drop(list(TREG_SUBSETS))
     assert (error <= 3.0).all(), error.to_dict()
     # Tighter than the spine's 3 points: the gating issue's 1 point (Treg itself: see below).
     assert error.drop("treg").max() <= 1.0, error.to_dict()
 
 
-# The treg v5 gate (the CD25-high arm of the CD4 cloud, drawn for the real files) lets the
-# memory/naive split inside it drift on this demo at 6,000 events: measured 2026-12-01,
-# memory Treg +5.2 and HLA-DR+ memory Treg -4.6 points (median), Treg itself +1.2-1.3. Known and
-# open (issue 22); kept visible as a strict xfail so that a fix shows as an unexpected pass.
-TREG_SUBSETS_OFF_AT_6000_EVENTS = ("memory_treg", "hladr_memory_treg")
+# The Treg subsets are shares of a small gate (about 100 Tregs in a 6,000-event tube): they
+# have their own test and targets below (issue 22), not the 1-point one above.
+TREG_SUBSETS = ("memory_treg", "hladr_memory_treg")
 
 
-@pytest.mark.xfail(strict=True, reason="Treg and its memory subsets off under treg v5 (issue 22)")
 def test_treg_subsets_agree_with_ground_truth(demo_run):
+    """Treg within 1 point of the truth, memory Treg within 1 and HLA-DR+ memory Treg within 2
+    (median over the tubes). Under treg v5 they were +1.2-1.3, +5.2 and -4.6 points: the arm
+    polygon took the CD4 cloud's edge (memory cells) beside the demo's separate Treg cluster;
+    the empty gap along the arm's diagonal now places its edge (gating.adaptive.place_cloud_arm;
+    measured on 30 demo tubes at 6,000 events: +0.04, +0.03, 0.00)."""
     root, _, _ = demo_run
     got = pd.read_csv(root / "results" / "populations.csv")
     truth = pd.read_csv(root / "truth" / "populations.csv")
     merged = got.merge(truth, on=["sample_id", "population"], suffixes=("", "_true"))
     error = (merged.pct_parent - merged.pct_parent_true).abs().groupby(merged.population).median()
-    assert error[list(TREG_SUBSETS_OFF_AT_6000_EVENTS)].max() <= 2.0, error.to_dict()
     assert error["treg"] <= 1.0, error.to_dict()
+    assert error["memory_treg"] <= 1.0, error.to_dict()
+    assert error["hladr_memory_treg"] <= 2.0, error.to_dict()
 
 
 def test_the_designed_effect_is_found(demo_run):
