@@ -846,8 +846,13 @@ def today_rows(server: ReviewServer) -> pd.DataFrame:
         if r.status == "failed":
             items.append("failed")
         flags = str(r.qc_flags or "").split(";")
+        defaults = {f.partition(":")[2] for f in flags if f.startswith("default_threshold:")}
+        weak = [  # a threshold below the floor already shows as at its default
+            f for f in flags if f.startswith("below_separation_floor:") and f[23:] not in defaults
+        ]
         for families in (("default_threshold", "default_gate"), ("low_count", "high_qc_loss")):
             items += [names.flag(r.panel, f) for f in flags if f.startswith(families)]
+        items += [names.flag(r.panel, f) for f in weak]
         items += [f"drift {k}" for k in flagged.get(r.sample_id, [])]
         note = states.get(r.sample_id)
         if note is not None and note.note:

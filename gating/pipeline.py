@@ -19,6 +19,7 @@ from gating.qc import passed_through, run_qc
 from gating.records import (
     NEEDS_REVIEW,
     REVIEW_FLAGS,
+    WEAK_BOUNDARY_METHODS,
     AppliedGate,
     MarkerMedian,
     PopulationCount,
@@ -109,7 +110,9 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
         else:
             applied = spec.place(context)
         if not applied.from_data:
-            flags.append(f"default_gate:{applied.name}")
+            weak = applied.note.startswith(WEAK_BOUNDARY_METHODS)
+            family = "below_separation_floor" if weak else "default_gate"
+            flags.append(f"{family}:{applied.name}")
         gates.append(applied)
         evaluate_gates([applied], space, masks)
 

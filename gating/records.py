@@ -21,9 +21,12 @@ ALL_EVENTS = "all_events"
 
 
 NEEDS_REVIEW = "needs_review"  # flag set on a sample with any of the flags below
-# A gate or threshold the data could not place (its default was used), or too many events lost
-# in QC: the numbers are not released unseen.
-REVIEW_FLAGS = ("default_threshold:", "default_gate:", "qc_removed")
+# A gate or threshold the data could not place (its default was used), one placed at a boundary
+# below the separation floor, or too many events lost in QC: the numbers are not released unseen.
+REVIEW_FLAGS = ("default_threshold:", "default_gate:", "below_separation_floor:", "qc_removed")
+# Placement methods (the first word of an applied gate's note) that keep a gate at a boundary
+# the data show too weakly to measure: flagged below the floor, not as a default.
+WEAK_BOUNDARY_METHODS = ("tip_below_floor:",)
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,8 @@ FLAG_FAMILIES: dict[str, Callable[[str, Callable, Callable], str]] = {
     ),
     "below_separation_floor": lambda d, p, m: (
         f"{_boundary(m(d), d)}: a separation too weak to place it; at its default"
+        if m(d)  # a threshold falls back to its template or default
+        else f"{p(d)} gate at a boundary too weak to measure (below the separation floor)"
     ),
     "default_gate": lambda d, p, m: f"{p(d)} gate at its default: the data did not place it",
     "not_measured": lambda d, p, m: _not_measured(d, p),

@@ -108,6 +108,11 @@ def test_populations_flags_drugs_and_measures_have_display_names():
     assert names.flag("BCELL", "default_threshold:t_cd24") == (
         "CD24 boundary (t_cd24) at its default: no separation in the data"
     )
+    # A gate kept at a weak boundary is not "at its default"; a threshold below it is.
+    assert names.flag("BCELL", "below_separation_floor:transitional_b") == (
+        "Transitional B gate at a boundary too weak to measure (below the separation floor)"
+    )
+    assert names.flag("BCELL", "below_separation_floor:t_cd24").endswith("at its default")
     assert (
         flag_words("qc_removed:31%>20%")
         == "QC removed 31% of the events (more than the 20% allowed)"
