@@ -888,8 +888,7 @@ def drift_table(server: ReviewServer) -> pd.DataFrame:
         (panel, gate.name, marker)
         for panel in server.study.panels
         for gate in _reported(server, panel)
-        for marker in getattr(gate, "limits", {})
-        if not marker.startswith(("FSC", "SSC"))
+        for marker in server.study.strategies[panel].defining_markers(gate.name)
     }
     gating_marker = np.array(
         [k in own for k in zip(medians.panel, medians.population, medians.marker, strict=True)],

@@ -467,6 +467,20 @@ class Strategy:
     def reported(self) -> list[_GateSpec]:
         return [g for g in self.gates if g.report]
 
+    def defining_markers(self, name: str) -> set[str]:
+        """The markers a population is defined on (scatter left out): its limits or its
+        axes, and for a boolean gate those of the gates it keeps (not of those it takes a
+        complement of: naive B are defined on CD27 and IgD, not on the transitional tip's
+        CD24 and CD38). Drift QC follows these markers' medians."""
+        by_name = {g.name: g for g in self.gates}
+        gate = by_name[name]
+        found = set(getattr(gate, "limits", None) or {})
+        found |= set(getattr(gate, "dimensions", None) or ())
+        for ref in getattr(gate, "refs", None) or ():
+            if not ref.startswith("not ") and ref in by_name:
+                found |= self.defining_markers(ref)
+        return {m for m in found if not m.startswith(("FSC", "SSC"))}
+
     def definitions(self) -> list[str]:
         """Every gate and threshold in words, from the strategy as it ran: what the report
         prints as the populations' definitions."""
