@@ -166,7 +166,7 @@ def test_report_pages_are_not_blank(demo_run, tmp_path):
         [
             "pdftoppm",
             "-r",
-            "30",
+            "50",  # at 30 dpi the appendix's small text greys out below the darkness cut
             "-gray",
             str(root / "reports" / "cohort_report.pdf"),
             str(tmp_path / "page"),
