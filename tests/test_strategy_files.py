@@ -98,3 +98,15 @@ def test_every_gate_kind_round_trips_through_its_stored_form(kind):
     gate = gate_from_record(kind, dimensions, parameters)
     again = gate_from_record(kind, gate.dimensions, gate.parameters())
     assert again == gate and gate.kind == kind
+
+
+def test_a_population_is_defined_on_the_markers_of_the_gates_it_keeps():
+    """Drift QC follows the medians of the markers a population is gated on; a boolean
+    population takes those of the gates it keeps, not of those it excludes."""
+    from gating.strategy import load_strategy
+
+    bcell = load_strategy("bcell")
+    assert bcell.defining_markers("transitional_b") == {"CD24", "CD27", "CD38"}
+    assert bcell.defining_markers("naive_b") == {"CD27", "IgD"}  # not the tip's CD24/CD38
+    assert bcell.defining_markers("lymphocytes") == set()  # scatter only
+    assert load_strategy("treg").defining_markers("treg") == {"CD127", "CD25"}
