@@ -58,6 +58,45 @@ def write_sixteen_bit_copy(source: Path, target: Path) -> Path:
     )
 
 
+def processed_demo_samples(root: Path, events: int, keep: tuple[str, ...]) -> Path:
+    """A demo study at ``root`` cut to the samples named in ``keep`` (sample-id prefixes),
+    each processed and recorded in the store as a pass would; returns ``root``."""
+    import hashlib
+
+    from cohort.store import Store
+    from cohort.study import Study
+    from flows.sample_work import process_sample_file
+    from simulate.demo import DemoOptions, simulate_study
+
+    simulate_study(root, DemoOptions(events_per_file=events, include_bad_files=False))
+    for path in list((root / "inbox").iterdir()):
+        if not path.name.startswith(keep):
+            path.unlink()
+    study = Study(root)
+    store = Store(study.db_path)
+    try:
+        for path in sorted((root / "inbox").iterdir()):
+            name = study.parse_name(path.name)
+            record = process_sample_file(
+                path,
+                hashlib.sha256(path.read_bytes()).hexdigest(),
+                name,
+                study.panels[name.panel_token],
+                study.strategies[name.panel_token],
+            )
+            stat = path.stat()
+            store.record_sample(
+                file_name=path.name,
+                size=stat.st_size,
+                mtime_ns=stat.st_mtime_ns,
+                result=record,
+                run_id="test",
+            )
+    finally:
+        store.close()
+    return root
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness

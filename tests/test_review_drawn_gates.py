@@ -5,7 +5,6 @@ shapes a person (or a forged request) must not be able to give."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -19,6 +18,7 @@ from cohort.review import drawn_gate, overrides_in_force, review_states
 from cohort.store import Store
 from gating.gates import EllipseGate, PolygonGate
 from gating.strategy import StrategyError, load_strategy
+from tests.conftest import processed_demo_samples
 
 BASE = "http://127.0.0.1:8765"
 SAMPLE = "P01_BL_BCELL"
@@ -118,36 +118,7 @@ def test_a_degenerate_or_huge_polygon_is_one_clear_refusal(vertices, says):
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory):
     """A B-cell and a Treg sample of one patient, processed as a pass would."""
-    from cohort.study import Study
-    from flows.sample_work import process_sample_file
-    from simulate.demo import DemoOptions, simulate_study
-
-    root = tmp_path_factory.mktemp("drawn") / "study"
-    simulate_study(root, DemoOptions(events_per_file=3000, include_bad_files=False))
-    for path in list((root / "inbox").iterdir()):
-        if not path.name.startswith((SAMPLE, TREG)):
-            path.unlink()
-    study = Study(root)
-    store = Store(study.db_path)
-    for path in sorted((root / "inbox").iterdir()):
-        name = study.parse_name(path.name)
-        record = process_sample_file(
-            path,
-            hashlib.sha256(path.read_bytes()).hexdigest(),
-            name,
-            study.panels[name.panel_token],
-            study.strategies[name.panel_token],
-        )
-        stat = path.stat()
-        store.record_sample(
-            file_name=path.name,
-            size=stat.st_size,
-            mtime_ns=stat.st_mtime_ns,
-            result=record,
-            run_id="test",
-        )
-    store.close()
-    return root
+    return processed_demo_samples(tmp_path_factory.mktemp("drawn") / "study", 3000, (SAMPLE, TREG))
 
 
 @pytest.fixture()

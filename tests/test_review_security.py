@@ -13,6 +13,7 @@ from cohort.accounts import AccountError, add_user, check_password
 from cohort.audit import AuditError, AuditLog
 from cohort.review import overrides_in_force, review_states
 from cohort.store import Store
+from tests.conftest import processed_demo_samples
 
 ROOT = Path(__file__).parents[1]
 
@@ -99,37 +100,12 @@ TREG_SAMPLE = "P01_BL_TREG"
 def reviewable(tmp_path_factory):
     """A small study with three processed B-cell samples, one Treg sample (its t_cd45ra has a
     landmark: it can take a study template) and two accounts (ana, bo)."""
-    import hashlib
-
-    from cohort.study import Study
-    from flows.sample_work import process_sample_file
-    from simulate.demo import DemoOptions, simulate_study
-
-    root = tmp_path_factory.mktemp("reviewable") / "study"
-    simulate_study(root, DemoOptions(events_per_file=1000, include_bad_files=False))
-    keep = ("P01_BL_BCELL", "P01_M1_BCELL", "P02_BL_BCELL", TREG_SAMPLE)
-    for path in list((root / "inbox").iterdir()):
-        if not path.name.startswith(keep):
-            path.unlink()
-    study = Study(root)
-    store = Store(study.db_path)
-    for path in sorted((root / "inbox").iterdir()):
-        name = study.parse_name(path.name)
-        record = process_sample_file(
-            path,
-            hashlib.sha256(path.read_bytes()).hexdigest(),
-            name,
-            study.panels[name.panel_token],
-            study.strategies[name.panel_token],
-        )
-        stat = path.stat()
-        store.record_sample(
-            file_name=path.name,
-            size=stat.st_size,
-            mtime_ns=stat.st_mtime_ns,
-            result=record,
-            run_id="test",
-        )
+    root = processed_demo_samples(
+        tmp_path_factory.mktemp("reviewable") / "study",
+        1000,
+        ("P01_BL_BCELL", "P01_M1_BCELL", "P02_BL_BCELL", TREG_SAMPLE),
+    )
+    store = Store(root / "immunomon.db")
     add_user(store.conn, "ana", PASSWORD)
     add_user(store.conn, "bo", PASSWORD + " too")
     store.close()
