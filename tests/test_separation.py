@@ -175,14 +175,11 @@ def _children_separated() -> tuple[pd.DataFrame, pd.DataFrame]:
     return windows, relapse_free_cox(windows, AnalysisPlan())
 
 
-def test_figure_2a_states_the_separation_and_shows_the_estimates_that_exist():
+def _separated_context(plan: AnalysisPlan):
+    """The report context of the separated study: the plan's groups, nothing else."""
     from reports.context import ReportContext
-    from reports.paper_figures import figure_2a
-    from stats.clinical import kaplan_meier_curves
 
-    windows, table = _children_separated()
-    plan = AnalysisPlan()
-    ctx = ReportContext(
+    return ReportContext(
         study="separated",
         visits=[],
         baseline="BL",
@@ -194,6 +191,15 @@ def test_figure_2a_states_the_separation_and_shows_the_estimates_that_exist():
         groups=plan.group_titles,
         group_patients={g.name: g.patients for g in plan.groups},
     )
+
+
+def test_figure_2a_states_the_separation_and_shows_the_estimates_that_exist():
+    from reports.paper_figures import figure_2a
+    from stats.clinical import kaplan_meier_curves
+
+    windows, table = _children_separated()
+    plan = AnalysisPlan()
+    ctx = _separated_context(plan)
     pages = _Pages()
     figure_2a(pages, ctx, kaplan_meier_curves(windows, plan), table, windows)
     assert pages.problems == []
@@ -220,23 +226,11 @@ def test_clinical_statistics_page_marks_missing_estimates_and_the_primary_p():
     """The clinical page as a referee reads it: each analysis headed in words (its codes in
     brackets), groups, tests and flags in words, columns where their headers are."""
     from reports.cohort_report import _clinical_table
-    from reports.context import ReportContext
     from reports.figure_checks import raw_codes
 
     _, table = _children_separated()
     plan = AnalysisPlan()
-    ctx = ReportContext(
-        study="separated",
-        visits=[],
-        baseline="BL",
-        panels={},
-        strategy_hashes={},
-        software="test",
-        data_as_of="",
-        clinical_cut="",
-        groups=plan.group_titles,
-        group_patients={g.name: g.patients for g in plan.groups},
-    )
+    ctx = _separated_context(plan)
     pages = _Pages()
     _clinical_table(pages, table, ctx)
     assert pages.problems == []

@@ -15,6 +15,7 @@ import pytest
 from lxml import etree
 
 from flows.cli import main
+from tests.conftest import processed_demo_samples
 
 KEEP = ("P01_BL_", "P01_M9_", "P13_BL_", "P13_M9_")  # P13_M9_BCELL: thresholds at defaults
 
@@ -23,38 +24,11 @@ KEEP = ("P01_BL_", "P01_M9_", "P13_BL_", "P13_M9_")  # P13_M9_BCELL: thresholds 
 def small_study(tmp_path_factory):
     """Processed as a pass stores samples (flows.sample_work, cohort.store), without the flow's
     statistics and report, which this export does not read."""
-    import hashlib
-
-    from cohort.store import Store
-    from cohort.study import Study
     from flows.review import ReviewServer
-    from flows.sample_work import process_sample_file
-    from simulate.demo import DemoOptions, simulate_study
 
-    root = tmp_path_factory.mktemp("wsp") / "study"
-    simulate_study(root, DemoOptions(events_per_file=3000, include_bad_files=False))
-    with open(root / "study.yaml", "a") as fh:
+    root = processed_demo_samples(tmp_path_factory.mktemp("wsp") / "study", 3000, KEEP)
+    with open(root / "study.yaml", "a") as fh:  # later passes draw no PDFs (none drawn here)
         fh.write("qc_reports: none\n")
-    study = Study(root)
-    store = Store(study.db_path)
-    for path in sorted(study.inbox.iterdir()):
-        if not path.name.startswith(KEEP):
-            path.unlink()
-            continue
-        name = study.parse_name(path.name)
-        sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        record = process_sample_file(
-            path, sha, name, study.panels[name.panel_token], study.strategies[name.panel_token]
-        )
-        stat = path.stat()
-        store.record_sample(
-            file_name=path.name,
-            size=stat.st_size,
-            mtime_ns=stat.st_mtime_ns,
-            result=record,
-            run_id="test",
-        )
-    store.close()
     server = ReviewServer(root, accounts=False)
     server.adjust("P01_M9_BCELL", "t_cd27", 0.55, "ana", "memory tail cut too low")
     server.decide(["P13_M9_TREG"], "exclude", "ana", "clogged acquisition")
