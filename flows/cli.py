@@ -159,21 +159,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from cohort.store import Store
     from cohort.study import Study
-    from flows.outcome import rewrite_cohort_outputs
+    from flows.outcome import rewrite_cohort_outputs, study_store
     from reports.outputs import write_qc_report_from_store
 
     study = Study(args.study)
     if args.sample:
-        store = Store(study.db_path)
-        try:
-            path = write_qc_report_from_store(study, store, args.sample)
-        except LookupError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        finally:
-            store.close()
+        with study_store(study) as store:
+            try:
+                path = write_qc_report_from_store(study, store, args.sample)
+            except LookupError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
         print(f"QC report written: {path}")
         return 0
     outputs, error = rewrite_cohort_outputs(
@@ -187,13 +184,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_gates_export(args: argparse.Namespace) -> int:
-    from cohort.store import Store
     from cohort.study import Study
     from flows.gates_export import check_export, export_study_gates
+    from flows.outcome import study_store
 
     study = Study(args.study)
-    store = Store(study.db_path)
-    try:
+    with study_store(study) as store:
         one = args.format == "gatingml" and args.sample and len(args.sample) == 1
         out = args.out
         if one and not out:  # one sample's GatingML: one file, as before
@@ -235,15 +231,13 @@ def _cmd_gates_export(args: argparse.Namespace) -> int:
             )
             if wrong:
                 return 1
-    finally:
-        store.close()
     return 0
 
 
 def _cmd_reference_build(args: argparse.Namespace) -> int:
     from cohort.references import build_panel_reference
-    from cohort.store import Store
     from cohort.study import Study, StudyError
+    from flows.outcome import study_store
     from reports.outputs import software_version
 
     study = Study(args.study)
@@ -253,14 +247,13 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
             f"{', '.join(study.config.panels)})"
         )
     visits = set(args.visits.split(",")) if args.visits else None
-    with study.exclusive():  # not while a run is writing results
-        store = Store(study.db_path)
+    # Under the study's lock: not while a run is writing results.
+    with study_store(study, exclusive=True) as store:
         current = store.current_populations().drop_duplicates("sample_id")
         chosen = current[
             (current.panel == args.panel) & current.visit.isin(visits or current.visit)
         ]
         files = [study.inbox / store.current_sample(s)["file_name"] for s in chosen.sample_id]
-        store.close()
         files = [path for path in files if path.is_file()]
         reference, path = build_panel_reference(study, args.panel, files, software_version())
     for name, t in reference.thresholds.items():
@@ -273,9 +266,9 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_reference_set(args: argparse.Namespace) -> int:
-    from cohort.store import Store
     from cohort.study import Study
     from cohort.templates import TemplateError, set_template
+    from flows.outcome import study_store
     from reports.outputs import software_version
 
     if args.from_wsp:
@@ -288,22 +281,18 @@ def _cmd_reference_set(args: argparse.Namespace) -> int:
     if args.sample_group or args.template_sample:
         raise TemplateError("--sample-group and --template-sample go with --from-wsp")
     study = Study(args.study)
-    with study.exclusive():  # not while a run is writing results
-        store = Store(study.db_path)
-        try:
-            change = set_template(
-                study,
-                store,
-                args.panel,
-                args.threshold,
-                args.value,
-                who=args.who,
-                reason=args.reason,
-                sample_id=args.sample,
-                software=software_version(),
-            )
-        finally:
-            store.close()
+    with study_store(study, exclusive=True) as store:  # not while a run writes results
+        change = set_template(
+            study,
+            store,
+            args.panel,
+            args.threshold,
+            args.value,
+            who=args.who,
+            reason=args.reason,
+            sample_id=args.sample,
+            software=software_version(),
+        )
     t = change.template
     on = f"sample {t.given_on}" if args.sample else "the pooled aligned samples"
     print(
@@ -318,9 +307,9 @@ def _cmd_reference_set(args: argparse.Namespace) -> int:
 
 
 def _reference_from_workspace(args: argparse.Namespace) -> int:
-    from cohort.store import Store
     from cohort.study import Study
     from cohort.templates import TemplateError, seed_from_workspace
+    from flows.outcome import study_store
     from reports.outputs import software_version
 
     if args.threshold is not None or args.value is not None or args.sample:
@@ -329,22 +318,18 @@ def _reference_from_workspace(args: argparse.Namespace) -> int:
             "--value and --sample (use --template-sample for the workspace's sample)"
         )
     study = Study(args.study)
-    with study.exclusive():  # not while a run is writing results
-        store = Store(study.db_path)
-        try:
-            seeding = seed_from_workspace(
-                study,
-                store,
-                args.panel,
-                Path(args.from_wsp),
-                who=args.who,
-                reason=args.reason,
-                group=args.sample_group or "All Samples",
-                sample=args.template_sample,
-                software=software_version(),
-            )
-        finally:
-            store.close()
+    with study_store(study, exclusive=True) as store:  # not while a run writes results
+        seeding = seed_from_workspace(
+            study,
+            store,
+            args.panel,
+            Path(args.from_wsp),
+            who=args.who,
+            reason=args.reason,
+            group=args.sample_group or "All Samples",
+            sample=args.template_sample,
+            software=software_version(),
+        )
     print(
         f"{seeding.workspace.name} (sha256 {seeding.sha256[:12]}), gates of sample "
         f"{seeding.sample_id}:"
@@ -376,14 +361,13 @@ def _cmd_review(args: argparse.Namespace) -> int:
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
     from cohort.audit import parse_anchor, verify_study_trail
-    from cohort.store import Store
     from cohort.study import Study
+    from flows.outcome import study_store
 
     study = Study(args.study)
     anchors = [parse_anchor(text) for text in args.anchor or []]
-    store = Store(study.db_path)
-    check = verify_study_trail(store.conn, study.root, anchors, args.anchors)
-    store.close()
+    with study_store(study) as store:
+        check = verify_study_trail(store.conn, study.root, anchors, args.anchors)
     for warning in check.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for problem in check.problems:
@@ -399,15 +383,14 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def _cmd_audit_export(args: argparse.Namespace) -> int:
     from cohort.audit import AuditLog
-    from cohort.store import Store
     from cohort.study import Study
+    from flows.outcome import study_store
 
     study = Study(args.study)
     out = Path(args.out) if args.out else study.results_dir / "audit_trail.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    store = Store(study.db_path)
-    count = AuditLog(store.conn).export_csv(out)
-    store.close()
+    with study_store(study) as store:
+        count = AuditLog(store.conn).export_csv(out)
     print(f"wrote {count} audit entries to {out}")
     return 0
 
@@ -417,17 +400,14 @@ def _change_account(study_dir: str, change, action: str, summary: str) -> Path:
     place, so adding and removing a person are recorded alike; returns the store's path."""
     from cohort.audit import AuditLog
     from cohort.review import reviewer_name
-    from cohort.store import Store
     from cohort.study import Study
+    from flows.outcome import study_store
     from reports.outputs import software_version
 
     study = Study(study_dir)
-    store = Store(study.db_path)
-    try:
+    with study_store(study) as store:
         change(store.conn)
         AuditLog(store.conn).append(reviewer_name(), action, summary, software_version())
-    finally:
-        store.close()
     return study.db_path
 
 
