@@ -58,6 +58,12 @@ CREATE TABLE IF NOT EXISTS medians (
     channel TEXT NOT NULL, median REAL, median_logicle REAL, n INTEGER NOT NULL,
     PRIMARY KEY (sample_key, population, marker)
 );
+-- The strategy each result was gated with, as it was then (its sha256 is the samples'): a
+-- result keeps its own gates' names and titles when the study's strategy moves on.
+CREATE TABLE IF NOT EXISTS strategies (
+    strategy_sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL,
+    document TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, started_at TEXT, finished_at TEXT, files_seen INTEGER,
     processed INTEGER, quarantined INTEGER, failed INTEGER, status TEXT, message TEXT
@@ -95,6 +101,10 @@ class SampleRecord:
     # reported populations the tube cannot give: population, parent, missing_markers ('+')
     not_measured: list[dict] = field(default_factory=list)
     medians: list[dict] = field(default_factory=list)  # gating.records.MarkerMedian fields
+    # The strategy as gated (JSON of its file's content; '' for a FlowJo workspace's gates).
+    strategy_document: str = ""
+    strategy_name: str = ""
+    strategy_version: int = 0
 
     @property
     def sample_key(self) -> str:
@@ -104,6 +114,37 @@ class SampleRecord:
 def sample_key(sha256: str, strategy_sha256: str, pipeline_version: str) -> str:
     """A result's identity: the file's content, the strategy and the pipeline version."""
     return f"{sha256[:16]}:{strategy_sha256[:12]}:v{pipeline_version}"
+
+
+def strategy_as_stored(strategy) -> dict:
+    """A YAML strategy's name, version and file content (JSON) as a SampleRecord keeps them,
+    so the result's names and titles stay those it was gated with; none for a FlowJo
+    workspace's gates (those are recorded with the result)."""
+    from gating.strategy import Strategy, StrategyFile
+
+    if not isinstance(strategy, Strategy):
+        return {}
+    content = StrategyFile(
+        name=strategy.name,
+        version=strategy.version,
+        qc=strategy.qc,
+        thresholds=strategy.thresholds,
+        gates=list(strategy.gates),
+    )
+    return {
+        "strategy_document": content.model_dump_json(),
+        "strategy_name": strategy.name,
+        "strategy_version": strategy.version,
+    }
+
+
+def stored_strategy(document: str, strategy_sha256: str):
+    """``strategy_as_stored``'s inverse: the strategy a result was gated with, for its names
+    (the offsets of a study reference and a reviewer's overrides are in its gates)."""
+    from gating.strategy import StrategyFile, strategy_from_model
+
+    parsed = StrategyFile.model_validate_json(document)
+    return strategy_from_model(parsed, f"stored with the results of {strategy_sha256[:12]}")
 
 
 def now() -> str:
@@ -266,6 +307,16 @@ class Store:
                 "AND sample_key<>? AND superseded_by IS NULL",
                 (key, result.sha256, result.sample_id, key),
             )
+            if result.strategy_document:
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO strategies VALUES (?,?,?,?)",
+                    (
+                        result.strategy_sha256,
+                        result.strategy_name,
+                        result.strategy_version,
+                        result.strategy_document,
+                    ),
+                )
             self.conn.executemany(
                 "INSERT INTO populations VALUES (?,?,?,?,?)",
                 [
@@ -419,9 +470,9 @@ class Store:
 
     def current_gates(self) -> pd.DataFrame:
         """Gates of every current result: how each was placed (from_data, note) and where
-        (parameters, JSON)."""
+        (dimensions and parameters, JSON)."""
         return self._current_rows(
-            "g.gate, g.kind, g.from_data, g.note, g.parameters",
+            "g.gate, g.kind, g.from_data, g.note, g.dimensions, g.parameters",
             "gates g ON g.sample_key=s.sample_key",
         )
 
@@ -448,6 +499,18 @@ class Store:
             )
             for name, parent, kind, dims, params, from_data, note in rows
         ]
+
+    def current_strategies(self) -> pd.DataFrame:
+        """The strategy each current result was gated with: sample_id, panel,
+        strategy_sha256 and its document (empty for results stored before documents were
+        kept, and for a FlowJo workspace's gates)."""
+        return pd.read_sql_query(
+            "SELECT s.sample_id, s.panel, s.strategy_sha256, COALESCE(t.document, '') AS "
+            "document FROM samples s JOIN files f ON f.sample_key=s.sample_key AND "
+            "f.status='processed' LEFT JOIN strategies t ON t.strategy_sha256=s.strategy_sha256 "
+            "WHERE s.superseded_by IS NULL ORDER BY s.sample_id",
+            self.conn,
+        )
 
     def current_sample(self, sample_id: str) -> dict | None:
         """The current (not superseded) processed result of a sample id, if any."""

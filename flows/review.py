@@ -838,10 +838,14 @@ def today_rows(server: ReviewServer) -> pd.DataFrame:
         for s, st in zip(samples.sample_id, samples.status, strict=True)
     ]
     drift = drift_table(server)
-    flagged = drift.loc[drift.flagged.astype(bool)].groupby("sample_id").key.apply(list).to_dict()
+    flagged: dict[str, list] = {}
+    for d in drift.loc[drift.flagged.astype(bool)].itertuples():
+        flagged.setdefault(d.sample_id, []).append(d)
     attention = []
-    names = study_names(server.study)  # flags in words, as the report prints them
+    # Flags in words as the report prints them, each sample's from the strategy it was gated with.
+    study_wide = study_names(server.study, server.store)
     for r in samples.itertuples():
+        names = study_wide.of_sample(r.sample_id)
         items = []
         if r.status == "failed":
             items.append("failed")
@@ -853,7 +857,7 @@ def today_rows(server: ReviewServer) -> pd.DataFrame:
         for families in (("default_threshold", "default_gate"), ("low_count", "high_qc_loss")):
             items += [names.flag(r.panel, f) for f in flags if f.startswith(families)]
         items += [names.flag(r.panel, f) for f in weak]
-        items += [f"drift {k}" for k in flagged.get(r.sample_id, [])]
+        items += [names.drift(r.panel, d.key, d.move, d.z) for d in flagged.get(r.sample_id, [])]
         note = states.get(r.sample_id)
         if note is not None and note.note:
             items.append("override not applied")
@@ -1022,7 +1026,7 @@ def sample_context(server: ReviewServer, sample_id: str) -> dict:
         "state": state,
         "templatable": [t for t in thresholds if t["name"] in templatable],
         "flags": "; ".join(
-            study_names(server.study).flag(sample["panel"], f)
+            study_names(server.study, server.store).of_sample(sample_id).flag(sample["panel"], f)
             for f in (sample["qc_flags"] or "").split(";")
             if f
         ),

@@ -10,7 +10,7 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
-from cohort.store import SampleRecord
+from cohort.store import SampleRecord, strategy_as_stored
 from cohort.study import SampleName
 from gating.apply import AnyStrategy, gate_file
 from gating.pipeline import PIPELINE_VERSION
@@ -70,6 +70,7 @@ def process_sample_file(
             for name, markers in gating.not_measured.items()
         ],
         medians=[asdict(m) for m in gating.medians],
+        **strategy_as_stored(strategy),
     )
     wanted = qc_reports == "all" or (qc_reports == "flagged" and worth_a_qc_report(flags))
     if qc_report_dir and wanted and data is not None:

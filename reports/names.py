@@ -11,8 +11,9 @@ print the words."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from stats.plan import DEFAULT_DRUG_NAMES, MEASURE_TITLES
 
@@ -47,12 +48,44 @@ def _lower_first(text: str) -> str:
 @dataclass(frozen=True)
 class Names:
     """Display names of one study: populations by (panel token, population), thresholds'
-    markers by (panel token, threshold), drugs by class code."""
+    markers by (panel token, threshold), drugs by class code; those of a sample gated with
+    another strategy than the panel's current one in ``gated_with`` (sample id -> its
+    names), so a result keeps the names it was gated under until it is gated again."""
 
     titles: dict[tuple[str, str], str] = field(default_factory=dict)
     parents: dict[tuple[str, str], str] = field(default_factory=dict)
     markers: dict[tuple[str, str], str] = field(default_factory=dict)
     drugs: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_DRUG_NAMES))
+    gated_with: dict[str, Names] = field(default_factory=dict)
+
+    @classmethod
+    def of_strategies(cls, strategies: Mapping[str, Any], **others) -> Names:
+        """The names given by strategies (panel token -> ``gating.strategy.Strategy``): each
+        gate's title and parent, each threshold's marker."""
+        return cls(
+            titles={  # gates without a title: not reported, printed by their code
+                (token, gate.name): gate.title
+                for token, strategy in strategies.items()
+                for gate in strategy.gates
+                if gate.title
+            },
+            parents={
+                (token, gate.name): gate.parent
+                for token, strategy in strategies.items()
+                for gate in strategy.gates
+            },
+            markers={
+                (token, name): spec.dimension
+                for token, strategy in strategies.items()
+                for name, spec in strategy.thresholds.items()
+            },
+            **others,
+        )
+
+    def of_sample(self, sample_id: str) -> Names:
+        """The names of the strategy this sample was gated with: these, unless it was gated
+        with another one than the panel's current strategy."""
+        return self.gated_with.get(sample_id, self)
 
     def title(self, panel: str, population: str) -> str:
         """A population's display title (its strategy ``title:``); its code when none."""
@@ -99,6 +132,45 @@ class Names:
             population=lambda name: self.short(panel, name),
             marker=lambda name: self.markers.get((panel, name)),
         )
+
+    def drift(self, panel: str, key: str, move: float | None = None, z: float | None = None) -> str:
+        """A drift item (``stats.drift`` key) in words: 'drift: CD24 boundary (t_cd24) moved
+        +0.21 from this patient's other visits (z +4.3)'."""
+        subject = drift_subject(
+            key,
+            population=lambda name: self.short(panel, name),
+            marker=lambda name: self.markers.get((panel, name)),
+            share=lambda name: self.measure("pct_parent", panel, name),
+        )
+        if move is None or z is None:
+            return f"drift: {subject} off this patient's other visits"
+        return f"drift: {subject} moved {move:+.3g} from this patient's other visits (z {z:+.1f})"
+
+
+def drift_subject(
+    key: str,
+    *,
+    population: Callable[[str], str] = str,
+    marker: Callable[[str], str | None] = lambda name: None,
+    share: Callable[[str], str] = lambda name: "% of parent",
+) -> str:
+    """What a drift key (``stats.drift``, the review's patient page) follows, in words:
+    'threshold t_cd24' -> 'CD24 boundary (t_cd24)'; 'threshold treg edge CD25' -> 'Treg gate's
+    CD25 edge'; '% transitional_b' -> 'Transitional B, % of CD19+ B cells' (``share`` names
+    the parent); 'median naive_b IgD' -> 'IgD median of Naive B'. An unknown key prints as
+    written."""
+    kind, _, rest = key.partition(" ")
+    if kind == "threshold":
+        name, _, axis = rest.partition(" edge ")
+        if axis:
+            return f"{population(name)} gate's {axis} edge"
+        return _boundary(marker(name), name)
+    if kind == "%" and rest:
+        return f"{population(rest)}, {share(rest)}"
+    if kind == "median" and " " in rest:
+        name, _, channel = rest.rpartition(" ")
+        return f"{channel} median of {population(name)}"
+    return key
 
 
 def _split(flag: str) -> tuple[str, str]:

@@ -6,9 +6,10 @@ Plain functions (no Prefect): the nightly flow and ``immunomon report`` call the
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from cohort.review import (
     status_frame,
     undone,
 )
-from cohort.store import Store
+from cohort.store import Store, stored_strategy
 from cohort.study import REFERENCE_FOLDER, Study
 from cohort.templates import template_methods_lines
 from gating.pipeline import PIPELINE_VERSION, replay_gates
@@ -371,29 +372,52 @@ def report_context(study: Study, store: Store, results: CohortResults) -> Report
     )
 
 
-def study_names(study: Study) -> Names:
+def study_names(study: Study, store: Store | None = None) -> Names:
     """The study's display names: populations from each strategy as run (title, parent,
-    thresholds' markers), drugs from the analysis plan."""
+    thresholds' markers), drugs from the analysis plan. With the ``store``, a current sample
+    gated with another strategy than its panel's current one is named from that one (the
+    strategy stored with its result; for a result stored before strategies were kept, its
+    thresholds' markers from its recorded gates)."""
     strategies = {t: s for t, s in study.strategies.items() if isinstance(s, Strategy)}
-    return Names(
-        titles={  # gates without a title: not reported, printed by their code
-            (token, gate.name): gate.title
-            for token, strategy in strategies.items()
-            for gate in strategy.gates
-            if gate.title
-        },
-        parents={
-            (token, gate.name): gate.parent
-            for token, strategy in strategies.items()
-            for gate in strategy.gates
-        },
-        markers={
-            (token, name): spec.dimension
-            for token, strategy in strategies.items()
-            for name, spec in strategy.thresholds.items()
-        },
-        drugs=study.config.analysis.drugs,
-    )
+    names = Names.of_strategies(strategies, drugs=study.config.analysis.drugs)
+    if store is None:
+        return names
+    return replace(names, gated_with=names_as_gated(names, strategies, store))
+
+
+def names_as_gated(
+    current: Names, strategies: dict[str, Strategy], store: Store
+) -> dict[str, Names]:
+    """Sample id -> the names of the strategy it was gated with, for each current sample
+    gated with another strategy than its panel's current one."""
+    rows = store.current_strategies()
+    now = {token: strategy.sha256 for token, strategy in strategies.items()}
+    moved_on = [
+        now.get(panel) not in (None, sha)
+        for panel, sha in zip(rows.panel, rows.strategy_sha256, strict=True)
+    ]
+    rows = rows.loc[moved_on]
+    by_document: dict[tuple[str, str], Names] = {}
+    thresholds: dict[str, dict[tuple[str, str], str]] = {}
+    if (rows.document == "").any():
+        gates = store.current_gates()
+        for g in gates[gates.kind == "threshold"].itertuples():
+            marker = json.loads(g.dimensions)[0]
+            thresholds.setdefault(g.sample_id, {})[(g.panel, g.gate)] = marker
+    found: dict[str, Names] = {}
+    for r in rows.itertuples():
+        if r.document:
+            key = (r.panel, r.document)
+            if key not in by_document:
+                then = stored_strategy(r.document, r.strategy_sha256)
+                by_document[key] = Names.of_strategies({r.panel: then}, drugs=current.drugs)
+            found[r.sample_id] = by_document[key]
+            continue
+        # Stored before strategies were kept: what its thresholds were placed on is in its
+        # gates; its titles are the current ones.
+        markers = {**current.markers, **thresholds.get(r.sample_id, {})}
+        found[r.sample_id] = replace(current, markers=markers)
+    return found
 
 
 LIBRARIES = ("numpy", "scipy", "pandas", "lifelines", "matplotlib", "flowkit", "prefect")

@@ -1,0 +1,215 @@
+"""A sample's flags and drift items in words, named from the strategy it was gated with.
+
+A result gated under an older strategy version keeps that version's threshold markers and
+population titles until the next pass re-gates it; the review pages print drift items in
+words (``reports.names``) as they print the other flags."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import re
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from cohort.store import Store
+from cohort.study import Study
+from reports.names import Names, drift_subject
+from tests.conftest import processed_demo_samples
+
+DRIFTING = ("P01_BL_BCELL", "P01_M1_BCELL", "P01_M3_BCELL", "P01_M6_BCELL")
+OLD = "P02_BL_BCELL"  # gated under bcell v3 (t_cd38, "Antibody-secreting cells")
+CURRENT = "P01_BL_BCELL"
+
+
+def _older_bcell(folder: Path) -> Path:
+    """bcell as it was before: version 3, its plasmablast threshold named t_cd38 and the
+    plasmablasts titled otherwise; neither exists in the current strategy."""
+    text = (Path(__file__).parents[1] / "gating" / "strategies" / "bcell.yaml").read_text()
+    text = re.sub(r"^version: \d+", "version: 3", text, flags=re.M)
+    text = text.replace("t_cd38_plasmablast", "t_cd38")
+    text = text.replace("Plasmablasts (CD27+ CD38hi)", "Antibody-secreting cells (CD27+ CD38++)")
+    path = folder / "bcell_v3.yaml"
+    path.write_text(text)
+    return path
+
+
+def _gate_with(root: Path, sample_id: str, strategy) -> None:
+    """Process one inbox file with ``strategy`` and store it as its current result."""
+    from flows.sample_work import process_sample_file
+
+    study = Study(root)
+    path = root / "inbox" / f"{sample_id}.fcs"
+    name = study.parse_name(path.name)
+    record = process_sample_file(
+        path,
+        hashlib.sha256(path.read_bytes()).hexdigest(),
+        name,
+        study.panels[name.panel_token],
+        strategy,
+    )
+    store = Store(study.db_path)
+    try:
+        stat = path.stat()
+        store.record_sample(
+            file_name=path.name,
+            size=stat.st_size,
+            mtime_ns=stat.st_mtime_ns,
+            result=record,
+            run_id="older strategy",
+        )
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory):
+    """Four visits of P01 under the current bcell strategy, P02_BL under bcell v3."""
+    from gating.strategy import load_strategy
+
+    folder = tmp_path_factory.mktemp("names_as_gated")
+    root = processed_demo_samples(folder / "study", 1000, (*DRIFTING, OLD))
+    _gate_with(root, OLD, load_strategy(str(_older_bcell(folder))))
+    return root
+
+
+@pytest.fixture()
+def study(gated, tmp_path):
+    root = tmp_path / "study"
+    shutil.copytree(gated, root)
+    return root
+
+
+def _set_flags(root: Path, flags: dict[str, str]) -> None:
+    conn = sqlite3.connect(root / "immunomon.db")
+    with conn:
+        for sample_id, text in flags.items():
+            conn.execute(
+                "UPDATE samples SET qc_flags=? WHERE sample_id=? AND superseded_by IS NULL",
+                (text, sample_id),
+            )
+    conn.close()
+
+
+def _pages(root: Path, *paths: str) -> list[str]:
+    from fastapi.testclient import TestClient
+
+    from flows.review import create_app
+
+    client = TestClient(create_app(root), base_url="http://127.0.0.1:8765")  # the default site
+    token = re.search(r'name="csrf" value="([^"]+)"', client.get("/whoami").text)[1]
+    client.post("/whoami", data={"name": "ana", "csrf": token})
+    return [html.unescape(client.get(path).text) for path in paths]
+
+
+def _today_row(page: str, sample_id: str) -> str:
+    row = next(r for r in page.split("<tr>") if f"/sample/{sample_id}" in r)
+    return re.sub(r"\s+", " ", row)
+
+
+def test_the_store_keeps_the_strategy_a_result_was_gated_with(gated):
+    from reports.outputs import study_names
+
+    store = Store(gated / "immunomon.db")
+    try:
+        rows = store.current_strategies().set_index("sample_id")
+        names = study_names(Study(gated), store)
+    finally:
+        store.close()
+    assert json.loads(rows.at[OLD, "document"])["version"] == 3
+    assert json.loads(rows.at[CURRENT, "document"])["version"] >= 4
+    assert rows.at[OLD, "strategy_sha256"] != rows.at[CURRENT, "strategy_sha256"]
+    old, current = names.of_sample(OLD), names.of_sample(CURRENT)
+    assert old.markers[("BCELL", "t_cd38")] == "CD38"
+    assert ("BCELL", "t_cd38") not in current.markers
+    assert old.short("BCELL", "plasmablasts") == "Antibody-secreting cells"
+    assert current.short("BCELL", "plasmablasts") == "Plasmablasts"
+    assert current is names  # a sample gated with the current strategy: the study's names
+
+
+def test_review_pages_name_a_sample_from_the_strategy_it_was_gated_with(study):
+    """The bug: a sample gated under bcell v3 read 'boundary t_cd38 at its default' with no
+    marker, since its names came from the current strategy, which has no t_cd38."""
+    flags = "default_threshold:t_cd38;low_count:plasmablasts<50"
+    _set_flags(study, {OLD: flags, CURRENT: "low_count:plasmablasts<50"})
+    today, sample = _pages(study, "/", f"/sample/{OLD}")
+    for text in (_today_row(today, OLD), sample):
+        assert "CD38 boundary (t_cd38) at its default" in text
+        assert "Antibody-secreting cells: fewer than 50 events" in text
+        assert "boundary t_cd38 at" not in text and "Plasmablasts:" not in text
+    # The same flag on a sample gated with the current strategy: its current title.
+    assert "Plasmablasts: fewer than 50 events" in _today_row(today, CURRENT)
+
+
+def test_a_result_stored_before_strategies_were_kept_takes_its_markers_from_its_gates(study):
+    conn = sqlite3.connect(study / "immunomon.db")
+    with conn:
+        conn.execute("DELETE FROM strategies")
+    conn.close()
+    _set_flags(study, {OLD: "default_threshold:t_cd38"})
+    (today,) = _pages(study, "/")
+    assert "CD38 boundary (t_cd38) at its default" in _today_row(today, OLD)
+
+
+def _move_threshold(root: Path, threshold: str, values: dict[str, float]) -> None:
+    """Put a threshold of these samples at these values (their recorded gates)."""
+    conn = sqlite3.connect(root / "immunomon.db")
+    with conn:
+        for sample_id, value in values.items():
+            key, parameters = conn.execute(
+                "SELECT g.sample_key, g.parameters FROM gates g JOIN samples s ON "
+                "s.sample_key=g.sample_key WHERE s.sample_id=? AND s.superseded_by IS NULL "
+                "AND g.gate=?",
+                (sample_id, threshold),
+            ).fetchone()
+            moved = {**json.loads(parameters), "value": value}
+            conn.execute(
+                "UPDATE gates SET parameters=? WHERE sample_key=? AND gate=?",
+                (json.dumps(moved), key, threshold),
+            )
+    conn.close()
+
+
+def test_drift_items_in_the_review_list_are_in_words(study):
+    """One visit's t_cd27 far off the patient's other three: the today list says which
+    boundary moved, by how much and how unusual that is, in words, never its drift key."""
+    _move_threshold(study, "t_cd27", dict(zip(DRIFTING, (0.45, 0.46, 0.44, 0.90), strict=True)))
+    (today,) = _pages(study, "/")
+    row = _today_row(today, "P01_M6_BCELL")
+    found = re.search(
+        r"drift: CD27 boundary \(t_cd27\) moved \+0\.45 from this patient's other visits "
+        r"\(z \+(\d+\.\d)\)",
+        row,
+    )
+    assert found and float(found[1]) > 3.5, row
+    assert 'class="drift"' in row
+    assert "CD27 boundary (t_cd27) moved" not in _today_row(today, "P01_M1_BCELL")
+    assert not re.search(r"drift (threshold|%|median) ", today)  # no key as a code
+
+
+def test_drift_keys_in_words():
+    names = Names(
+        titles={
+            ("BCELL", "cd19_b"): "CD19+ B cells",
+            ("BCELL", "naive_b"): "Naive B (CD27- IgD+)",
+            ("TREG", "treg"): "Treg (CD25hi CD127lo)",
+        },
+        parents={("BCELL", "naive_b"): "cd19_b"},
+        markers={("BCELL", "t_cd27"): "CD27"},
+    )
+    assert names.drift("BCELL", "threshold t_cd27", 0.21, 4.34) == (
+        "drift: CD27 boundary (t_cd27) moved +0.21 from this patient's other visits (z +4.3)"
+    )
+    assert names.drift("TREG", "threshold treg edge CD25", -0.1, -5.0).startswith(
+        "drift: Treg gate's CD25 edge moved -0.1 "
+    )
+    assert names.drift("BCELL", "% naive_b") == (
+        "drift: Naive B, % of CD19+ B cells off this patient's other visits"
+    )
+    assert drift_subject("median naive_b IgD", population=str) == "IgD median of naive_b"
+    assert names.drift("BCELL", "threshold t_gone").startswith("drift: boundary t_gone off")
+    assert drift_subject("something new") == "something new"
