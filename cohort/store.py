@@ -7,6 +7,7 @@ transaction, so a run killed at any point leaves either all of a sample's rows o
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cohort.audit import AuditLog
 from gating.records import AppliedGate
 
 SCHEMA = """
@@ -69,6 +71,21 @@ CREATE TABLE IF NOT EXISTS runs (
     processed INTEGER, quarantined INTEGER, failed INTEGER, status TEXT, message TEXT
 );
 """
+# The tables the cohort's outputs are made from, in a stable order (``Store.content_digests``).
+# ``runs`` and the accounts are left out, and so are the files' size, mtime and last_seen (a
+# touched or re-seen file) and the audit trail's 'pass' entries: no output prints them, so a
+# pass that finds nothing new is no change.
+OUTPUT_CONTENT = {
+    "files": "SELECT file_name, sha256, status, reason, sample_key, first_seen FROM files "
+    "ORDER BY file_name, sha256",
+    "samples": "SELECT * FROM samples ORDER BY sample_key",
+    "populations": "SELECT * FROM populations ORDER BY sample_key, population",
+    "qc_steps": "SELECT * FROM qc_steps ORDER BY sample_key, rowid",
+    "gates": "SELECT * FROM gates ORDER BY sample_key, rowid",
+    "not_measured": "SELECT * FROM not_measured ORDER BY sample_key, population",
+    "medians": "SELECT * FROM medians ORDER BY sample_key, population, marker",
+    "audit": "SELECT * FROM audit WHERE action <> 'pass' ORDER BY seq",
+}
 # Lookups intake and record_sample make once per file: without these each is a scan of the
 # table, so a pass is quadratic in the study's files. Created on open: a store made before
 # them gets them the first time it is opened (IF NOT EXISTS: a no-op afterwards).
@@ -167,6 +184,17 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+
+    def content_digests(self) -> dict[str, str]:
+        """'store TABLE' -> sha256 of the rows the cohort's outputs are made from."""
+        AuditLog(self.conn)  # the audit table exists, as in every study the flow has run
+        digests = {}
+        for table, query in OUTPUT_CONTENT.items():
+            digest = hashlib.sha256()
+            for row in self.conn.execute(query):
+                digest.update(repr(row).encode() + b"\n")
+            digests[f"store {table}"] = digest.hexdigest()
+        return digests
 
     # files ---------------------------------------------------------------------------------
     def known_sha256(self, file_name: str, size: int, mtime_ns: int) -> str | None:

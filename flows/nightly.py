@@ -23,7 +23,12 @@ from cohort.intake import plan_intake
 from cohort.review import overrides_in_force, panel_of, reviewer_name
 from cohort.store import Store
 from cohort.study import Study, StudyLease
-from flows.outcome import PassIncomplete, RunSummary, cohort_outputs, rewrite_cohort_outputs
+from flows.outcome import (
+    PassIncomplete,
+    RunSummary,
+    rewrite_cohort_outputs,
+    write_cohort_outputs,
+)
 from flows.prefect_api import prune_study_runs, retention
 from flows.tasks import process_batch_task, sample_batches
 from flows.worker_pool import (
@@ -187,19 +192,19 @@ def _one_pass(
             strategy_of,
             pool.workers if pool else workers,
         )
-        results, error = results_task(study, store)
-        lease.renew()
-        if results is not None:
-            # The local pool, if one is open, draws the report's pages too.
-            local = pool if pool and pool.local else None
-            report_task(
-                study,
-                store,
-                results,
-                local.executor if local else None,
-                local.workers if local else 1,
-            )
-    outputs = cohort_outputs(study, results, error)
+        # The local pool, if one is open, draws the report's pages too.
+        local = pool if pool and pool.local else None
+        # Left as they are when nothing they are made from changed (an unchanged pass).
+        outputs, error = write_cohort_outputs(
+            study,
+            store,
+            results_task,
+            report_task,
+            only_if_changed=True,
+            after_results=lease.renew,
+            report_arguments=(local.executor if local else None, local.workers if local else 1),
+            log=logger.info,
+        )
     if error:
         logger.error("%s", outputs)
     failed_files = tuple(o["file"] for o in outcomes if o["status"] == "failed")

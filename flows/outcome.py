@@ -5,13 +5,9 @@ No Prefect here: ``immunomon report`` says the same without importing it.
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cohort.clinical import FEEDS
@@ -103,137 +99,6 @@ def study_store(
             store.close()
 
 
-# What the cohort step writes, relative to the study: a second pass leaves them as they are when
-# nothing they are made from changed (``outputs_unchanged``).
-COHORT_OUTPUTS = (
-    "results/samples.csv",
-    "results/populations.csv",
-    "results/mfi.csv",
-    "results/clinical_windows.csv",
-    "results/km_curves.csv",
-    "results/statistics.csv",
-    "reports/cohort_report.pdf",
-)
-# Beside the outputs: the digests of what they were written from, and their own sha256.
-WRITTEN_FROM = "results/written_from.json"
-# The store's tables the outputs read. ``runs`` and the accounts are left out, and so are the
-# files' size, mtime and last_seen (a touched or re-seen file) and the audit trail's 'pass'
-# entries: no output prints them, so a pass that finds nothing new is no change.
-STORE_CONTENT = {
-    "files": "SELECT file_name, sha256, status, reason, sample_key, first_seen "
-    "FROM files ORDER BY file_name, sha256",
-    "samples": "SELECT * FROM samples ORDER BY sample_key",
-    "populations": "SELECT * FROM populations ORDER BY sample_key, population",
-    "qc_steps": "SELECT * FROM qc_steps ORDER BY sample_key, rowid",
-    "gates": "SELECT * FROM gates ORDER BY sample_key, rowid",
-    "not_measured": "SELECT * FROM not_measured ORDER BY sample_key, population",
-    "medians": "SELECT * FROM medians ORDER BY sample_key, population, marker",
-    "audit": "SELECT * FROM audit WHERE action <> 'pass' ORDER BY seq",
-}
-# The code the outputs are computed and drawn by: every file of these packages.
-CODE_PACKAGES = ("cohort", "gating", "panels", "stats", "reports", "flows")
-
-
-def _sha256_of_rows(rows) -> str:
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(repr(tuple(row)).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
-
-
-def _sha256_of_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def code_digest() -> str:
-    """sha256 over the source of the packages the outputs are made by (uncommitted edits
-    included), the software version the report prints and the libraries' versions."""
-    from reports.outputs import library_versions, software_version
-
-    digest = hashlib.sha256(f"{software_version()}|{library_versions()}".encode())
-    root = Path(__file__).resolve().parents[1]
-    for package in CODE_PACKAGES:
-        for path in sorted((root / package).rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                digest.update(f"{path.relative_to(root)}|{_sha256_of_file(path)}\n".encode())
-    return digest.hexdigest()
-
-
-def output_inputs(study: Study, store: Store) -> dict[str, str]:
-    """What the results and the cohort report are made from, each part as a sha256: the
-    store's content (samples, their gates and QC, the review trail), every input file
-    (study.yaml with its analysis plan, the clinical CSVs, panels, strategies, references:
-    ``reports.outputs.input_hashes``) and the code."""
-    from reports.outputs import input_hashes
-
-    parts = {
-        f"store {table}": _sha256_of_rows(store.conn.execute(query))
-        for table, query in STORE_CONTENT.items()
-    }
-    parts.update(input_hashes(study))
-    parts["code"] = code_digest()
-    return parts
-
-
-def _written_from(study: Study) -> dict:
-    try:
-        record = json.loads((study.root / WRITTEN_FROM).read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def changed_inputs(study: Study, inputs: dict[str, str]) -> list[str]:
-    """Why the outputs must be written again ([] when they need not): the inputs that
-    changed since they were last written completely, or the outputs missing or altered
-    since. No record (never written, or the last write left something out): everything."""
-    record = _written_from(study)
-    before, outputs = record.get("inputs"), record.get("outputs")
-    if not isinstance(before, dict) or not isinstance(outputs, dict):
-        return ["no record of a complete write"]
-    changed = sorted(
-        name for name in set(before) | set(inputs) if before.get(name) != inputs.get(name)
-    )
-    for name in COHORT_OUTPUTS:
-        path = study.root / name
-        if not path.is_file() or outputs.get(name) != _sha256_of_file(path):
-            changed.append(f"{name} missing or altered")
-    return changed
-
-
-def forget_written_from(study: Study) -> None:
-    """Drop the record before the outputs are rewritten: a write that stops half way leaves
-    no record, so the next pass writes them again."""
-    (study.root / WRITTEN_FROM).unlink(missing_ok=True)
-
-
-def record_written_from(study: Study, inputs: dict[str, str]) -> None:
-    """After a complete write: the inputs' digests and the outputs' own sha256."""
-    record = {
-        "written_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-        "inputs": inputs,
-        "outputs": {
-            name: _sha256_of_file(study.root / name)
-            for name in COHORT_OUTPUTS
-            if (study.root / name).is_file()
-        },
-    }
-    path = study.root / WRITTEN_FROM
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(record, indent=1, sort_keys=True))
-    temporary.replace(path)  # whole or not at all
-
-
-def unchanged_outputs_sentence(study: Study) -> str:
-    """What a pass that left the outputs as they were says instead of ``cohort_outputs``."""
-    when = _written_from(study).get("written_at", "before")
-    return (
-        f"left the cohort report {study.reports_dir / 'cohort_report.pdf'} and the results in "
-        f"{study.results_dir} as written at {when}: nothing they are made from changed"
-    )
-
-
 def write_cohort_outputs(
     study: Study,
     store: Store,
@@ -250,20 +115,34 @@ def write_cohort_outputs(
     write (``changed_inputs``; ``log`` is told what changed). A complete write records its
     inputs in results/written_from.json. Returns the sentence of what was written and left
     out (``cohort_outputs``) and the error, '' when nothing was left out."""
+    from reports.outputs import output_inputs
+    from reports.written_from import changed_inputs, forget_written_from, record_written_from
+
     inputs = output_inputs(study, store)
-    changed = changed_inputs(study, inputs)
+    changed = changed_inputs(study.root, inputs)
     if only_if_changed and not changed:
         return unchanged_outputs_sentence(study), ""
     if only_if_changed:
         log(f"writing the results and the report: changed since last written: {', '.join(changed)}")
-    forget_written_from(study)
+    forget_written_from(study.root)
     results, error = write_results(study, store)
     after_results()
     if results is not None:
         write_report(study, store, results, *report_arguments)
     if results is not None and not error:
-        record_written_from(study, inputs)
+        record_written_from(study.root, inputs)
     return cohort_outputs(study, results, error), error
+
+
+def unchanged_outputs_sentence(study: Study) -> str:
+    """What a pass that left the outputs as they were says instead of ``cohort_outputs``."""
+    from reports.written_from import written_at
+
+    return (
+        f"left the cohort report {study.reports_dir / 'cohort_report.pdf'} and the results in "
+        f"{study.results_dir} as written at {written_at(study.root)}: nothing they are made "
+        "from changed"
+    )
 
 
 def rewrite_cohort_outputs(

@@ -43,6 +43,7 @@ from reports.monitor_pages import (
 )
 from reports.names import Names
 from reports.qc_report import write_sample_qc_report
+from reports.written_from import forget_written_from, record_written_from, sha256_of_file
 from stats.clinical import (
     COX_ANALYSES,
     clinical_statistics,
@@ -178,10 +179,14 @@ def update_outputs(
     ``executor`` the report's pages are drawn in ``parts`` runs on it.
 
     Returns the clinical error(s) that stopped all or part of the cohort step, else ''."""
+    inputs = output_inputs(study, store)
+    forget_written_from(study.root)
     results, error = write_results(study, store)
     if results is not None:
         write_report(study, store, results, executor, parts)
         anchor_head(study.root, store.conn, "cohort report written")  # outside the database
+    if results is not None and not error:
+        record_written_from(study.root, inputs)  # a pass after this leaves them as they are
     return error
 
 
@@ -450,6 +455,30 @@ def input_hashes(study: Study) -> dict[str, str]:
             )
             hashes[label] = hashlib.sha256(path.read_bytes()).hexdigest()
     return hashes
+
+
+# The code the outputs are computed and drawn by: every file of these packages.
+CODE_PACKAGES = ("cohort", "gating", "panels", "stats", "reports", "flows")
+CODE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def code_digest(root: Path = CODE_ROOT) -> str:
+    """sha256 over the packages the outputs are made by (uncommitted edits included), the
+    software version the report prints and the libraries' versions."""
+    digest = hashlib.sha256(f"{software_version()}|{library_versions()}".encode())
+    for package in CODE_PACKAGES:
+        for path in sorted((root / package).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(f"{path.relative_to(root)}|{sha256_of_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def output_inputs(study: Study, store: Store) -> dict[str, str]:
+    """Everything the results and the cohort report are made from, each part as a sha256:
+    the store's content (samples, their gates and QC, the review trail), every input file
+    (study.yaml with its analysis plan, the clinical CSVs, panels, strategies, references)
+    and the code (``code_digest``)."""
+    return {**store.content_digests(), **input_hashes(study), "code": code_digest()}
 
 
 def methods_text(study: Study) -> list[str]:

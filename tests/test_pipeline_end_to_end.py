@@ -89,6 +89,7 @@ def test_second_run_changes_nothing(demo_run):
         for n in ("samples.csv", "populations.csv", "statistics.csv")
     }
     report_before = _pdf_text(root / "reports" / "cohort_report.pdf")
+    report_stat = (root / "reports" / "cohort_report.pdf").stat().st_mtime_ns
     quarantine = {p.name: p.stat().st_mtime_ns for p in (root / "quarantine").iterdir()}
     summary = run_study(root, workers=2)
     assert summary.processed == 0 and summary.unchanged == 182
@@ -98,6 +99,25 @@ def test_second_run_changes_nothing(demo_run):
     for name, content in before.items():
         assert (root / "results" / name).read_bytes() == content, name
     assert _pdf_text(root / "reports" / "cohort_report.pdf") == report_before
+    # Nothing they are made from changed: not rewritten at all (flows.outcome).
+    assert summary.outputs.startswith("left the cohort report"), summary.outputs
+    assert report_stat == (root / "reports" / "cohort_report.pdf").stat().st_mtime_ns
+
+
+def test_a_pass_after_a_clinical_edit_writes_the_statistics_again(demo_run, tmp_path):
+    from flows.nightly import run_study
+
+    root, _, _ = demo_run
+    copy = tmp_path / "study"
+    shutil.copytree(root, copy)
+    statistics = (copy / "results" / "statistics.csv").read_bytes()
+    visits = copy / "clinical" / "visits.csv"
+    frame = pd.read_csv(visits, dtype=str)
+    frame.loc[frame.visit == "M3", "lymphocytes_per_ul"] = "900"
+    frame.to_csv(visits, index=False)
+    summary = run_study(copy, workers=2)
+    assert summary.processed == 0 and summary.outputs.startswith("wrote the cohort report")
+    assert (copy / "results" / "statistics.csv").read_bytes() != statistics
 
 
 def _pdf_text(path) -> str:
