@@ -470,17 +470,20 @@ def qc_summary_lines(samples: pd.DataFrame, names: Names | None = None) -> list[
     ]
 
     def counted(prefixes: tuple[str, ...]) -> list[str]:
+        # Counted by the words: each sample's flag named from the strategy it was gated with.
         found = pd.Series(
             [
-                (panel, x)
-                for panel, f in zip(processed.panel, flags, strict=True)
+                (panel, names.of_sample(sample_id).flag(panel, x))
+                for sample_id, panel, f in zip(
+                    processed.sample_id, processed.panel, flags, strict=True
+                )
                 for x in f
                 if x.startswith(prefixes)
             ],
             dtype=object,
         ).value_counts(sort=False)
         ordered = sorted(found.items(), key=lambda item: (item[0][0], -item[1]))
-        return [f"    {panel}: {names.flag(panel, x)}: {n} samples" for (panel, x), n in ordered]
+        return [f"    {panel}: {words}: {n} samples" for (panel, words), n in ordered]
 
     lines += counted(REVIEW_FLAGS)
     lost = counted(("not_measured:",))

@@ -4,6 +4,7 @@ function (tested on its own) and printed by ``reports.cohort_report``."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -215,8 +216,14 @@ def qc_summary(
         steps["share"] = steps.removed / steps.events_in.replace(0, np.nan)
         flags = block.qc_flags.fillna("").str.split(";")
         low = int(flags.map(lambda f: any(x.startswith("low_count:") for x in f)).sum())
-        low_by_flag = pd.Series(
-            [x for f in flags for x in f if x.startswith("low_count:")], dtype=object
+        low_by_flag = pd.Series(  # in words, from the strategy each sample was gated with
+            [
+                names.of_sample(sample_id).flag(panel, x)
+                for sample_id, f in zip(block.sample_id, flags, strict=True)
+                for x in f
+                if x.startswith("low_count:")
+            ],
+            dtype=object,
         ).value_counts()
         lines += [
             f"Panel {panel}: {len(block)} samples, events acquired "
@@ -229,20 +236,18 @@ def qc_summary(
             )
         mine = gates[gates.sample_id.isin(keys)]
         defaults = mine[(mine.kind == "threshold") & ~mine.from_data.astype(bool)]
-        per_gate = defaults.groupby("gate").size()
-        placed = (
-            ", ".join(
-                f"{names.markers.get((panel, g), '')} ({g}) {n}".lstrip()
-                for g, n in per_gate.items()
-            )
-            or "none"
+        # By marker: each threshold's, from the strategy its sample was gated with.
+        per_gate = Counter(
+            (g, f"{names.of_sample(sample_id).markers.get((panel, g), '')} ({g})".lstrip())
+            for sample_id, g in zip(defaults.sample_id, defaults.gate, strict=True)
         )
+        placed = ", ".join(f"{what} {n}" for (_, what), n in sorted(per_gate.items())) or "none"
         lines += [
             f"  thresholds left at the strategy's default (samples): {placed}",
             f"  needs review before release: "
             f"{int(block.needs_review.astype(str).eq('True').sum())} samples",
             f"  samples with a population below its event floor: {low}" + (":" if low else ""),
         ]
-        lines += [f"    {names.flag(panel, flag)}: {n} samples" for flag, n in low_by_flag.items()]
+        lines += [f"    {words}: {n} samples" for words, n in low_by_flag.items()]
         lines.append("")
     return lines

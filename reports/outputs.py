@@ -322,7 +322,9 @@ def monitor_tables(study: Study, store: Store, results: CohortResults) -> Monito
             cfg.analysis.visit_window_days,
             cfg.analysis.baseline_window_days,
         ),
-        qc=qc_summary(samples, store.current_qc_steps(), store.current_gates(), study_names(study)),
+        qc=qc_summary(
+            samples, store.current_qc_steps(), store.current_gates(), study_names(study, store)
+        ),
         definitions=definitions,
         visit_window_days=cfg.analysis.visit_window_days,
         baseline_window_days=cfg.analysis.baseline_window_days,
@@ -373,7 +375,7 @@ def report_context(study: Study, store: Store, results: CohortResults) -> Report
             f"{name} is broken, so this report leaves out {FEEDS[name]}"
             for name in results.broken_inputs
         ],
-        names=study_names(study),
+        names=study_names(study, store),
     )
 
 

@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from cohort.store import Store
@@ -213,3 +214,56 @@ def test_drift_keys_in_words():
     assert drift_subject("median naive_b IgD", population=str) == "IgD median of naive_b"
     assert names.drift("BCELL", "threshold t_gone").startswith("drift: boundary t_gone off")
     assert drift_subject("something new") == "something new"
+
+
+def test_the_report_counts_each_sample_s_flags_in_the_words_of_its_own_strategy():
+    """The completeness page and the QC summary: a flag code means what the strategy its
+    sample was gated with says, so samples are counted by the words, not by the code."""
+    from reports.cohort_report import qc_summary_lines
+    from reports.monitor_pages import qc_summary
+
+    current = Names(
+        titles={("BCELL", "plasmablasts"): "Plasmablasts (CD27+ CD38hi)"},
+        markers={("BCELL", "t_cd38_plasmablast"): "CD38"},
+    )
+    older = Names(
+        titles={("BCELL", "plasmablasts"): "Antibody-secreting cells (CD27+ CD38++)"},
+        markers={("BCELL", "t_cd38"): "CD38"},
+    )
+    names = Names(current.titles, current.parents, current.markers, gated_with={"old": older})
+    samples = pd.DataFrame(
+        {
+            "sample_id": ["old", "new", "new2"],
+            "panel": ["BCELL"] * 3,
+            "status": ["processed"] * 3,
+            "events": [10000, 12000, 11000],
+            "needs_review": [True, True, False],
+            "qc_flags": [
+                "default_threshold:t_cd38;low_count:plasmablasts<50;needs_review",
+                "default_threshold:t_cd38_plasmablast;low_count:plasmablasts<50;needs_review",
+                "low_count:plasmablasts<50",
+            ],
+        }
+    )
+    steps = pd.DataFrame({"sample_id": ["old"], "step": ["debris"], "removed": [1]})
+    gates = pd.DataFrame(
+        {
+            "sample_id": ["old", "new"],
+            "kind": ["threshold"] * 2,
+            "from_data": [False] * 2,
+            "gate": ["t_cd38", "t_cd38_plasmablast"],
+        }
+    )
+    lines = qc_summary(samples, steps.assign(events_in=100), gates, names)
+    assert "    Antibody-secreting cells: fewer than 50 events: 1 samples" in lines
+    assert "    Plasmablasts: fewer than 50 events: 2 samples" in lines
+    assert (
+        "  thresholds left at the strategy's default (samples): CD38 (t_cd38) 1, "
+        "CD38 (t_cd38_plasmablast) 1" in lines
+    )
+    completeness = qc_summary_lines(samples, names)
+    assert (
+        "    BCELL: CD38 boundary (t_cd38) at its default: no separation in the data: "
+        "1 samples" in completeness
+    )
+    assert not any("boundary t_cd38 " in line for line in completeness + lines)

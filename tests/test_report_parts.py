@@ -38,6 +38,13 @@ def test_completeness_page_counts_samples_needing_review_and_populations_not_mea
 
     samples = pd.DataFrame(
         {
+            "sample_id": [
+                "P01_BL_BCELL",
+                "P01_BL_TREG",
+                "P02_BL_BCELL",
+                "P02_M1_BCELL",
+                "P03_BL_TREG",
+            ],
             "patient_id": ["P01", "P01", "P02", "P02", "P03"],
             "visit": ["BL", "BL", "BL", "M1", "BL"],
             "panel": ["BCELL", "TREG", "BCELL", "BCELL", "TREG"],
