@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import json
 import sqlite3
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -528,16 +529,20 @@ class Store:
             for name, parent, kind, dims, params, from_data, note in rows
         ]
 
-    def current_strategies(self) -> pd.DataFrame:
-        """The strategy each current result was gated with: sample_id, panel,
-        strategy_sha256 and its document (empty for results stored before documents were
-        kept, and for a FlowJo workspace's gates)."""
+    def current_strategies(self, other_than: Collection[str] = ()) -> pd.DataFrame:
+        """The strategy each current result was gated with, for the results gated with none
+        of the strategies ``other_than`` (sha256): sample_id, panel, strategy_sha256 and its
+        document (empty for results stored before documents were kept, and for a FlowJo
+        workspace's gates)."""
+        marks = ",".join("?" * len(other_than))
         return pd.read_sql_query(
             "SELECT s.sample_id, s.panel, s.strategy_sha256, COALESCE(t.document, '') AS "
             "document FROM samples s JOIN files f ON f.sample_key=s.sample_key AND "
             "f.status='processed' LEFT JOIN strategies t ON t.strategy_sha256=s.strategy_sha256 "
-            "WHERE s.superseded_by IS NULL ORDER BY s.sample_id",
+            f"WHERE s.superseded_by IS NULL AND s.strategy_sha256 NOT IN ({marks}) "
+            "ORDER BY s.sample_id",
             self.conn,
+            params=tuple(other_than),
         )
 
     def current_sample(self, sample_id: str) -> dict | None:

@@ -397,13 +397,8 @@ def names_as_gated(
 ) -> dict[str, Names]:
     """Sample id -> the names of the strategy it was gated with, for each current sample
     gated with another strategy than its panel's current one."""
-    rows = store.current_strategies()
-    now = {token: strategy.sha256 for token, strategy in strategies.items()}
-    moved_on = [
-        now.get(panel) not in (None, sha)
-        for panel, sha in zip(rows.panel, rows.strategy_sha256, strict=True)
-    ]
-    rows = rows.loc[moved_on]
+    rows = store.current_strategies(other_than=[s.sha256 for s in strategies.values()])
+    rows = rows[rows.panel.isin(list(strategies))]  # a FlowJo workspace's: no strategy names
     by_document: dict[tuple[str, str], Names] = {}
     thresholds: dict[str, dict[tuple[str, str], str]] = {}
     if (rows.document == "").any():

@@ -267,3 +267,30 @@ def test_process_takes_the_study_panel_token(tmp_path, capsys):
     assert outputs[0] == outputs[1] and outputs[0]
     assert main(["process", str(path), "--panel", "NKCELL"]) == 2
     assert "panel 'NKCELL'" in capsys.readouterr().err
+
+
+def test_the_commands_store_is_closed_and_the_lock_released_whatever_happens(tmp_path):
+    """flows.outcome.study_store, what every command opens the store with: the block holds
+    the study's lock when asked (another pass is refused meanwhile), and a mistake inside it
+    still closes the store and frees the lock."""
+    import sqlite3
+
+    from cohort.study import Study, StudyError
+    from flows.outcome import study_store
+
+    study = Study(_study(tmp_path / "study", GOOD))
+    with pytest.raises(StudyError, match="another pass holds the study"):
+        with study_store(study, exclusive=True):
+            with study.exclusive(wait=False):
+                pass
+    with pytest.raises(ValueError, match="a mistake"):
+        with study_store(study, exclusive=True) as store:
+            kept = store
+            raise ValueError("a mistake")
+    with pytest.raises(sqlite3.ProgrammingError):
+        kept.conn.execute("SELECT 1")  # closed
+    with study.exclusive(wait=False):  # free again
+        pass
+    with study_store(study) as store:  # without the lock: a pass may hold it meanwhile
+        with study.exclusive(wait=False):
+            assert store.runs().empty

@@ -189,6 +189,7 @@ def test_a_changed_source_file_changes_the_code_digest(tmp_path):
     assert code_digest(tmp_path) == changed  # compiled files are not the code
 
 
+@pytest.mark.slow  # the real statistics and report: ~50 s on the shared host
 def test_the_real_writers_outputs_are_those_recorded_and_a_publish_is_recorded(study):
     """update_outputs (the review's publish, the report command's writers) writes exactly
     COHORT_OUTPUTS and records them: the pass after it leaves them as they are."""
