@@ -120,7 +120,7 @@ def test_b_cell_markers_are_heavy_tailed_towards_dim_and_light_towards_bright(tm
     0.00-0.49% beyond 3 robust SDs on their bright side (a t law with 4 degrees of freedom:
     1.5%), a negative population's bright side at most 0.02% beyond 4, while the dim side is
     heavy (CD45 4.1-5.8%). A symmetric t tail let 0.7% of the naive B cells into the CD27+ B."""
-    values, kinds = _tube_values(tmp_path, "BCELL", True, 8)
+    values, kinds = _tube_values(tmp_path, "BCELL", True, 8, n_events=15000)
     for kind, marker in (("naive", "IgD"), ("naive", "CD19"), ("t_cell", "CD3")):
         bright, dim = _beyond(values[marker][kinds == kind], 3)
         assert bright < 0.005, (kind, marker, bright)
