@@ -132,6 +132,18 @@ def test_b_cell_markers_are_heavy_tailed_towards_dim_and_light_towards_bright(tm
     assert (naive_cd27 > np.percentile(values["CD27"][memory], 2)).mean() < 0.002
 
 
+def test_the_real_files_tail_measure_tells_a_normal_law_from_a_t_law():
+    """``bench.marker_tails``, whose numbers the B tube's tails come from: one side beyond 3
+    robust SDs, 0.13% for a normal law and 1.5% for a t law with 4 degrees of freedom."""
+    from bench.marker_tails import tail_shares
+
+    rng = np.random.default_rng(0)
+    normal = tail_shares(0.6 + 0.05 * rng.standard_normal(400000), "bright", "upper")
+    heavy = tail_shares(0.6 + 0.05 * rng.standard_t(4, 400000), "dim", "lower")
+    assert 0.10 < normal["beyond_3"] < 0.17 and normal["beyond_4"] < 0.01
+    assert 1.3 < heavy["beyond_3"] < 1.7 and 0.5 < heavy["beyond_4"] < 0.7
+
+
 def test_study_files_with_and_without_scatter(tmp_path):
     """Files with scatter carry FSC/SSC/Time and $SPILLOVER; with ``no_scatter_share`` the
     others are FlowJo exports of pre-gated lymphocytes, which the pipeline refuses today (the
