@@ -13,11 +13,17 @@ from functools import partial
 import numpy as np
 import pandas as pd
 from lifelines import CoxPHFitter, KaplanMeierFitter
-from scipy import optimize, stats
+from scipy import stats
 
 from stats.firth import CoxData, cox_data, firth_coefficient, monotone_likelihood, supremum_lr
 from stats.plan import AnalysisPlan
-from stats.tests import STATISTICS_COLUMNS, mcnemar_exact, paired_wilcoxon
+from stats.tests import (
+    STATISTICS_COLUMNS,
+    OddsEstimate,
+    binomial_odds_estimate,
+    mcnemar_exact,
+    paired_wilcoxon,
+)
 
 COX_ANALYSES = ("relapse_free_cox_unmatched", "relapse_free_cox_stratified")
 
@@ -212,43 +218,12 @@ def exact_conditional_pairs(order: PairOrder) -> float:
     return float(min(1.0, 2.0 * stats.binom.cdf(min(k, m - k), m, 0.5)))
 
 
-@dataclass(frozen=True)
-class PairEstimate:
+def exact_conditional_estimate(order: PairOrder, level: float = 0.95) -> OddsEstimate:
     """The hazard ratio from the informative pairs: with one relapse first per pair, the
-    chance that it falls in the after-window is HR / (1 + HR), so the binomial's proportion
-    maps to the hazard ratio as p / (1 - p)."""
-
-    median_unbiased: float
-    ci_low: float
-    ci_high: float
-    conditional_mle: float  # a / b: 0 or infinite when every pair goes one way
-
-
-def _odds(p: float) -> float:
-    return float("inf") if p >= 1.0 else p / (1.0 - p)
-
-
-def exact_conditional_estimate(order: PairOrder, level: float = 0.95) -> PairEstimate:
-    """Median-unbiased hazard ratio (Hirji, Tsiatis & Mehta 1989: the p at which both
-    one-sided exact p-values are equal; at 0 or all of the pairs, the p at which the
-    observed extreme has probability 1/2) and the Clopper-Pearson interval, both mapped
-    from the binomial proportion of pairs relapsing first after infusion."""
-    m, k = order.informative, order.after_first
-    if m == 0:
-        return PairEstimate(*[float("nan")] * 4)
-    if k == 0:
-        p_mue = 1.0 - 0.5 ** (1.0 / m)
-    elif k == m:
-        p_mue = 0.5 ** (1.0 / m)
-    else:
-        p_mue = optimize.brentq(
-            lambda p: stats.binom.sf(k - 1, m, p) - stats.binom.cdf(k, m, p), 1e-12, 1 - 1e-12
-        )
-    alpha = 1.0 - level
-    low = 0.0 if k == 0 else float(stats.beta.ppf(alpha / 2, k, m - k + 1))
-    high = 1.0 if k == m else float(stats.beta.ppf(1 - alpha / 2, k + 1, m - k))
-    mle = float("inf") if k == m else k / (m - k)
-    return PairEstimate(_odds(p_mue), _odds(low), _odds(high), mle)
+    chance that it falls in the after-window is HR / (1 + HR), so the binomial proportion of
+    'after first' pairs maps to the hazard ratio as p / (1 - p) (``binomial_odds_estimate``:
+    median-unbiased, Clopper-Pearson interval, conditional MLE a / b)."""
+    return binomial_odds_estimate(order.after_first, order.informative, level)
 
 
 def _stacked_cox_data(data: pd.DataFrame, strata: list[str] | None) -> CoxData:
@@ -466,6 +441,68 @@ def _fisher_row(
     )
 
 
+def _mcnemar_rows(
+    group: str, drug: str, on_bl: np.ndarray, on_12: np.ndarray, change: float, plan: AnalysisPlan
+) -> list[dict]:
+    """The exact McNemar test of one drug (effect: the change in the share on it, which has
+    no exact interval here) and the paired odds ratio it tests, b / c (stopped / started),
+    with its exact conditional estimate and Clopper-Pearson interval: given the b + c
+    discordant patients, b is binomial with p = OR / (1 + OR) (Breslow & Day 1980, 5.2)."""
+    n = len(on_bl)
+    stopped, started, p = mcnemar_exact(on_bl, on_12)
+    counts = (
+        f"{stopped} stopped, {started} started between baseline and +12 months "
+        f"(discordant pairs b = {stopped}, c = {started}); patients followed to +12 months"
+    )
+    test_row = _row(
+        "drug_use_mcnemar",
+        group,
+        drug,
+        n=n,
+        statistic=float(min(stopped, started)),
+        p_value=p,
+        test="mcnemar_exact",
+        effect=change,
+        primary=plan.primary_p.drug_use == "mcnemar",
+        method="exact McNemar test, two-sided (binomial on the discordant pairs, 1/2; 2 x the "
+        f"smaller tail): {counts}; statistic = the smaller count; effect = change in the share "
+        "of patients on the drug (no interval: see the paired odds ratio row)",
+    )
+    est = binomial_odds_estimate(stopped, stopped + started)
+    if stopped + started == 0:
+        note = "; no patient started or stopped the drug: no odds ratio is defined"
+    elif stopped == 0 or started == 0:
+        note = (
+            "; every discordant patient changed one way: the conditional MLE b/c is "
+            f"{'0' if stopped == 0 else 'infinite'} (it does not exist as a finite number), "
+            "the median-unbiased estimate and the exact interval still exist"
+        )
+    else:
+        note = ""
+    mle = "infinite" if np.isinf(est.conditional_mle) else f"{est.conditional_mle:.4g}"
+    odds_row = _row(
+        "drug_use_mcnemar",
+        group,
+        drug,
+        n=n,
+        statistic=float(stopped),
+        p_value=p,
+        test="mcnemar_conditional_or",
+        effect=est.median_unbiased,
+        ci_low=est.ci_low,
+        ci_high=est.ci_high,
+        estimate_exists=bool(np.isfinite(est.median_unbiased)),
+        flag="zero_cell" if (stopped == 0) != (started == 0) else "",
+        primary=False,
+        method="paired odds ratio of being on the drug, baseline vs +12 months (b/c), exact "
+        "conditional on the discordant pairs: b binomial(b + c, OR/(1 + OR)); effect = "
+        "median-unbiased estimate (Hirji, Tsiatis & Mehta 1989), Clopper-Pearson 95% CI "
+        "mapped to the odds (excludes 1 exactly when the McNemar p < 0.05); p = the exact "
+        f"McNemar p; statistic = b; conditional MLE b/c = {mle}; {counts}" + note,
+    )
+    return [test_row, odds_row]
+
+
 def drug_use(windows: pd.DataFrame, plan: AnalysisPlan) -> pd.DataFrame:
     """Per drug: patients on it at baseline vs at +12 months, among patients followed to +12
     months. Fisher's exact test (the trial's report; treats the two dates as independent
@@ -485,24 +522,7 @@ def drug_use(windows: pd.DataFrame, plan: AnalysisPlan) -> pd.DataFrame:
             if "drug_use_fisher" in plan.clinical:
                 rows.append(_fisher_row(group, drug, on_bl, on_12, change, plan))
             if "drug_use_mcnemar" in plan.clinical:
-                stopped, started, p = mcnemar_exact(on_bl, on_12)
-                rows.append(
-                    _row(
-                        "drug_use_mcnemar",
-                        group,
-                        drug,
-                        n=n,
-                        statistic=float(min(stopped, started)),
-                        p_value=p,
-                        test="mcnemar_exact",
-                        effect=change,
-                        primary=plan.primary_p.drug_use == "mcnemar",
-                        method=f"exact McNemar test, two-sided (binomial on the discordant "
-                        f"pairs): {stopped} stopped, {started} started between baseline and "
-                        "+12 months; statistic = the smaller count; effect = change in the "
-                        "share of patients on the drug; patients followed to +12 months",
-                    )
-                )
+                rows += _mcnemar_rows(group, drug, on_bl, on_12, change, plan)
     return pd.DataFrame(rows, columns=STATISTICS_COLUMNS)
 
 

@@ -145,6 +145,7 @@ TEST_TITLES = {
     "cox_exact_conditional": "exact conditional (pairs)",
     "fisher_exact": "Fisher's exact",
     "mcnemar_exact": "McNemar's exact",
+    "mcnemar_conditional_or": "McNemar, paired OR b/c",
     "kaplan_meier": "Kaplan-Meier",
     "not_tested": "not tested",
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
+from scipy import optimize, stats
 
 from cohort.clinical import ClinicalData, cumulative_dose_mg, load_clinical, patient_windows
 from stats.clinical import (
@@ -166,7 +166,6 @@ def test_fisher_rows_leave_out_patients_not_followed_to_12_months():
     assert (everyone.n == 1).all()  # only A reaches +12 months
 
 
-@pytest.mark.slow
 def _signed_rank_p(after, before) -> float:
     """The declared method, by SciPy's own routes: the exact signed-rank distribution without
     ties or zeros, else SciPy's exact permutation test (all sign patterns) up to 20 pairs."""
@@ -307,3 +306,128 @@ def test_demo_clinical_csvs_validate(study_copy):
     data = load_clinical(study_copy / "clinical", ["BL", "M1", "M3", "M6", "M9", "M12"])
     w = patient_windows(data)
     assert (w.after_days < 365).sum() == 1  # the adult lost at +8 months
+
+
+def _conditional_odds_ratio(table, alpha: float = 0.05) -> tuple[float, float, float]:
+    """The conditional MLE of a 2x2 table's odds ratio and its exact interval, from the
+    definition (Cornfield 1956): given the margins, the top-left count x has the
+    noncentral hypergeometric law P(x) ~ C(r1, x) C(r2, c1 - x) psi^x; the MLE solves
+    E[x; psi] = x, the limits P(X >= x; low) = alpha/2 and P(X <= x; high) = alpha/2."""
+    import math
+
+    (a, b), (c, d) = table
+    r1, r2, c1 = a + b, c + d, a + c
+    support = range(max(0, c1 - r2), min(r1, c1) + 1)
+    log_w = np.array([math.log(math.comb(r1, x) * math.comb(r2, c1 - x)) for x in support])
+    xs = np.array(list(support), float)
+
+    def law(log_psi: float) -> np.ndarray:
+        w = log_w + xs * log_psi
+        w = np.exp(w - w.max())
+        return w / w.sum()
+
+    mle = np.exp(optimize.brentq(lambda t: law(t) @ xs - a, -30, 30))
+    low = np.exp(optimize.brentq(lambda t: law(t)[xs >= a].sum() - alpha / 2, -30, 30))
+    high = np.exp(optimize.brentq(lambda t: law(t)[xs <= a].sum() - alpha / 2, -30, 30))
+    return float(mle), float(low), float(high)
+
+
+def test_fisher_conditional_odds_ratio_and_interval_from_the_definition():
+    # R ?fisher.test, tea tasting, printed: conditional MLE 6.408309 and the one-sided
+    # (alternative = "greater") 95% lower limit 0.3135693 (R's uniroot: about 4 digits).
+    mle, one_sided_low, _ = _conditional_odds_ratio([[3, 1], [1, 3]], alpha=0.10)
+    assert abs(mle / 6.408309 - 1) < 1e-5 and abs(one_sided_low / 0.3135693 - 1) < 1e-4
+    rows = []
+    for on_bl, on_12, n in ((3, 1, 4), (9, 4, 12), (5, 7, 11), (10, 3, 16)):
+        windows = pd.DataFrame(
+            {
+                "patient_id": [f"P{i}" for i in range(n)],
+                "group": ["child"] * n,
+                "drugs_baseline": ["mmf" if i < on_bl else "" for i in range(n)],
+                # independent of the baseline order, so the Fisher table is not degenerate
+                "drugs_12m": ["mmf" if i >= n - on_12 else "" for i in range(n)],
+            }
+        )
+        row = drug_use_fisher(windows).set_index(["group", "measure"]).loc[("all", "mmf")]
+        table = [[on_bl, n - on_bl], [on_12, n - on_12]]
+        expected = _conditional_odds_ratio(table)
+        np.testing.assert_allclose([row.effect, row.ci_low, row.ci_high], expected, rtol=1e-6)
+        assert abs(row.p_value - stats.fisher_exact(table).pvalue) < 1e-12
+        rows.append(row)
+    assert all(bool(r.estimate_exists) for r in rows)
+
+
+def test_mcnemar_rows_give_the_paired_odds_ratio_with_its_exact_interval():
+    # 7 of 15 stopped the drug, none started: McNemar p = 2/2^7; the paired odds ratio b/c is
+    # infinite (no finite MLE), its median-unbiased estimate and Clopper-Pearson limits exist:
+    # p_mue = 0.5^(1/7), lower limit of p = 0.025^(1/7) (beta(7, 1) quantile).
+    n = 15
+    windows = pd.DataFrame(
+        {
+            "patient_id": [f"P{i}" for i in range(n)],
+            "group": ["child"] * n,
+            "drugs_baseline": ["cni;mmf" if i < 10 else "mmf" for i in range(n)],
+            "drugs_12m": ["cni;mmf" if 7 <= i < 10 else "mmf" for i in range(n)],
+        }
+    )
+    rows = drug_use(windows, PLAN)
+    rows = rows[(rows.analysis == "drug_use_mcnemar") & (rows.group == "all")]
+    cni = rows[rows.measure == "cni"].set_index("test")
+    assert list(cni.index) == ["mcnemar_exact", "mcnemar_conditional_or"]
+    test, odds = cni.loc["mcnemar_exact"], cni.loc["mcnemar_conditional_or"]
+    assert test.p_value == 2 / 2**7 and abs(test.effect - (-7 / 15)) < 1e-12 and test.primary
+    assert odds.p_value == test.p_value and not odds.primary and odds.statistic == 7
+    p_mue, p_low = 0.5 ** (1 / 7), 0.025 ** (1 / 7)
+    assert abs(odds.effect - p_mue / (1 - p_mue)) < 1e-9
+    assert abs(odds.ci_low - p_low / (1 - p_low)) < 1e-9 and np.isinf(odds.ci_high)
+    assert odds.flag == "zero_cell" and "conditional MLE b/c = infinite" in odds.method
+    assert "Clopper-Pearson" in odds.method and "b = 7, c = 0" in odds.method
+    # Nobody changed mmf: no odds ratio, and the row says why.
+    mmf = rows[rows.measure == "mmf"].set_index("test").loc["mcnemar_conditional_or"]
+    assert not mmf.estimate_exists and np.isnan(mmf.effect) and "no odds ratio" in mmf.method
+    assert mmf.p_value == 1.0
+
+
+def test_kaplan_meier_table_matches_statsmodels_with_log_log_greenwood_limits():
+    # Windows with relapses, ties and censoring (one after-window shortened at 244 days):
+    # steps, numbers at risk and survival as statsmodels' SurvfuncRight, and the limits
+    # lifelines prints, exp(-exp(log(-log S) +- z se)), se from Greenwood's variance.
+    from statsmodels.duration.survfunc import SurvfuncRight
+
+    from stats.clinical import kaplan_meier_table
+
+    rng = np.random.default_rng(11)
+    n = 16
+    t_b = rng.integers(10, 400, n).clip(max=365)
+    t_a = rng.integers(10, 500, n).clip(max=365)
+    t_a[3], t_b[5] = 244, t_b[6]  # a loss to follow-up; a tie
+    windows = pd.DataFrame(
+        {
+            "patient_id": [f"P{i}" for i in range(n)],
+            "group": ["child"] * n,
+            "time_to_relapse_before": t_b,
+            "relapse_before": t_b < 365,
+            "time_to_relapse_after": t_a,
+            "relapse_after": (t_a < 365) & (np.arange(n) != 3),
+        }
+    )
+    km = kaplan_meier_table(kaplan_meier_curves(windows, PLAN))
+    z = stats.norm.ppf(0.975)
+    for window, time, event in (
+        ("before", t_b, windows.relapse_before),
+        ("after", t_a, windows.relapse_after),
+    ):
+        ref = SurvfuncRight(time, event.astype(int))
+        mine = km[(km.group == "all") & (km.window == window)].set_index("time")
+        steps = mine[mine.events > 0]
+        np.testing.assert_allclose(steps.index, ref.surv_times)
+        np.testing.assert_allclose(steps.survival, ref.surv_prob, rtol=1e-12)
+        np.testing.assert_array_equal(steps.at_risk, ref.n_risk)
+        ok = ref.surv_prob < 1
+        ok &= ref.surv_prob > 0
+        s, se = ref.surv_prob[ok], ref.surv_prob_se[ok]
+        log_se = se / (s * np.abs(np.log(s)))
+        low = np.exp(-np.exp(np.log(-np.log(s)) + z * log_se))
+        high = np.exp(-np.exp(np.log(-np.log(s)) - z * log_se))
+        np.testing.assert_allclose(steps.ci_low[ok], low, rtol=1e-6)
+        np.testing.assert_allclose(steps.ci_high[ok], high, rtol=1e-6)
