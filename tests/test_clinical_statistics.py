@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 from scipy import optimize, stats
 
 from cohort.clinical import ClinicalData, cumulative_dose_mg, load_clinical, patient_windows
