@@ -641,7 +641,16 @@ def _clinical_table(pdf, statistics: pd.DataFrame, ctx: ReportContext | None = N
         "-: no test (a median, or a model that could not be fitted: its method says why).",
         "Estimates: Wilcoxon rows the median of the paired differences (after - before); Cox "
         "rows the hazard ratio after vs before; Fisher the conditional odds ratio; McNemar "
-        "the change in the share of patients on the drug; Kaplan-Meier the median in days.",
+        "the change in the share of patients on the drug, and on its paired-OR row the odds "
+        "ratio b/c (stopped/started: on the drug at baseline vs +12 months), median-unbiased "
+        "with its Clopper-Pearson CI; Kaplan-Meier the median in days with its Brookmeyer-"
+        "Crowley CI.",
+        "n: patients (Wilcoxon: with both values, zero differences included; Cox: two windows "
+        "each; Kaplan-Meier: one window each; drug use: followed to +12 months). Statistic: "
+        "Wilcoxon min(V+, V-); Cox Wald z, likelihood-ratio and Firth chi-squared, exact the "
+        "pairs relapsing first after; Fisher the sample "
+        "odds ratio; McNemar the smaller discordant count (paired OR: b); Kaplan-Meier the "
+        "first relapses (events) in the window.",
         "† the maximum-likelihood estimate does not exist: no estimate or Wald p is shown for "
         "it; read the Firth penalised and exact conditional rows (a zero cell: the exact "
         "conditional interval of the odds ratio still bounds it). Flags: "

@@ -50,6 +50,23 @@ def _not_followed_note(block: pd.DataFrame) -> str:
     return f": {listed}"
 
 
+def _events_note(block: pd.DataFrame) -> str:
+    """The events a survival model of ``block`` rests on: first relapses per window."""
+    n = len(block)
+    return (
+        f"; first relapses: {int(block.relapse_before.sum())} of {n} windows before, "
+        f"{int(block.relapse_after.sum())} of {n} after"
+    )
+
+
+def _events_note_km(km: KaplanMeierFitter) -> str:
+    table = km.event_table
+    return (
+        f"; {int(table.observed.sum())} first relapses among {int(table.at_risk.iloc[0])} "
+        f"windows, {int(table.censored.sum())} censored"
+    )
+
+
 def _row(analysis, group, measure, **values) -> dict:
     row = dict.fromkeys(STATISTICS_COLUMNS, np.nan)
     row.update(
@@ -260,7 +277,12 @@ def _model_rows(
     base = (
         "Cox proportional hazards, Efron ties, time to first relapse in each 12-month "
         "window, censored at window end or last follow-up"
-        + ("; stratified by patient" if strata else "; windows unmatched")
+        + (
+            "; stratified by patient (the conditional model of each patient's two windows)"
+            if strata
+            else "; windows unmatched (a patient's two windows taken as independent)"
+        )
+        + _events_note(block)
         + _shortened_note(block)
     )
     row = partial(_row, analysis, group, measure, n=len(block))
@@ -582,22 +604,36 @@ def kaplan_meier_table(curves: dict[tuple[str, str], KaplanMeierFitter]) -> pd.D
 
 
 def kaplan_meier_medians(curves: dict[tuple[str, str], KaplanMeierFitter]) -> pd.DataFrame:
-    """Median relapse-free time per group and window as statistics rows (inf: not reached)."""
+    """Median relapse-free time per group and window as statistics rows (inf: not reached),
+    with its 95% CI: the times at which the pointwise log(-log) limits of the curve cross 1/2
+    (Brookmeyer & Crowley 1982; R survfit's and SAS LIFETEST's with conf.type log-log)."""
+    from lifelines.utils import median_survival_times
+
     rows = []
     for (group, window), km in curves.items():
+        limits = median_survival_times(km.confidence_interval_survival_function_)
+        low, high = sorted(float(v) for v in limits.to_numpy().ravel())
         rows.append(
             _row(
                 "kaplan_meier_median",
                 group,
                 f"median_days_{window}",
                 n=int(km.event_table.at_risk.iloc[0]),
+                statistic=float(km.event_table.observed.sum()),  # the events it rests on
                 effect=float(km.median_survival_time_),
+                ci_low=low,
+                ci_high=high,
                 test="kaplan_meier",
                 family="not tested",
                 estimate_exists=True,  # inf is an answer here: fewer than half relapsed
                 method="Kaplan-Meier median time to first relapse in each patient's 12-month "
-                "window before or after infusion, as the row's measure says (days; not reached "
-                "when fewer than half relapsed: 'inf' in statistics.csv)",
+                "window before or after infusion, as the row's measure says (days: the first time "
+                "the curve is at or below 1/2; R prints the midpoint where it sits at exactly "
+                "1/2; not reached "
+                "when fewer than half relapsed: 'inf' in statistics.csv); 95% CI: where the "
+                "pointwise 95% limits of the curve (exponential Greenwood, log(-log)) cross "
+                "1/2 (Brookmeyer-Crowley; an upper limit 'inf': the upper curve stays above "
+                "1/2); statistic = first relapses (events) in the window" + _events_note_km(km),
             )
         )
     return pd.DataFrame(rows, columns=STATISTICS_COLUMNS)

@@ -224,15 +224,21 @@ class AnalysisPlan(BaseModel):
             + "; ".join(f"{g.name} = {g.title} ({', '.join(g.patients)})" for g in self.groups),
             f"Endpoints: every population but {', '.join(self.not_endpoints) or 'none'} "
             f"(QC gates), as {', '.join(self.measures)}.",
-            f"Benjamini-Hochberg families: the visit-vs-baseline tests sharing "
-            f"{' x '.join(self.family)}; clinical analyses unadjusted.",
+            f"Multiplicity: the visit-vs-baseline tests are exploratory (the plan names no "
+            f"primary immunological endpoint); each is printed with its unadjusted p and its "
+            f"Benjamini-Hochberg adjusted p (false discovery rate) within its family, the tests "
+            f"sharing {' x '.join(self.family)} (all visits and populations of it); box-plot "
+            f"stars are unadjusted. Clinical analyses are not adjusted.",
             f"Wilcoxon signed-rank, two-sided: exact distribution below {rule.exact_below} "
             f"non-zero pairs without ties; with ties or zeros, an exact permutation test up to "
             f"{rule.enumerate_up_to} non-zero pairs; else normal approximation with continuity "
             f"and tie correction. Zero differences: {rule.zero_method} "
             f"({'dropped' if rule.zero_method == 'wilcox' else 'ranked, then dropped'}). "
-            "Estimate: the median of the paired differences, with its distribution-free 95% "
-            "interval from their order statistics (binomial ranks; none below 6 pairs).",
+            "n: the patients with both values (a patient missing either visit, e.g. lost to "
+            "follow-up, is left out of that comparison; nothing is imputed); zero differences "
+            "count in n and in the estimate but not in the ranks. Estimate: the median of the "
+            "paired differences, with its distribution-free 95% interval from their order "
+            "statistics (binomial ranks; none below 6 pairs).",
             "Clinical analyses: " + ", ".join(self.clinical) + ".",
             "Cox models (after vs before infusion, Efron ties): whether the ordinary maximum-"
             "likelihood estimate exists is checked first (a linear programme finds any "
@@ -252,8 +258,12 @@ class AnalysisPlan(BaseModel):
                 & {self.primary_p.cox_unmatched, self.primary_p.cox_stratified}
                 else ""
             )
-            + f"; drug use {self.primary_p.drug_use}; each signed-rank test its own p. Odds "
-            "ratios (Fisher) are conditional maximum-likelihood estimates with exact "
-            "conditional 95% intervals (as R's fisher.test); with a zero cell the estimate is "
-            "0 or infinite and the row is flagged.",
+            + f"; drug use {self.primary_p.drug_use} (McNemar is the paired test: the same "
+            "patients at both dates; Fisher's test, as the trial's report, treats the dates as "
+            "independent groups); each signed-rank test its own p. Odds ratios (Fisher) are "
+            "conditional maximum-likelihood estimates with exact conditional 95% intervals "
+            "(as R's fisher.test); with a zero cell the estimate is 0 or infinite and the row "
+            "is flagged. McNemar's paired odds ratio b/c (stopped/started) is exact conditional "
+            "on the discordant patients: median-unbiased estimate, Clopper-Pearson 95% "
+            "interval (which excludes 1 exactly when McNemar's p < 0.05).",
         ]

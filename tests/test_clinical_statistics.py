@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from scipy import optimize, stats
 
 from cohort.clinical import ClinicalData, cumulative_dose_mg, load_clinical, patient_windows
@@ -395,8 +396,31 @@ def test_kaplan_meier_table_matches_statsmodels_with_log_log_greenwood_limits():
 
     from stats.clinical import kaplan_meier_table
 
-    rng = np.random.default_rng(11)
-    n = 16
+    windows, t_b, t_a = _censored_windows()
+    km = kaplan_meier_table(kaplan_meier_curves(windows, PLAN))
+    z = stats.norm.ppf(0.975)
+    for window, time, event in (
+        ("before", t_b, windows.relapse_before),
+        ("after", t_a, windows.relapse_after),
+    ):
+        ref = SurvfuncRight(time, event.astype(int))
+        mine = km[(km.group == "all") & (km.window == window)].set_index("time")
+        steps = mine[mine.events > 0]
+        np.testing.assert_allclose(steps.index, ref.surv_times)
+        np.testing.assert_allclose(steps.survival, ref.surv_prob, rtol=1e-12)
+        np.testing.assert_array_equal(steps.at_risk, ref.n_risk)
+        ok = (ref.surv_prob < 1) & (ref.surv_prob > 0)
+        s, se = ref.surv_prob[ok], ref.surv_prob_se[ok]
+        log_se = se / (s * np.abs(np.log(s)))
+        low = np.exp(-np.exp(np.log(-np.log(s)) + z * log_se))
+        high = np.exp(-np.exp(np.log(-np.log(s)) - z * log_se))
+        np.testing.assert_allclose(steps.ci_low[ok], low, rtol=1e-6)
+        np.testing.assert_allclose(steps.ci_high[ok], high, rtol=1e-6)
+
+
+def _censored_windows(seed: int = 11, n: int = 16):
+    """Windows with relapses, ties and censoring (one after-window shortened at 244 days)."""
+    rng = np.random.default_rng(seed)
     t_b = rng.integers(10, 400, n).clip(max=365)
     t_a = rng.integers(10, 500, n).clip(max=365)
     t_a[3], t_b[5] = 244, t_b[6]  # a loss to follow-up; a tie
@@ -410,23 +434,52 @@ def test_kaplan_meier_table_matches_statsmodels_with_log_log_greenwood_limits():
             "relapse_after": (t_a < 365) & (np.arange(n) != 3),
         }
     )
-    km = kaplan_meier_table(kaplan_meier_curves(windows, PLAN))
-    z = stats.norm.ppf(0.975)
+    return windows, t_b, t_a
+
+
+@pytest.mark.parametrize(("seed", "n"), [(11, 16), (12, 15), (13, 15)])
+def test_kaplan_meier_median_and_its_interval_match_statsmodels(seed, n):
+    # statsmodels inverts z-tests of log(-log S(t)) = log(-log 1/2) (SAS LIFETEST's method):
+    # the same interval as where lifelines' pointwise limits cross 1/2. The row's statistic
+    # is the number of first relapses the median rests on.
+    from statsmodels.duration.survfunc import SurvfuncRight
+
+    from stats.clinical import kaplan_meier_medians
+
+    windows, t_b, t_a = _censored_windows(seed, n)
+    rows = kaplan_meier_medians(kaplan_meier_curves(windows, PLAN))
+    rows = rows[rows.group == "all"].set_index("measure")
+    compared = []
     for window, time, event in (
         ("before", t_b, windows.relapse_before),
         ("after", t_a, windows.relapse_after),
     ):
+        row = rows.loc[f"median_days_{window}"]
         ref = SurvfuncRight(time, event.astype(int))
-        mine = km[(km.group == "all") & (km.window == window)].set_index("time")
-        steps = mine[mine.events > 0]
-        np.testing.assert_allclose(steps.index, ref.surv_times)
-        np.testing.assert_allclose(steps.survival, ref.surv_prob, rtol=1e-12)
-        np.testing.assert_array_equal(steps.at_risk, ref.n_risk)
-        ok = ref.surv_prob < 1
-        ok &= ref.surv_prob > 0
-        s, se = ref.surv_prob[ok], ref.surv_prob_se[ok]
-        log_se = se / (s * np.abs(np.log(s)))
-        low = np.exp(-np.exp(np.log(-np.log(s)) + z * log_se))
-        high = np.exp(-np.exp(np.log(-np.log(s)) - z * log_se))
-        np.testing.assert_allclose(steps.ci_low[ok], low, rtol=1e-6)
-        np.testing.assert_allclose(steps.ci_high[ok], high, rtol=1e-6)
+        # The median is the first time with S <= 1/2 (Klein & Moeschberger 4.5); statsmodels
+        # takes S < 1/2 and R the midpoint when S sits at exactly 1/2 (n even, no censoring).
+        reached = np.flatnonzero(ref.surv_prob <= 0.5)
+        assert row.effect == (ref.surv_times[reached[0]] if reached.size else np.inf)
+        if reached.size and not np.isclose(ref.surv_prob, 0.5).any():
+            assert row.effect == ref.quantile(0.5)
+            compared.append(window)
+        assert (row.ci_low, row.ci_high) == tuple(float(v) for v in ref.quantile_ci(0.5))
+        assert row.statistic == event.sum() and row.n == len(windows)
+        assert f"{int(event.sum())} first relapses among {len(windows)} windows" in row.method
+    assert compared or n % 2 == 0  # with n odd and no early censoring, S never equals 1/2
+
+
+def test_cox_rows_name_the_events_per_window_and_the_model():
+    windows, _, _ = _censored_windows()
+    windows = windows.assign(before_days=365, after_days=365)
+    rows = relapse_free_cox(windows, PLAN)
+    rows = rows[rows.group != "adult"]  # no adult in these windows
+    events = (
+        f"first relapses: {int(windows.relapse_before.sum())} of 16 windows before, "
+        f"{int(windows.relapse_after.sum())} of 16 after"
+    )
+    assert rows.method.str.contains(events, regex=False).all()
+    strat = rows[rows.analysis == "relapse_free_cox_stratified"]
+    assert strat.method.str.contains("conditional model of each patient's two windows").all()
+    unmatched = rows[rows.analysis == "relapse_free_cox_unmatched"]
+    assert unmatched.method.str.contains("taken as independent").all()
