@@ -161,13 +161,14 @@ def _permutation_p(ranks: np.ndarray, v_plus: float) -> float:
 
 
 def _normal_p(ranks: np.ndarray, v_plus: float) -> float:
-    """Normal approximation of V+ with tie correction and continuity correction (R's)."""
+    """Normal approximation of V+ with continuity correction (R's), its mean and variance
+    those of V+ under random signs given the ranks: sum(r)/2 and sum(r^2)/4. With ranks 1..m
+    that is m(m+1)/4 and R's tie-corrected m(m+1)(2m+1)/24 - sum(t^3 - t)/48; with Pratt's
+    ranks (zeros ranked, then dropped) it is what the shifted ranks give, as SciPy's."""
     from scipy import stats
 
-    m = ranks.size
-    mean = m * (m + 1) / 4.0
-    _, counts = np.unique(ranks, return_counts=True)
-    var = m * (m + 1) * (2 * m + 1) / 24.0 - float((counts**3 - counts).sum()) / 48.0
+    mean = float(ranks.sum()) / 2.0
+    var = float((ranks**2).sum()) / 4.0
     z = v_plus - mean
     z = (z - np.sign(z) * 0.5) / np.sqrt(var)
     return float(min(1.0, 2.0 * stats.norm.sf(abs(z))))

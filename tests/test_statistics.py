@@ -185,3 +185,20 @@ def test_binomial_odds_interval_is_clopper_pearson_and_agrees_with_the_exact_p()
             p = min(1.0, 2 * stats.binom.cdf(min(k, m - k), m, 0.5))
             assert (est.ci_low > 1 or est.ci_high < 1) == (p < 0.05), (k, m)
     assert all(np.isnan(v) for v in vars(binomial_odds_estimate(0, 0)).values())
+
+
+@pytest.mark.parametrize("zero_method", ["wilcox", "pratt"])
+def test_wilcoxon_normal_approximation_with_zeros_and_ties_matches_scipy(zero_method):
+    # 40 pairs, 6 zero differences, |d| to one decimal (many ties): past the enumeration
+    # limit, so the normal approximation runs. Pratt's ranks start above the zeros, so its
+    # mean and variance are not m(m+1)/4 and m(m+1)(2m+1)/24 (the old formula gave p = 7e-8
+    # here where SciPy gives 0.066).
+    rule = SignedRankRule(zero_method=zero_method)
+    for seed in range(4):
+        d = np.round(np.random.default_rng(seed).normal(0.3, 1, 40), 1)
+        d[:6] = 0
+        res = paired_wilcoxon(np.zeros(40), d, rule)
+        ref = stats.wilcoxon(d, zero_method=zero_method, method="approx", correction=True)
+        assert res.test == "signed_rank_normal_cc" and res.n == 40
+        assert res.statistic == ref.statistic
+        assert abs(res.p_value - ref.pvalue) < 1e-12, seed
