@@ -483,3 +483,49 @@ def test_cox_rows_name_the_events_per_window_and_the_model():
     assert strat.method.str.contains("conditional model of each patient's two windows").all()
     unmatched = rows[rows.analysis == "relapse_free_cox_unmatched"]
     assert unmatched.method.str.contains("taken as independent").all()
+
+
+def test_cox_rows_match_lifelines_and_statsmodels_with_ties_and_censoring():
+    # Both models on windows with censoring, a shortened window and a tied day: hazard
+    # ratio, Wald interval and p, likelihood-ratio p, against lifelines called directly and
+    # statsmodels' PHReg (Efron), the stratified one with a stratum per patient.
+    from lifelines import CoxPHFitter
+    from statsmodels.duration.hazard_regression import PHReg
+
+    windows, t_b, t_a = _censored_windows(seed=21)
+    windows = windows.assign(before_days=365, after_days=365)
+    rows = relapse_free_cox(windows, PLAN)
+    long = pd.DataFrame(
+        {
+            "t": np.r_[t_b, t_a],
+            "e": np.r_[windows.relapse_before, windows.relapse_after].astype(int),
+            "after": np.r_[np.zeros(16), np.ones(16)],
+            "id": np.r_[windows.patient_id, windows.patient_id],
+        }
+    )
+    for analysis, strata in (
+        ("relapse_free_cox_unmatched", None),
+        ("relapse_free_cox_stratified", ["id"]),
+    ):
+        mine = rows[(rows.analysis == analysis) & (rows.group == "all")].set_index("test")
+        assert not mine.flag.astype(bool).any()  # a finite estimate exists here
+        cols = ["t", "e", "after"] + (strata or [])
+        fit = CoxPHFitter().fit(
+            long[cols], "t", "e", strata=strata, fit_options={"precision": 1e-12}
+        )
+        s = fit.summary.loc["after"]
+        wald = mine.loc["cox_wald"]
+        assert abs(wald.effect - s["exp(coef)"]) < 1e-6 and abs(wald.p_value - s["p"]) < 1e-6
+        assert abs(wald.ci_low - s["exp(coef) lower 95%"]) < 1e-6
+        assert abs(wald.ci_high - s["exp(coef) upper 95%"]) < 1e-6
+        model = PHReg(
+            long.t,
+            long[["after"]],
+            status=long.e,
+            ties="efron",
+            strata=long.id if strata else None,
+        )
+        ref = model.fit()
+        lr = 2 * (ref.llf - model.loglike(np.zeros(1)))
+        assert abs(mine.loc["cox_likelihood_ratio", "p_value"] - stats.chi2.sf(lr, 1)) < 1e-6
+        assert abs(wald.effect - np.exp(ref.params[0])) < 1e-5
