@@ -613,6 +613,8 @@ def kaplan_meier_medians(curves: dict[tuple[str, str], KaplanMeierFitter]) -> pd
     for (group, window), km in curves.items():
         limits = median_survival_times(km.confidence_interval_survival_function_)
         low, high = sorted(float(v) for v in limits.to_numpy().ravel())
+        if not np.isfinite(low):  # even the lower limit stays above 1/2 (few or no events)
+            low = high = float("nan")
         rows.append(
             _row(
                 "kaplan_meier_median",
@@ -633,7 +635,8 @@ def kaplan_meier_medians(curves: dict[tuple[str, str], KaplanMeierFitter]) -> pd
                 "when fewer than half relapsed: 'inf' in statistics.csv); 95% CI: where the "
                 "pointwise 95% limits of the curve (exponential Greenwood, log(-log)) cross "
                 "1/2 (Brookmeyer-Crowley; an upper limit 'inf': the upper curve stays above "
-                "1/2); statistic = first relapses (events) in the window" + _events_note_km(km),
+                "1/2; none where even the lower limit stays above 1/2); statistic = first "
+                "relapses (events) in the window" + _events_note_km(km),
             )
         )
     return pd.DataFrame(rows, columns=STATISTICS_COLUMNS)

@@ -529,3 +529,22 @@ def test_cox_rows_match_lifelines_and_statsmodels_with_ties_and_censoring():
         lr = 2 * (ref.llf - model.loglike(np.zeros(1)))
         assert abs(mine.loc["cox_likelihood_ratio", "p_value"] - stats.chi2.sf(lr, 1)) < 1e-6
         assert abs(wald.effect - np.exp(ref.params[0])) < 1e-5
+
+
+def test_kaplan_meier_median_without_relapses_has_no_interval():
+    windows = pd.DataFrame(
+        {
+            "patient_id": ["A", "B", "C"],
+            "group": ["child"] * 3,
+            "time_to_relapse_before": [365, 365, 200],
+            "relapse_before": [False, False, False],
+            "time_to_relapse_after": [100, 365, 365],
+            "relapse_after": [True, False, False],
+        }
+    )
+    from stats.clinical import kaplan_meier_medians
+
+    rows = kaplan_meier_medians(kaplan_meier_curves(windows, PLAN))
+    before = rows[(rows.group == "all") & (rows.measure == "median_days_before")].iloc[0]
+    assert np.isinf(before.effect) and before.statistic == 0
+    assert np.isnan(before.ci_low) and np.isnan(before.ci_high)
