@@ -529,6 +529,9 @@ def test_cox_rows_match_lifelines_and_statsmodels_with_ties_and_censoring():
         lr = 2 * (ref.llf - model.loglike(np.zeros(1)))
         assert abs(mine.loc["cox_likelihood_ratio", "p_value"] - stats.chi2.sf(lr, 1)) < 1e-6
         assert abs(wald.effect - np.exp(ref.params[0])) < 1e-5
+        z = stats.norm.ppf(0.975)
+        limits = np.exp(ref.params[0] + np.array([-z, z]) * ref.bse[0])
+        np.testing.assert_allclose([wald.ci_low, wald.ci_high], limits, rtol=1e-5)
 
 
 def test_kaplan_meier_median_without_relapses_has_no_interval():
