@@ -640,7 +640,9 @@ def _clinical_table(pdf, statistics: pd.DataFrame, ctx: ReportContext | None = N
         "estimates to 3 significant digits; full precision in results/statistics.csv. "
         "-: no test (a median, or a model that could not be fitted: its method says why).",
         "Estimates: Wilcoxon rows the median of the paired differences (after - before); Cox "
-        "rows the hazard ratio after vs before; Fisher the conditional odds ratio; McNemar "
+        "rows the hazard ratio after vs before (interval: Wald on the Wald row, profile "
+        "likelihood on the likelihood-ratio row, penalised profile on Firth's, Clopper-Pearson "
+        "on the exact row); Fisher the conditional odds ratio; McNemar "
         "the change in the share of patients on the drug, and on its paired-OR row the odds "
         "ratio b/c (stopped/started: on the drug at baseline vs +12 months), median-unbiased "
         "with its Clopper-Pearson CI; Kaplan-Meier the median in days with its Brookmeyer-"

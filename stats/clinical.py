@@ -15,7 +15,15 @@ import pandas as pd
 from lifelines import CoxPHFitter, KaplanMeierFitter
 from scipy import stats
 
-from stats.firth import CoxData, cox_data, firth_coefficient, monotone_likelihood, supremum_lr
+from stats.firth import (
+    CoxData,
+    cox_data,
+    firth_coefficient,
+    fit_cox_firth,
+    monotone_likelihood,
+    profile_interval,
+    supremum_lr,
+)
 from stats.plan import AnalysisPlan
 from stats.tests import (
     STATISTICS_COLUMNS,
@@ -320,6 +328,9 @@ def _model_rows(
             "estimate_exists": True,
         }
         lr = model.log_likelihood_ratio_test()
+        # The likelihood-ratio row's interval is the one its test inverts: the profile
+        # likelihood limits (excludes 1 exactly when the LR p < 0.05; Wald's need not).
+        low, high = profile_interval(design, fit_cox_firth(design, firth=False), 0)
         rows += [
             row(
                 statistic=float(s["z"]),
@@ -334,8 +345,9 @@ def _model_rows(
                 p_value=float(lr.p_value),
                 test="cox_likelihood_ratio",
                 method=f"{base} (lifelines CoxPHFitter); likelihood-ratio test (chi-squared, "
-                "1 df, against beta = 0); effect = hazard ratio, Wald 95% CI",
-                **hr,
+                "1 df, against beta = 0); effect = hazard ratio, profile-likelihood 95% CI "
+                "(where twice the drop of the log partial likelihood is 3.84)",
+                **{**hr, "ci_low": float(np.exp(low)), "ci_high": float(np.exp(high))},
             ),
         ]
     firth = firth_coefficient(design)

@@ -532,6 +532,12 @@ def test_cox_rows_match_lifelines_and_statsmodels_with_ties_and_censoring():
         z = stats.norm.ppf(0.975)
         limits = np.exp(ref.params[0] + np.array([-z, z]) * ref.bse[0])
         np.testing.assert_allclose([wald.ci_low, wald.ci_high], limits, rtol=1e-5)
+        # The LR row's limits: where PHReg's log partial likelihood is 3.84/2 below its top.
+        lr_row = mine.loc["cox_likelihood_ratio"]
+        for limit in (lr_row.ci_low, lr_row.ci_high):
+            drop = 2 * (ref.llf - model.loglike(np.array([np.log(limit)])))
+            assert abs(drop - stats.chi2.ppf(0.95, 1)) < 1e-6
+        assert lr_row.ci_low < lr_row.effect < lr_row.ci_high
 
 
 def test_kaplan_meier_median_without_relapses_has_no_interval():
