@@ -117,6 +117,7 @@ MEASURE_TITLES = {
     "pct_lymphocytes": "% of lymphocytes",
     "cells_per_ul": "cells/µL",
     "relapses_per_year": "relapses per 365 days of observation",
+    "relapse_rate_ratio_after_vs_before": "ratio of relapse rates (every relapse), after vs before",
     "n_immunosuppressive_drugs": "number of immunosuppressive drugs",
     "prednisone_mg_per_year": "prednisone, mg per 365 days of observation",
     "hazard_ratio_after_vs_before": "hazard ratio of a first relapse, after vs before",
@@ -147,6 +148,7 @@ TEST_TITLES = {
     "mcnemar_exact": "McNemar's exact",
     "mcnemar_conditional_or": "McNemar, paired OR b/c",
     "kaplan_meier": "Kaplan-Meier",
+    "conditional_poisson_exact": "conditional Poisson, exact",
     "not_tested": "not tested",
 }
 

@@ -12,6 +12,7 @@ from stats.clinical import (
     drug_use,
     fit_cox,
     kaplan_meier_curves,
+    paired_before_after,
     relapse_free_cox,
     stacked_windows,
 )
@@ -557,3 +558,69 @@ def test_kaplan_meier_median_without_relapses_has_no_interval():
     before = rows[(rows.group == "all") & (rows.measure == "median_days_before")].iloc[0]
     assert np.isinf(before.effect) and before.statistic == 0
     assert np.isnan(before.ci_low) and np.isnan(before.ci_high)
+
+
+def test_conditional_poisson_rate_ratio_against_statsmodels_and_enumeration():
+    # Every relapse of paired windows, one after-window shortened: the conditional MLE as
+    # statsmodels' ConditionalPoisson (patient groups, log-days offset); the exact p and the
+    # exact limits from enumerating every split of each patient's relapses.
+    import itertools
+    import warnings
+
+    from statsmodels.discrete.conditional_models import ConditionalPoisson
+
+    from stats.clinical import conditional_poisson
+
+    before = np.array([3, 2, 1, 0, 2, 1, 0])
+    after = np.array([1, 1, 0, 1, 0, 2, 0])
+    days_b = np.full(7, 365.0)
+    days_a = np.array([365, 365, 365, 200, 365, 365, 365.0])
+    res = conditional_poisson(after, before, days_a, days_b)
+    assert (res.after, res.total, res.informative) == (5, 14, 6)
+
+    counts = np.r_[before, after]
+    groups = np.r_[np.arange(7), np.arange(7)]
+    exog = np.r_[np.zeros(7), np.ones(7)][:, None]
+    with warnings.catch_warnings():  # the patient without relapses carries no information
+        warnings.simplefilter("ignore")
+        ref = ConditionalPoisson(
+            counts, exog, groups=groups, offset=np.log(np.r_[days_b, days_a])
+        ).fit(disp=0)
+    assert abs(res.mle - np.exp(ref.params[0])) < 1e-6
+
+    keep = before + after > 0
+    n, w = (before + after)[keep], (days_a / days_b)[keep]
+
+    def tails(rho: float) -> tuple[float, float]:
+        share = rho * w / (1 + rho * w)
+        low = high = 0.0
+        for split in itertools.product(*(range(k + 1) for k in n)):
+            prob = np.prod(
+                [stats.binom.pmf(x, k, q) for x, k, q in zip(split, n, share, strict=True)]
+            )
+            s = sum(split)
+            low += prob * (s <= res.after)
+            high += prob * (s >= res.after)
+        return low, high
+
+    low_tail, high_tail = tails(1.0)
+    assert abs(res.p_value - min(1.0, 2 * min(low_tail, high_tail))) < 1e-12
+    assert abs(tails(res.ci_low)[1] - 0.025) < 1e-9
+    assert abs(tails(res.ci_high)[0] - 0.025) < 1e-9
+    # Every relapse before infusion: no finite MLE, the upper limit still exists.
+    none_after = conditional_poisson(np.zeros(7, int), before, days_a, days_b)
+    assert none_after.mle == 0 and none_after.ci_low == 0 and np.isfinite(none_after.ci_high)
+    # P(S = 0) at rho = 1: each patient's relapses all before, (1/(1 + w))^n; here w = 1 for
+    # every patient with a relapse (the shortened window's patient has none), so 2 x 2^-9.
+    assert none_after.total == 9 and abs(none_after.p_value - 2 / 2**9) < 1e-15
+
+
+def test_relapse_rows_carry_the_rate_ratio_after_the_wilcoxon():
+    w = patient_windows(_tiny_clinical())
+    rows = paired_before_after(w, PLAN)
+    relapse_rows = rows[rows.analysis == "relapses_before_after"]
+    everyone = relapse_rows[relapse_rows.group == "all"]
+    assert list(everyone.test) == ["signed_rank_permutation", "conditional_poisson_exact"]
+    ratio = everyone.iloc[1]
+    assert ratio.measure == "relapse_rate_ratio_after_vs_before" and not ratio.primary
+    assert "B (244 d)" in ratio.method  # the shortened window enters by its days
