@@ -639,7 +639,8 @@ def _clinical_table(pdf, statistics: pd.DataFrame, ctx: ReportContext | None = N
         "analysis: primary_p; Methods). Clinical p-values are not adjusted. p to 2, "
         "estimates to 3 significant digits; full precision in results/statistics.csv. "
         "-: no test (a median, or a model that could not be fitted: its method says why).",
-        "Estimates: Wilcoxon rows the median of the paired differences (after - before); Cox "
+        "Estimates: Wilcoxon rows the median of the paired differences (after - before); the "
+        "conditional Poisson row the rate ratio of every relapse, after vs before (exact CI); Cox "
         "rows the hazard ratio after vs before (interval: Wald on the Wald row, profile "
         "likelihood on the likelihood-ratio row, penalised profile on Firth's, Clopper-Pearson "
         "on the exact row); Fisher the conditional odds ratio; McNemar "
@@ -649,8 +650,9 @@ def _clinical_table(pdf, statistics: pd.DataFrame, ctx: ReportContext | None = N
         "Crowley CI.",
         "n: patients (Wilcoxon: with both values, zero differences included; Cox: two windows "
         "each; Kaplan-Meier: one window each; drug use: followed to +12 months). Statistic: "
-        "Wilcoxon min(V+, V-); Cox Wald z, likelihood-ratio and Firth chi-squared, exact the "
-        "pairs relapsing first after; Fisher the sample "
+        "Wilcoxon min(V+, V-); conditional Poisson the relapses after; Cox Wald z, "
+        "likelihood-ratio and Firth chi-squared, exact the pairs relapsing first after; "
+        "Fisher the sample "
         "odds ratio; McNemar the smaller discordant count (paired OR: b); Kaplan-Meier the "
         "first relapses (events) in the window.",
         "† the maximum-likelihood estimate does not exist: no estimate or Wald p is shown for "
