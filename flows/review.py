@@ -38,6 +38,7 @@ from cohort.review import (
     record_decision,
     record_override,
     record_undo,
+    result_seal,
     superseded,
 )
 from cohort.store import Store
@@ -262,11 +263,22 @@ class ReviewServer:
                 self._regate(sample, effective, process_sample_file)
             return entry.detail.get("action", "")
 
-    def decide(self, sample_ids: list[str], action: str, who: str, reason: str) -> int:
+    def decide(
+        self, sample_ids: list[str], action: str, who: str, reason: str, seen: str = ""
+    ) -> int:
+        """Approve or exclude samples, each decision sealed with the result and counts it
+        covers. ``seen``: the result the person's page showed (one sample); refused when the
+        sample has been re-gated since, so nobody signs numbers they did not see."""
         with self.lock:
             for sample_id in sample_ids:
-                self.sample(sample_id)
-                record_decision(self.log, sample_id, action, who, reason, self.software)
+                key = self.sample(sample_id)["sample_key"]
+                if seen and seen != key:
+                    raise AuditError(
+                        f"{sample_id} has been re-gated since its page was opened: look at its "
+                        f"new numbers, then {action}"
+                    )
+                seal = result_seal(key, self.counts(key))
+                record_decision(self.log, sample_id, action, who, reason, self.software, seal)
             return len(sample_ids)
 
     def set_template(
@@ -586,12 +598,13 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
         action: str = Form(...),
         reason: str = Form(""),
         password: str = Form(""),
+        result: str = Form(""),
         person: str = Depends(guard.person),
     ):
         if action not in ("approve", "exclude"):
             raise HTTPException(400, "action must be approve or exclude")
         guard.signature(request, person, password)
-        server.decide([sample_id], action, person, reason)
+        server.decide([sample_id], action, person, reason, seen=result)
         request.session["message"] = f"{sample_id}: {action}d"
         return RedirectResponse(f"/sample/{quote(sample_id)}", status_code=303)
 
@@ -1085,6 +1098,11 @@ def _describe(detail: dict) -> str:
         return text + _superseding(detail)
     if "undoes" in detail:
         return f"undo #{detail['undoes']} ({detail.get('action', '')})" + _superseding(detail)
+    if "result" in detail:  # a decision: the result it covers
+        file, _, rest = str(detail["result"]).partition(":")
+        strategy, _, pipeline = rest.partition(":")
+        counts = str(detail.get("counts_sha256", ""))[:12]
+        return f"covers file {file[:12]}, strategy {strategy[:12]}, {pipeline}, counts {counts}"
     return ""
 
 

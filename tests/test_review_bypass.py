@@ -1,0 +1,171 @@
+"""Attacks on sign-off itself: numbers reaching the results as approved though nobody signed
+them (a re-gate after the approval, a new file under the same name, a store edited by hand,
+a page left open while a pass re-gated the sample), and state changes from the command line
+that escape the trail or the signature. Each test failed before its fix."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import pytest
+
+from cohort.accounts import add_user
+from cohort.review import current_review_states, status_frame
+from cohort.store import Store
+from cohort.study import Study
+from tests.conftest import processed_demo_samples
+from tests.test_review_security import PASSWORD, _client, _named, _signed_in, _token, _trail
+
+SAMPLE = "P01_BL_BCELL"
+
+
+@pytest.fixture(scope="module")
+def signable(tmp_path_factory):
+    """Two processed B-cell samples and one Treg sample (1000 events), accounts ana and bo."""
+    root = processed_demo_samples(
+        tmp_path_factory.mktemp("signable") / "study",
+        1000,
+        (SAMPLE, "P01_M1_BCELL", "P01_BL_TREG"),
+    )
+    store = Store(root / "immunomon.db")
+    add_user(store.conn, "ana", PASSWORD)
+    add_user(store.conn, "bo", PASSWORD + " too")
+    store.close()
+    return root
+
+
+@pytest.fixture()
+def study(signable, tmp_path):
+    root = tmp_path / "study"
+    shutil.copytree(signable, root)
+    return root
+
+
+def _states(study):
+    store = Store(study / "immunomon.db")
+    try:
+        return current_review_states(Study(study), store)
+    finally:
+        store.close()
+
+
+def _approve(client, token, sample=SAMPLE, **extra):
+    data = {"action": "approve", "reason": "gates look right", "csrf": token} | extra
+    return client.post(f"/sample/{sample}/decide", data=data)
+
+
+def _regate_behind_review(study, sample_id=SAMPLE, overrides=None, content=None):
+    """What a processing pass does after a strategy, template or pipeline change (the
+    strategy's identity changes) or once a file is replaced under the same name
+    (``content``): the sample gets a new current result, with no review action."""
+    from flows.sample_work import process_sample_file
+
+    st = Study(study)
+    store = Store(st.db_path)
+    try:
+        sample = store.current_sample(sample_id)
+        path = st.inbox / sample["file_name"]
+        if content is not None:
+            path.write_bytes(content)
+        strategy = st.strategies[sample["panel"]]
+        record = process_sample_file(
+            path,
+            hashlib.sha256(path.read_bytes()).hexdigest(),
+            st.parse_name(path.name),
+            st.panels[sample["panel"]],
+            strategy.with_overrides(overrides) if overrides else strategy,
+        )
+        stat = path.stat()
+        store.record_sample(
+            file_name=path.name,
+            size=stat.st_size,
+            mtime_ns=stat.st_mtime_ns,
+            result=record,
+            run_id="nightly",
+        )
+        return record.sample_key
+    finally:
+        store.close()
+
+
+def _populations_status(study, sample_id=SAMPLE) -> str:
+    """The review_status that results/populations.csv and samples.csv carry."""
+    frame = status_frame(_states(study), [sample_id])
+    return frame.review_status.iloc[0]
+
+
+def test_an_approval_does_not_cover_a_result_regated_after_it(study):
+    client = _client(study)
+    token = _named(client)
+    assert _approve(client, token).status_code == 200
+    approval = _trail(study)[-1]
+    store = Store(study / "immunomon.db")
+    assert approval.detail["result"] == store.current_sample(SAMPLE)["sample_key"]
+    store.close()
+    assert _states(study)[SAMPLE].status == "approved"
+
+    _regate_behind_review(study, overrides={"t_cd19": 0.7})  # a new strategy, no one looked
+    state = _states(study)[SAMPLE]
+    assert state.status == "to_review" and "re-gated since" in state.note
+    assert _populations_status(study) == "to_review"
+    page = client.get(f"/sample/{SAMPLE}").text
+    assert "these numbers are not signed" in page
+    assert _approve(client, _token(client.get(f"/sample/{SAMPLE}"))).status_code == 200
+    assert _states(study)[SAMPLE].status == "approved"  # signed again, for these numbers
+
+
+def test_a_new_file_under_the_approved_name_is_not_approved(study):
+    client = _client(study)
+    _approve(client, _named(client))
+    inbox = study / "inbox" / f"{SAMPLE}.fcs"
+    content = bytearray(inbox.read_bytes())
+    content[len(content) // 2] ^= 0x01  # a re-run tube: another acquisition, the same name
+    _regate_behind_review(study, content=bytes(content))
+    state = _states(study)[SAMPLE]
+    assert state.status == "to_review" and "new file under its name" in state.note
+    assert _populations_status(study) == "to_review"
+
+
+def test_counts_edited_in_the_store_are_not_approved(study):
+    client = _client(study)
+    _approve(client, _named(client))
+    store = Store(study / "immunomon.db")
+    with store.conn:
+        store.conn.execute(
+            "UPDATE populations SET count = count + 50 WHERE population = 'cd19_b' "
+            "AND sample_key = (SELECT sample_key FROM samples WHERE sample_id = ?)",
+            (SAMPLE,),
+        )
+    store.close()
+    state = _states(study)[SAMPLE]
+    assert state.status == "to_review" and "counts of this result differ" in state.note
+    assert _populations_status(study) == "to_review"
+
+
+def test_undoing_an_override_restores_the_approval_of_the_same_numbers(study):
+    """Approve, adjust (re-gated: not approved), undo (re-gated back to the approved
+    result): the approval covers those numbers again."""
+    client = _client(study)
+    token = _named(client)
+    _approve(client, token)
+    adjust = {"threshold": "t_cd19", "value": "0.62", "reason": "tail", "csrf": token}
+    client.post(f"/sample/{SAMPLE}/adjust", data=adjust)
+    assert _states(study)[SAMPLE].status == "overridden"
+    client.post(f"/sample/{SAMPLE}/undo", data={"reason": "not needed", "csrf": token})
+    assert _states(study)[SAMPLE].status == "approved"
+
+
+def test_an_approval_from_a_page_opened_before_a_regate_is_refused(study):
+    """The page showed one result; a pass re-gated the sample meanwhile: the click must not
+    sign numbers the person never saw."""
+    client = _client(study, accounts=True)
+    _signed_in(client)
+    page = client.get(f"/sample/{SAMPLE}")
+    seen = Store(study / "immunomon.db").current_sample(SAMPLE)["sample_key"]
+    assert f'name="result" value="{seen}"' in page.text
+    _regate_behind_review(study, overrides={"t_cd19": 0.7})
+    response = _approve(client, _token(page), password=PASSWORD, result=seen)
+    assert "re-gated since its page was opened" in response.text
+    assert [e.action for e in _trail(study)] == []
+    assert _states(study) == {}
