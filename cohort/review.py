@@ -346,6 +346,14 @@ def check_signature(entries: list[AuditEntry], sample_id: str, action: str, sign
     return {"supersedes": {"seq": entry.seq, "action": entry.action, "who": entry.who}}
 
 
+def own_overrides(state: ReviewStatus, who: str, strategy_sha256: str) -> list[Override]:
+    """The overrides in force on a sample that ``who`` made: with personal accounts nobody
+    approves their own change (four eyes, as a GCP lab's second-person review expects)."""
+    return [
+        o for o in state.overrides.values() if o.who == who and o.strategy_sha256 == strategy_sha256
+    ]
+
+
 def record_decision(
     log: AuditLog,
     sample_id: str,

@@ -35,6 +35,7 @@ from cohort.review import (
     current_review_states,
     describe_override,
     drawn_gate,
+    own_overrides,
     record_decision,
     record_override,
     record_undo,
@@ -270,8 +271,16 @@ class ReviewServer:
         covers. ``seen``: the result the person's page showed (one sample); refused when the
         sample has been re-gated since, so nobody signs numbers they did not see."""
         with self.lock:
+            states = self.states()
             for sample_id in sample_ids:
-                key = self.sample(sample_id)["sample_key"]
+                sample = self.sample(sample_id)
+                key = sample["sample_key"]
+                mine = self.own_changes(states, sample, who) if action == "approve" else ""
+                if mine:
+                    raise AuditError(
+                        f"{sample_id}: {mine} set by you; another person approves a change "
+                        "(four eyes)"
+                    )
                 if seen and seen != key:
                     raise AuditError(
                         f"{sample_id} has been re-gated since its page was opened: look at its "
@@ -280,6 +289,15 @@ class ReviewServer:
                 seal = result_seal(key, self.counts(key))
                 record_decision(self.log, sample_id, action, who, reason, self.software, seal)
             return len(sample_ids)
+
+    def own_changes(self, states: dict[str, ReviewStatus], sample: dict, who: str) -> str:
+        """The overrides in force on ``sample`` that ``who`` made ('' when none, and always
+        without accounts: a name typed in loopback mode proves nobody's identity)."""
+        state = states.get(sample["sample_id"])
+        if not self.accounts or state is None:
+            return ""
+        strategy = self.study.strategies[sample["panel"]]
+        return ", ".join(o.name for o in own_overrides(state, who, strategy.sha256))
 
     def set_template(
         self,
@@ -657,8 +675,20 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
             & (rows.status == "processed")
             & rows.review_status.isin(["to_review", "overridden"])
         ]
-        count = server.decide(list(pending.sample_id), "approve", person, reason)
-        request.session["message"] = f"{count} sample(s) of {visit} {panel} approved"
+        with server.lock:
+            states = server.states()
+            theirs = [
+                s
+                for s in pending.sample_id
+                if not server.own_changes(states, server.sample(s), person)
+            ]
+        count = server.decide(theirs, "approve", person, reason)
+        left = sorted(set(pending.sample_id) - set(theirs))
+        request.session["message"] = f"{count} sample(s) of {visit} {panel} approved" + (
+            f"; left for another person (your own changes, four eyes): {', '.join(left)}"
+            if left
+            else ""
+        )
         return RedirectResponse("/signoff", status_code=303)
 
     @pages.get("/templates/{panel}", response_class=HTMLResponse)

@@ -169,3 +169,29 @@ def test_an_approval_from_a_page_opened_before_a_regate_is_refused(study):
     assert "re-gated since its page was opened" in response.text
     assert [e.action for e in _trail(study)] == []
     assert _states(study) == {}
+
+
+def test_with_accounts_nobody_approves_their_own_change(study):
+    """Four eyes: ana adjusts a threshold; ana's approval is refused (one sample or a whole
+    visit), bo's is accepted. Her exclusion is not a sign-off of her numbers: allowed."""
+    ana, bo = _client(study, accounts=True), _client(study, accounts=True)
+    token = _signed_in(ana)
+    adjust = {"threshold": "t_cd19", "value": "0.62", "reason": "tail", "csrf": token}
+    ana.post(f"/sample/{SAMPLE}/adjust", data=adjust)
+    response = _approve(ana, token, password=PASSWORD)
+    assert "t_cd19 set by you; another person approves" in response.text
+    bulk = {"visit": "BL", "panel": "BCELL", "reason": "all fine", "password": PASSWORD}
+    response = ana.post("/signoff/approve", data=bulk | {"csrf": token})
+    assert "0 sample(s) of BL BCELL approved; left for another person" in response.text
+    assert [e.action for e in _trail(study)] == ["override"]
+    bo_token = _signed_in(bo, "bo", PASSWORD + " too")
+    response = bo.post(
+        "/signoff/approve", data=bulk | {"csrf": bo_token, "password": PASSWORD + " too"}
+    )
+    assert "1 sample(s) of BL BCELL approved" in response.text
+    assert _states(study)[SAMPLE].status == "approved" and _trail(study)[-1].who == "bo"
+    undo = {"reason": "ask again", "password": PASSWORD + " too", "csrf": bo_token}
+    bo.post(f"/sample/{SAMPLE}/undo", data=undo)
+    exclude = {"action": "exclude", "reason": "clumps", "password": PASSWORD, "csrf": token}
+    ana.post(f"/sample/{SAMPLE}/decide", data=exclude)
+    assert _states(study)[SAMPLE].status == "excluded"
