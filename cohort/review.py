@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from cohort.audit import AuditEntry, AuditError, AuditLog
+from cohort.audit import AuditEntry, AuditError, AuditLog, verify_study_trail
 from gating.gates import MAX_DRAWN_VERTICES, EllipseGate, Gate, PolygonGate
 from gating.strategy import override_from_record
 
@@ -171,7 +171,25 @@ def current_review_states(study, store) -> dict[str, ReviewStatus]:
         for r in current.itertuples()
         if r.panel in study.strategies
     }
-    return review_states(AuditLog(store.conn).entries(), strategy_of, current_seals(store))
+    states = review_states(AuditLog(store.conn).entries(), strategy_of, current_seals(store))
+    problem = trail_problem(study.root, store.conn)
+    for state in states.values():
+        if problem and state.status == "approved":  # a signature the trail cannot vouch for
+            state.status = "overridden" if state.overrides else "to_review"
+            state.note = (
+                f"the audit trail does not verify ({problem}): no approval is in force until "
+                "`immunomon audit verify` passes"
+            )
+    return states
+
+
+def trail_problem(study_root, conn) -> str:
+    """Why the study's audit trail cannot be trusted as it stands (its chain recomputed and
+    checked against the study's anchor file: an entry edited, deleted or added by hand), or
+    '' when it verifies."""
+    problems = verify_study_trail(conn, study_root).problems
+    more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
+    return "; ".join(problems[:2]) + more
 
 
 def _unsigned_numbers(made: AuditEntry, seal: dict | None) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 
+import pandas as pd
 import pytest
 
 from cohort.accounts import add_user
@@ -195,3 +196,71 @@ def test_with_accounts_nobody_approves_their_own_change(study):
     exclude = {"action": "exclude", "reason": "clumps", "password": PASSWORD, "csrf": token}
     ana.post(f"/sample/{SAMPLE}/decide", data=exclude)
     assert _states(study)[SAMPLE].status == "excluded"
+
+
+def _forge_approval(study, sample_id: str) -> None:
+    """An approval written into the store by hand, its hash chain recomputed."""
+    from cohort.audit import entry_hash
+
+    store = Store(study / "immunomon.db")
+    conn = store.conn
+    seq, prev = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    fields = ["2026-12-01T00:00:00+00:00", "ana", "approve", sample_id, "{}", "fine", "x"]
+    with conn:
+        conn.execute(
+            "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (seq + 1, *fields, prev, entry_hash(prev, seq + 1, *fields)),
+        )
+    store.close()
+
+
+def test_a_hand_edited_trail_voids_every_approval_and_the_report_says_so(study, tmp_path):
+    from pypdf import PdfReader
+
+    from cohort.review import trail_problem
+    from reports.cohort_report import _title_page, write_cohort_report
+    from tests.test_text_is_text import _context
+
+    client = _client(study)
+    _approve(client, _named(client))
+    assert _states(study)[SAMPLE].status == "approved"
+    _forge_approval(study, "P01_M1_BCELL")  # no anchor: review never wrote it
+    states = _states(study)
+    assert states["P01_M1_BCELL"].status == "to_review"
+    assert states[SAMPLE].status == "to_review" and "does not verify" in states[SAMPLE].note
+    assert _populations_status(study) == "to_review"
+    assert "no approval is in force" in client.get(f"/sample/{SAMPLE}").text
+
+    store = Store(study / "immunomon.db")
+    problem = trail_problem(study, store.conn)
+    store.close()
+    assert "entry 2 (approve P01_M1_BCELL by ana" in problem and "has no anchor" in problem
+    samples = pd.DataFrame(columns=["status"])
+    ctx = _context(trail_problem=problem, preliminary=3)
+    path = write_cohort_report(
+        tmp_path / "r.pdf",
+        ctx,
+        [(0.1, lambda pdf: _title_page(pdf, ctx=ctx, samples=samples, monitor=None))],
+    )
+    text = " ".join(PdfReader(path).pages[0].extract_text().split())
+    assert "AUDIT TRAIL BROKEN: entry 2 (approve P01_M1_BCELL" in text
+    assert "No approval is in force" in text
+
+
+def test_an_exclusion_deleted_from_the_store_is_named_on_the_report(study):
+    """Deleting an exclusion by hand brings the sample back into the statistics: the trail
+    check names the gap, so the report cannot claim a whole review."""
+    from cohort.review import trail_problem
+
+    client = _client(study)
+    token = _named(client)
+    exclude = {"action": "exclude", "reason": "haemolysed", "csrf": token}
+    client.post(f"/sample/{SAMPLE}/decide", data=exclude)
+    _approve(client, token, sample="P01_M1_BCELL")
+    store = Store(study / "immunomon.db")
+    with store.conn:
+        store.conn.execute("DELETE FROM audit WHERE seq = 1")
+    problem = trail_problem(study, store.conn)
+    store.close()
+    assert "entry 1" in problem and "missing" in problem
+    assert _states(study)["P01_M1_BCELL"].status == "to_review"
