@@ -264,3 +264,55 @@ def test_an_exclusion_deleted_from_the_store_is_named_on_the_report(study):
     store.close()
     assert "entry 1" in problem and "missing" in problem
     assert _states(study)["P01_M1_BCELL"].status == "to_review"
+
+
+def test_a_template_from_the_command_line_is_signed_by_an_account(study, capsys, monkeypatch):
+    """With accounts, `reference set --who` is an account whose password is given: nobody
+    sets a study-wide template under another person's name."""
+    import io
+
+    from flows.cli import main
+
+    command = ["-q", "reference", "set", "--study", str(study), "--panel", "TREG"]
+    command += ["--threshold", "t_cd45ra", "--value", "0.5", "--sample", "P01_BL_TREG"]
+    command += ["--reason", "expert"]
+    assert main([*command, "--who", "Dr Mallory"]) == 2
+    assert "'Dr Mallory' is not an account of this study" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("not her password\n"))
+    assert main([*command, "--who", "ana"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: the password of ana does not match: nothing was changed"
+    )
+    assert _trail(study) == []
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    assert main([*command, "--who", "ana"]) == 0
+    assert [(e.action, e.who) for e in _trail(study)] == [("template", "ana")]
+
+
+def test_building_a_study_reference_is_in_the_trail(study, capsys, monkeypatch):
+    """`reference build` re-gates the panel on the next pass: it is recorded (who, what file,
+    its sha256) and anchored, and the trail still verifies. (The placement itself needs five
+    samples with a landmark; here it writes a file, as it does, on this study's one.)"""
+    from types import SimpleNamespace
+
+    import cohort.references
+    from cohort.review import reviewer_name, trail_problem
+    from flows.cli import main
+
+    written = Study(study).reference_path("treg")
+
+    def build(study_, panel, files, software):
+        written.parent.mkdir(parents=True, exist_ok=True)
+        written.write_text(f"panel: {panel}\nsamples: {len(files)}\n")
+        return SimpleNamespace(thresholds={}), written
+
+    monkeypatch.setattr(cohort.references, "build_panel_reference", build)
+    assert main(["-q", "reference", "build", "--study", str(study), "--panel", "TREG"]) == 0
+    (entry,) = _trail(study)
+    assert (entry.action, entry.who) == ("reference", reviewer_name())
+    assert entry.detail["panel"] == "TREG" and entry.detail["samples"] == 1
+    assert entry.detail["sha256"] == hashlib.sha256(written.read_bytes()).hexdigest()
+    store = Store(study / "immunomon.db")
+    assert trail_problem(study, store.conn) == ""
+    store.close()
+    assert f'"seq": {entry.seq}' in (study / "audit_anchors.jsonl").read_text()
