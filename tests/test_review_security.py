@@ -650,7 +650,9 @@ def test_a_changed_strategy_drops_the_override_and_sends_the_sample_back(tmp_pat
             server.adjust("P01_M1_BCELL", "t_cd27", 0.55, "ana", "memory tail")
     assert server.states() == {}  # nothing recorded for the refused adjustment
     server.adjust("P01_M1_BCELL", "t_cd27", 0.55, "ana", "memory tail")
+    server.decide(["P01_BL_BCELL"], "approve", "bo", "gates look right")
     assert run_study(root, 1).processed == 0  # the override is the current result
+    assert server.states()["P01_BL_BCELL"].status == "approved"  # a pass changed nothing
 
     strategy = yaml.safe_load((ROOT / "gating" / "strategies" / "bcell.yaml").read_text())
     strategy["version"] += 1
@@ -661,11 +663,21 @@ def test_a_changed_strategy_drops_the_override_and_sends_the_sample_back(tmp_pat
     (root / "bcell_panel.yaml").write_text(yaml.safe_dump(panel))
     config["panels"]["BCELL"] = "bcell_panel.yaml"
     (root / "study.yaml").write_text(yaml.safe_dump(config))
+    visits = root / "clinical" / "visits.csv"
+    header, first, *rest = visits.read_text().splitlines()
+    first = first.rsplit(",", 1)[0] + f",{int(first.rsplit(',', 1)[1]) + 100}"  # edited by hand
+    visits.write_text("\n".join([header, first, *rest]) + "\n")
 
     assert run_study(root, 1).processed == 2  # both re-gated with the new strategy
     server = ReviewServer(root, accounts=False)
     state = server.states()["P01_M1_BCELL"]
     assert state.status == "to_review" and "t_cd27" in state.note and "not applied" in state.note
+    approved = server.states()["P01_BL_BCELL"]  # signed for the old strategy's numbers only
+    assert approved.status == "to_review" and "re-gated since" in approved.note
+    before, after = [e.detail["inputs"] for e in server.log.entries() if e.action == "pass"][-2:]
+    changed = {name for name in after if before.get(name) != after[name]}
+    assert {"study.yaml", "clinical/visits.csv"} <= changed  # the trail dates the edit
+    assert "clinical/patients.csv" not in changed
     sample = server.store.current_sample("P01_M1_BCELL")
     mark = next(g for g in server.store.applied_gates(sample["sample_key"]) if g.name == "t_cd27")
     assert mark.gate.method != "manual"
