@@ -316,3 +316,54 @@ def test_building_a_study_reference_is_in_the_trail(study, capsys, monkeypatch):
     assert trail_problem(study, store.conn) == ""
     store.close()
     assert f'"seq": {entry.seq}' in (study / "audit_anchors.jsonl").read_text()
+
+
+# Sessions: fixation, expiry, another study's account or cookie ------------------------------
+def test_a_planted_session_cookie_is_not_signed_in_by_its_victim(study):
+    """Fixation: the attacker's pre-sign-in cookie, planted in the victim's browser, does not
+    become the victim's session when the victim signs in."""
+    attacker, victim = _client(study, accounts=True), _client(study, accounts=True)
+    attacker.get("/signin")
+    planted = dict(attacker.cookies)
+    victim.cookies.update(planted)
+    token = _signed_in(victim)
+    assert "Sign out" in victim.get("/signoff").text
+    assert attacker.get("/signoff", follow_redirects=False).status_code == 303  # not ana
+    response = _approve(attacker, token, password=PASSWORD)
+    assert response.status_code in (401, 403) and _trail(study) == []
+
+
+def test_a_session_ends_after_its_hours(study):
+    import time
+
+    from flows.review_security import SESSION_HOURS
+
+    client = _client(study, accounts=True)
+    token = _signed_in(client)
+    guard = client.app.state.guard
+    later = time.monotonic() + SESSION_HOURS * 3600 + 1
+    guard.clock = lambda: later
+    assert client.get("/signoff", follow_redirects=False).headers["location"].startswith("/signin")
+    response = _approve(client, token, password=PASSWORD)
+    assert response.status_code in (401, 403) and _trail(study) == []
+
+
+def test_another_studys_account_or_cookie_does_nothing_here(study, tmp_path):
+    """Accounts live in each study's store, sessions in each server: eve of study B cannot
+    sign in to study A, and B's session cookie is no session of A's server."""
+    other = tmp_path / "other"
+    shutil.copytree(study, other)
+    store = Store(other / "immunomon.db")
+    add_user(store.conn, "eve", PASSWORD)
+    store.close()
+    here = _client(study, accounts=True)
+    token = _token(here.get("/signin"))
+    here.post("/signin", data={"name": "eve", "password": PASSWORD, "csrf": token})
+    assert here.get("/signoff", follow_redirects=False).status_code == 303
+    there = _client(other, accounts=True)
+    there_token = _signed_in(there, "eve")
+    here.cookies.clear()
+    here.cookies.update(dict(there.cookies))
+    assert here.get("/signoff", follow_redirects=False).status_code == 303
+    response = _approve(here, there_token, password=PASSWORD)
+    assert response.status_code in (401, 403) and _trail(study) == []
