@@ -52,6 +52,7 @@ ACTIONS = (
     "user_removed",
     "template",  # an expert study template set or changed (cohort.templates)
     "reference",  # a study reference built (immunomon reference build): the panel re-gates
+    "publish",  # results and report rewritten from the store, asked for in review
 )
 # Each one is anchored as it is written.
 PERSON_ACTIONS = ("override", "approve", "exclude", "undo", "template", "reference")

@@ -376,6 +376,10 @@ class ReviewServer:
                 )
             lease = self.study.exclusive(wait=False)
             lease.__enter__()  # raises while a pass holds the study: refused, nothing started
+            with self.lock:  # who rewrote the published results, and when
+                self.log.append(
+                    who, "publish", "results and report rewritten from the store", self.software
+                )
             now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
             self.job = PublishJob("running", who, now, time.monotonic())
             threading.Thread(

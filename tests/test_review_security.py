@@ -832,6 +832,7 @@ def test_publish_runs_in_the_background_one_at_a_time(study, monkeypatch):
             break
         threading.Event().wait(0.05)
     assert job["state"] == "failed" and job["error"] == "OSError: disk full"
+    assert [(e.action, e.who) for e in _trail(study)] == [("publish", "ana")] * 2  # not refused
 
 
 def test_the_review_pages_print_flags_in_words_as_the_report_does(study):
