@@ -15,31 +15,15 @@ from cohort.accounts import add_user
 from cohort.review import current_review_states, status_frame
 from cohort.store import Store
 from cohort.study import Study
-from tests.conftest import processed_demo_samples
 from tests.test_review_security import PASSWORD, _client, _named, _signed_in, _token, _trail
 
 SAMPLE = "P01_BL_BCELL"
 
 
-@pytest.fixture(scope="module")
-def signable(tmp_path_factory):
-    """Two processed B-cell samples and one Treg sample (1000 events), accounts ana and bo."""
-    root = processed_demo_samples(
-        tmp_path_factory.mktemp("signable") / "study",
-        1000,
-        (SAMPLE, "P01_M1_BCELL", "P01_BL_TREG"),
-    )
-    store = Store(root / "immunomon.db")
-    add_user(store.conn, "ana", PASSWORD)
-    add_user(store.conn, "bo", PASSWORD + " too")
-    store.close()
-    return root
-
-
 @pytest.fixture()
-def study(signable, tmp_path):
+def study(reviewable, tmp_path):
     root = tmp_path / "study"
-    shutil.copytree(signable, root)
+    shutil.copytree(reviewable, root)
     return root
 
 
@@ -183,8 +167,14 @@ def test_with_accounts_nobody_approves_their_own_change(study):
     assert "t_cd19 set by you; another person approves" in response.text
     bulk = {"visit": "BL", "panel": "BCELL", "reason": "all fine", "password": PASSWORD}
     response = ana.post("/signoff/approve", data=bulk | {"csrf": token})
-    assert "0 sample(s) of BL BCELL approved; left for another person" in response.text
-    assert [e.action for e in _trail(study)] == ["override"]
+    assert (
+        "1 sample(s) of BL BCELL approved; left for another person (your own changes, four "
+        "eyes): P01_BL_BCELL" in response.text
+    )  # P02_BL_BCELL carries no change of hers
+    assert [(e.action, e.sample_id) for e in _trail(study)] == [
+        ("override", SAMPLE),
+        ("approve", "P02_BL_BCELL"),
+    ]
     bo_token = _signed_in(bo, "bo", PASSWORD + " too")
     response = bo.post(
         "/signoff/approve", data=bulk | {"csrf": bo_token, "password": PASSWORD + " too"}

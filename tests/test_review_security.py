@@ -13,7 +13,7 @@ from cohort.accounts import AccountError, add_user, check_password
 from cohort.audit import AuditError, AuditLog
 from cohort.review import overrides_in_force, review_states
 from cohort.store import Store
-from tests.conftest import processed_demo_samples
+from tests.conftest import REVIEW_PASSWORD
 
 ROOT = Path(__file__).parents[1]
 
@@ -91,25 +91,9 @@ def test_accounts_store_a_salted_hash_not_the_password(tmp_path):
 
 
 BASE = "http://127.0.0.1:8765"  # the address the app is served at (Site's default)
-PASSWORD = "a long enough password"
+PASSWORD = REVIEW_PASSWORD
 SAMPLE = "P01_BL_BCELL"
 TREG_SAMPLE = "P01_BL_TREG"
-
-
-@pytest.fixture(scope="module")
-def reviewable(tmp_path_factory):
-    """A small study with three processed B-cell samples, one Treg sample (its t_cd45ra has a
-    landmark: it can take a study template) and two accounts (ana, bo)."""
-    root = processed_demo_samples(
-        tmp_path_factory.mktemp("reviewable") / "study",
-        1000,
-        ("P01_BL_BCELL", "P01_M1_BCELL", "P02_BL_BCELL", TREG_SAMPLE),
-    )
-    store = Store(root / "immunomon.db")
-    add_user(store.conn, "ana", PASSWORD)
-    add_user(store.conn, "bo", PASSWORD + " too")
-    store.close()
-    return root
 
 
 @pytest.fixture()
