@@ -638,6 +638,15 @@ def test_a_changed_strategy_drops_the_override_and_sends_the_sample_back(tmp_pat
     assert run_study(root, 1).processed == 0  # the override is the current result
     assert server.states()["P01_BL_BCELL"].status == "approved"  # a pass changed nothing
 
+    def published(sample_id: str) -> set[str]:
+        """The review_status results/populations.csv gives the sample's rows."""
+        import pandas as pd
+
+        table = pd.read_csv(root / "results" / "populations.csv")
+        return set(table.loc[table.sample_id == sample_id, "review_status"])
+
+    assert published("P01_BL_BCELL") == {"approved"}
+
     strategy = yaml.safe_load((ROOT / "gating" / "strategies" / "bcell.yaml").read_text())
     strategy["version"] += 1
     strategy["qc"]["min_population_events"] = 40
@@ -658,6 +667,7 @@ def test_a_changed_strategy_drops_the_override_and_sends_the_sample_back(tmp_pat
     assert state.status == "to_review" and "t_cd27" in state.note and "not applied" in state.note
     approved = server.states()["P01_BL_BCELL"]  # signed for the old strategy's numbers only
     assert approved.status == "to_review" and "re-gated since" in approved.note
+    assert published("P01_BL_BCELL") == {"to_review"}  # as the pass wrote it
     before, after = [e.detail["inputs"] for e in server.log.entries() if e.action == "pass"][-2:]
     changed = {name for name in after if before.get(name) != after[name]}
     assert {"study.yaml", "clinical/visits.csv"} <= changed  # the trail dates the edit
