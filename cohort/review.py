@@ -147,7 +147,8 @@ def result_seal(sample_key: str, counts: Mapping[str, int]) -> dict:
     """What a decision signs: the result (``sample_key``: the file's content, the strategy
     with its overrides, the pipeline version) and a sha256 of its population counts, so an
     approval covers those numbers only, not a later re-gate or a hand-edited store."""
-    text = json.dumps({str(k): int(v) for k, v in sorted(counts.items())}, sort_keys=True)
+    # As text: a count edited by hand into something that is no number still seals (differently).
+    text = json.dumps({str(k): str(v) for k, v in sorted(counts.items())}, sort_keys=True)
     return {"result": sample_key, "counts_sha256": hashlib.sha256(text.encode()).hexdigest()}
 
 

@@ -126,6 +126,11 @@ def test_counts_edited_in_the_store_are_not_approved(study):
     state = _states(study)[SAMPLE]
     assert state.status == "to_review" and "counts of this result differ" in state.note
     assert _populations_status(study) == "to_review"
+    store = Store(study / "immunomon.db")
+    with store.conn:  # not even a number: still named, never a traceback
+        store.conn.execute("UPDATE populations SET count = 'many' WHERE population = 'cd19_b'")
+    store.close()
+    assert "counts of this result differ" in _states(study)[SAMPLE].note
 
 
 def test_undoing_an_override_restores_the_approval_of_the_same_numbers(study):
