@@ -476,8 +476,15 @@ def output_inputs(study: Study, store: Store) -> dict[str, str]:
     """Everything the results and the cohort report are made from, each part as a sha256:
     the store's content (samples, their gates and QC, the review trail), every input file
     (study.yaml with its analysis plan, the clinical CSVs, panels, strategies, references)
-    and the code (``code_digest``)."""
-    return {**store.content_digests(), **input_hashes(study), "code": code_digest()}
+    and the code (``code_digest``), and whether the audit trail verifies (a trail edited by hand,
+    even in a pass's entry, voids every approval the report counts)."""
+    check = trail_problem(study.root, store.conn)
+    return {
+        **store.content_digests(),
+        **input_hashes(study),
+        "code": code_digest(),
+        "audit trail check": hashlib.sha256(check.encode()).hexdigest(),
+    }
 
 
 def methods_text(study: Study) -> list[str]:

@@ -138,6 +138,13 @@ def _signed_override(root: Path) -> None:
     _audit(root, "override", "P01_BL_BCELL")
 
 
+def _tamper_with_a_pass_entry(root: Path) -> None:
+    """A pass's own entry is no change, but editing it by hand breaks the trail, which voids
+    the approvals the report counts."""
+    _audit(root, "pass")
+    _sql(root, "UPDATE audit SET reason='nothing happened' WHERE action='pass'")
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [
@@ -148,6 +155,7 @@ def _signed_override(root: Path) -> None:
         (_delete_report, "reports/cohort_report.pdf missing or altered"),
         (_alter_statistics, "results/statistics.csv missing or altered"),
         (_signed_override, "store audit, store gates"),
+        (_tamper_with_a_pass_entry, "audit trail check"),
     ],
 )
 def test_a_changed_input_or_output_writes_them_again(study, change, named):
