@@ -211,11 +211,11 @@ T_CELLS: dict[str, tuple[str, dict[str, tuple[float, float]]]] = {
         {"CD3": (0.61, 0.04), "CD8": (0.70, 0.04), "CD127": (0.55, 0.08), "CD45RA": (0.58, 0.1)},
     ),
     "cd4_naive": ("lymph", {**_CD4, "CD45RA": (0.64, 0.05)}),
-    "cd4_memory": ("lymph", {**_CD4, "CD45RA": (0.30, 0.07), "HLA-DR": (0.22, 0.06)}),
-    "cd4_cd127_down": ("lymph", {**_CD4, "CD45RA": (0.32, 0.08), "HLA-DR": (0.30, 0.08)}),
+    "cd4_memory": ("lymph", {**_CD4, "CD45RA": (0.17, 0.07)}),
+    "cd4_cd127_down": ("lymph", {**_CD4, "CD45RA": (0.18, 0.08)}),
     "treg_naive": ("lymph", {**_TREG, "CD45RA": (0.60, 0.05)}),
-    "treg_memory": ("lymph", {**_TREG, "CD45RA": (0.32, 0.08)}),
-    "treg_memory_hladr": ("lymph", {**_TREG, "CD45RA": (0.30, 0.08), "HLA-DR": (0.52, 0.05)}),
+    "treg_memory": ("lymph", {**_TREG, "CD45RA": (0.15, 0.07)}),
+    "treg_memory_hladr": ("lymph", {**_TREG, "CD45RA": (0.14, 0.07)}),
 }
 CELL_TYPES = {"BCELL": B_CELLS, "TREG": T_CELLS}
 NON_CELLS = ("debris", "doublet")
@@ -250,9 +250,54 @@ TRUTH: dict[str, dict[str, tuple[str, set[str]]]] = {
 B_DIAGONAL = ((0.45, 0.20), (0.80, 0.75))  # (CD38, CD24) at its low and high ends
 B_POSITION = {"naive": (0.42, 0.19), "transitional": (0.86, 0.10)}  # along it, 0..1
 B_ACROSS = 0.045  # spread across the segment
-# The Treg arm on CD25 x CD127 of CD4 T cells (logicle), from the flowatlas measurements.
-TREG_ARM = {"cd25": 0.24, "cd127": 0.15, "position_sd": 0.25, "spread": 0.09}
-CD4_CLOUD = {"cd25_sd": 0.13, "cd127_sd": 0.08, "correlation": 0.25, "down_shift": 0.25}
+# The CD4 T cells' CD127 x CD25 plane and HLA-DR, per tube, as measured on the six scored
+# flowatlas files (``bench/treg_shapes.py``; ranges over the files, logicle units). The cloud
+# is asymmetric: sharp on its high side (half-SD 0.045-0.08 on CD127, 0.054-0.064 on CD25),
+# wide towards the arm (0.07-0.35, 0.115-0.17). Tregs lie off its peaks by these amounts with
+# these spreads (robust SD), independently on each marker.
+CD4_PLANE = {
+    "cd127_peak": (0.63, 0.69),
+    "cd127_sd_high": (0.05, 0.09),
+    "cd127_sd_low": (0.08, 0.18),
+    "cd25_peak": (0.30, 0.39),
+    "cd25_sd_high": (0.06, 0.075),
+    "cd25_sd_low": (0.15, 0.22),
+    "treg_cd127_offset": (-0.30, -0.12),
+    "treg_cd127_sd": (0.06, 0.19),
+    "treg_cd25_offset": (0.10, 0.22),
+    "treg_cd25_sd": (0.09, 0.14),
+    "hladr_band": (0.33, 0.41),
+}
+CLOUD_CORRELATION = 0.25  # of CD25 and CD127 within the cloud (real +0.06 to +0.33)
+CD127_DOWN_SHIFT = 0.25  # the conventional cells down-regulating CD127 (the heavy low tail)
+# HLA-DR of the Treg tube's lymphocytes relative to the tube's HLA-DR-negative band (offset,
+# spread): every CD4 T cell sits on the band; HLA-DR+ memory Tregs smear above it.
+HLADR_ABOVE_BAND = {"treg_memory_hladr": (0.20, 0.08), "cd4_cd127_down": (0.04, 0.05)}
+HLADR_BAND_SD = 0.035
+
+
+@dataclass(frozen=True)
+class Cd4Plane:
+    """One tube's CD4 cloud and Treg arm on CD127 x CD25, and its HLA-DR-negative band
+    (logicle), drawn within ``CD4_PLANE``'s ranges."""
+
+    cd127_peak: float
+    cd127_sd_high: float
+    cd127_sd_low: float
+    cd25_peak: float
+    cd25_sd_high: float
+    cd25_sd_low: float
+    treg_cd127_offset: float
+    treg_cd127_sd: float
+    treg_cd25_offset: float
+    treg_cd25_sd: float
+    hladr_band: float
+
+
+def draw_cd4_plane(rng: np.random.Generator) -> Cd4Plane:
+    """A tube's CD4 plane, each parameter uniform over the range the real files span."""
+    return Cd4Plane(**{name: float(rng.uniform(lo, hi)) for name, (lo, hi) in CD4_PLANE.items()})
+
 
 VISITS = {"BL": 0, "M1": 1, "M3": 3, "M6": 6, "M9": 9, "M12": 12}
 FILENAME_PATTERN = r"^(?P<patient>R[0-9]+)_(?P<visit>BL|M[0-9]+)_(?P<panel>BCELL|TREG)\.fcs$"
@@ -335,27 +380,37 @@ def _b_plane(kind: str, m: int, rng: np.random.Generator) -> tuple[np.ndarray, n
     return cd38, cd24
 
 
+def _split(z: np.ndarray, sd_high: float, sd_low: float) -> np.ndarray:
+    """Deviations of ``z`` scaled by one spread above the peak and another below it."""
+    return np.where(z > 0, sd_high, sd_low) * z
+
+
+def _sharp_above(rng: np.random.Generator, m: int) -> np.ndarray:
+    """Unit deviations, half above 0 (normal: the real clouds stop sharply on their high
+    side) and half below (t-distributed: their heavy tails towards the arm)."""
+    above = rng.uniform(size=m) < 0.5
+    return np.where(above, np.abs(rng.normal(0, 1, m)), -np.abs(_tail(rng, m)))
+
+
 def _treg_plane(
-    kind: str, m: int, cloud: tuple[float, float], rng: np.random.Generator
+    kind: str, m: int, plane: Cd4Plane, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """CD25 and CD127 of a CD4 T cell: the main cloud, its CD127-down tail, or the Treg arm."""
-    cd25_centre, cd127_centre = cloud
     if kind.startswith("treg"):
-        position = rng.normal(1.0, TREG_ARM["position_sd"], m)
-        cd25 = cd25_centre + TREG_ARM["cd25"] * position
-        cd127 = cd127_centre - TREG_ARM["cd127"] * position
-        return (
-            cd25 + TREG_ARM["spread"] * _tail(rng, m),
-            cd127 + TREG_ARM["spread"] * _tail(rng, m),
-        )
-    r = CD4_CLOUD["correlation"]
-    a, b = _tail(rng, m), _tail(rng, m)
-    cd25 = cd25_centre + CD4_CLOUD["cd25_sd"] * a
-    cd127 = cd127_centre + CD4_CLOUD["cd127_sd"] * (r * a + np.sqrt(1 - r * r) * b)
+        # Normal on CD25 (the real Tregs' CD25 stops sharply), heavy-tailed on CD127 (theirs
+        # reaches down to CD127-negative).
+        cd25 = plane.cd25_peak + plane.treg_cd25_offset + plane.treg_cd25_sd * rng.normal(0, 1, m)
+        cd127 = plane.cd127_peak + plane.treg_cd127_offset + plane.treg_cd127_sd * _tail(rng, m)
+        return cd25, cd127
+    r = CLOUD_CORRELATION
+    a, b = _sharp_above(rng, m), _sharp_above(rng, m)
+    z127 = r * a + np.sqrt(1 - r * r) * b
+    cd25 = plane.cd25_peak + _split(a, plane.cd25_sd_high, plane.cd25_sd_low)
+    cd127 = plane.cd127_peak + _split(z127, plane.cd127_sd_high, plane.cd127_sd_low)
     if kind == "cd4_memory":
-        cd25 = cd25 + 0.04
+        cd25 = cd25 + 0.02
     if kind == "cd4_cd127_down":
-        cd127 = cd127 - CD4_CLOUD["down_shift"] + 0.02 * _tail(rng, m)
+        cd127 = cd127 - CD127_DOWN_SHIFT + 0.02 * _tail(rng, m)
     return cd25, cd127
 
 
@@ -399,8 +454,11 @@ def simulate_tube(
     cell_kinds = [k for k in kinds if k in cells]
     p_cells = np.array([shares[k] for k in cell_kinds])
     p_cells /= p_cells.sum()
-    # This sample's CD4 cloud on CD25 x CD127 (the Treg arm leaves from it).
-    cloud = (rng.uniform(0.20, 0.30), rng.uniform(0.60, 0.72))
+    # This tube's CD4 cloud on CD127 x CD25, the Treg arm leaving it, and its HLA-DR band.
+    if tube == "TREG":
+        plane = draw_cd4_plane(rng)
+    else:  # the two draws the B tube has always made, so its events stay as they were
+        rng.uniform(size=2)
 
     def draw(kind_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scatter (FSC-A, SSC-A as fractions of range) and true marker signal (linear)."""
@@ -423,9 +481,14 @@ def simulate_tube(
                 level[rows, markers.index("CD38")] = cd38
                 level[rows, markers.index("CD24")] = cd24
             if kind in _CD4_TYPES or kind in _TREGS:
-                cd25, cd127 = _treg_plane(kind, m, cloud, rng)
+                cd25, cd127 = _treg_plane(kind, m, plane, rng)
                 level[rows, markers.index("CD25")] = cd25
                 level[rows, markers.index("CD127")] = cd127
+            if tube == "TREG" and "HLA-DR" not in levels:
+                offset, spread = HLADR_ABOVE_BAND.get(kind, (0.0, HLADR_BAND_SD))
+                level[rows, markers.index("HLA-DR")] = (
+                    plane.hladr_band + offset + spread * _tail(rng, m)
+                )
         signal = to_linear(np.clip(level, -0.1, 1.0).ravel()).reshape(level.shape)
         return scatter, signal
 
