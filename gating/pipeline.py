@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gating.adaptive import Placement, place_threshold, refused_by_floor
+from gating.adaptive import Placement, _half_spread, place_threshold, refused_by_floor
 from gating.gates import ThresholdMark
 from gating.qc import passed_through, run_qc
 from gating.records import (
@@ -84,6 +84,13 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
                 partner=space[spec.pair.dimension][within] if spec.pair else None,
                 target=spec.pair.direction if spec.pair else (1, 1),
             )
+            if spec.tail is not None and place.method not in ("manual", "registered"):
+                tail = place_beyond_negatives(
+                    space[spec.dimension][masks[spec.tail.within]], spec.tail.sds, spec.bounds
+                )
+                if tail is not None and (not place.from_data or place.value < tail.value):
+                    why = place.note if not place.from_data else f"{place.note}, in the negatives"
+                    place = Placement(tail.value, True, f"{tail.note} ({why})", "tail")
             placed[ref] = place.value
             if not place.from_data:
                 flags.append(f"default_threshold:{ref}")
@@ -164,6 +171,23 @@ def place_registered(
     value = landmark + offset
     note = f"registered: landmark {landmark:.3f} + study offset {offset:+.3f} = {value:.3f}"
     return Placement(value, True, note, "registered")
+
+
+def place_beyond_negatives(
+    values: np.ndarray, sds: float, bounds: tuple[float, float]
+) -> Placement | None:
+    """``sds`` spreads above the lowest density peak of ``values`` (the negatives), the spread
+    measured on the peak's low side, where no positives reach; None when there is no peak or
+    the value falls outside ``bounds``."""
+    peak = landmark_peak(values, "low")
+    if peak is None:
+        return None
+    spread = _half_spread(values[values < peak], peak)
+    value = peak + sds * spread
+    if not (np.isfinite(value) and bounds[0] <= value <= bounds[1]):
+        return None
+    note = f"tail: negatives' peak {peak:.3f} + {sds:g} x {spread:.3f} = {value:.3f}"
+    return Placement(float(value), True, note, "tail")
 
 
 def population_medians(

@@ -22,27 +22,39 @@ Real observations each shape comes from:
   freedom) and a narrow spread across it (0.045). The density along CD24 or CD38 alone falls
   from the naive mode through the transitional cells without a valley (a shoulder), and the
   two overlap: no gate can count them without error, which is the point.
-- **Treg tube**, measured here on the 12 real ``flowatlas_tissues`` files (FlowJo 10.7.1's
-  Treg gate, replayed by flowkit; CD25 ``FJComp-640 670_30-A``, CD127 ``FJComp-561
-  780_60-A``; "cloud" = CD4 minus Treg), in the logicle units above, on the 7 files with at
-  least 50 Tregs (403C lung, 428 lung, 412C mLN, 390C lung, 423 lung, 412C BM, 423 liver):
-
-  | | Treg median | cloud median | cloud 5th pct | Treg - cloud |
-  |---|---|---|---|---|
-  | CD127 | 0.36-0.51 (0.47) | 0.48-0.72 (0.64) | 0.09-0.50 | -0.05 to -0.26 (-0.14) |
-  | CD25 | 0.45-0.57 (0.52) | -0.06-0.32 (0.27) | | +0.17 to +0.62 (+0.24) |
-
-  robust SD (IQR / 1.349) of the cloud: CD127 0.07-0.21 (0.09), CD25 0.11-0.40 (0.15); of the
-  Tregs: CD127 0.06-0.19 (0.14), CD25 0.07-0.23 (0.12); correlation of CD25 and CD127 within
-  the Tregs -0.24 to +0.23 (-0.15), within the cloud +0.06 to +0.33 (+0.26). The cloud's CD127
-  has a heavy low tail: 2.8-6.1% of it lies beyond 3 robust SDs (0.27% would for a normal
-  law), and 7-60% of its CD25 values are negative (compensation spread). Treg share of CD4:
-  FlowJo 3.4-21.4% in tissues, ~6.7% in blood. So Tregs here are the CD25-high arm leaving
-  the main CD4 cloud towards lower CD127, ``CD127-low`` relative to the cloud, not negative:
-  along the arm ``CD25 = cloud + 0.24 t``, ``CD127 = cloud - 0.15 t``, t ~ N(1, 0.25), plus a
-  spread of 0.09; the cloud at CD127 U(0.60, 0.72) (robust SD 0.08), CD25 U(0.20, 0.30)
-  (0.13), correlated +0.25, with 5% of conventional CD4 cells down-regulating CD127 by 0.25
-  (the heavy low tail, CD25-low). Blood shares: Tregs 4-10% of CD4.
+- **Treg tube**, measured on the six ``flowatlas_tissues`` files with >= 100 FlowJo Tregs
+  (390C lung, 403C lung, 412C BM, 412C mLN, 423 lung, 428 lung; ``python -m
+  bench.treg_shapes``, 2026-12-01): FlowJo 10.7.1's Treg gate (Foxp3+ CD127lo, replayed by
+  flowkit) within our CD4 T cells, CD25 ``FJComp-640 670_30-A``, CD127 ``FJComp-561
+  780_60-A``, logicle units as above, ranges over the six files (median). The CD4 cloud, as
+  the ``treg`` polygon measures it (peaks on its CD127-high side, half-SDs): CD127 peak
+  0.645-0.705 (0.673), CD25 peak 0.34-0.43 (0.372); it is sharp on its high side (half-SD
+  CD127 0.045-0.08 (0.060), CD25 0.054-0.113 (0.060)) and wide towards the arm (CD127
+  0.07-0.35 (0.16), CD25 0.115-0.17 (0.15), one file 0.73). The Tregs, in those cloud SDs:
+  CD127 a median 1.9-7.2 (3.6) below the peak (quartiles -6.0 / -3.6 / -2.3), CD25 1.3-3.6
+  (2.4) above it (0.6 / 2.4 / 3.6); 9-36% (26%) of them CD25-low (below the polygon's 0.75-SD
+  rise); in logicle units offsets of -0.14 to -0.32 (-0.21) on CD127 and +0.10 to +0.22
+  (+0.14) on CD25, robust SDs 0.06-0.19 (0.15) and 0.09-0.21 (0.12). Treg share of CD4
+  3.4-19.8% (8.7%) in these tissues, ~6.7% in blood. A 25-NN classifier fitted to FlowJo's
+  answer on CD127 x CD25 reaches F1 0.58-0.83 (0.77): CD25 stands in for Foxp3 only partly.
+  Here each tube draws its cloud and arm uniformly within those ranges (``CD4_PLANE``): the
+  cloud normal above its peaks and t-distributed below (``_sharp_above``), correlated +0.25
+  (real +0.06 to +0.33), 5% of conventional CD4 cells down-regulating CD127 by 0.25; the
+  Tregs normal on CD25 (the real Tregs' CD25 stops sharply), t on CD127 (theirs reaches
+  CD127-negative). Treg v6's simulator (an arm within a round, t-tailed cloud of SD 0.13 on
+  CD25) put its Tregs 1.7 SDs below the cloud on CD127 and 0.2 below it on CD25 (ceiling F1
+  0.54-0.68): far more overlap than any real file. Blood shares: Tregs 4-10% of CD4.
+- **HLA-DR and CD45RA of the Treg tube** (same six files): every CD4 T cell sits on an
+  HLA-DR-negative band at 0.33-0.41 (0.37), not at an unstained level of 0.16; the memory
+  Tregs' HLA-DR is one mode smearing above it (no valley in any file), 2-66% (52%) of them
+  more than 0.1 above the band. Here the tube's band is drawn in U(0.33, 0.41) (spread 0.035)
+  and HLA-DR+ memory Tregs lie 0.20 (spread 0.08) above it: a shoulder, not a cluster. The
+  Tregs' CD45RA median is 0.13-0.22 (0.15; CD4 T 0.13-0.26): memory Tregs and memory CD4
+  cells are drawn at 0.14-0.18. Tissue Tregs are 92-100% memory; the blood shares here
+  (memory 50-70% of Tregs, HLA-DR+ 20-35% of those) are not measured on these files.
+- **CD3** (same files): T cells at 0.61-0.70 (0.655), other lymphocytes 0.21-0.25; here 0.60
+  and 0.16, well apart on both (the T-cell error of the real-shaped study is the scatter
+  gate's: monocytes and debris inside it dilute the T cells' share).
 - **Files without scatter**: the flowatlas files are FlowJo exports of a pre-gated population
   (``FJComp-`` channels, compensated, linear float32, negative values kept, no FSC/SSC/Time).
   ``RealShapedOptions.no_scatter_share`` writes that share of files so: lymphocytes only, no
