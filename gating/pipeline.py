@@ -11,6 +11,8 @@ records export to a flowkit GatingStrategy / GatingML 2.0 (``gating.export``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from gating.adaptive import Placement, _half_spread, place_threshold, refused_by_floor
@@ -88,7 +90,7 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
                 tail = place_beyond_negatives(
                     space[spec.dimension][masks[spec.tail.within]], spec.tail.sds, spec.bounds
                 )
-                if tail is not None and (not place.from_data or place.value < tail.value):
+                if tail is not None and (not place.from_data or place.value < tail.inside):
                     why = place.note if not place.from_data else f"{place.note}, in the negatives"
                     place = Placement(tail.value, True, f"{tail.note} ({why})", "tail")
             placed[ref] = place.value
@@ -173,9 +175,24 @@ def place_registered(
     return Placement(value, True, note, "registered")
 
 
+# A boundary below the negatives' peak + this many spreads lets more than a sixth of them
+# through: it lies inside the negative population, not between it and the positives.
+INSIDE_NEGATIVES_SDS = 1.0
+
+
+@dataclass(frozen=True)
+class NegativeTailPlacement:
+    """A threshold ``sds`` spreads above the negatives' peak; a boundary below ``inside``
+    lies within the negatives."""
+
+    value: float
+    inside: float
+    note: str
+
+
 def place_beyond_negatives(
     values: np.ndarray, sds: float, bounds: tuple[float, float]
-) -> Placement | None:
+) -> NegativeTailPlacement | None:
     """``sds`` spreads above the lowest density peak of ``values`` (the negatives), the spread
     measured on the peak's low side, where no positives reach; None when there is no peak or
     the value falls outside ``bounds``."""
@@ -187,7 +204,7 @@ def place_beyond_negatives(
     if not (np.isfinite(value) and bounds[0] <= value <= bounds[1]):
         return None
     note = f"tail: negatives' peak {peak:.3f} + {sds:g} x {spread:.3f} = {value:.3f}"
-    return Placement(float(value), True, note, "tail")
+    return NegativeTailPlacement(float(value), float(peak + INSIDE_NEGATIVES_SDS * spread), note)
 
 
 def population_medians(

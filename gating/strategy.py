@@ -104,7 +104,8 @@ class NegativeTail(_Spec):
     population of their own: the threshold ``sds`` spreads above the negative (lowest) peak of
     gate ``within``'s events, the spread measured below that peak, away from the positives
     (openCyto's gate_tail on a reference population). Used where the per-sample placement
-    finds no boundary (the default) or places it below this tail, inside the negatives."""
+    finds no boundary (the default) or places it inside the negatives (below their peak + 1
+    spread, ``gating.pipeline.INSIDE_NEGATIVES_SDS``); a boundary above that is kept."""
 
     within: str
     sds: float = 3.0

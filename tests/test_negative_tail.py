@@ -22,8 +22,9 @@ def test_the_tail_lies_the_negatives_spreads_above_their_peak_whatever_the_posit
     negatives = rng.normal(0.37, 0.035, 6000)
     for positives in (rng.normal(0.57, 0.08, 1500), rng.normal(0.50, 0.05, 300)):
         place = place_beyond_negatives(np.concatenate([negatives, positives]), 3.0, (0.2, 0.68))
-        assert place is not None and place.from_data and place.method == "tail"
+        assert place is not None
         assert place.value == pytest.approx(0.37 + 3 * 0.035, abs=0.012)
+        assert place.inside == pytest.approx(0.37 + 0.035, abs=0.008)
     # Too few events for a peak, or a tail outside the bounds: no placement.
     assert place_beyond_negatives(negatives[:100], 3.0, (0.2, 0.68)) is None
     assert place_beyond_negatives(negatives, 3.0, (0.2, 0.45)) is None
@@ -69,8 +70,9 @@ def test_hla_dr_of_memory_tregs_is_cut_above_the_cd4_band_where_no_boundary_is(
 
 
 def test_a_boundary_above_the_negatives_is_kept(tmp_path):
-    """The tail replaces only a default or a boundary inside the negatives: where the
-    per-sample placement finds one above the tail (as on the demo and second-site tubes), it
+    """The tail replaces only a default or a boundary inside the negatives (below their peak
+    + 1 spread): where the per-sample placement finds one above that, as on every demo and
+    second-site tube (demo valleys 2.0-4.2 spreads above the CD4 band, dip 0.99-1.00), it
     stays."""
     gating, _ = _treg_tube(tmp_path, (7, 2), True)
     applied = next(g for g in gating.gates if g.name == "t_hladr")
@@ -78,4 +80,4 @@ def test_a_boundary_above_the_negatives_is_kept(tmp_path):
     tail = place_beyond_negatives(
         gating.space["HLA-DR"][gating.masks["cd4_t"]], 3.0, applied.gate.bounds
     )
-    assert applied.gate.value >= tail.value
+    assert applied.gate.value >= tail.inside
