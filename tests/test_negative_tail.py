@@ -5,6 +5,7 @@ real-shaped study (``bench/treg_shapes.py``)."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,3 +82,27 @@ def test_a_boundary_above_the_negatives_is_kept(tmp_path):
         gating.space["HLA-DR"][gating.masks["cd4_t"]], 3.0, applied.gate.bounds
     )
     assert applied.gate.value >= tail.inside
+
+
+FLOWATLAS = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "flowatlas_tissues"
+
+
+@pytest.mark.skipif(
+    not (FLOWATLAS / "fcs" / "390C_Lung_029.fcs").is_file(),
+    reason=f"FlowAtlas files not found at {FLOWATLAS} (shared/ beside the clone)",
+)
+def test_a_real_files_hla_dr_is_cut_above_its_band_not_at_the_default():
+    """390C lung: no HLA-DR boundary among its memory Tregs; treg v6 took the default 0.35,
+    below the file's HLA-DR-negative band at 0.37, and called 87% of them HLA-DR+. The tail
+    places it above the band, from the data."""
+    from dataclasses import replace
+
+    data = read_events(FLOWATLAS / "fcs" / "390C_Lung_029.fcs")
+    panel = replace(load_panel("treg"), enters_at="lymphocytes")
+    gating = gate_sample(data, resolve_panel(panel, data.header), load_strategy("treg"))
+    applied = next(g for g in gating.gates if g.name == "t_hladr")
+    assert applied.gate.method == "tail" and applied.from_data, applied.note
+    band = landmark_peak(gating.space["HLA-DR"][gating.masks["cd4_t"]], "low")
+    assert 0.33 < band < 0.41 and applied.gate.value > band + 0.05
+    share = {p.population: p.pct_parent for p in gating.populations}["hladr_memory_treg"]
+    assert 20 < share < 70
