@@ -11,7 +11,7 @@ records export to a flowkit GatingStrategy / GatingML 2.0 (``gating.export``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -106,6 +106,7 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
 
     context = PlacementContext(space, masks, threshold)
     not_measured = strategy.not_measurable(resolved.missing)
+    placed_within = strategy.placed_within()
     for spec in strategy.gates:
         if spec.name in not_measured:
             continue
@@ -118,6 +119,8 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
             )
         else:
             applied = spec.place(context)
+        if spec.name in placed_within:  # drawn over the events it was placed on
+            applied = replace(applied, within=placed_within[spec.name])
         if not applied.from_data:
             weak = applied.note.startswith(WEAK_BOUNDARY_METHODS)
             family = "below_separation_floor" if weak else "default_gate"
