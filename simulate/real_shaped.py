@@ -426,7 +426,9 @@ def _split(z: np.ndarray, sd_high: float, sd_low: float) -> np.ndarray:
 
 def _sharp_above(rng: np.random.Generator, m: int) -> np.ndarray:
     """Unit deviations, half above 0 (normal: the real clouds stop sharply on their high
-    side) and half below (t-distributed: their heavy tails towards the arm)."""
+    side) and half below (t-distributed: their heavy tails towards the arm). The B tube's
+    ``_dim_side_tail`` is the same law with one spread matched on quartiles; the CD4 cloud
+    gives each side its own spread (``_split``), measured as the polygon measures it."""
     above = rng.uniform(size=m) < 0.5
     return np.where(above, np.abs(rng.normal(0, 1, m)), -np.abs(_tail(rng, m)))
 
