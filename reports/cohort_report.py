@@ -391,6 +391,14 @@ def _title_page(
             f"PRELIMINARY: {ctx.preliminary} processed sample(s) not yet approved in review "
             "(see Review and sign-off)",
         ]
+    if ctx.trail_problem:
+        lines += [""] + _wrap(
+            [
+                f"AUDIT TRAIL BROKEN: {ctx.trail_problem}. No approval is in force: every "
+                "sample counts as not approved until `immunomon audit verify` passes."
+            ],
+            100,
+        )
     if ctx.broken_inputs:
         lines += ["", "WARNING: clinical input could not be used. Fix it; the next pass redraws:"]
         for error in ctx.broken_inputs.values():
@@ -639,9 +647,22 @@ def _clinical_table(pdf, statistics: pd.DataFrame, ctx: ReportContext | None = N
         "analysis: primary_p; Methods). Clinical p-values are not adjusted. p to 2, "
         "estimates to 3 significant digits; full precision in results/statistics.csv. "
         "-: no test (a median, or a model that could not be fitted: its method says why).",
-        "Estimates: Wilcoxon rows the median of the paired differences (after - before); Cox "
-        "rows the hazard ratio after vs before; Fisher the conditional odds ratio; McNemar "
-        "the change in the share of patients on the drug; Kaplan-Meier the median in days.",
+        "Estimates: Wilcoxon rows the median of the paired differences (after - before); the "
+        "conditional Poisson row the rate ratio of every relapse, after vs before (exact CI); Cox "
+        "rows the hazard ratio after vs before (interval: Wald on the Wald row, profile "
+        "likelihood on the likelihood-ratio row, penalised profile on Firth's, Clopper-Pearson "
+        "on the exact row); Fisher the conditional odds ratio; McNemar "
+        "the change in the share of patients on the drug, and on its paired-OR row the odds "
+        "ratio b/c (stopped/started: on the drug at baseline vs +12 months), median-unbiased "
+        "with its Clopper-Pearson CI; Kaplan-Meier the median in days with its Brookmeyer-"
+        "Crowley CI.",
+        "n: patients (Wilcoxon: with both values, zero differences included; Cox: two windows "
+        "each; Kaplan-Meier: one window each; drug use: followed to +12 months). Statistic: "
+        "Wilcoxon min(V+, V-); conditional Poisson the relapses after; Cox Wald z, "
+        "likelihood-ratio and Firth chi-squared, exact the pairs relapsing first after; "
+        "Fisher the sample "
+        "odds ratio; McNemar the smaller discordant count (paired OR: b); Kaplan-Meier the "
+        "first relapses (events) in the window.",
         "† the maximum-likelihood estimate does not exist: no estimate or Wald p is shown for "
         "it; read the Firth penalised and exact conditional rows (a zero cell: the exact "
         "conditional interval of the odds ratio still bounds it). Flags: "

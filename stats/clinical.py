@@ -15,9 +15,23 @@ import pandas as pd
 from lifelines import CoxPHFitter, KaplanMeierFitter
 from scipy import optimize, stats
 
-from stats.firth import CoxData, cox_data, firth_coefficient, monotone_likelihood, supremum_lr
+from stats.firth import (
+    CoxData,
+    cox_data,
+    firth_coefficient,
+    fit_cox_firth,
+    monotone_likelihood,
+    profile_interval,
+    supremum_lr,
+)
 from stats.plan import AnalysisPlan
-from stats.tests import STATISTICS_COLUMNS, mcnemar_exact, paired_wilcoxon
+from stats.tests import (
+    STATISTICS_COLUMNS,
+    OddsEstimate,
+    binomial_odds_estimate,
+    mcnemar_exact,
+    paired_wilcoxon,
+)
 
 COX_ANALYSES = ("relapse_free_cox_unmatched", "relapse_free_cox_stratified")
 
@@ -42,6 +56,23 @@ def _not_followed_note(block: pd.DataFrame) -> str:
         return ""
     listed = ", ".join(f"{r.patient_id} (followed {r.after_days} d)" for r in lost.itertuples())
     return f": {listed}"
+
+
+def _events_note(block: pd.DataFrame) -> str:
+    """The events a survival model of ``block`` rests on: first relapses per window."""
+    n = len(block)
+    return (
+        f"; first relapses: {int(block.relapse_before.sum())} of {n} windows before, "
+        f"{int(block.relapse_after.sum())} of {n} after"
+    )
+
+
+def _events_note_km(km: KaplanMeierFitter) -> str:
+    table = km.event_table
+    return (
+        f"; {int(table.observed.sum())} first relapses among {int(table.at_risk.iloc[0])} "
+        f"windows, {int(table.censored.sum())} censored"
+    )
 
 
 def _row(analysis, group, measure, **values) -> dict:
@@ -123,7 +154,110 @@ def paired_before_after(
                     + "; effect = median(after - before)",
                 )
             )
+            if analysis == "relapses_before_after":
+                rows.append(_rate_ratio_row(group, block))
     return pd.DataFrame(rows, columns=STATISTICS_COLUMNS)
+
+
+@dataclass(frozen=True)
+class RateRatio:
+    """All relapses, after vs before, in the patient-stratified (conditional) Poisson model:
+    given a patient's n relapses, those after infusion are binomial(n, rho w / (1 + rho w)),
+    w = days after / days before, rho the rate ratio (the recurrent-event analysis of the
+    paired windows; a shortened window enters by its days)."""
+
+    mle: float  # conditional MLE: 0 or infinite when every relapse is on one side
+    ci_low: float  # exact: inverts the two one-sided exact tests at (1 - level) / 2
+    ci_high: float
+    p_value: float  # exact conditional, two-sided: 2 x the smaller tail of S at rho = 1
+    after: int  # S: relapses after infusion among informative patients
+    total: int  # relapses of informative patients
+    informative: int  # patients with a relapse and both windows observed
+
+
+def conditional_poisson(
+    after: np.ndarray,
+    before: np.ndarray,
+    days_after: np.ndarray,
+    days_before: np.ndarray,
+    level: float = 0.95,
+) -> RateRatio:
+    """The conditional Poisson rate ratio of paired counts with exposures: conditional MLE,
+    exact interval and exact two-sided p from the convolution of the patients' binomials."""
+    a, b = np.asarray(after, int), np.asarray(before, int)
+    t_a, t_b = np.asarray(days_after, float), np.asarray(days_before, float)
+    keep = (a + b > 0) & (t_a > 0) & (t_b > 0)
+    a, n, w = a[keep], (a + b)[keep], (t_a / np.where(t_b > 0, t_b, 1.0))[keep]
+    big_s, big_n = int(a.sum()), int(n.sum())
+    if big_n == 0:
+        return RateRatio(*[float("nan")] * 4, 0, 0, 0)
+
+    def law(log_rho: float) -> np.ndarray:
+        share = 1.0 / (1.0 + np.exp(-(log_rho + np.log(w))))
+        dist = np.ones(1)
+        for n_i, p_i in zip(n, share, strict=True):
+            dist = np.convolve(dist, stats.binom.pmf(np.arange(n_i + 1), n_i, p_i))
+        return dist
+
+    null = law(0.0)
+    p = float(min(1.0, 2.0 * min(null[: big_s + 1].sum(), null[big_s:].sum())))
+
+    def score(log_rho: float) -> float:
+        return float(big_s - (n / (1.0 + np.exp(-(log_rho + np.log(w))))).sum())
+
+    if big_s == 0:
+        mle = 0.0
+    elif big_s == big_n:
+        mle = float("inf")
+    else:
+        mle = float(np.exp(optimize.brentq(score, -40, 40, xtol=1e-12)))
+    alpha = (1.0 - level) / 2.0
+    low = (
+        0.0
+        if big_s == 0
+        else float(np.exp(optimize.brentq(lambda r: law(r)[big_s:].sum() - alpha, -40, 40)))
+    )
+    high = (
+        float("inf")
+        if big_s == big_n
+        else float(np.exp(optimize.brentq(lambda r: law(r)[: big_s + 1].sum() - alpha, -40, 40)))
+    )
+    return RateRatio(mle, low, high, p, big_s, big_n, int(keep.sum()))
+
+
+def _rate_ratio_row(group: str, block: pd.DataFrame) -> dict:
+    """The conditional Poisson row of one group: every relapse, each window's days."""
+    res = conditional_poisson(
+        block.relapses_after.to_numpy(int),
+        block.relapses_before.to_numpy(int),
+        block.after_days.to_numpy(float),
+        block.before_days.to_numpy(float),
+    )
+    one_side = res.total > 0 and res.after in (0, res.total)
+    return _row(
+        "relapses_before_after",
+        group,
+        "relapse_rate_ratio_after_vs_before",
+        n=len(block),
+        statistic=float(res.after),
+        p_value=res.p_value,
+        test="conditional_poisson_exact",
+        effect=res.mle,
+        ci_low=res.ci_low,
+        ci_high=res.ci_high,
+        estimate_exists=bool(res.total > 0 and not one_side),
+        flag="monotone_likelihood" if one_side else "",
+        primary=False,
+        method="patient-stratified (conditional) Poisson model of every relapse, the window's "
+        "days as exposure (the paired recurrent-event analysis): given a patient's n relapses, "
+        "those after infusion are binomial(n, rho w/(1 + rho w)), w = days after / days "
+        f"before; of {res.total} relapses of {res.informative} patients with any, {res.after} "
+        "after infusion; effect = conditional maximum-likelihood rate ratio after vs before, "
+        "exact 95% CI (inverting the one-sided exact tests), p = exact conditional test at "
+        "rho = 1 (two-sided, 2 x the smaller tail); statistic = relapses after"
+        + ("; every relapse on one side: the MLE is 0 or infinite" if one_side else "")
+        + _shortened_note(block),
+    )
 
 
 def stacked_windows(windows: pd.DataFrame) -> pd.DataFrame:
@@ -212,43 +346,12 @@ def exact_conditional_pairs(order: PairOrder) -> float:
     return float(min(1.0, 2.0 * stats.binom.cdf(min(k, m - k), m, 0.5)))
 
 
-@dataclass(frozen=True)
-class PairEstimate:
+def exact_conditional_estimate(order: PairOrder, level: float = 0.95) -> OddsEstimate:
     """The hazard ratio from the informative pairs: with one relapse first per pair, the
-    chance that it falls in the after-window is HR / (1 + HR), so the binomial's proportion
-    maps to the hazard ratio as p / (1 - p)."""
-
-    median_unbiased: float
-    ci_low: float
-    ci_high: float
-    conditional_mle: float  # a / b: 0 or infinite when every pair goes one way
-
-
-def _odds(p: float) -> float:
-    return float("inf") if p >= 1.0 else p / (1.0 - p)
-
-
-def exact_conditional_estimate(order: PairOrder, level: float = 0.95) -> PairEstimate:
-    """Median-unbiased hazard ratio (Hirji, Tsiatis & Mehta 1989: the p at which both
-    one-sided exact p-values are equal; at 0 or all of the pairs, the p at which the
-    observed extreme has probability 1/2) and the Clopper-Pearson interval, both mapped
-    from the binomial proportion of pairs relapsing first after infusion."""
-    m, k = order.informative, order.after_first
-    if m == 0:
-        return PairEstimate(*[float("nan")] * 4)
-    if k == 0:
-        p_mue = 1.0 - 0.5 ** (1.0 / m)
-    elif k == m:
-        p_mue = 0.5 ** (1.0 / m)
-    else:
-        p_mue = optimize.brentq(
-            lambda p: stats.binom.sf(k - 1, m, p) - stats.binom.cdf(k, m, p), 1e-12, 1 - 1e-12
-        )
-    alpha = 1.0 - level
-    low = 0.0 if k == 0 else float(stats.beta.ppf(alpha / 2, k, m - k + 1))
-    high = 1.0 if k == m else float(stats.beta.ppf(1 - alpha / 2, k + 1, m - k))
-    mle = float("inf") if k == m else k / (m - k)
-    return PairEstimate(_odds(p_mue), _odds(low), _odds(high), mle)
+    chance that it falls in the after-window is HR / (1 + HR), so the binomial proportion of
+    'after first' pairs maps to the hazard ratio as p / (1 - p) (``binomial_odds_estimate``:
+    median-unbiased, Clopper-Pearson interval, conditional MLE a / b)."""
+    return binomial_odds_estimate(order.after_first, order.informative, level)
 
 
 def _stacked_cox_data(data: pd.DataFrame, strata: list[str] | None) -> CoxData:
@@ -285,7 +388,12 @@ def _model_rows(
     base = (
         "Cox proportional hazards, Efron ties, time to first relapse in each 12-month "
         "window, censored at window end or last follow-up"
-        + ("; stratified by patient" if strata else "; windows unmatched")
+        + (
+            "; stratified by patient (the conditional model of each patient's two windows)"
+            if strata
+            else "; windows unmatched (a patient's two windows taken as independent)"
+        )
+        + _events_note(block)
         + _shortened_note(block)
     )
     row = partial(_row, analysis, group, measure, n=len(block))
@@ -323,6 +431,9 @@ def _model_rows(
             "estimate_exists": True,
         }
         lr = model.log_likelihood_ratio_test()
+        # The likelihood-ratio row's interval is the one its test inverts: the profile
+        # likelihood limits (excludes 1 exactly when the LR p < 0.05; Wald's need not).
+        low, high = profile_interval(design, fit_cox_firth(design, firth=False), 0)
         rows += [
             row(
                 statistic=float(s["z"]),
@@ -337,8 +448,9 @@ def _model_rows(
                 p_value=float(lr.p_value),
                 test="cox_likelihood_ratio",
                 method=f"{base} (lifelines CoxPHFitter); likelihood-ratio test (chi-squared, "
-                "1 df, against beta = 0); effect = hazard ratio, Wald 95% CI",
-                **hr,
+                "1 df, against beta = 0); effect = hazard ratio, profile-likelihood 95% CI "
+                "(where twice the drop of the log partial likelihood is 3.84)",
+                **{**hr, "ci_low": float(np.exp(low)), "ci_high": float(np.exp(high))},
             ),
         ]
     firth = firth_coefficient(design)
@@ -466,6 +578,68 @@ def _fisher_row(
     )
 
 
+def _mcnemar_rows(
+    group: str, drug: str, on_bl: np.ndarray, on_12: np.ndarray, change: float, plan: AnalysisPlan
+) -> list[dict]:
+    """The exact McNemar test of one drug (effect: the change in the share on it, which has
+    no exact interval here) and the paired odds ratio it tests, b / c (stopped / started),
+    with its exact conditional estimate and Clopper-Pearson interval: given the b + c
+    discordant patients, b is binomial with p = OR / (1 + OR) (Breslow & Day 1980, 5.2)."""
+    n = len(on_bl)
+    stopped, started, p = mcnemar_exact(on_bl, on_12)
+    counts = (
+        f"{stopped} stopped, {started} started between baseline and +12 months "
+        f"(discordant pairs b = {stopped}, c = {started}); patients followed to +12 months"
+    )
+    test_row = _row(
+        "drug_use_mcnemar",
+        group,
+        drug,
+        n=n,
+        statistic=float(min(stopped, started)),
+        p_value=p,
+        test="mcnemar_exact",
+        effect=change,
+        primary=plan.primary_p.drug_use == "mcnemar",
+        method="exact McNemar test, two-sided (binomial on the discordant pairs, 1/2; 2 x the "
+        f"smaller tail): {counts}; statistic = the smaller count; effect = change in the share "
+        "of patients on the drug (no interval: see the paired odds ratio row)",
+    )
+    est = binomial_odds_estimate(stopped, stopped + started)
+    if stopped + started == 0:
+        note = "; no patient started or stopped the drug: no odds ratio is defined"
+    elif stopped == 0 or started == 0:
+        note = (
+            "; every discordant patient changed one way: the conditional MLE b/c is "
+            f"{'0' if stopped == 0 else 'infinite'} (it does not exist as a finite number), "
+            "the median-unbiased estimate and the exact interval still exist"
+        )
+    else:
+        note = ""
+    mle = "infinite" if np.isinf(est.conditional_mle) else f"{est.conditional_mle:.4g}"
+    odds_row = _row(
+        "drug_use_mcnemar",
+        group,
+        drug,
+        n=n,
+        statistic=float(stopped),
+        p_value=p,
+        test="mcnemar_conditional_or",
+        effect=est.median_unbiased,
+        ci_low=est.ci_low,
+        ci_high=est.ci_high,
+        estimate_exists=bool(np.isfinite(est.median_unbiased)),
+        flag="zero_cell" if (stopped == 0) != (started == 0) else "",
+        primary=False,
+        method="paired odds ratio of being on the drug, baseline vs +12 months (b/c), exact "
+        "conditional on the discordant pairs: b binomial(b + c, OR/(1 + OR)); effect = "
+        "median-unbiased estimate (Hirji, Tsiatis & Mehta 1989), Clopper-Pearson 95% CI "
+        "mapped to the odds (excludes 1 exactly when the McNemar p < 0.05); p = the exact "
+        f"McNemar p; statistic = b; conditional MLE b/c = {mle}; {counts}" + note,
+    )
+    return [test_row, odds_row]
+
+
 def drug_use(windows: pd.DataFrame, plan: AnalysisPlan) -> pd.DataFrame:
     """Per drug: patients on it at baseline vs at +12 months, among patients followed to +12
     months. Fisher's exact test (the trial's report; treats the two dates as independent
@@ -485,24 +659,7 @@ def drug_use(windows: pd.DataFrame, plan: AnalysisPlan) -> pd.DataFrame:
             if "drug_use_fisher" in plan.clinical:
                 rows.append(_fisher_row(group, drug, on_bl, on_12, change, plan))
             if "drug_use_mcnemar" in plan.clinical:
-                stopped, started, p = mcnemar_exact(on_bl, on_12)
-                rows.append(
-                    _row(
-                        "drug_use_mcnemar",
-                        group,
-                        drug,
-                        n=n,
-                        statistic=float(min(stopped, started)),
-                        p_value=p,
-                        test="mcnemar_exact",
-                        effect=change,
-                        primary=plan.primary_p.drug_use == "mcnemar",
-                        method=f"exact McNemar test, two-sided (binomial on the discordant "
-                        f"pairs): {stopped} stopped, {started} started between baseline and "
-                        "+12 months; statistic = the smaller count; effect = change in the "
-                        "share of patients on the drug; patients followed to +12 months",
-                    )
-                )
+                rows += _mcnemar_rows(group, drug, on_bl, on_12, change, plan)
     return pd.DataFrame(rows, columns=STATISTICS_COLUMNS)
 
 
@@ -562,22 +719,39 @@ def kaplan_meier_table(curves: dict[tuple[str, str], KaplanMeierFitter]) -> pd.D
 
 
 def kaplan_meier_medians(curves: dict[tuple[str, str], KaplanMeierFitter]) -> pd.DataFrame:
-    """Median relapse-free time per group and window as statistics rows (inf: not reached)."""
+    """Median relapse-free time per group and window as statistics rows (inf: not reached),
+    with its 95% CI: the times at which the pointwise log(-log) limits of the curve cross 1/2
+    (Brookmeyer & Crowley 1982; R survfit's and SAS LIFETEST's with conf.type log-log)."""
+    from lifelines.utils import median_survival_times
+
     rows = []
     for (group, window), km in curves.items():
+        limits = median_survival_times(km.confidence_interval_survival_function_)
+        low, high = sorted(float(v) for v in limits.to_numpy().ravel())
+        if not np.isfinite(low):  # even the lower limit stays above 1/2 (few or no events)
+            low = high = float("nan")
         rows.append(
             _row(
                 "kaplan_meier_median",
                 group,
                 f"median_days_{window}",
                 n=int(km.event_table.at_risk.iloc[0]),
+                statistic=float(km.event_table.observed.sum()),  # the events it rests on
                 effect=float(km.median_survival_time_),
+                ci_low=low,
+                ci_high=high,
                 test="kaplan_meier",
                 family="not tested",
                 estimate_exists=True,  # inf is an answer here: fewer than half relapsed
                 method="Kaplan-Meier median time to first relapse in each patient's 12-month "
-                "window before or after infusion, as the row's measure says (days; not reached "
-                "when fewer than half relapsed: 'inf' in statistics.csv)",
+                "window before or after infusion, as the row's measure says (days: the first time "
+                "the curve is at or below 1/2; R prints the midpoint where it sits at exactly "
+                "1/2; not reached "
+                "when fewer than half relapsed: 'inf' in statistics.csv); 95% CI: where the "
+                "pointwise 95% limits of the curve (exponential Greenwood, log(-log)) cross "
+                "1/2 (Brookmeyer-Crowley; an upper limit 'inf': the upper curve stays above "
+                "1/2; none where even the lower limit stays above 1/2); statistic = first "
+                "relapses (events) in the window" + _events_note_km(km),
             )
         )
     return pd.DataFrame(rows, columns=STATISTICS_COLUMNS)

@@ -117,6 +117,7 @@ MEASURE_TITLES = {
     "pct_lymphocytes": "% of lymphocytes",
     "cells_per_ul": "cells/µL",
     "relapses_per_year": "relapses per 365 days of observation",
+    "relapse_rate_ratio_after_vs_before": "ratio of relapse rates (every relapse), after vs before",
     "n_immunosuppressive_drugs": "number of immunosuppressive drugs",
     "prednisone_mg_per_year": "prednisone, mg per 365 days of observation",
     "hazard_ratio_after_vs_before": "hazard ratio of a first relapse, after vs before",
@@ -145,7 +146,9 @@ TEST_TITLES = {
     "cox_exact_conditional": "exact conditional (pairs)",
     "fisher_exact": "Fisher's exact",
     "mcnemar_exact": "McNemar's exact",
+    "mcnemar_conditional_or": "McNemar, paired OR b/c",
     "kaplan_meier": "Kaplan-Meier",
+    "conditional_poisson_exact": "conditional Poisson, exact",
     "not_tested": "not tested",
 }
 
@@ -223,20 +226,28 @@ class AnalysisPlan(BaseModel):
             + "; ".join(f"{g.name} = {g.title} ({', '.join(g.patients)})" for g in self.groups),
             f"Endpoints: every population but {', '.join(self.not_endpoints) or 'none'} "
             f"(QC gates), as {', '.join(self.measures)}.",
-            f"Benjamini-Hochberg families: the visit-vs-baseline tests sharing "
-            f"{' x '.join(self.family)}; clinical analyses unadjusted.",
+            f"Multiplicity: the visit-vs-baseline tests are exploratory (the plan names no "
+            f"primary immunological endpoint); each is printed with its unadjusted p and its "
+            f"Benjamini-Hochberg adjusted p (false discovery rate) within its family, the tests "
+            f"sharing {' x '.join(self.family)} (all visits and populations of it); box-plot "
+            f"stars are unadjusted. Clinical analyses are not adjusted.",
             f"Wilcoxon signed-rank, two-sided: exact distribution below {rule.exact_below} "
             f"non-zero pairs without ties; with ties or zeros, an exact permutation test up to "
             f"{rule.enumerate_up_to} non-zero pairs; else normal approximation with continuity "
             f"and tie correction. Zero differences: {rule.zero_method} "
             f"({'dropped' if rule.zero_method == 'wilcox' else 'ranked, then dropped'}). "
-            "Estimate: the median of the paired differences, with its distribution-free 95% "
-            "interval from their order statistics (binomial ranks; none below 6 pairs).",
+            "n: the patients with both values (a patient missing either visit, e.g. lost to "
+            "follow-up, is left out of that comparison; nothing is imputed); zero differences "
+            "count in n and in the estimate but not in the ranks. Estimate: the median of the "
+            "paired differences, with its distribution-free 95% interval from their order "
+            "statistics (binomial ranks; none below 6 pairs).",
             "Clinical analyses: " + ", ".join(self.clinical) + ".",
             "Cox models (after vs before infusion, Efron ties): whether the ordinary maximum-"
             "likelihood estimate exists is checked first (a linear programme finds any "
             "direction in which the partial likelihood rises for ever: monotone likelihood). "
-            "Where it does not exist, no estimate, interval or Wald p is given for it. Every "
+            "Where it does not exist, no estimate, interval or Wald p is given for it; where it "
+            "does, the Wald p comes with the Wald interval and the likelihood-ratio p with the "
+            "profile-likelihood interval. Every "
             "model also gets Firth's penalised estimate (Heinze & Schemper 2001, as R's "
             "coxphf) with its profile penalised-likelihood 95% interval and penalised "
             "likelihood-ratio p; the stratified model gets the exact conditional analysis of "
@@ -251,8 +262,12 @@ class AnalysisPlan(BaseModel):
                 & {self.primary_p.cox_unmatched, self.primary_p.cox_stratified}
                 else ""
             )
-            + f"; drug use {self.primary_p.drug_use}; each signed-rank test its own p. Odds "
-            "ratios (Fisher) are conditional maximum-likelihood estimates with exact "
-            "conditional 95% intervals (as R's fisher.test); with a zero cell the estimate is "
-            "0 or infinite and the row is flagged.",
+            + f"; drug use {self.primary_p.drug_use} (McNemar is the paired test: the same "
+            "patients at both dates; Fisher's test, as the trial's report, treats the dates as "
+            "independent groups); each signed-rank test its own p. Odds ratios (Fisher) are "
+            "conditional maximum-likelihood estimates with exact conditional 95% intervals "
+            "(as R's fisher.test); with a zero cell the estimate is 0 or infinite and the row "
+            "is flagged. McNemar's paired odds ratio b/c (stopped/started) is exact conditional "
+            "on the discordant patients: median-unbiased estimate, Clopper-Pearson 95% "
+            "interval (which excludes 1 exactly when McNemar's p < 0.05).",
         ]

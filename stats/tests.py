@@ -161,13 +161,14 @@ def _permutation_p(ranks: np.ndarray, v_plus: float) -> float:
 
 
 def _normal_p(ranks: np.ndarray, v_plus: float) -> float:
-    """Normal approximation of V+ with tie correction and continuity correction (R's)."""
+    """Normal approximation of V+ with continuity correction (R's), its mean and variance
+    those of V+ under random signs given the ranks: sum(r)/2 and sum(r^2)/4. With ranks 1..m
+    that is m(m+1)/4 and R's tie-corrected m(m+1)(2m+1)/24 - sum(t^3 - t)/48; with Pratt's
+    ranks (zeros ranked, then dropped) it is what the shifted ranks give, as SciPy's."""
     from scipy import stats
 
-    m = ranks.size
-    mean = m * (m + 1) / 4.0
-    _, counts = np.unique(ranks, return_counts=True)
-    var = m * (m + 1) * (2 * m + 1) / 24.0 - float((counts**3 - counts).sum()) / 48.0
+    mean = float(ranks.sum()) / 2.0
+    var = float((ranks**2).sum()) / 4.0
     z = v_plus - mean
     z = (z - np.sign(z) * 0.5) / np.sqrt(var)
     return float(min(1.0, 2.0 * stats.norm.sf(abs(z))))
@@ -188,6 +189,50 @@ def mcnemar_exact(before: np.ndarray, after: np.ndarray) -> tuple[int, int, floa
         else min(1.0, 2.0 * float(stats.binom.cdf(min(stopped, started), total, 0.5)))
     )
     return stopped, started, p
+
+
+@dataclass(frozen=True)
+class OddsEstimate:
+    """The odds p / (1 - p) of a binomial proportion of ``k`` out of ``m``: the conditional
+    form both of a 1:1 matched Cox model (pairs relapsing first after vs before) and of
+    McNemar's paired odds ratio (patients starting vs stopping a drug)."""
+
+    median_unbiased: float
+    ci_low: float
+    ci_high: float
+    conditional_mle: float  # k / (m - k): 0 or infinite when every count goes one way
+
+
+def binomial_odds_estimate(k: int, m: int, level: float = 0.95) -> OddsEstimate:
+    """Median-unbiased odds (Hirji, Tsiatis & Mehta 1989: the p at which both one-sided
+    exact p-values are equal; at k = 0 or m, the p at which the observed extreme has
+    probability 1/2), the Clopper-Pearson interval of p mapped to the odds, and the
+    conditional maximum-likelihood odds k / (m - k). All NaN when m = 0.
+
+    The Clopper-Pearson interval inverts two one-sided exact tests at (1 - level) / 2, so it
+    excludes odds 1 exactly when the two-sided exact binomial p (2 x the smaller tail) is
+    below 1 - level."""
+    from scipy import optimize, stats
+
+    if m == 0:
+        return OddsEstimate(*[float("nan")] * 4)
+    if k == 0:
+        p_mue = 1.0 - 0.5 ** (1.0 / m)
+    elif k == m:
+        p_mue = 0.5 ** (1.0 / m)
+    else:
+        p_mue = optimize.brentq(
+            lambda p: stats.binom.sf(k - 1, m, p) - stats.binom.cdf(k, m, p), 1e-12, 1 - 1e-12
+        )
+    alpha = 1.0 - level
+    low = 0.0 if k == 0 else float(stats.beta.ppf(alpha / 2, k, m - k + 1))
+    high = 1.0 if k == m else float(stats.beta.ppf(1 - alpha / 2, k + 1, m - k))
+    mle = float("inf") if k == m else k / (m - k)
+    return OddsEstimate(_odds(p_mue), _odds(low), _odds(high), mle)
+
+
+def _odds(p: float) -> float:
+    return float("inf") if p >= 1.0 else p / (1.0 - p)
 
 
 def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:

@@ -60,6 +60,8 @@ def test_matches_coxphf_on_data_with_monotone_likelihood():
     for j, p, (low, high) in (
         (0, 7.318984974e-09, (1.9343469272, 8.7215676015)),
         (1, 1.686334002e-04, (0.2921186188, 0.9164270978)),
+        (2, 9.295083722e-02, (-0.9217200647, 0.0699415336)),
+        (3, 8.463066114e-04, (0.4348431279, 1.6550461482)),
     ):
         assert abs(stats.chi2.sf(penalised_lr(data, fit, j), 1) / p - 1) < 1e-4
         np.testing.assert_allclose(profile_interval(data, fit, j), (low, high), atol=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from scipy import stats
 
 from stats.immuno import wilcoxon_vs_baseline
@@ -124,3 +125,80 @@ def test_median_interval_is_the_order_statistics_of_the_published_tables():
     res = paired_wilcoxon(before=np.array(HW_X), after=np.array(HW_Y))
     assert (res.ci_low, res.ci_high) == (diff[1], diff[7])
     assert "95% CI of the median difference" in res.method
+
+
+def test_wilcoxon_pratt_with_ties_and_zeros_matches_scipys_permutation_test():
+    # Pratt ranks the zeros with the others (so the non-zero ranks shift up) and then drops
+    # them; the exact permutation over the 8 non-zero signs is SciPy's, statistic and p.
+    # SciPy's method='exact' would use the untied distribution here (p 0.49, not 0.37).
+    d = np.array([2, 2, -1, 4, 2, -1, 0, 3, 0, -5.0])
+    res = paired_wilcoxon(np.zeros(10), d, SignedRankRule(zero_method="pratt"))
+    ref = stats.wilcoxon(d, zero_method="pratt", method=stats.PermutationMethod(n_resamples=np.inf))
+    assert res.n == 10 and "2 zero difference(s) ranked, then dropped (Pratt)" in res.method
+    assert res.statistic == ref.statistic and abs(res.p_value - ref.pvalue) < 1e-12
+    untied = stats.wilcoxon(d, zero_method="pratt", method="exact").pvalue
+    assert abs(res.p_value - untied) > 0.04  # the tie-blind distribution is not what ran
+
+
+def test_benjamini_hochberg_matches_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.random.default_rng(3).uniform(0, 0.2, 40) ** 2
+    np.testing.assert_allclose(benjamini_hochberg(p), multipletests(p, method="fdr_bh")[1])
+
+
+def test_mcnemar_exact_matches_statsmodels():
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        before, after = rng.random(15) < 0.6, rng.random(15) < 0.4
+        stopped, started, p = mcnemar_exact(before, after)
+        table = [[int((before & after).sum()), stopped], [started, int((~before & ~after).sum())]]
+        ref = mcnemar(table, exact=True)
+        assert abs(p - ref.pvalue) < 1e-12 and ref.statistic == min(stopped, started)
+
+
+def test_binomial_odds_interval_is_clopper_pearson_and_agrees_with_the_exact_p():
+    from statsmodels.stats.proportion import proportion_confint
+
+    from stats.tests import binomial_odds_estimate
+
+    for m in range(1, 17):  # up to the trial's 16 patients
+        for k in range(m + 1):
+            est = binomial_odds_estimate(k, m)
+            low, high = stats.binomtest(k, m).proportion_ci(0.95, method="exact")
+            sm_low, sm_high = proportion_confint(k, m, method="beta")
+            for mine, ref, ref2 in ((est.ci_low, low, sm_low), (est.ci_high, high, sm_high)):
+                expected = np.inf if ref >= 1 else ref / (1 - ref)
+                assert mine == pytest.approx(expected, rel=1e-9, abs=1e-12), (k, m)
+                assert ref == pytest.approx(ref2, abs=1e-9)
+            # Median-unbiased: the two one-sided exact p-values are equal at the estimate;
+            # at an extreme count the observed extreme has probability 1/2.
+            q = est.median_unbiased / (1 + est.median_unbiased)
+            if 0 < k < m:
+                assert stats.binom.sf(k - 1, m, q) == pytest.approx(stats.binom.cdf(k, m, q))
+            else:
+                assert stats.binom.pmf(k, m, q) == pytest.approx(0.5)
+            assert est.ci_low <= est.median_unbiased <= est.ci_high
+            # The interval excludes odds 1 exactly when McNemar's two-sided p is below 0.05.
+            p = min(1.0, 2 * stats.binom.cdf(min(k, m - k), m, 0.5))
+            assert (est.ci_low > 1 or est.ci_high < 1) == (p < 0.05), (k, m)
+    assert all(np.isnan(v) for v in vars(binomial_odds_estimate(0, 0)).values())
+
+
+@pytest.mark.parametrize("zero_method", ["wilcox", "pratt"])
+def test_wilcoxon_normal_approximation_with_zeros_and_ties_matches_scipy(zero_method):
+    # 40 pairs, 6 zero differences, |d| to one decimal (many ties): past the enumeration
+    # limit, so the normal approximation runs. Pratt's ranks start above the zeros, so its
+    # mean and variance are not m(m+1)/4 and m(m+1)(2m+1)/24 (the old formula gave p = 7e-8
+    # here where SciPy gives 0.066).
+    rule = SignedRankRule(zero_method=zero_method)
+    for seed in range(4):
+        d = np.round(np.random.default_rng(seed).normal(0.3, 1, 40), 1)
+        d[:6] = 0
+        res = paired_wilcoxon(np.zeros(40), d, rule)
+        ref = stats.wilcoxon(d, zero_method=zero_method, method="approx", correction=True)
+        assert res.test == "signed_rank_normal_cc" and res.n == 40
+        assert res.statistic == ref.statistic
+        assert abs(res.p_value - ref.pvalue) < 1e-12, seed
