@@ -99,6 +99,18 @@ class Registration(_Spec):
     peak: Literal["high", "low"] = "high"
 
 
+class NegativeTail(_Spec):
+    """Where the marker's positives are a shoulder above the negatives rather than a
+    population of their own: the threshold ``sds`` spreads above the negative (lowest) peak of
+    gate ``within``'s events, the spread measured below that peak, away from the positives
+    (openCyto's gate_tail on a reference population). Used where the per-sample placement
+    finds no boundary (the default) or places it inside the negatives (below their peak + 1
+    spread, ``gating.pipeline.INSIDE_NEGATIVES_SDS``); a boundary above that is kept."""
+
+    within: str
+    sds: float = 3.0
+
+
 class ThresholdSpec(BoundedPlacement):
     """A 1-D threshold on ``dimension`` among the events of gate ``within``, placed per sample
     by ``gating.adaptive.place_threshold`` (a mixture on ``pair`` where given, a valley, a 1-D
@@ -108,6 +120,7 @@ class ThresholdSpec(BoundedPlacement):
     within: str
     pair: MarkerPair | None = None
     registration: Registration | None = None
+    tail: NegativeTail | None = None
 
     def markers(self) -> set[str]:
         """Every marker the placement reads."""
@@ -605,6 +618,10 @@ def _check_references(parsed: StrategyFile, path: str) -> None:
     for name, t in parsed.thresholds.items():
         if t.within not in known:
             raise StrategyError(f"{path}: thresholds.{name}.within: unknown gate {t.within!r}")
+        if t.tail and t.tail.within not in known:
+            raise StrategyError(
+                f"{path}: thresholds.{name}.tail.within: unknown gate {t.tail.within!r}"
+            )
         if t.registration and t.registration.landmark_within not in known:
             raise StrategyError(
                 f"{path}: thresholds.{name}.registration.landmark_within: unknown gate "
