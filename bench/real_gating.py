@@ -26,7 +26,8 @@ panel's optional CD8), and CD4 % of T is compared with FlowJo's CD4 % of its T c
 ``fj_cd4dp_pct_t`` is FlowJo's (CD4 + CD4+CD8+) % of T: what a tube without CD8 would count.
 The scored files are those with at least 100 FlowJo Tregs.
 With ``--plots``, each file's CD127 x CD25 of our CD4 T cells with our Treg polygon, FlowJo's
-Tregs marked, and Foxp3 x CD127 with FlowJo's gate's events and ours; and
+Tregs marked, and Foxp3 x CD127 with FlowJo's gate's events and ours (and, green, our gate
+kind placed on CD127 x Foxp3: ``foxp3_*`` columns, a bench comparison only); and
 ``lofo_boundary.png``: each scored file in the cloud's normalised coordinates with the
 boundary the leave-one-file-out classifier learned from the other files and our polygon.
 """
@@ -211,6 +212,49 @@ def leave_one_file_out(files: dict[str, NormalisedCD4], seed: int = 0) -> pd.Dat
     return pd.DataFrame(rows)
 
 
+FOXP3_CHANNEL = "FJComp-561 585_15-A"  # Foxp3 in the FlowAtlas tube (channels.csv)
+
+
+def foxp3_logicle(gating) -> np.ndarray | None:
+    """The file's Foxp3 on the logicle scale FlowJo's plane is drawn on (None where the
+    tube has no Foxp3 channel); our panel has no Foxp3, so the pipeline never reads it."""
+    if FOXP3_CHANNEL not in gating.space.data.header.pnn:
+        return None
+    from gating.transforms import Logicle
+
+    raw = gating.space.data.channel(FOXP3_CHANNEL).astype(np.float64)
+    return Logicle(262144.0, 0.5, 4.5, 0.0).exact(raw)
+
+
+def foxp3_arm(gating):
+    """Our Treg gate kind with FlowJo's marker: the strategy's ``treg`` cloud_arm, every
+    limit as in the yaml, placed on CD127 x Foxp3 of our CD4 T cells instead of CD127 x
+    CD25. Returns (its membership of all events, its polygon) or None without Foxp3. A
+    bench comparison only: the trial panel stains no Foxp3."""
+    fx = foxp3_logicle(gating)
+    if fx is None:
+        return None
+    from flowutils.gating import points_in_polygon
+
+    spec = next(g for g in load_strategy("treg").gates if g.name == "treg")
+    cd4 = gating.masks["cd4_t"]
+    x = gating.space["CD127"]
+    arm = place_cloud_arm(
+        x[cd4],
+        fx[cd4],
+        spec.default_cloud,
+        direction=(-1, 1),
+        min_rise=spec.min_rise,
+        min_fall=spec.min_fall,
+        min_distance=spec.min_distance,
+        below_arm=spec.below_arm,
+    )
+    inside = np.zeros(cd4.size, bool)
+    points = np.column_stack([x[cd4], fx[cd4]])
+    inside[cd4] = points_in_polygon(np.asarray(arm.vertices), points).astype(bool)
+    return inside, np.asarray(arm.vertices)
+
+
 def pct(part: np.ndarray, whole: np.ndarray) -> float:
     n = int(np.count_nonzero(whole))
     return 100.0 * np.count_nonzero(part & whole) / n if n else float("nan")
@@ -254,6 +298,7 @@ def evaluate(
                 "fj_tregs_cd25_low_pct": pct(space_below(gating, treg_gate), treg_fj & cd4_ours),
                 "ours_not_fj_pct": pct(~treg_fj, treg_ours),
                 "ceiling_f1": ceiling_f1(gating, treg_fj),
+                **foxp3_columns(gating, treg_fj),
                 "treg_from_data": treg_gate.from_data,
                 "treg_placement": treg_gate.note,
                 "lymphocytes": int(masks["lymphocytes"].sum()),
@@ -277,11 +322,26 @@ def evaluate(
             plot_lofo(plots / "lofo_boundary.png", normalised, lofo)
     table["treg_error"] = table.treg_pct_cd4 - table.fj_treg_pct_cd4
     table["treg_allowed"] = np.maximum(1.5, 0.2 * table.fj_treg_pct_cd4)
+    table["foxp3_within"] = (
+        table.foxp3_treg_pct_cd4 - table.fj_treg_pct_cd4
+    ).abs() <= table.treg_allowed
     if "lofo_f1" in table:
         table["lofo_within"] = (
             table.lofo_treg_pct_cd4 - table.fj_treg_pct_cd4
         ).abs() <= table.treg_allowed
     return table
+
+
+def foxp3_columns(gating, treg_fj: np.ndarray) -> dict[str, float]:
+    """Treg % of our CD4 and F1 of our gate kind placed on CD127 x Foxp3 (``foxp3_arm``)."""
+    placed = foxp3_arm(gating)
+    if placed is None:
+        return {"foxp3_treg_pct_cd4": float("nan"), "foxp3_f1": float("nan")}
+    inside, _ = placed
+    return {
+        "foxp3_treg_pct_cd4": pct(inside, gating.masks["cd4_t"]),
+        "foxp3_f1": f1_score(inside, treg_fj),
+    }
 
 
 def plot_lofo(path: Path, files: dict[str, NormalisedCD4], lofo: pd.DataFrame) -> None:
@@ -341,18 +401,8 @@ def plot(path: Path, name: str, gating, theirs: dict[str, np.ndarray]) -> None:
     left.set(xlim=(0, 1), ylim=(0, 1), xlabel="CD127 (logicle)", ylabel="CD25 (logicle)")
     left.legend(loc="lower left", fontsize=6, markerscale=4)
     left.set_title(f"{name}: our CD4 T ({int(cd4.sum())})", fontsize=8)
-    foxp3 = next(
-        (
-            c
-            for c, label in zip(space.data.header.pnn, space.data.header.pns, strict=True)
-            if c == "FJComp-561 585_15-A"
-        ),
-        None,
-    )
-    if foxp3 is not None:
-        from gating.transforms import Logicle
-
-        fx = Logicle(262144.0, 0.5, 4.5, 0.0).exact(space.data.channel(foxp3).astype(np.float64))
+    fx = foxp3_logicle(gating)
+    if fx is not None:
         both = cd4 | theirs["CD4"]
         right.scatter(fx[both], x[both], s=1, color="0.6", alpha=0.35, label="CD4 (ours or FlowJo)")
         right.scatter(
@@ -372,6 +422,13 @@ def plot(path: Path, name: str, gating, theirs: dict[str, np.ndarray]) -> None:
             alpha=0.6,
             label=f"our Treg ({int(ours.sum())})",
         )
+        arm = foxp3_arm(gating)
+        if arm is not None:  # our gate kind on this plane: CD127 is its x, Foxp3 its y
+            inside, polygon = arm
+            right.fill(polygon[:, 1], polygon[:, 0], fill=False, color="tab:green", lw=1.2)
+            right.plot(
+                [], [], color="tab:green", label=f"our gate kind on Foxp3 ({int(inside.sum())})"
+            )
         right.set(xlim=(0, 1), ylim=(0, 1), xlabel="Foxp3 (logicle)", ylabel="CD127 (logicle)")
         right.legend(loc="lower left", fontsize=6, markerscale=4)
         right.set_title("FlowJo's plane: Foxp3 x CD127", fontsize=8)
@@ -404,6 +461,8 @@ def main() -> None:
         "ceiling_f1",
         "lofo_treg_pct_cd4",
         "lofo_f1",
+        "foxp3_treg_pct_cd4",
+        "foxp3_f1",
         "fj_tregs_cd25_low_pct",
         "ours_not_fj_pct",
         "treg_from_data",
@@ -430,6 +489,11 @@ def main() -> None:
             f"/{len(lofo)}, median F1 {lofo.lofo_f1.median():.3f} (its cut chosen on the "
             f"held-out file itself: {lofo.lofo_best_cut_f1.median():.3f})"
         )
+    print(
+        "our gate kind on CD127 x Foxp3 (FlowJo's marker; the trial panel has none): Treg % "
+        f"within the target on {int(scored.foxp3_within.sum())}/{len(scored)}, median F1 "
+        f"{scored.foxp3_f1.median():.3f}"
+    )
     placed = table.treg_placement.str.split(":").str[0].value_counts()
     print("Treg gate placed by: " + ", ".join(f"{k} {v}" for k, v in placed.items()))
     print(f"needs review: {int(table.needs_review.sum())} of {len(table)} files")
