@@ -101,16 +101,25 @@ def space_below(gating, treg_gate) -> np.ndarray:
     return gating.space["CD25"] < cd25_edge
 
 
-def ceiling_f1(gating, treg_fj: np.ndarray, seed: int = 0) -> float:
+def ceiling_f1(
+    gating,
+    treg_fj: np.ndarray,
+    seed: int = 0,
+    *,
+    within: str = "cd4_t",
+    dims: tuple[str, str] = ("CD127", "CD25"),
+) -> float:
     """The per-event F1 a gate on CD127 x CD25 alone could reach against FlowJo's Foxp3 gate
     in this file: a 25-nearest-neighbour classifier fitted to FlowJo's membership of our CD4
     T cells, cross-validated (5 folds), at its best probability cut. A diagnostic of what the
-    panel allows, never a gate (our gating does not see FlowJo's answer)."""
+    panel allows, never a gate (our gating does not see FlowJo's answer). ``within`` and
+    ``dims`` name another parent and plane, with any per-event truth as ``treg_fj``
+    (``bench.transitional_ceiling``: transitional B on CD38 x CD24 of the CD27- B cells)."""
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.neighbors import KNeighborsClassifier
 
-    cd4 = gating.masks["cd4_t"]
-    points = np.column_stack([gating.space["CD127"][cd4], gating.space["CD25"][cd4]])
+    cd4 = gating.masks[within]
+    points = np.column_stack([gating.space[dims[0]][cd4], gating.space[dims[1]][cd4]])
     truth = treg_fj[cd4]
     if truth.sum() < 25:
         return float("nan")

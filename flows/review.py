@@ -1187,7 +1187,10 @@ def gate_scatter(server: ReviewServer, sample_id: str, gate: str) -> dict:
     applied = next((g for g in gates if g.name == gate), None)
     if gate not in drawable or applied is None:
         raise HTTPException(404, f"no drawable gate {gate!r} for {sample_id}")
-    rows = np.flatnonzero(masks[applied.parent])
+    # Over the events it was placed on (the transitional tip: the CD27- B cells), as the QC
+    # page draws it, so a person redraws the tip of the cloud it is the tip of.
+    shown = applied.within or applied.parent
+    rows = np.flatnonzero(masks[shown])
     parent_count = int(rows.size)
     if rows.size > SCATTER_POINTS:  # the same subset on every load: seeded by nothing else
         rows = np.sort(np.random.default_rng(0).choice(rows, SCATTER_POINTS, replace=False))
@@ -1198,12 +1201,12 @@ def gate_scatter(server: ReviewServer, sample_id: str, gate: str) -> dict:
         "view": [_view(x, ex) for x, ex in zip((x, y), _extent(applied.gate), strict=True)],
         "gate": gate,
         "kind": applied.gate.kind,
-        "parent": applied.parent,
+        "parent": shown,
         "dimensions": [x_dim, y_dim],
         "x": np.round(x, 5).tolist(),
         "y": np.round(y, 5).tolist(),
         "parent_count": parent_count,
-        "count": int(np.count_nonzero(masks[gate])),
+        "count": int(np.count_nonzero(masks[gate] & masks[shown])),
         "geometry": gate_geometry(applied.gate),
         "note": applied.note,
     }

@@ -11,6 +11,8 @@ records export to a flowkit GatingStrategy / GatingML 2.0 (``gating.export``).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from gating.adaptive import Placement, place_threshold, refused_by_floor
@@ -97,6 +99,7 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
 
     context = PlacementContext(space, masks, threshold)
     not_measured = strategy.not_measurable(resolved.missing)
+    placed_within = strategy.placed_within()
     for spec in strategy.gates:
         if spec.name in not_measured:
             continue
@@ -109,6 +112,8 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
             )
         else:
             applied = spec.place(context)
+        if spec.name in placed_within:  # drawn over the events it was placed on
+            applied = replace(applied, within=placed_within[spec.name])
         if not applied.from_data:
             weak = applied.note.startswith(WEAK_BOUNDARY_METHODS)
             family = "below_separation_floor" if weak else "default_gate"

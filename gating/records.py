@@ -69,7 +69,10 @@ class QcStep:
 class AppliedGate:
     """A gate as applied to one sample: its fixed form, its parent, and its provenance.
 
-    ``from_data`` is False when the placer fell back to the strategy's default.
+    ``from_data`` is False when the placer fell back to the strategy's default. ``within``
+    names the population whose events the gate was placed on (and is drawn over) where that
+    is not its parent: the transitional tip is a child of the CD19+ B cells but the tip of the
+    CD27- B cells' cloud. It comes from the strategy, which the store's rows do not repeat.
     """
 
     name: str
@@ -77,6 +80,7 @@ class AppliedGate:
     gate: Gate
     from_data: bool
     note: str
+    within: str | None = None
 
     @property
     def kind(self) -> str:

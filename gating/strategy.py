@@ -468,6 +468,17 @@ class Strategy:
             self, offsets=dict(offsets), sha256=sha256, reference_sha256=reference_sha256
         )
 
+    def placed_within(self) -> dict[str, str]:
+        """Gate name -> the population whose events it is placed on, for the gates placed on
+        another population than their parent (a cloud tip's ``within``)."""
+        return {g.name: g.within for g in self.gates if isinstance(g, CloudTipSpec) and g.within}
+
+    def with_placement(self, gates: list[AppliedGate]) -> list[AppliedGate]:
+        """Recorded gates with the population each was placed on (``AppliedGate.within``), as
+        the strategy says: the store keeps the gate, not the strategy's placement."""
+        within = self.placed_within()
+        return [replace(g, within=within[g.name]) if g.name in within else g for g in gates]
+
     def titles(self) -> dict[str, str]:
         """Each gate's display title (its ``title:``, else its name)."""
         return {g.name: g.title or g.name for g in self.gates}

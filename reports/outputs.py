@@ -487,9 +487,13 @@ def replay_current(study: Study, store: Store, sample_id: str):
     if sample is None:
         raise LookupError(f"no processed sample {sample_id!r} in {study.db_path}")
     gates = store.applied_gates(sample["sample_key"])
+    strategy = study.strategies[sample["panel"]]
     if not gates:
-        source = study.strategies[sample["panel"]].source
-        raise LookupError(f"{sample_id} was gated with the FlowJo workspace {source}: no gates")
+        raise LookupError(
+            f"{sample_id} was gated with the FlowJo workspace {strategy.source}: no gates"
+        )
+    if isinstance(strategy, Strategy):  # each gate drawn over the events it was placed on
+        gates = strategy.with_placement(gates)
     data = read_events(study.inbox / sample["file_name"])
     resolved = resolve_panel(study.panels[sample["panel"]], data.header)
     space = GatingSpace.of_sample(data, resolved)

@@ -222,15 +222,19 @@ def drawable(gates: list[AppliedGate]) -> list[AppliedGate]:
 
 
 def gate_plot(applied: AppliedGate, dims: dict, masks: dict, data_channel) -> GatePlot:
-    """What one applied gate's panel shows over its parent population."""
-    parent = masks[applied.parent]
-    count, parent_count = int(masks[applied.name].sum()), int(parent.sum())
-    share = 100 * count / parent_count if parent_count else float("nan")
-    title = f"{applied.name}  {count}/{parent_count} ({share:.1f}%)" + (
+    """What one applied gate's panel shows over its parent population, or over the events it
+    was placed on where those are not its parent (``within``: the transitional tip over the
+    CD27- B cells whose cloud it is the tip of, not over all CD19+ B cells), counted there."""
+    shown = masks[applied.within or applied.parent]
+    count = int(np.count_nonzero(masks[applied.name] & shown))
+    shown_count = int(np.count_nonzero(shown))
+    share = 100 * count / shown_count if shown_count else float("nan")
+    among = f" of {applied.within}" if applied.within else ""
+    title = f"{applied.name}  {count}/{shown_count} ({share:.1f}%){among}" + (
         "" if applied.from_data else "  [default]"
     )
     return GatePlot(
-        title=title, **_PLOTS[type(applied.gate)](applied.gate, parent, dims, data_channel)
+        title=title, **_PLOTS[type(applied.gate)](applied.gate, shown, dims, data_channel)
     )
 
 

@@ -22,6 +22,19 @@ Real observations each shape comes from:
   freedom) and a narrow spread across it (0.045). The density along CD24 or CD38 alone falls
   from the naive mode through the transitional cells without a valley (a shoulder), and the
   two overlap: no gate can count them without error, which is the point.
+- **B-cell markers' tails** (every marker of the B tube but the naive and transitional B
+  cells' CD38 x CD24 plane above, a maturation continuum):
+  heavy towards dim, light towards bright, as measured on the 12 ``flowatlas_tissues`` files
+  (``bench.marker_tails``; share beyond 3 robust SDs of the population's median, one side):
+  the bright side of positive populations holds 0.00-0.49% (CD3+ median 0.08%, CD4+ 0.05%,
+  CD8+ and CD45+ 0.00%: a normal law's 0.13%, not a t law's 1.5%), and so does a negative
+  population's (CD19 of the CD4 T cells: 0.00-0.33%, at most 0.02% beyond 4), while the dim
+  side is heavy (CD45: 4.1-5.8%; the CD4 cloud's CD127 2.8-6.1%). So each B-tube marker is
+  t-distributed (4 degrees of freedom) below its median and normal above it, with the same
+  quartiles. With symmetric t tails (before 2026-12-01) 0.7% of the naive B cells crossed
+  the CD27 cut into the CD27+ IgD+ quadrant, 5x more cells than memory B, diluting the
+  memory B: switched memory B -2.5 points of memory B vs the truth, 1.8 of them that leak
+  (12 tubes, 20,000 events, seed 7).
 - **Treg tube**, measured here on the 12 real ``flowatlas_tissues`` files (FlowJo 10.7.1's
   Treg gate, replayed by flowkit; CD25 ``FJComp-640 670_30-A``, CD127 ``FJComp-561
   780_60-A``; "cloud" = CD4 minus Treg), in the logicle units above, on the 7 files with at
@@ -49,8 +62,9 @@ Real observations each shape comes from:
   $SPILLOVER. It is 0 by default: the YAML strategies gate lymphocytes on FSC-A x SSC-A, and
   the setting by which a panel declares where such files enter the gate tree is being built
   elsewhere; until then the pipeline refuses these files (as it must: the bench counts them).
-- **Heavy tails**: every marker's spread is t-distributed (4 degrees of freedom), and the
-  detectors' photon noise spreads through compensation into negative values.
+- **Heavy tails**: in the Treg tube every marker's spread is t-distributed (4 degrees of
+  freedom; the B tube's only towards dim, above), and the detectors' photon noise spreads
+  through compensation into negative values.
 
 Not modelled: a treatment effect (visits differ only by sampling), dead cells (the real tube's
 Live channel), instrument drift (the demo has it).
@@ -274,6 +288,19 @@ def _tail(rng: np.random.Generator, size) -> np.ndarray:
     return rng.standard_t(TAIL_DF, size)
 
 
+# The t law's quartile over the normal law's: the light side keeps the heavy side's quartile,
+# so a marker's spread means the same robust SD on both sides.
+_LIGHT_SIDE_SCALE = 0.7407 / 0.6745
+
+
+def _dim_side_tail(rng: np.random.Generator, size) -> np.ndarray:
+    """A B-cell marker's spread: heavy (t, ``TAIL_DF``) towards dim, light (normal) towards
+    bright, as the real flowatlas files show (module docstring: **B-cell markers' tails**)."""
+    heavy = np.abs(rng.standard_t(TAIL_DF, size))
+    light = np.abs(rng.standard_normal(size)) * _LIGHT_SIDE_SCALE
+    return np.where(rng.random(size) < 0.5, -heavy, light)
+
+
 def sample_shares(tube: str, child: bool, rng: np.random.Generator) -> dict[str, float]:
     """Shares of every event type in one tube, around the real files' numbers."""
     lymph = float(np.clip(rng.normal(0.632, 0.04), 0.5, 0.75))
@@ -399,6 +426,7 @@ def simulate_tube(
     cell_kinds = [k for k in kinds if k in cells]
     p_cells = np.array([shares[k] for k in cell_kinds])
     p_cells /= p_cells.sum()
+    marker_tail = _dim_side_tail if tube == "BCELL" else _tail
     # This sample's CD4 cloud on CD25 x CD127 (the Treg arm leaves from it).
     cloud = (rng.uniform(0.20, 0.30), rng.uniform(0.60, 0.72))
 
@@ -417,7 +445,7 @@ def simulate_tube(
             scatter[rows, 1] = s_med * 10 ** rng.normal(0, s_sd, m)
             for j, marker in enumerate(markers):
                 median, spread = levels.get(marker, NEGATIVE)
-                level[rows, j] = median + spread * _tail(rng, m)
+                level[rows, j] = median + spread * marker_tail(rng, m)
             if kind in B_POSITION:
                 cd38, cd24 = _b_plane(kind, m, rng)
                 level[rows, markers.index("CD38")] = cd38

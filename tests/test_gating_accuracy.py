@@ -403,13 +403,16 @@ def test_real_shaped_transitional_b_floor(tmp_path):
     """A real-shaped B tube through the pipeline (the diagonal cloud with its tip, compensated
     and transformed as the files are): transitional and naive B near the truth (strategy v3:
     median +9.45 and -11.25 points), the tip gate's placement recorded and the sample sent to
-    review because the tip is below the separation floor; flowkit counts the polygon alike."""
+    review because the tip is below the separation floor; flowkit counts the polygon alike.
+    Switched memory B within a point (symmetric t tails on every B marker: -2.55 points, the
+    naive B's CD27 tail diluting the memory B; the real files' bright tails are light)."""
     import flowkit as fk
 
     from gating.export import to_flowkit_strategy
     from simulate.real_shaped import LABEL_NAMES, TRUTH, sample_shares, simulate_tube, write_tube
 
-    errors = {"transitional_b": [], "naive_b": []}
+    bounds = {"transitional_b": 3.0, "naive_b": 3.0, "switched_memory_b": 1.0}
+    errors = {population: [] for population in bounds}
     for seed in (1, 2, 3):
         rng = np.random.default_rng(seed)
         tube = simulate_tube("BCELL", sample_shares("BCELL", True, rng), 30000, rng)
@@ -438,7 +441,7 @@ def test_real_shaped_transitional_b_floor(tmp_path):
             for name in ("transitional_tip", "transitional_b", "naive_b"):
                 assert result.get_gate_count(name) == int(gating.masks[name].sum()), name
     for population, values in errors.items():
-        assert np.median(np.abs(values)) < 3.0, (population, values)
+        assert np.median(np.abs(values)) < bounds[population], (population, values)
 
 
 def test_transitional_tip_drawn_by_hand_in_review_is_used_as_drawn(tmp_path):

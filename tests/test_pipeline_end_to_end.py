@@ -284,6 +284,13 @@ def test_qc_report_regenerated_from_the_store_shows_stored_counts(demo_run):
         assert re.search(rf"{r.population}\s+{r.parent}\s+{r.count}\s+{r.parent_count}", text)
     cd19 = pops[(pops.sample_id == sample) & (pops.population == "cd19_b")].iloc[0]
     assert f"cd19_b  {cd19['count']}/{cd19.parent_count}" in text  # the plot title
+    # The transitional tip replayed from the store is drawn over the CD27- B cells it was
+    # placed on (the store keeps no ``within``: the strategy restores it), its count the
+    # transitional B count.
+    transitional = pops[(pops.sample_id == sample) & (pops.population == "transitional_b")]
+    assert re.search(
+        rf"transitional_tip  {transitional['count'].iloc[0]}/\d+ \([0-9.]+%\) of cd27neg_b", text
+    )
     assert main(["report", "--study", str(root), "--sample", "P99_BL_BCELL"]) == 2
 
 

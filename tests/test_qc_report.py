@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -65,9 +66,9 @@ def test_every_drawn_gate_is_a_panel_with_its_counts_and_its_events(gated_tube, 
     assert len(reader.pages) == 1 + -(-len(drawn) // GATES_PER_PAGE)
     text = "\n".join(p.extract_text() for p in reader.pages[1:])
     for applied in drawn:
-        count = int(gating.masks[applied.name].sum())
-        parent = int(gating.masks[applied.parent].sum())
-        assert f"{applied.name}  {count}/{parent}" in text
+        shown = gating.masks[applied.within or applied.parent]
+        count = int((gating.masks[applied.name] & shown).sum())
+        assert f"{applied.name}  {count}/{int(shown.sum())}" in text
     two_dimensional = [
         g
         for g in drawn
@@ -115,6 +116,47 @@ def test_each_gate_is_drawn_where_it_was_placed(gated_tube):
             ((outline, closed),) = plot.outlines
             assert closed and np.array_equal(outline, np.asarray(gate.vertices))
     assert kinds == {TimeRangesGate, RectangleGate, EllipseGate, PolygonGate}
+
+
+def test_the_transitional_tip_is_drawn_over_the_cd27neg_b_cells_it_was_placed_on(gated_tube):
+    """The tip is a child of the CD19+ B cells but the tip of the CD27- B cells' cloud: drawn
+    over all CD19+ B cells, the CD27+ memory cells (CD24-high, CD38-low) crowd the panel the
+    person judges the cut on, and its count is not the transitional B count."""
+    gating, data = gated_tube
+    tip = next(g for g in gating.gates if g.name == "transitional_tip")
+    assert (tip.parent, tip.within) == ("cd19_b", "cd27neg_b")
+    plot = gate_plot(tip, gating.space, gating.masks, data.channel)
+    on_cd27neg = gate_plot(
+        replace(tip, parent="cd27neg_b", within=None), gating.space, gating.masks, data.channel
+    )
+    on_cd19 = gate_plot(replace(tip, within=None), gating.space, gating.masks, data.channel)
+    assert np.array_equal(plot.density, on_cd27neg.density)
+    assert plot.density_extent == on_cd27neg.density_extent
+    assert not np.array_equal(plot.density, on_cd19.density)  # the old drawing
+    placed_on = gating.masks["cd27neg_b"]
+    count = int(gating.masks["transitional_b"].sum())  # the reported transitional B
+    assert count == int((gating.masks["transitional_tip"] & placed_on).sum())
+    assert plot.title.startswith(f"transitional_tip  {count}/{int(placed_on.sum())} (")
+    assert "of cd27neg_b" in plot.title
+    ((outline, _),) = plot.outlines
+    assert np.array_equal(outline, np.asarray(tip.gate.vertices))
+
+
+def test_gates_replayed_from_the_store_are_drawn_where_they_were_placed(gated_tube):
+    """The store keeps a gate's row, not the strategy's ``within``: replay restores it."""
+    from gating.strategy import load_strategy
+
+    gating, _ = gated_tube
+    stored = [
+        AppliedGate.from_record(**{**g.to_record(), "dimensions": tuple(g.dimensions)})
+        for g in gating.gates
+    ]
+    assert all(g.within is None for g in stored)
+    restored = load_strategy("bcell").with_placement(stored)
+    assert {g.name: g.within for g in restored if g.within} == {"transitional_tip": "cd27neg_b"}
+    assert [g.name for g in restored] == [g.name for g in gating.gates]
+    tip = next(g for g in restored if g.name == "transitional_tip")
+    assert tip.gate == next(g.gate for g in gating.gates if g.name == "transitional_tip")
 
 
 def _synthetic(gate, name="g"):

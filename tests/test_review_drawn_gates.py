@@ -237,6 +237,19 @@ def test_a_placed_polygon_redrawn_moves_its_vertices(study):
     assert trail[-1].detail["gate"] == "treg" and trail[-1].detail["kind"] == "polygon"
 
 
+def test_the_transitional_tip_is_redrawn_over_the_cd27neg_b_cells_it_was_placed_on(study):
+    """The review canvas shows the tip over the CD27- B cells whose cloud it is the tip of
+    (as the QC page does), not over all CD19+ B cells, and counts it there: the count is the
+    transitional B count the report gives."""
+    client, _ = _client(study)
+    scatter = client.get(f"/scatter/{SAMPLE}/transitional_tip.json").json()
+    _, _, counts, _ = _current(study)
+    assert scatter["kind"] == "polygon" and scatter["parent"] == "cd27neg_b"
+    assert scatter["count"] == counts["transitional_b"]
+    cd27pos = counts["memory_b"] + counts["plasmablasts"]
+    assert scatter["parent_count"] == counts["cd19_b"] - cd27pos  # no CD27+ cell among them
+
+
 @pytest.mark.parametrize(
     ("gate", "geometry", "says"),
     [

@@ -105,6 +105,45 @@ def test_tails_are_heavy_and_compensation_spreads_below_zero(tmp_path):
     assert 0.05 < (values["CD25"][cloud] < zero).mean() < 0.6
 
 
+def _beyond(values: np.ndarray, robust_sds: float) -> tuple[float, float]:
+    """Shares of ``values`` beyond ``robust_sds`` robust SDs above and below their median."""
+    median = np.median(values)
+    robust_sd = np.subtract(*np.percentile(values, [75, 25])) / 1.349
+    return (
+        float(np.mean(values > median + robust_sds * robust_sd)),
+        float(np.mean(values < median - robust_sds * robust_sd)),
+    )
+
+
+def test_b_cell_markers_are_heavy_tailed_towards_dim_and_light_towards_bright(tmp_path):
+    """As on the real flowatlas files (``bench.marker_tails``): positive populations hold
+    0.00-0.49% beyond 3 robust SDs on their bright side (a t law with 4 degrees of freedom:
+    1.5%), a negative population's bright side at most 0.02% beyond 4, while the dim side is
+    heavy (CD45 4.1-5.8%). A symmetric t tail let 0.7% of the naive B cells into the CD27+ B."""
+    values, kinds = _tube_values(tmp_path, "BCELL", True, 8, n_events=15000)
+    for kind, marker in (("naive", "IgD"), ("naive", "CD19"), ("t_cell", "CD3")):
+        bright, dim = _beyond(values[marker][kinds == kind], 3)
+        assert bright < 0.005, (kind, marker, bright)
+        assert dim > 0.008, (kind, marker, dim)  # a normal law: 0.13%
+    # CD27-negative naive B (5x the memory B) stay below the memory B's CD27.
+    naive_cd27 = values["CD27"][kinds == "naive"]
+    assert _beyond(naive_cd27, 4)[0] < 0.0005
+    memory = np.isin(kinds, ["igm_memory", "switched_memory"])
+    assert (naive_cd27 > np.percentile(values["CD27"][memory], 2)).mean() < 0.002
+
+
+def test_the_real_files_tail_measure_tells_a_normal_law_from_a_t_law():
+    """``bench.marker_tails``, whose numbers the B tube's tails come from: one side beyond 3
+    robust SDs, 0.13% for a normal law and 1.5% for a t law with 4 degrees of freedom."""
+    from bench.marker_tails import tail_shares
+
+    rng = np.random.default_rng(0)
+    normal = tail_shares(0.6 + 0.05 * rng.standard_normal(400000), "bright", "upper")
+    heavy = tail_shares(0.6 + 0.05 * rng.standard_t(4, 400000), "dim", "lower")
+    assert 0.10 < normal["beyond_3"] < 0.17 and normal["beyond_4"] < 0.01
+    assert 1.3 < heavy["beyond_3"] < 1.7 and 0.5 < heavy["beyond_4"] < 0.7
+
+
 def test_study_files_with_and_without_scatter(tmp_path):
     """Files with scatter carry FSC/SSC/Time and $SPILLOVER; with ``no_scatter_share`` the
     others are FlowJo exports of pre-gated lymphocytes, which the pipeline refuses today (the
