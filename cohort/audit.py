@@ -51,8 +51,11 @@ ACTIONS = (
     "user_added",
     "user_removed",
     "template",  # an expert study template set or changed (cohort.templates)
+    "reference",  # a study reference built (immunomon reference build): the panel re-gates
+    "publish",  # results and report rewritten from the store, asked for in review
 )
-PERSON_ACTIONS = ("override", "approve", "exclude", "undo", "template")  # each one is anchored
+# Each one is anchored as it is written.
+PERSON_ACTIONS = ("override", "approve", "exclude", "undo", "template", "reference")
 ANCHORS_FILE = "audit_anchors.jsonl"
 MAX_FIELD = 4000  # characters of a name or reason: a trail entry is read by a person
 EXPORT_COLUMNS = [

@@ -13,12 +13,14 @@ says otherwise: adjusting it re-gates it but leaves it out of the statistics."""
 from __future__ import annotations
 
 import getpass
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from cohort.audit import AuditEntry, AuditError, AuditLog
+from cohort.audit import AuditEntry, AuditError, AuditLog, verify_study_trail
 from gating.gates import MAX_DRAWN_VERTICES, EllipseGate, Gate, PolygonGate
 from gating.strategy import override_from_record
 
@@ -141,9 +143,28 @@ def undone(entries: list[AuditEntry]) -> set[int]:
     return {e.detail.get("undoes") for e in entries if e.action == "undo"}
 
 
+def result_seal(sample_key: str, counts: Mapping[str, int]) -> dict:
+    """What a decision signs: the result (``sample_key``: the file's content, the strategy
+    with its overrides, the pipeline version) and a sha256 of its population counts, so an
+    approval covers those numbers only, not a later re-gate or a hand-edited store."""
+    # As text: a count edited by hand into something that is no number still seals (differently).
+    text = json.dumps({str(k): str(v) for k, v in sorted(counts.items())}, sort_keys=True)
+    return {"result": sample_key, "counts_sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def current_seals(store) -> dict[str, dict]:
+    """sample_id -> ``result_seal`` of its current result (``store``: cohort.store.Store)."""
+    pops = store.current_populations()
+    return {
+        sample_id: result_seal(key, dict(zip(rows.population, rows["count"], strict=True)))
+        for (sample_id, key), rows in pops.groupby(["sample_id", "sample_key"], sort=False)
+    }
+
+
 def current_review_states(study, store) -> dict[str, ReviewStatus]:
     """The review state of every sample with a current result, judged against its panel's
-    current strategy (``study``: cohort.study.Study, ``store``: cohort.store.Store)."""
+    current strategy and its current numbers (``study``: cohort.study.Study, ``store``:
+    cohort.store.Store)."""
     files = store.files_frame()
     current = files[files.status == "processed"].dropna(subset=["sample_id"])
     strategy_of = {
@@ -151,15 +172,57 @@ def current_review_states(study, store) -> dict[str, ReviewStatus]:
         for r in current.itertuples()
         if r.panel in study.strategies
     }
-    return review_states(AuditLog(store.conn).entries(), strategy_of)
+    states = review_states(AuditLog(store.conn).entries(), strategy_of, current_seals(store))
+    problem = trail_problem(study.root, store.conn)
+    for state in states.values():
+        if problem and state.status == "approved":  # a signature the trail cannot vouch for
+            state.status = "overridden" if state.overrides else "to_review"
+            state.note = (
+                f"the audit trail does not verify ({problem}): no approval is in force until "
+                "`immunomon audit verify` passes"
+            )
+    return states
+
+
+def trail_problem(study_root, conn) -> str:
+    """Why the study's audit trail cannot be trusted as it stands (its chain recomputed and
+    checked against the study's anchor file: an entry edited, deleted or added by hand), or
+    '' when it verifies."""
+    problems = verify_study_trail(conn, study_root).problems
+    more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
+    return "; ".join(problems[:2]) + more
+
+
+def _unsigned_numbers(made: AuditEntry, seal: dict | None) -> str:
+    """Why an approval does not cover the sample's current numbers ('' when it does).
+    Approvals written before they carried a seal cover whatever result is current."""
+    signed = {k: made.detail[k] for k in ("result", "counts_sha256") if k in made.detail}
+    if not signed or seal is None:
+        return ""
+    if signed.get("result") != seal["result"]:
+        return (
+            f"approval #{made.seq} by {made.who} was for another result: the sample has been "
+            "re-gated since (a new strategy, study template or pipeline version, or a new file "
+            "under its name), so these numbers are not signed: look again"
+        )
+    if signed.get("counts_sha256") != seal["counts_sha256"]:
+        return (
+            f"approval #{made.seq} by {made.who} was for other counts: the store's counts of "
+            "this result differ from those approved (edited outside immunomon?), so these "
+            "numbers are not signed: look again"
+        )
+    return ""
 
 
 def review_states(
-    entries: list[AuditEntry], strategy_of: dict[str, str] | None = None
+    entries: list[AuditEntry],
+    strategy_of: dict[str, str] | None = None,
+    seal_of: dict[str, dict] | None = None,
 ) -> dict[str, ReviewStatus]:
     """Each reviewed sample's state from the trail. ``strategy_of`` maps sample_id -> the
     current panel strategy's sha256: overrides made under another one are not applied and
-    send the sample back to review."""
+    send the sample back to review. ``seal_of`` maps sample_id -> ``result_seal`` of its
+    current result: an approval of another result, or of other counts, is not in force."""
     reversed_ = undone(entries)
     states: dict[str, ReviewStatus] = {}
     last_override: dict[str, int] = {}
@@ -190,7 +253,10 @@ def review_states(
                 f"the strategy changed, so it is not applied: look again"
             )
         elif made is not None and made.seq > last_override.get(sample_id, 0):
-            state.status = "approved"
+            state.note = _unsigned_numbers(made, (seal_of or {}).get(sample_id))
+            # Not covered: awaiting a look like any changed sample (its overrides still apply).
+            waiting = "overridden" if state.overrides else "to_review"
+            state.status = waiting if state.note else "approved"
         elif state.overrides:
             state.status = "overridden"
         if state.status in ("approved", "excluded"):
@@ -299,13 +365,28 @@ def check_signature(entries: list[AuditEntry], sample_id: str, action: str, sign
     return {"supersedes": {"seq": entry.seq, "action": entry.action, "who": entry.who}}
 
 
+def own_overrides(state: ReviewStatus, who: str, strategy_sha256: str) -> list[Override]:
+    """The overrides in force on a sample that ``who`` made: with personal accounts nobody
+    approves their own change (four eyes, as a GCP lab's second-person review expects)."""
+    return [
+        o for o in state.overrides.values() if o.who == who and o.strategy_sha256 == strategy_sha256
+    ]
+
+
 def record_decision(
-    log: AuditLog, sample_id: str, action: str, who: str, reason: str, software: str
+    log: AuditLog,
+    sample_id: str,
+    action: str,
+    who: str,
+    reason: str,
+    software: str,
+    seal: dict | None = None,
 ) -> AuditEntry:
-    """Approve or exclude a sample (the caller has checked the signature)."""
+    """Approve or exclude a sample (the caller has checked the signature); ``seal``
+    (``result_seal``) names the result and counts the person saw, which the decision covers."""
     if action not in ("approve", "exclude"):
         raise AuditError(f"unknown decision {action!r}")
-    return log.append(who, action, reason, software, sample_id)
+    return log.append(who, action, reason, software, sample_id, dict(seal or {}))
 
 
 def record_override(

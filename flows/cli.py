@@ -263,6 +263,7 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
         store.close()
         files = [path for path in files if path.is_file()]
         reference, path = build_panel_reference(study, args.panel, files, software_version())
+        _audit_reference_build(study, args.panel, path, len(files), args.visits)
     for name, t in reference.thresholds.items():
         print(
             f"{name}: offset {t.offset:+.4f} from the landmark, placed by {t.method} on "
@@ -270,6 +271,64 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
         )
     print(f"wrote {path}; the next run re-gates the {args.panel} samples with it")
     return 0
+
+
+def _audit_reference_build(study, panel: str, path: Path, samples: int, visits) -> None:
+    """A built reference re-gates the panel: who built it, on what, and the file's sha256 go
+    in the trail (anchored), as a template's setting does."""
+    import hashlib
+
+    from cohort.audit import AuditLog, anchors_path
+    from cohort.review import reviewer_name
+    from cohort.store import Store
+    from reports.outputs import software_version
+
+    store = Store(study.db_path)
+    try:
+        AuditLog(store.conn, anchors=anchors_path(study.root)).append(
+            reviewer_name(),
+            "reference",
+            f"study reference built for {panel} on {samples} samples"
+            + (f" of visits {visits}" if visits else ""),
+            software_version(),
+            detail={
+                "panel": panel,
+                "path": path.name,
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                "samples": samples,
+            },
+        )
+    finally:
+        store.close()
+
+
+def _check_signer(study, who: str) -> None:
+    """With personal accounts in the study, a study-wide change from the command line is
+    signed as in review: ``--who`` is an account and its password is asked (first line of
+    stdin from a script); without accounts the machine's users are trusted, as in loopback
+    review."""
+    import getpass
+
+    from cohort.accounts import AccountError, check_password, user_names
+    from cohort.store import Store
+
+    store = Store(study.db_path)
+    try:
+        if not user_names(store.conn):
+            return
+        if who not in user_names(store.conn):
+            raise AccountError(
+                f"--who {who!r} is not an account of this study: give your own user name "
+                "(a change is signed by the person who makes it)"
+            )
+        if sys.stdin.isatty():
+            password = getpass.getpass(f"password of {who} (signs this change): ")
+        else:
+            password = sys.stdin.readline().rstrip("\n")
+        if not check_password(store.conn, who, password):
+            raise AccountError(f"the password of {who} does not match: nothing was changed")
+    finally:
+        store.close()
 
 
 def _cmd_reference_set(args: argparse.Namespace) -> int:
@@ -288,6 +347,7 @@ def _cmd_reference_set(args: argparse.Namespace) -> int:
     if args.sample_group or args.template_sample:
         raise TemplateError("--sample-group and --template-sample go with --from-wsp")
     study = Study(args.study)
+    _check_signer(study, args.who)
     with study.exclusive():  # not while a run is writing results
         store = Store(study.db_path)
         try:
@@ -329,6 +389,7 @@ def _reference_from_workspace(args: argparse.Namespace) -> int:
             "--value and --sample (use --template-sample for the workspace's sample)"
         )
     study = Study(args.study)
+    _check_signer(study, args.who)
     with study.exclusive():  # not while a run is writing results
         store = Store(study.db_path)
         try:

@@ -33,7 +33,7 @@ from flows.worker_pool import (
     sample_worker_pool,
 )
 from gating.pipeline import PIPELINE_VERSION
-from reports.outputs import software_version, write_report, write_results
+from reports.outputs import input_hashes, software_version, write_report, write_results
 
 
 class _OurOutcomeIsNoEngineError(logging.Filter):
@@ -216,7 +216,9 @@ def _one_pass(
         "pass",
         error or "scheduled or manual processing pass",
         software_version(),
-        detail={"run_id": run_id, **counts},
+        # The inputs as this pass read them: a clinical file edited after sign-off shows in
+        # the trail as a changed sha256 between two passes (the report lists them too).
+        detail={"run_id": run_id, **counts, "inputs": input_hashes(study)},
     )
     store.close()
     summary = RunSummary(

@@ -35,9 +35,11 @@ from cohort.review import (
     current_review_states,
     describe_override,
     drawn_gate,
+    own_overrides,
     record_decision,
     record_override,
     record_undo,
+    result_seal,
     superseded,
 )
 from cohort.store import Store
@@ -262,12 +264,40 @@ class ReviewServer:
                 self._regate(sample, effective, process_sample_file)
             return entry.detail.get("action", "")
 
-    def decide(self, sample_ids: list[str], action: str, who: str, reason: str) -> int:
+    def decide(
+        self, sample_ids: list[str], action: str, who: str, reason: str, seen: str = ""
+    ) -> int:
+        """Approve or exclude samples, each decision sealed with the result and counts it
+        covers. ``seen``: the result the person's page showed (one sample); refused when the
+        sample has been re-gated since, so nobody signs numbers they did not see."""
         with self.lock:
+            states = self.states()
             for sample_id in sample_ids:
-                self.sample(sample_id)
-                record_decision(self.log, sample_id, action, who, reason, self.software)
+                sample = self.sample(sample_id)
+                key = sample["sample_key"]
+                mine = self.own_changes(states, sample, who) if action == "approve" else ""
+                if mine:
+                    raise AuditError(
+                        f"{sample_id}: {mine} set by you; another person approves a change "
+                        "(four eyes)"
+                    )
+                if seen and seen != key:
+                    raise AuditError(
+                        f"{sample_id} has been re-gated since its page was opened: look at its "
+                        f"new numbers, then {action}"
+                    )
+                seal = result_seal(key, self.counts(key))
+                record_decision(self.log, sample_id, action, who, reason, self.software, seal)
             return len(sample_ids)
+
+    def own_changes(self, states: dict[str, ReviewStatus], sample: dict, who: str) -> str:
+        """The overrides in force on ``sample`` that ``who`` made ('' when none, and always
+        without accounts: a name typed in loopback mode proves nobody's identity)."""
+        state = states.get(sample["sample_id"])
+        if not self.accounts or state is None:
+            return ""
+        strategy = self.study.strategies[sample["panel"]]
+        return ", ".join(o.name for o in own_overrides(state, who, strategy.sha256))
 
     def set_template(
         self,
@@ -346,6 +376,10 @@ class ReviewServer:
                 )
             lease = self.study.exclusive(wait=False)
             lease.__enter__()  # raises while a pass holds the study: refused, nothing started
+            with self.lock:  # who rewrote the published results, and when
+                self.log.append(
+                    who, "publish", "results and report rewritten from the store", self.software
+                )
             now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
             self.job = PublishJob("running", who, now, time.monotonic())
             threading.Thread(
@@ -586,12 +620,13 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
         action: str = Form(...),
         reason: str = Form(""),
         password: str = Form(""),
+        result: str = Form(""),
         person: str = Depends(guard.person),
     ):
         if action not in ("approve", "exclude"):
             raise HTTPException(400, "action must be approve or exclude")
         guard.signature(request, person, password)
-        server.decide([sample_id], action, person, reason)
+        server.decide([sample_id], action, person, reason, seen=result)
         request.session["message"] = f"{sample_id}: {action}d"
         return RedirectResponse(f"/sample/{quote(sample_id)}", status_code=303)
 
@@ -644,8 +679,20 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
             & (rows.status == "processed")
             & rows.review_status.isin(["to_review", "overridden"])
         ]
-        count = server.decide(list(pending.sample_id), "approve", person, reason)
-        request.session["message"] = f"{count} sample(s) of {visit} {panel} approved"
+        with server.lock:
+            states = server.states()
+            theirs = [
+                s
+                for s in pending.sample_id
+                if not server.own_changes(states, server.sample(s), person)
+            ]
+        count = server.decide(theirs, "approve", person, reason)
+        left = sorted(set(pending.sample_id) - set(theirs))
+        request.session["message"] = f"{count} sample(s) of {visit} {panel} approved" + (
+            f"; left for another person (your own changes, four eyes): {', '.join(left)}"
+            if left
+            else ""
+        )
         return RedirectResponse("/signoff", status_code=303)
 
     @pages.get("/templates/{panel}", response_class=HTMLResponse)
@@ -1085,6 +1132,11 @@ def _describe(detail: dict) -> str:
         return text + _superseding(detail)
     if "undoes" in detail:
         return f"undo #{detail['undoes']} ({detail.get('action', '')})" + _superseding(detail)
+    if "result" in detail:  # a decision: the result it covers
+        file, _, rest = str(detail["result"]).partition(":")
+        strategy, _, pipeline = rest.partition(":")
+        counts = str(detail.get("counts_sha256", ""))[:12]
+        return f"covers file {file[:12]}, strategy {strategy[:12]}, {pipeline}, counts {counts}"
     return ""
 
 

@@ -391,6 +391,14 @@ def _title_page(
             f"PRELIMINARY: {ctx.preliminary} processed sample(s) not yet approved in review "
             "(see Review and sign-off)",
         ]
+    if ctx.trail_problem:
+        lines += [""] + _wrap(
+            [
+                f"AUDIT TRAIL BROKEN: {ctx.trail_problem}. No approval is in force: every "
+                "sample counts as not approved until `immunomon audit verify` passes."
+            ],
+            100,
+        )
     if ctx.broken_inputs:
         lines += ["", "WARNING: clinical input could not be used. Fix it; the next pass redraws:"]
         for error in ctx.broken_inputs.values():

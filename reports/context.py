@@ -33,6 +33,7 @@ class ReportContext:
     # Review and sign-off (``cohort.review``): samples neither approved nor excluded, and the
     # appendix lines (overrides, exclusions, sign-off counts, the audit trail's head).
     preliminary: int = 0
+    trail_problem: str = ""  # the audit trail does not verify: no approval is in force
     review_lines: list[str] = field(default_factory=list)
     figure_4_group: str = ""
     figure_4: list[tuple[str, str, list[str], str]] = field(default_factory=list)

@@ -23,6 +23,7 @@ from cohort.review import (
     current_review_states,
     describe_override,
     status_frame,
+    trail_problem,
     undone,
 )
 from cohort.store import Store
@@ -355,6 +356,7 @@ def report_context(study: Study, store: Store, results: CohortResults) -> Report
         methods=methods_text(study),
         broken_inputs=results.broken_inputs,
         preliminary=int(review.review_status.isin(["to_review", "overridden"]).sum()),
+        trail_problem=trail_problem(study.root, store.conn),
         review_lines=review_lines(study, store, review),
         groups=cfg.analysis.group_titles,
         group_patients={g.name: g.patients for g in cfg.analysis.groups},

@@ -131,3 +131,26 @@ def study_copy(tmp_path):
     shutil.rmtree(root / "inbox")
     (root / "inbox").mkdir()
     return root
+
+
+REVIEW_PASSWORD = "a long enough password"  # ana's; bo's is this + " too"
+
+
+@pytest.fixture(scope="session")
+def reviewable(tmp_path_factory):
+    """A small study with three processed B-cell samples, one Treg sample (its t_cd45ra has a
+    landmark: it can take a study template) and two accounts (ana, bo), built once for the
+    review modules; each test works on a copy."""
+    from cohort.accounts import add_user
+    from cohort.store import Store
+
+    root = processed_demo_samples(
+        tmp_path_factory.mktemp("reviewable") / "study",
+        1000,
+        ("P01_BL_BCELL", "P01_M1_BCELL", "P02_BL_BCELL", "P01_BL_TREG"),
+    )
+    store = Store(root / "immunomon.db")
+    add_user(store.conn, "ana", REVIEW_PASSWORD)
+    add_user(store.conn, "bo", REVIEW_PASSWORD + " too")
+    store.close()
+    return root

@@ -13,7 +13,7 @@ from cohort.accounts import AccountError, add_user, check_password
 from cohort.audit import AuditError, AuditLog
 from cohort.review import overrides_in_force, review_states
 from cohort.store import Store
-from tests.conftest import processed_demo_samples
+from tests.conftest import REVIEW_PASSWORD
 
 ROOT = Path(__file__).parents[1]
 
@@ -91,25 +91,9 @@ def test_accounts_store_a_salted_hash_not_the_password(tmp_path):
 
 
 BASE = "http://127.0.0.1:8765"  # the address the app is served at (Site's default)
-PASSWORD = "a long enough password"
+PASSWORD = REVIEW_PASSWORD
 SAMPLE = "P01_BL_BCELL"
 TREG_SAMPLE = "P01_BL_TREG"
-
-
-@pytest.fixture(scope="module")
-def reviewable(tmp_path_factory):
-    """A small study with three processed B-cell samples, one Treg sample (its t_cd45ra has a
-    landmark: it can take a study template) and two accounts (ana, bo)."""
-    root = processed_demo_samples(
-        tmp_path_factory.mktemp("reviewable") / "study",
-        1000,
-        ("P01_BL_BCELL", "P01_M1_BCELL", "P02_BL_BCELL", TREG_SAMPLE),
-    )
-    store = Store(root / "immunomon.db")
-    add_user(store.conn, "ana", PASSWORD)
-    add_user(store.conn, "bo", PASSWORD + " too")
-    store.close()
-    return root
 
 
 @pytest.fixture()
@@ -650,7 +634,18 @@ def test_a_changed_strategy_drops_the_override_and_sends_the_sample_back(tmp_pat
             server.adjust("P01_M1_BCELL", "t_cd27", 0.55, "ana", "memory tail")
     assert server.states() == {}  # nothing recorded for the refused adjustment
     server.adjust("P01_M1_BCELL", "t_cd27", 0.55, "ana", "memory tail")
+    server.decide(["P01_BL_BCELL"], "approve", "bo", "gates look right")
     assert run_study(root, 1).processed == 0  # the override is the current result
+    assert server.states()["P01_BL_BCELL"].status == "approved"  # a pass changed nothing
+
+    def published(sample_id: str) -> set[str]:
+        """The review_status results/populations.csv gives the sample's rows."""
+        import pandas as pd
+
+        table = pd.read_csv(root / "results" / "populations.csv")
+        return set(table.loc[table.sample_id == sample_id, "review_status"])
+
+    assert published("P01_BL_BCELL") == {"approved"}
 
     strategy = yaml.safe_load((ROOT / "gating" / "strategies" / "bcell.yaml").read_text())
     strategy["version"] += 1
@@ -661,11 +656,22 @@ def test_a_changed_strategy_drops_the_override_and_sends_the_sample_back(tmp_pat
     (root / "bcell_panel.yaml").write_text(yaml.safe_dump(panel))
     config["panels"]["BCELL"] = "bcell_panel.yaml"
     (root / "study.yaml").write_text(yaml.safe_dump(config))
+    visits = root / "clinical" / "visits.csv"
+    header, first, *rest = visits.read_text().splitlines()
+    first = first.rsplit(",", 1)[0] + f",{int(first.rsplit(',', 1)[1]) + 100}"  # edited by hand
+    visits.write_text("\n".join([header, first, *rest]) + "\n")
 
     assert run_study(root, 1).processed == 2  # both re-gated with the new strategy
     server = ReviewServer(root, accounts=False)
     state = server.states()["P01_M1_BCELL"]
     assert state.status == "to_review" and "t_cd27" in state.note and "not applied" in state.note
+    approved = server.states()["P01_BL_BCELL"]  # signed for the old strategy's numbers only
+    assert approved.status == "to_review" and "re-gated since" in approved.note
+    assert published("P01_BL_BCELL") == {"to_review"}  # as the pass wrote it
+    before, after = [e.detail["inputs"] for e in server.log.entries() if e.action == "pass"][-2:]
+    changed = {name for name in after if before.get(name) != after[name]}
+    assert {"study.yaml", "clinical/visits.csv"} <= changed  # the trail dates the edit
+    assert "clinical/patients.csv" not in changed
     sample = server.store.current_sample("P01_M1_BCELL")
     mark = next(g for g in server.store.applied_gates(sample["sample_key"]) if g.name == "t_cd27")
     assert mark.gate.method != "manual"
@@ -820,6 +826,7 @@ def test_publish_runs_in_the_background_one_at_a_time(study, monkeypatch):
             break
         threading.Event().wait(0.05)
     assert job["state"] == "failed" and job["error"] == "OSError: disk full"
+    assert [(e.action, e.who) for e in _trail(study)] == [("publish", "ana")] * 2  # not refused
 
 
 def test_the_review_pages_print_flags_in_words_as_the_report_does(study):
