@@ -292,6 +292,8 @@ class CloudArmSpec(_GateSpec):
     min_rise: float = Field(1.0, ge=0.0)  # beyond the cloud's peak on dimensions[1], in SDs
     min_fall: float = Field(0.5, ge=0.0)  # beyond the cloud's peak on dimensions[0], in SDs
     min_distance: float = Field(2.0, ge=0.0)  # from the cloud's centre along the diagonal
+    # the y edge at least this many SDs below the arm's own median y (None: min_rise alone)
+    below_arm: float | None = Field(None, gt=0.0)
     # x peak, x SD, y peak, y SD (logicle) where the sample's cloud cannot be measured
     default_cloud: tuple[float, float, float, float]
 
@@ -306,6 +308,12 @@ class CloudArmSpec(_GateSpec):
             f"least {self.min_rise:g} SD beyond the cloud, {x_dim} at least "
             f"{self.min_fall:g} SD beyond it and {self.min_distance:g} SD from it along the "
             "diagonal (cloud measured on its far side, per sample)"
+            + (
+                f"; where no dip separates the arm, {y_dim} also at least "
+                f"{self.below_arm:g} SD below the arm's median"
+                if self.below_arm is not None
+                else ""
+            )
         )
 
     def place(self, context: PlacementContext) -> AppliedGate:
@@ -321,6 +329,7 @@ class CloudArmSpec(_GateSpec):
             min_rise=self.min_rise,
             min_fall=self.min_fall,
             min_distance=self.min_distance,
+            below_arm=self.below_arm,
         )
         gate = PolygonGate(self.dimensions, arm.vertices)
         return AppliedGate(self.name, self.parent, gate, arm.from_data, f"{arm.method}: {arm.note}")
