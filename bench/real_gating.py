@@ -14,7 +14,10 @@ our Treg gate against FlowJo's Treg gate (drawn on Foxp3 x CD127; our panel has 
 CD25 stands in for it); where CD25 cannot stand in: the share of FlowJo's Tregs below our
 polygon's CD25 edge and of our Tregs that FlowJo's Foxp3 gate excludes; and ``ceiling_f1``,
 what any gate on CD127 x CD25 could reach (a classifier fitted to FlowJo's answer,
-cross-validated; a diagnostic, never used to gate). FlowJo's T cells of the 412C, 423C and
+cross-validated; a diagnostic, never used to gate) and ``lofo_*``, the same question asked
+honestly (``leave_one_file_out``): a classifier learned from FlowJo's answers on the other
+scored files, in each file's own cloud-normalised coordinates, scoring the held-out file.
+FlowJo's T cells of the 412C, 423C and
 428C files are gated inside ``non-B`` (CD19-): their CD3 shares its channel with IgD, so CD3+
 alone also takes IgD+ B cells; the Treg panel's optional CD19 removes them where the tube
 stains it, as FlowJo does.
@@ -23,19 +26,23 @@ panel's optional CD8), and CD4 % of T is compared with FlowJo's CD4 % of its T c
 ``fj_cd4dp_pct_t`` is FlowJo's (CD4 + CD4+CD8+) % of T: what a tube without CD8 would count.
 The scored files are those with at least 100 FlowJo Tregs.
 With ``--plots``, each file's CD127 x CD25 of our CD4 T cells with our Treg polygon, FlowJo's
-Tregs marked, and Foxp3 x CD127 with FlowJo's gate's events and ours.
+Tregs marked, and Foxp3 x CD127 with FlowJo's gate's events and ours (and, green, our gate
+kind placed on CD127 x Foxp3: ``foxp3_*`` columns, a bench comparison only); and
+``lofo_boundary.png``: each scored file in the cloud's normalised coordinates with the
+boundary the leave-one-file-out classifier learned from the other files and our polygon.
 """
 
 from __future__ import annotations
 
 import argparse
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from gating.adaptive import place_cloud_arm
 from gating.pipeline import gate_sample
 from gating.strategy import load_strategy
 from panels.fcs import read_events
@@ -123,6 +130,140 @@ def ceiling_f1(
     return max(f1_score(share >= cut, truth) for cut in np.linspace(0.2, 0.7, 11))
 
 
+@dataclass(frozen=True)
+class NormalisedCD4:
+    """One file's CD4 T cells in the Treg gate's own coordinates: offsets from the CD4
+    cloud's centre in its robust SDs, signed towards the arm (CD127 down, CD25 up), as
+    ``gating.adaptive.place_cloud_arm`` measures them; FlowJo's Treg membership of them, and
+    how many FlowJo Tregs lie outside our CD4 (misses for any gate inside it)."""
+
+    z: np.ndarray  # (n, 2): CD127 fall, CD25 rise in SDs
+    flowjo: np.ndarray
+    flowjo_outside: int
+    fj_treg_pct_cd4: float
+    polygon: np.ndarray  # our Treg polygon in the same coordinates
+
+
+def normalised_cd4(gating, treg_gate, theirs: dict[str, np.ndarray]) -> NormalisedCD4 | None:
+    """``gating``'s CD4 T cells in the cloud's normalised coordinates (None where the cloud
+    could not be measured: the default cloud is no file's own)."""
+    cd4 = gating.masks["cd4_t"]
+    x, y = gating.space["CD127"][cd4], gating.space["CD25"][cd4]
+    spec = next(g for g in load_strategy("treg").gates if g.name == "treg")
+    arm = place_cloud_arm(x, y, spec.default_cloud, direction=(-1, 1))
+    if not arm.from_data:
+        return None
+    x_peak, x_sd, y_peak, y_sd = arm.cloud
+    vertices = np.asarray(treg_gate.gate.vertices)
+    return NormalisedCD4(
+        np.column_stack([(x_peak - x) / x_sd, (y - y_peak) / y_sd]),
+        theirs["Treg"][cd4],
+        int(np.count_nonzero(theirs["Treg"] & ~cd4)),
+        pct(theirs["Treg"], theirs["CD4"]),
+        np.column_stack([(x_peak - vertices[:, 0]) / x_sd, (vertices[:, 1] - y_peak) / y_sd]),
+    )
+
+
+LOFO_NEIGHBOURS = 50
+LOFO_EVENTS_PER_FILE = 3000  # each training file weighs the same
+LOFO_CUTS = np.linspace(0.2, 0.7, 11)
+
+
+def _lofo_classifier(files: list[NormalisedCD4], seed: int = 0):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rng = np.random.default_rng(seed)
+    picks = [
+        rng.choice(
+            f.flowjo.size, LOFO_EVENTS_PER_FILE, replace=f.flowjo.size < LOFO_EVENTS_PER_FILE
+        )
+        for f in files
+    ]
+    return KNeighborsClassifier(LOFO_NEIGHBOURS).fit(
+        np.vstack([f.z[i] for f, i in zip(files, picks, strict=True)]),
+        np.concatenate([f.flowjo[i] for f, i in zip(files, picks, strict=True)]),
+    )
+
+
+def _f1_with_misses(predicted: np.ndarray, file: NormalisedCD4) -> float:
+    both = int(np.count_nonzero(predicted & file.flowjo))
+    return 2 * both / (predicted.sum() + file.flowjo.sum() + file.flowjo_outside)
+
+
+def leave_one_file_out(files: dict[str, NormalisedCD4], seed: int = 0) -> pd.DataFrame:
+    """Per file: what a CD127 x CD25 rule learned from FlowJo's answers on the OTHER files
+    gives on it, in each file's cloud-normalised coordinates (the cloud_arm's own units). A
+    50-nearest-neighbour classifier on the other files (each resampled to the same weight);
+    its probability cut chosen on those files alone (leave-one-out among them, best median
+    F1); then the held-out file's Treg % of CD4 and F1 (FlowJo's Tregs outside our CD4
+    count as misses). ``lofo_best_cut_f1`` is the optimistic bound: the cut chosen on the
+    held-out file itself. A diagnostic, never a gate."""
+    rows = []
+    for held, file in files.items():
+        train = [f for name, f in files.items() if name != held]
+        inner = np.zeros((len(train), LOFO_CUTS.size))
+        for i, inner_held in enumerate(train):
+            others = [f for j, f in enumerate(train) if j != i]
+            share = _lofo_classifier(others, seed).predict_proba(inner_held.z)[:, 1]
+            inner[i] = [_f1_with_misses(share >= cut, inner_held) for cut in LOFO_CUTS]
+        cut = float(LOFO_CUTS[int(np.argmax(np.median(inner, axis=0)))])
+        share = _lofo_classifier(train, seed).predict_proba(file.z)[:, 1]
+        predicted = share >= cut
+        rows.append(
+            {
+                "file": held,
+                "lofo_cut": cut,
+                "lofo_treg_pct_cd4": 100.0 * predicted.mean(),
+                "lofo_f1": _f1_with_misses(predicted, file),
+                "lofo_best_cut_f1": max(_f1_with_misses(share >= c, file) for c in LOFO_CUTS),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+FOXP3_CHANNEL = "FJComp-561 585_15-A"  # Foxp3 in the FlowAtlas tube (channels.csv)
+
+
+def foxp3_logicle(gating) -> np.ndarray | None:
+    """The file's Foxp3 on the logicle scale FlowJo's plane is drawn on (None where the
+    tube has no Foxp3 channel); our panel has no Foxp3, so the pipeline never reads it."""
+    if FOXP3_CHANNEL not in gating.space.data.header.pnn:
+        return None
+    from gating.transforms import Logicle
+
+    raw = gating.space.data.channel(FOXP3_CHANNEL).astype(np.float64)
+    return Logicle(262144.0, 0.5, 4.5, 0.0).exact(raw)
+
+
+def foxp3_arm(gating):
+    """Our Treg gate kind with FlowJo's marker: the strategy's ``treg`` cloud_arm, every
+    limit as in the yaml, placed on CD127 x Foxp3 of our CD4 T cells instead of CD127 x
+    CD25. Returns (its membership of all events, its polygon) or None without Foxp3. A
+    bench comparison only: the trial panel stains no Foxp3."""
+    fx = foxp3_logicle(gating)
+    if fx is None:
+        return None
+    from flowutils.gating import points_in_polygon
+
+    spec = next(g for g in load_strategy("treg").gates if g.name == "treg")
+    cd4 = gating.masks["cd4_t"]
+    x = gating.space["CD127"]
+    arm = place_cloud_arm(
+        x[cd4],
+        fx[cd4],
+        spec.default_cloud,
+        direction=(-1, 1),
+        min_rise=spec.min_rise,
+        min_fall=spec.min_fall,
+        min_distance=spec.min_distance,
+        below_arm=spec.below_arm,
+    )
+    inside = np.zeros(cd4.size, bool)
+    points = np.column_stack([x[cd4], fx[cd4]])
+    inside[cd4] = points_in_polygon(np.asarray(arm.vertices), points).astype(bool)
+    return inside, np.asarray(arm.vertices)
+
+
 def pct(part: np.ndarray, whole: np.ndarray) -> float:
     n = int(np.count_nonzero(whole))
     return 100.0 * np.count_nonzero(part & whole) / n if n else float("nan")
@@ -136,7 +277,7 @@ def evaluate(
     panel = replace(load_panel("treg"), enters_at="lymphocytes")
     strategy = load_strategy("treg")
     flowjo = flowjo_memberships(folder, only)
-    rows = []
+    rows, normalised = [], {}
     for name, theirs in flowjo.items():
         data = read_events(folder / "fcs" / name)
         gating = gate_sample(data, resolve_panel(panel, data.header), strategy)
@@ -166,6 +307,7 @@ def evaluate(
                 "fj_tregs_cd25_low_pct": pct(space_below(gating, treg_gate), treg_fj & cd4_ours),
                 "ours_not_fj_pct": pct(~treg_fj, treg_ours),
                 "ceiling_f1": ceiling_f1(gating, treg_fj),
+                **foxp3_columns(gating, treg_fj),
                 "treg_from_data": treg_gate.from_data,
                 "treg_placement": treg_gate.note,
                 "lymphocytes": int(masks["lymphocytes"].sum()),
@@ -173,14 +315,77 @@ def evaluate(
                 "flags": ";".join(gating.flags),
             }
         )
+        if rows[-1]["fj_tregs"] >= MIN_FLOWJO_TREGS:
+            file = normalised_cd4(gating, treg_gate, theirs)
+            if file is not None:
+                normalised[name] = file
         if plots is not None:
             plots.mkdir(parents=True, exist_ok=True)
             plot(plots / f"{Path(name).stem}_treg.png", name, gating, theirs)
     table = pd.DataFrame(rows)
     table["scored"] = table.fj_tregs >= MIN_FLOWJO_TREGS
+    if len(normalised) >= 3:
+        lofo = leave_one_file_out(normalised)
+        table = table.merge(lofo, on="file", how="left")
+        if plots is not None:
+            plot_lofo(plots / "lofo_boundary.png", normalised, lofo)
     table["treg_error"] = table.treg_pct_cd4 - table.fj_treg_pct_cd4
     table["treg_allowed"] = np.maximum(1.5, 0.2 * table.fj_treg_pct_cd4)
+    table["foxp3_within"] = (
+        table.foxp3_treg_pct_cd4 - table.fj_treg_pct_cd4
+    ).abs() <= table.treg_allowed
+    if "lofo_f1" in table:
+        table["lofo_within"] = (
+            table.lofo_treg_pct_cd4 - table.fj_treg_pct_cd4
+        ).abs() <= table.treg_allowed
     return table
+
+
+def foxp3_columns(gating, treg_fj: np.ndarray) -> dict[str, float]:
+    """Treg % of our CD4 and F1 of our gate kind placed on CD127 x Foxp3 (``foxp3_arm``)."""
+    placed = foxp3_arm(gating)
+    if placed is None:
+        return {"foxp3_treg_pct_cd4": float("nan"), "foxp3_f1": float("nan")}
+    inside, _ = placed
+    return {
+        "foxp3_treg_pct_cd4": pct(inside, gating.masks["cd4_t"]),
+        "foxp3_f1": f1_score(inside, treg_fj),
+    }
+
+
+def plot_lofo(path: Path, files: dict[str, NormalisedCD4], lofo: pd.DataFrame) -> None:
+    """Each scored file in the cloud's normalised coordinates: FlowJo's Tregs, the boundary
+    the leave-one-file-out classifier learned from the other files (at its chosen cut), and
+    our polygon."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cuts = lofo.set_index("file").lofo_cut
+    grid_x, grid_y = np.meshgrid(np.linspace(-3, 7, 121), np.linspace(-3, 9, 145))
+    grid = np.column_stack([grid_x.ravel(), grid_y.ravel()])
+    columns = 3
+    rows = -(-len(files) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.8 * rows), squeeze=False)
+    for ax, (name, file) in zip(axes.ravel(), files.items(), strict=False):
+        others = [f for n, f in files.items() if n != name]
+        share = _lofo_classifier(others).predict_proba(grid)[:, 1].reshape(grid_x.shape)
+        rest = ~file.flowjo
+        ax.scatter(*file.z[rest].T, s=1, color="0.6", alpha=0.3, label="not FlowJo Treg")
+        ax.scatter(*file.z[file.flowjo].T, s=2, color="tab:red", alpha=0.5, label="FlowJo Treg")
+        ax.contour(grid_x, grid_y, share, [cuts[name]], colors="k", linewidths=1.2)
+        ax.plot([], [], color="k", label=f"learned from the other files (cut {cuts[name]:.2f})")
+        ax.fill(*file.polygon.T, fill=False, color="tab:blue", lw=1.4, label="our Treg gate")
+        ax.set(xlim=(-3, 7), ylim=(-3, 9), xlabel="CD127 below the cloud (SD)")
+        ax.set(ylabel="CD25 above the cloud (SD)")
+        ax.set_title(Path(name).stem, fontsize=8)
+        ax.legend(loc="upper left", fontsize=6, markerscale=4)
+    for ax in axes.ravel()[len(files) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def plot(path: Path, name: str, gating, theirs: dict[str, np.ndarray]) -> None:
@@ -205,18 +410,8 @@ def plot(path: Path, name: str, gating, theirs: dict[str, np.ndarray]) -> None:
     left.set(xlim=(0, 1), ylim=(0, 1), xlabel="CD127 (logicle)", ylabel="CD25 (logicle)")
     left.legend(loc="lower left", fontsize=6, markerscale=4)
     left.set_title(f"{name}: our CD4 T ({int(cd4.sum())})", fontsize=8)
-    foxp3 = next(
-        (
-            c
-            for c, label in zip(space.data.header.pnn, space.data.header.pns, strict=True)
-            if c == "FJComp-561 585_15-A"
-        ),
-        None,
-    )
-    if foxp3 is not None:
-        from gating.transforms import Logicle
-
-        fx = Logicle(262144.0, 0.5, 4.5, 0.0).exact(space.data.channel(foxp3).astype(np.float64))
+    fx = foxp3_logicle(gating)
+    if fx is not None:
         both = cd4 | theirs["CD4"]
         right.scatter(fx[both], x[both], s=1, color="0.6", alpha=0.35, label="CD4 (ours or FlowJo)")
         right.scatter(
@@ -236,6 +431,13 @@ def plot(path: Path, name: str, gating, theirs: dict[str, np.ndarray]) -> None:
             alpha=0.6,
             label=f"our Treg ({int(ours.sum())})",
         )
+        arm = foxp3_arm(gating)
+        if arm is not None:  # our gate kind on this plane: CD127 is its x, Foxp3 its y
+            inside, polygon = arm
+            right.fill(polygon[:, 1], polygon[:, 0], fill=False, color="tab:green", lw=1.2)
+            right.plot(
+                [], [], color="tab:green", label=f"our gate kind on Foxp3 ({int(inside.sum())})"
+            )
         right.set(xlim=(0, 1), ylim=(0, 1), xlabel="Foxp3 (logicle)", ylabel="CD127 (logicle)")
         right.legend(loc="lower left", fontsize=6, markerscale=4)
         right.set_title("FlowJo's plane: Foxp3 x CD127", fontsize=8)
@@ -266,6 +468,10 @@ def main() -> None:
         "fj_tregs",
         "treg_f1",
         "ceiling_f1",
+        "lofo_treg_pct_cd4",
+        "lofo_f1",
+        "foxp3_treg_pct_cd4",
+        "foxp3_f1",
         "fj_tregs_cd25_low_pct",
         "ours_not_fj_pct",
         "treg_from_data",
@@ -273,7 +479,7 @@ def main() -> None:
         "scored",
     ]
     with pd.option_context("display.width", 250, "display.max_columns", 30):
-        print(table[columns].round(2).to_string(index=False))
+        print(table[[c for c in columns if c in table]].round(2).to_string(index=False))
     scored = table[table.scored]
     within = (scored.treg_error.abs() <= scored.treg_allowed).sum()
     print(
@@ -283,6 +489,19 @@ def main() -> None:
         " CD4 % of T max abs difference from FlowJo's "
         f"{(scored.cd4_pct_t - scored.fj_cd4_pct_t).abs().max():.2f} points on the scored "
         f"files, {(table.cd4_pct_t - table.fj_cd4_pct_t).abs().max():.2f} on all"
+    )
+    if "lofo_f1" in table:
+        lofo = table[table.scored & table.lofo_f1.notna()]
+        print(
+            f"leave-one-file-out CD127 x CD25 classifier (learned from FlowJo on the other "
+            f"{len(lofo) - 1} files): Treg % within the target on {int(lofo.lofo_within.sum())}"
+            f"/{len(lofo)}, median F1 {lofo.lofo_f1.median():.3f} (its cut chosen on the "
+            f"held-out file itself: {lofo.lofo_best_cut_f1.median():.3f})"
+        )
+    print(
+        "our gate kind on CD127 x Foxp3 (FlowJo's marker; the trial panel has none): Treg % "
+        f"within the target on {int(scored.foxp3_within.sum())}/{len(scored)}, median F1 "
+        f"{scored.foxp3_f1.median():.3f}"
     )
     placed = table.treg_placement.str.split(":").str[0].value_counts()
     print("Treg gate placed by: " + ", ".join(f"{k} {v}" for k, v in placed.items()))

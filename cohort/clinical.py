@@ -394,7 +394,7 @@ def cumulative_dose_mg(
 
 def patient_windows(clinical: ClinicalData) -> pd.DataFrame:
     """Per patient: the 12 months before the first infusion and the 12 months after,
-    the after-window censored at last_follow_up_date.
+    the after-window censored at last_follow_up_date (that day included).
 
     Columns: window lengths (days), relapses and annualised rates per window, time to first
     relapse and event flag per window, drugs and their number at baseline (infusion day) and
@@ -406,7 +406,12 @@ def patient_windows(clinical: ClinicalData) -> pd.DataFrame:
     for r in p.itertuples():
         infusion = r.first_infusion_date
         before_start = infusion - pd.Timedelta(days=WINDOW_DAYS)
-        after_end = min(infusion + pd.Timedelta(days=WINDOW_DAYS), r.last_follow_up_date)
+        # Exclusive end: the last follow-up day was observed, so a relapse recorded that day
+        # counts (the lost patient's window is shortened, not its last day dropped).
+        after_end = min(
+            infusion + pd.Timedelta(days=WINDOW_DAYS),
+            r.last_follow_up_date + pd.Timedelta(days=1),
+        )
         after_days = (after_end - infusion).days
         rel = clinical.relapses.relapse_date[clinical.relapses.patient_id == r.patient_id]
         before = sorted(d for d in rel if before_start <= d < infusion)

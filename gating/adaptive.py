@@ -533,6 +533,8 @@ def place_cloud_arm(
     min_rise: float = 1.0,
     min_fall: float = 0.5,
     min_distance: float = 2.0,
+    below_arm: float | None = None,
+    arm_from: float = 1.5,
     span: tuple[float, float] = (-0.5, 1.5),
 ) -> CloudArm:
     """The arm of a sample's main cloud towards ``direction`` (+1 high, -1 low on x and y),
@@ -573,6 +575,12 @@ def place_cloud_arm(
         ):
             min_distance = dip.value
             valley_note = f"; diagonal at a dip {dip.separation:.2f} deep, {dip.value:.2f} SD out"
+        elif below_arm is not None:
+            # No dip: the arm merges into the cloud, and its own height places the y edge.
+            arm_y = zy[(zx >= arm_from) & (zy >= min_rise)]
+            if arm_y.size >= MIN_GAP_EVENTS and np.median(arm_y) - below_arm > min_rise:
+                min_rise = float(np.median(arm_y) - below_arm)
+                valley_note = f"; y edge {below_arm:g} SD below the arm's median y"
     # Corners in signed z-units (towards the arm), then back to the axes. ``far`` reaches
     # past the data on every side.
     far = 4 * (span[1] - span[0]) / min(x_sd, y_sd)

@@ -474,7 +474,8 @@ class ThresholdMark(Gate):
     dimension: str
     value: float
     bounds: tuple[float, float]
-    method: str = "valley"  # valley | mixture_2d | mixture_1d | registered | default | manual
+    # valley | mixture_2d | mixture_1d | registered | tail | default | manual
+    method: str = "valley"
     # Ashman's D of a mixture's boundary, the dip depth of a valley's; for a default, the
     # best separation the floor refused (``gating.adaptive.SEPARATION_FLOOR``); else None.
     separation: float | None = None

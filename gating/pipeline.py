@@ -11,11 +11,11 @@ records export to a flowkit GatingStrategy / GatingML 2.0 (``gating.export``).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from gating.adaptive import Placement, place_threshold, refused_by_floor
+from gating.adaptive import Placement, _half_spread, place_threshold, refused_by_floor
 from gating.gates import ThresholdMark
 from gating.qc import passed_through, run_qc
 from gating.records import (
@@ -86,6 +86,13 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
                 partner=space[spec.pair.dimension][within] if spec.pair else None,
                 target=spec.pair.direction if spec.pair else (1, 1),
             )
+            if spec.tail is not None and place.method not in ("manual", "registered"):
+                tail = place_beyond_negatives(
+                    space[spec.dimension][masks[spec.tail.within]], spec.tail.sds, spec.bounds
+                )
+                if tail is not None and (not place.from_data or place.value < tail.inside):
+                    why = place.note if not place.from_data else f"{place.note}, in the negatives"
+                    place = Placement(tail.value, True, f"{tail.note} ({why})", "tail")
             placed[ref] = place.value
             if not place.from_data:
                 flags.append(f"default_threshold:{ref}")
@@ -169,6 +176,38 @@ def place_registered(
     value = landmark + offset
     note = f"registered: landmark {landmark:.3f} + study offset {offset:+.3f} = {value:.3f}"
     return Placement(value, True, note, "registered")
+
+
+# A boundary below the negatives' peak + this many spreads lets more than a sixth of them
+# through: it lies inside the negative population, not between it and the positives.
+INSIDE_NEGATIVES_SDS = 1.0
+
+
+@dataclass(frozen=True)
+class NegativeTailPlacement:
+    """A threshold ``sds`` spreads above the negatives' peak; a boundary below ``inside``
+    lies within the negatives."""
+
+    value: float
+    inside: float
+    note: str
+
+
+def place_beyond_negatives(
+    values: np.ndarray, sds: float, bounds: tuple[float, float]
+) -> NegativeTailPlacement | None:
+    """``sds`` spreads above the lowest density peak of ``values`` (the negatives), the spread
+    measured on the peak's low side, where no positives reach; None when there is no peak or
+    the value falls outside ``bounds``."""
+    peak = landmark_peak(values, "low")
+    if peak is None:
+        return None
+    spread = _half_spread(values[values < peak], peak)
+    value = peak + sds * spread
+    if not (np.isfinite(value) and bounds[0] <= value <= bounds[1]):
+        return None
+    note = f"tail: negatives' peak {peak:.3f} + {sds:g} x {spread:.3f} = {value:.3f}"
+    return NegativeTailPlacement(float(value), float(peak + INSIDE_NEGATIVES_SDS * spread), note)
 
 
 def population_medians(

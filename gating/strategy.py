@@ -99,6 +99,18 @@ class Registration(_Spec):
     peak: Literal["high", "low"] = "high"
 
 
+class NegativeTail(_Spec):
+    """Where the marker's positives are a shoulder above the negatives rather than a
+    population of their own: the threshold ``sds`` spreads above the negative (lowest) peak of
+    gate ``within``'s events, the spread measured below that peak, away from the positives
+    (openCyto's gate_tail on a reference population). Used where the per-sample placement
+    finds no boundary (the default) or places it inside the negatives (below their peak + 1
+    spread, ``gating.pipeline.INSIDE_NEGATIVES_SDS``); a boundary above that is kept."""
+
+    within: str
+    sds: float = 3.0
+
+
 class ThresholdSpec(BoundedPlacement):
     """A 1-D threshold on ``dimension`` among the events of gate ``within``, placed per sample
     by ``gating.adaptive.place_threshold`` (a mixture on ``pair`` where given, a valley, a 1-D
@@ -108,6 +120,7 @@ class ThresholdSpec(BoundedPlacement):
     within: str
     pair: MarkerPair | None = None
     registration: Registration | None = None
+    tail: NegativeTail | None = None
 
     def markers(self) -> set[str]:
         """Every marker the placement reads."""
@@ -279,6 +292,8 @@ class CloudArmSpec(_GateSpec):
     min_rise: float = Field(1.0, ge=0.0)  # beyond the cloud's peak on dimensions[1], in SDs
     min_fall: float = Field(0.5, ge=0.0)  # beyond the cloud's peak on dimensions[0], in SDs
     min_distance: float = Field(2.0, ge=0.0)  # from the cloud's centre along the diagonal
+    # the y edge at least this many SDs below the arm's own median y (None: min_rise alone)
+    below_arm: float | None = Field(None, gt=0.0)
     # x peak, x SD, y peak, y SD (logicle) where the sample's cloud cannot be measured
     default_cloud: tuple[float, float, float, float]
 
@@ -293,6 +308,12 @@ class CloudArmSpec(_GateSpec):
             f"least {self.min_rise:g} SD beyond the cloud, {x_dim} at least "
             f"{self.min_fall:g} SD beyond it and {self.min_distance:g} SD from it along the "
             "diagonal (cloud measured on its far side, per sample)"
+            + (
+                f"; where no dip separates the arm, {y_dim} also at least "
+                f"{self.below_arm:g} SD below the arm's median"
+                if self.below_arm is not None
+                else ""
+            )
         )
 
     def place(self, context: PlacementContext) -> AppliedGate:
@@ -308,6 +329,7 @@ class CloudArmSpec(_GateSpec):
             min_rise=self.min_rise,
             min_fall=self.min_fall,
             min_distance=self.min_distance,
+            below_arm=self.below_arm,
         )
         gate = PolygonGate(self.dimensions, arm.vertices)
         return AppliedGate(self.name, self.parent, gate, arm.from_data, f"{arm.method}: {arm.note}")
@@ -605,6 +627,10 @@ def _check_references(parsed: StrategyFile, path: str) -> None:
     for name, t in parsed.thresholds.items():
         if t.within not in known:
             raise StrategyError(f"{path}: thresholds.{name}.within: unknown gate {t.within!r}")
+        if t.tail and t.tail.within not in known:
+            raise StrategyError(
+                f"{path}: thresholds.{name}.tail.within: unknown gate {t.tail.within!r}"
+            )
         if t.registration and t.registration.landmark_within not in known:
             raise StrategyError(
                 f"{path}: thresholds.{name}.registration.landmark_within: unknown gate "

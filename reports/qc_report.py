@@ -598,7 +598,7 @@ def summary_lines(
         )
     lines += [
         "",
-        "Gates placed from the data (threshold: valley, mixture_2d, mixture_1d, registered;",
+        "Gates placed from the data (threshold: valley, mixture_2d, mixture_1d, registered, tail;",
         "DEFAULT: the strategy's default, and the sample needs review):",
     ]
     for g in gates:

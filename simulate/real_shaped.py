@@ -35,27 +35,39 @@ Real observations each shape comes from:
   the CD27 cut into the CD27+ IgD+ quadrant, 5x more cells than memory B, diluting the
   memory B: switched memory B -2.5 points of memory B vs the truth, 1.8 of them that leak
   (12 tubes, 20,000 events, seed 7).
-- **Treg tube**, measured here on the 12 real ``flowatlas_tissues`` files (FlowJo 10.7.1's
-  Treg gate, replayed by flowkit; CD25 ``FJComp-640 670_30-A``, CD127 ``FJComp-561
-  780_60-A``; "cloud" = CD4 minus Treg), in the logicle units above, on the 7 files with at
-  least 50 Tregs (403C lung, 428 lung, 412C mLN, 390C lung, 423 lung, 412C BM, 423 liver):
-
-  | | Treg median | cloud median | cloud 5th pct | Treg - cloud |
-  |---|---|---|---|---|
-  | CD127 | 0.36-0.51 (0.47) | 0.48-0.72 (0.64) | 0.09-0.50 | -0.05 to -0.26 (-0.14) |
-  | CD25 | 0.45-0.57 (0.52) | -0.06-0.32 (0.27) | | +0.17 to +0.62 (+0.24) |
-
-  robust SD (IQR / 1.349) of the cloud: CD127 0.07-0.21 (0.09), CD25 0.11-0.40 (0.15); of the
-  Tregs: CD127 0.06-0.19 (0.14), CD25 0.07-0.23 (0.12); correlation of CD25 and CD127 within
-  the Tregs -0.24 to +0.23 (-0.15), within the cloud +0.06 to +0.33 (+0.26). The cloud's CD127
-  has a heavy low tail: 2.8-6.1% of it lies beyond 3 robust SDs (0.27% would for a normal
-  law), and 7-60% of its CD25 values are negative (compensation spread). Treg share of CD4:
-  FlowJo 3.4-21.4% in tissues, ~6.7% in blood. So Tregs here are the CD25-high arm leaving
-  the main CD4 cloud towards lower CD127, ``CD127-low`` relative to the cloud, not negative:
-  along the arm ``CD25 = cloud + 0.24 t``, ``CD127 = cloud - 0.15 t``, t ~ N(1, 0.25), plus a
-  spread of 0.09; the cloud at CD127 U(0.60, 0.72) (robust SD 0.08), CD25 U(0.20, 0.30)
-  (0.13), correlated +0.25, with 5% of conventional CD4 cells down-regulating CD127 by 0.25
-  (the heavy low tail, CD25-low). Blood shares: Tregs 4-10% of CD4.
+- **Treg tube**, measured on the six ``flowatlas_tissues`` files with >= 100 FlowJo Tregs
+  (390C lung, 403C lung, 412C BM, 412C mLN, 423 lung, 428 lung; ``python -m
+  bench.treg_shapes``, 2026-12-01): FlowJo 10.7.1's Treg gate (Foxp3+ CD127lo, replayed by
+  flowkit) within our CD4 T cells, CD25 ``FJComp-640 670_30-A``, CD127 ``FJComp-561
+  780_60-A``, logicle units as above, ranges over the six files (median). The CD4 cloud, as
+  the ``treg`` polygon measures it (peaks on its CD127-high side, half-SDs): CD127 peak
+  0.645-0.705 (0.673), CD25 peak 0.34-0.43 (0.372); it is sharp on its high side (half-SD
+  CD127 0.045-0.08 (0.060), CD25 0.054-0.113 (0.060)) and wide towards the arm (CD127
+  0.07-0.35 (0.16), CD25 0.115-0.17 (0.15), one file 0.73). The Tregs, in those cloud SDs:
+  CD127 a median 1.9-7.2 (3.6) below the peak (quartiles -6.0 / -3.6 / -2.3), CD25 1.3-3.6
+  (2.4) above it (0.6 / 2.4 / 3.6); 9-36% (26%) of them CD25-low (below the polygon's 0.75-SD
+  rise); in logicle units offsets of -0.14 to -0.32 (-0.21) on CD127 and +0.10 to +0.22
+  (+0.14) on CD25, robust SDs 0.06-0.19 (0.15) and 0.09-0.21 (0.12). Treg share of CD4
+  3.4-19.8% (8.7%) in these tissues, ~6.7% in blood. A 25-NN classifier fitted to FlowJo's
+  answer on CD127 x CD25 reaches F1 0.58-0.83 (0.77): CD25 stands in for Foxp3 only partly.
+  Here each tube draws its cloud and arm uniformly within those ranges (``CD4_PLANE``): the
+  cloud normal above its peaks and t-distributed below (``_sharp_above``), correlated +0.25
+  (real +0.06 to +0.33), 5% of conventional CD4 cells down-regulating CD127 by 0.25; the
+  Tregs normal on CD25 (the real Tregs' CD25 stops sharply), t on CD127 (theirs reaches
+  CD127-negative). Treg v6's simulator (an arm within a round, t-tailed cloud of SD 0.13 on
+  CD25) put its Tregs 1.7 SDs below the cloud on CD127 and 0.2 below it on CD25 (ceiling F1
+  0.54-0.68): far more overlap than any real file. Blood shares: Tregs 4-10% of CD4.
+- **HLA-DR and CD45RA of the Treg tube** (same six files): every CD4 T cell sits on an
+  HLA-DR-negative band at 0.33-0.41 (0.37), not at an unstained level of 0.16; the memory
+  Tregs' HLA-DR is one mode smearing above it (no valley in any file), 2-66% (52%) of them
+  more than 0.1 above the band. Here the tube's band is drawn in U(0.33, 0.41) (spread 0.035)
+  and HLA-DR+ memory Tregs lie 0.20 (spread 0.08) above it: a shoulder, not a cluster. The
+  Tregs' CD45RA median is 0.13-0.22 (0.15; CD4 T 0.13-0.26): memory Tregs and memory CD4
+  cells are drawn at 0.14-0.18. Tissue Tregs are 92-100% memory; the blood shares here
+  (memory 50-70% of Tregs, HLA-DR+ 20-35% of those) are not measured on these files.
+- **CD3** (same files): T cells at 0.61-0.70 (0.655), other lymphocytes 0.21-0.25; here 0.60
+  and 0.16, well apart on both (the T-cell error of the real-shaped study is the scatter
+  gate's: monocytes and debris inside it dilute the T cells' share).
 - **Files without scatter**: the flowatlas files are FlowJo exports of a pre-gated population
   (``FJComp-`` channels, compensated, linear float32, negative values kept, no FSC/SSC/Time).
   ``RealShapedOptions.no_scatter_share`` writes that share of files so: lymphocytes only, no
@@ -225,11 +237,11 @@ T_CELLS: dict[str, tuple[str, dict[str, tuple[float, float]]]] = {
         {"CD3": (0.61, 0.04), "CD8": (0.70, 0.04), "CD127": (0.55, 0.08), "CD45RA": (0.58, 0.1)},
     ),
     "cd4_naive": ("lymph", {**_CD4, "CD45RA": (0.64, 0.05)}),
-    "cd4_memory": ("lymph", {**_CD4, "CD45RA": (0.30, 0.07), "HLA-DR": (0.22, 0.06)}),
-    "cd4_cd127_down": ("lymph", {**_CD4, "CD45RA": (0.32, 0.08), "HLA-DR": (0.30, 0.08)}),
+    "cd4_memory": ("lymph", {**_CD4, "CD45RA": (0.17, 0.07)}),
+    "cd4_cd127_down": ("lymph", {**_CD4, "CD45RA": (0.18, 0.08)}),
     "treg_naive": ("lymph", {**_TREG, "CD45RA": (0.60, 0.05)}),
-    "treg_memory": ("lymph", {**_TREG, "CD45RA": (0.32, 0.08)}),
-    "treg_memory_hladr": ("lymph", {**_TREG, "CD45RA": (0.30, 0.08), "HLA-DR": (0.52, 0.05)}),
+    "treg_memory": ("lymph", {**_TREG, "CD45RA": (0.15, 0.07)}),
+    "treg_memory_hladr": ("lymph", {**_TREG, "CD45RA": (0.14, 0.07)}),
 }
 CELL_TYPES = {"BCELL": B_CELLS, "TREG": T_CELLS}
 NON_CELLS = ("debris", "doublet")
@@ -264,9 +276,54 @@ TRUTH: dict[str, dict[str, tuple[str, set[str]]]] = {
 B_DIAGONAL = ((0.45, 0.20), (0.80, 0.75))  # (CD38, CD24) at its low and high ends
 B_POSITION = {"naive": (0.42, 0.19), "transitional": (0.86, 0.10)}  # along it, 0..1
 B_ACROSS = 0.045  # spread across the segment
-# The Treg arm on CD25 x CD127 of CD4 T cells (logicle), from the flowatlas measurements.
-TREG_ARM = {"cd25": 0.24, "cd127": 0.15, "position_sd": 0.25, "spread": 0.09}
-CD4_CLOUD = {"cd25_sd": 0.13, "cd127_sd": 0.08, "correlation": 0.25, "down_shift": 0.25}
+# The CD4 T cells' CD127 x CD25 plane and HLA-DR, per tube, as measured on the six scored
+# flowatlas files (``bench/treg_shapes.py``; ranges over the files, logicle units). The cloud
+# is asymmetric: sharp on its high side (half-SD 0.045-0.08 on CD127, 0.054-0.064 on CD25),
+# wide towards the arm (0.07-0.35, 0.115-0.17). Tregs lie off its peaks by these amounts with
+# these spreads (robust SD), independently on each marker.
+CD4_PLANE = {
+    "cd127_peak": (0.63, 0.69),
+    "cd127_sd_high": (0.05, 0.09),
+    "cd127_sd_low": (0.08, 0.18),
+    "cd25_peak": (0.30, 0.39),
+    "cd25_sd_high": (0.06, 0.075),
+    "cd25_sd_low": (0.15, 0.22),
+    "treg_cd127_offset": (-0.30, -0.12),
+    "treg_cd127_sd": (0.06, 0.19),
+    "treg_cd25_offset": (0.10, 0.22),
+    "treg_cd25_sd": (0.09, 0.14),
+    "hladr_band": (0.33, 0.41),
+}
+CLOUD_CORRELATION = 0.25  # of CD25 and CD127 within the cloud (real +0.06 to +0.33)
+CD127_DOWN_SHIFT = 0.25  # the conventional cells down-regulating CD127 (the heavy low tail)
+# HLA-DR of the Treg tube's lymphocytes relative to the tube's HLA-DR-negative band (offset,
+# spread): every CD4 T cell sits on the band; HLA-DR+ memory Tregs smear above it.
+HLADR_ABOVE_BAND = {"treg_memory_hladr": (0.20, 0.08), "cd4_cd127_down": (0.04, 0.05)}
+HLADR_BAND_SD = 0.035
+
+
+@dataclass(frozen=True)
+class Cd4Plane:
+    """One tube's CD4 cloud and Treg arm on CD127 x CD25, and its HLA-DR-negative band
+    (logicle), drawn within ``CD4_PLANE``'s ranges."""
+
+    cd127_peak: float
+    cd127_sd_high: float
+    cd127_sd_low: float
+    cd25_peak: float
+    cd25_sd_high: float
+    cd25_sd_low: float
+    treg_cd127_offset: float
+    treg_cd127_sd: float
+    treg_cd25_offset: float
+    treg_cd25_sd: float
+    hladr_band: float
+
+
+def draw_cd4_plane(rng: np.random.Generator) -> Cd4Plane:
+    """A tube's CD4 plane, each parameter uniform over the range the real files span."""
+    return Cd4Plane(**{name: float(rng.uniform(lo, hi)) for name, (lo, hi) in CD4_PLANE.items()})
+
 
 VISITS = {"BL": 0, "M1": 1, "M3": 3, "M6": 6, "M9": 9, "M12": 12}
 FILENAME_PATTERN = r"^(?P<patient>R[0-9]+)_(?P<visit>BL|M[0-9]+)_(?P<panel>BCELL|TREG)\.fcs$"
@@ -362,27 +419,39 @@ def _b_plane(kind: str, m: int, rng: np.random.Generator) -> tuple[np.ndarray, n
     return cd38, cd24
 
 
+def _split(z: np.ndarray, sd_high: float, sd_low: float) -> np.ndarray:
+    """Deviations of ``z`` scaled by one spread above the peak and another below it."""
+    return np.where(z > 0, sd_high, sd_low) * z
+
+
+def _sharp_above(rng: np.random.Generator, m: int) -> np.ndarray:
+    """Unit deviations, half above 0 (normal: the real clouds stop sharply on their high
+    side) and half below (t-distributed: their heavy tails towards the arm). The B tube's
+    ``_dim_side_tail`` is the same law with one spread matched on quartiles; the CD4 cloud
+    gives each side its own spread (``_split``), measured as the polygon measures it."""
+    above = rng.uniform(size=m) < 0.5
+    return np.where(above, np.abs(rng.normal(0, 1, m)), -np.abs(_tail(rng, m)))
+
+
 def _treg_plane(
-    kind: str, m: int, cloud: tuple[float, float], rng: np.random.Generator
+    kind: str, m: int, plane: Cd4Plane, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """CD25 and CD127 of a CD4 T cell: the main cloud, its CD127-down tail, or the Treg arm."""
-    cd25_centre, cd127_centre = cloud
     if kind.startswith("treg"):
-        position = rng.normal(1.0, TREG_ARM["position_sd"], m)
-        cd25 = cd25_centre + TREG_ARM["cd25"] * position
-        cd127 = cd127_centre - TREG_ARM["cd127"] * position
-        return (
-            cd25 + TREG_ARM["spread"] * _tail(rng, m),
-            cd127 + TREG_ARM["spread"] * _tail(rng, m),
-        )
-    r = CD4_CLOUD["correlation"]
-    a, b = _tail(rng, m), _tail(rng, m)
-    cd25 = cd25_centre + CD4_CLOUD["cd25_sd"] * a
-    cd127 = cd127_centre + CD4_CLOUD["cd127_sd"] * (r * a + np.sqrt(1 - r * r) * b)
+        # Normal on CD25 (the real Tregs' CD25 stops sharply), heavy-tailed on CD127 (theirs
+        # reaches down to CD127-negative).
+        cd25 = plane.cd25_peak + plane.treg_cd25_offset + plane.treg_cd25_sd * rng.normal(0, 1, m)
+        cd127 = plane.cd127_peak + plane.treg_cd127_offset + plane.treg_cd127_sd * _tail(rng, m)
+        return cd25, cd127
+    r = CLOUD_CORRELATION
+    a, b = _sharp_above(rng, m), _sharp_above(rng, m)
+    z127 = r * a + np.sqrt(1 - r * r) * b
+    cd25 = plane.cd25_peak + _split(a, plane.cd25_sd_high, plane.cd25_sd_low)
+    cd127 = plane.cd127_peak + _split(z127, plane.cd127_sd_high, plane.cd127_sd_low)
     if kind == "cd4_memory":
-        cd25 = cd25 + 0.04
+        cd25 = cd25 + 0.02
     if kind == "cd4_cd127_down":
-        cd127 = cd127 - CD4_CLOUD["down_shift"] + 0.02 * _tail(rng, m)
+        cd127 = cd127 - CD127_DOWN_SHIFT + 0.02 * _tail(rng, m)
     return cd25, cd127
 
 
@@ -427,8 +496,11 @@ def simulate_tube(
     p_cells = np.array([shares[k] for k in cell_kinds])
     p_cells /= p_cells.sum()
     marker_tail = _dim_side_tail if tube == "BCELL" else _tail
-    # This sample's CD4 cloud on CD25 x CD127 (the Treg arm leaves from it).
-    cloud = (rng.uniform(0.20, 0.30), rng.uniform(0.60, 0.72))
+    # This tube's CD4 cloud on CD127 x CD25, the Treg arm leaving it, and its HLA-DR band.
+    if tube == "TREG":
+        plane = draw_cd4_plane(rng)
+    else:  # the two draws the B tube has always made, so its events stay as they were
+        rng.uniform(size=2)
 
     def draw(kind_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scatter (FSC-A, SSC-A as fractions of range) and true marker signal (linear)."""
@@ -451,9 +523,14 @@ def simulate_tube(
                 level[rows, markers.index("CD38")] = cd38
                 level[rows, markers.index("CD24")] = cd24
             if kind in _CD4_TYPES or kind in _TREGS:
-                cd25, cd127 = _treg_plane(kind, m, cloud, rng)
+                cd25, cd127 = _treg_plane(kind, m, plane, rng)
                 level[rows, markers.index("CD25")] = cd25
                 level[rows, markers.index("CD127")] = cd127
+            if tube == "TREG" and "HLA-DR" not in levels:
+                offset, spread = HLADR_ABOVE_BAND.get(kind, (0.0, HLADR_BAND_SD))
+                level[rows, markers.index("HLA-DR")] = (
+                    plane.hladr_band + offset + spread * _tail(rng, m)
+                )
         signal = to_linear(np.clip(level, -0.1, 1.0).ravel()).reshape(level.shape)
         return scatter, signal
 

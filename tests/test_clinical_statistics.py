@@ -148,11 +148,26 @@ def test_windows_count_dose_and_censor_loss_to_follow_up():
     assert a.prednisone_mg_per_kg_after == 200 / 20
     assert a.drugs_baseline == "cni;prednisone" and a.drugs_12m == ""
     # B is lost at +8 months: the relapse at +9 months is outside the observed window, the
-    # window is censored at follow-up, and rates are per 365 days of observation.
-    assert b.after_days == 244 and b.relapses_after == 0 and not b.relapse_after
-    assert b.time_to_relapse_after == 244
+    # window is censored at follow-up (its last day observed: 1 Jan to 1 Sep inclusive), and
+    # rates are per 365 days of observation.
+    assert b.after_days == 245 and b.relapses_after == 0 and not b.relapse_after
+    assert b.time_to_relapse_after == 245
     assert np.isnan(b.n_drugs_12m) and b.drugs_12m is None
     assert b.prednisone_mg_per_m2_after == 0
+
+
+def test_a_relapse_on_the_last_follow_up_day_is_counted():
+    clinical = _tiny_clinical()
+    lost_day = clinical.patients.set_index("patient_id").last_follow_up_date["B"]
+    relapses = pd.concat(
+        [clinical.relapses, pd.DataFrame({"patient_id": ["B"], "relapse_date": [lost_day]})],
+        ignore_index=True,
+    )
+    clinical = ClinicalData(clinical.patients, clinical.visits, relapses, clinical.medications)
+    b = patient_windows(clinical).set_index("patient_id").loc["B"]
+    # Seen on that day and relapsed: an event at day 244 of a 245-day window, not censored.
+    assert b.relapses_after == 1 and b.relapse_after
+    assert b.time_to_relapse_after == 244 and b.after_days == 245
 
 
 def test_cumulative_dose_clips_to_the_window():
@@ -623,4 +638,4 @@ def test_relapse_rows_carry_the_rate_ratio_after_the_wilcoxon():
     assert list(everyone.test) == ["signed_rank_permutation", "conditional_poisson_exact"]
     ratio = everyone.iloc[1]
     assert ratio.measure == "relapse_rate_ratio_after_vs_before" and not ratio.primary
-    assert "B (244 d)" in ratio.method  # the shortened window enters by its days
+    assert "B (245 d)" in ratio.method  # the shortened window enters by its days

@@ -53,6 +53,11 @@ def _strategy(tmp_path, text):
             "limits: {X: [t_x, null]}}\n",
             r"limits.X: unknown threshold 't_x'",
         ),
+        (
+            "name: s\nthresholds: {t: {dimension: CD3, within: qc_passed, bounds: [0.3, 0.6], "
+            "default: 0.4, tail: {within: cd4}}}\n" + GOOD_GATES,
+            r"thresholds.t.tail.within: unknown gate 'cd4'",
+        ),
         ("name: s\ngates: [\n", r"s.yaml: line \d+ not valid YAML"),
     ],
 )
