@@ -508,6 +508,9 @@ def main() -> None:
     print(f"needs review: {int(table.needs_review.sum())} of {len(table)} files")
     for row in table.itertuples():
         print(f"{row.file}: {row.treg_placement}")
+    # Why each file goes to a person: its flags (the review page lists the same).
+    for row in table[table.needs_review].itertuples():
+        print(f"{row.file} needs review; its flags: {row.flags}")
 
 
 if __name__ == "__main__":

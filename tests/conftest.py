@@ -58,14 +58,37 @@ def write_sixteen_bit_copy(source: Path, target: Path) -> Path:
     )
 
 
+def gate_and_record(store, study, path: Path, strategy, run_id: str):
+    """Gate one inbox file with ``strategy`` and record it in ``store`` as its sample's
+    current result, as a processing pass does (no review action); returns the record."""
+    import hashlib
+
+    from flows.sample_work import process_sample_file
+
+    name = study.parse_name(path.name)
+    record = process_sample_file(
+        path,
+        hashlib.sha256(path.read_bytes()).hexdigest(),
+        name,
+        study.panels[name.panel_token],
+        strategy,
+    )
+    stat = path.stat()
+    store.record_sample(
+        file_name=path.name,
+        size=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
+        result=record,
+        run_id=run_id,
+    )
+    return record
+
+
 def processed_demo_samples(root: Path, events: int, keep: tuple[str, ...]) -> Path:
     """A demo study at ``root`` cut to the samples named in ``keep`` (sample-id prefixes),
     each processed and recorded in the store as a pass would; returns ``root``."""
-    import hashlib
-
     from cohort.store import Store
     from cohort.study import Study
-    from flows.sample_work import process_sample_file
     from simulate.demo import DemoOptions, simulate_study
 
     simulate_study(root, DemoOptions(events_per_file=events, include_bad_files=False))
@@ -77,21 +100,7 @@ def processed_demo_samples(root: Path, events: int, keep: tuple[str, ...]) -> Pa
     try:
         for path in sorted((root / "inbox").iterdir()):
             name = study.parse_name(path.name)
-            record = process_sample_file(
-                path,
-                hashlib.sha256(path.read_bytes()).hexdigest(),
-                name,
-                study.panels[name.panel_token],
-                study.strategies[name.panel_token],
-            )
-            stat = path.stat()
-            store.record_sample(
-                file_name=path.name,
-                size=stat.st_size,
-                mtime_ns=stat.st_mtime_ns,
-                result=record,
-                run_id="test",
-            )
+            gate_and_record(store, study, path, study.strategies[name.panel_token], "test")
     finally:
         store.close()
     return root

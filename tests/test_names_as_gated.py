@@ -6,7 +6,6 @@ words (``reports.names``) as they print the other flags."""
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import re
@@ -20,7 +19,7 @@ import pytest
 from cohort.store import Store
 from cohort.study import Study
 from reports.names import Names, drift_subject
-from tests.conftest import processed_demo_samples
+from tests.conftest import gate_and_record, processed_demo_samples
 
 DRIFTING = ("P01_BL_BCELL", "P01_M1_BCELL", "P01_M3_BCELL", "P01_M6_BCELL")
 OLD = "P02_BL_BCELL"  # gated under bcell v3 (t_cd38, "Antibody-secreting cells")
@@ -41,27 +40,11 @@ def _older_bcell(folder: Path) -> Path:
 
 def _gate_with(root: Path, sample_id: str, strategy) -> None:
     """Process one inbox file with ``strategy`` and store it as its current result."""
-    from flows.sample_work import process_sample_file
-
     study = Study(root)
-    path = root / "inbox" / f"{sample_id}.fcs"
-    name = study.parse_name(path.name)
-    record = process_sample_file(
-        path,
-        hashlib.sha256(path.read_bytes()).hexdigest(),
-        name,
-        study.panels[name.panel_token],
-        strategy,
-    )
     store = Store(study.db_path)
     try:
-        stat = path.stat()
-        store.record_sample(
-            file_name=path.name,
-            size=stat.st_size,
-            mtime_ns=stat.st_mtime_ns,
-            result=record,
-            run_id="older strategy",
+        gate_and_record(
+            store, study, root / "inbox" / f"{sample_id}.fcs", strategy, "older strategy"
         )
     finally:
         store.close()

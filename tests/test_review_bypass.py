@@ -15,6 +15,7 @@ from cohort.accounts import add_user
 from cohort.review import current_review_states, status_frame
 from cohort.store import Store
 from cohort.study import Study
+from tests.conftest import gate_and_record
 from tests.test_review_security import PASSWORD, _client, _named, _signed_in, _token, _trail
 
 SAMPLE = "P01_BL_BCELL"
@@ -44,8 +45,6 @@ def _regate_behind_review(study, sample_id=SAMPLE, overrides=None, content=None)
     """What a processing pass does after a strategy, template or pipeline change (the
     strategy's identity changes) or once a file is replaced under the same name
     (``content``): the sample gets a new current result, with no review action."""
-    from flows.sample_work import process_sample_file
-
     st = Study(study)
     store = Store(st.db_path)
     try:
@@ -54,21 +53,9 @@ def _regate_behind_review(study, sample_id=SAMPLE, overrides=None, content=None)
         if content is not None:
             path.write_bytes(content)
         strategy = st.strategies[sample["panel"]]
-        record = process_sample_file(
-            path,
-            hashlib.sha256(path.read_bytes()).hexdigest(),
-            st.parse_name(path.name),
-            st.panels[sample["panel"]],
-            strategy.with_overrides(overrides) if overrides else strategy,
-        )
-        stat = path.stat()
-        store.record_sample(
-            file_name=path.name,
-            size=stat.st_size,
-            mtime_ns=stat.st_mtime_ns,
-            result=record,
-            run_id="nightly",
-        )
+        if overrides:
+            strategy = strategy.with_overrides(overrides)
+        record = gate_and_record(store, st, path, strategy, "nightly")
         return record.sample_key
     finally:
         store.close()
