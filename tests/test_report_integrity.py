@@ -381,7 +381,14 @@ def _trial(n_patients: int):
     visits = ["BL", "M1", "M3", "M6", "M9", "M12"]
     samples = pd.DataFrame(
         [
-            {"patient_id": p, "visit": v, "panel": panel, "qc_flags": "", "status": "processed"}
+            {
+                "sample_id": f"{p}_{v}_{panel}",
+                "patient_id": p,
+                "visit": v,
+                "panel": panel,
+                "qc_flags": "",
+                "status": "processed",
+            }
             for p in ids
             for v in visits
             for panel in ("BCELL", "TREG")
