@@ -48,10 +48,20 @@ def replay_gates(
     return evaluate_gates(gates, space or GatingSpace.of_sample(data, resolved))
 
 
+def _uncompensated_flag(resolved: ResolvedPanel) -> str:
+    """Why no spillover is applied: FlowJo names the parameters it has compensated
+    ``FJComp-<detector>`` in its exports (no $SPILLOVER is written with them), so such a file
+    is compensated already; any other file without the keyword is not compensated."""
+    channels = resolved.marker_channels.values()
+    if channels and all(c.startswith("FJComp-") for c in channels):
+        return "no_spillover_keyword:compensated_by_flowjo"
+    return "no_spillover_keyword:uncompensated"
+
+
 def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> SampleGating:
     """Run QC and the strategy's gate tree on one sample."""
     space = GatingSpace.of_sample(data, resolved)
-    flags = [] if space.spillover is not None else ["no_spillover_keyword:uncompensated"]
+    flags = [] if space.spillover is not None else [_uncompensated_flag(resolved)]
     entry = resolved.panel.enters_at
     entered = entry_and_ancestors(strategy, entry, resolved.panel.source or resolved.panel.name)
     qc = run_qc(space, resolved, strategy.qc, entry=entry)

@@ -221,7 +221,11 @@ FLAG_FAMILIES: dict[str, Callable[[str, Callable, Callable], str]] = {
     "no_pulse_height_or_width": lambda d, p, m: (
         "no pulse height or width channel: doublets not removed"
     ),
-    "no_spillover_keyword": lambda d, p, m: "no spillover matrix in the file: not compensated",
+    "no_spillover_keyword": lambda d, p, m: (
+        "no spillover matrix in the file: compensated in FlowJo before export (FJComp- channels)"
+        if d == "compensated_by_flowjo"
+        else "no spillover matrix in the file: not compensated"
+    ),
     "reader": lambda d, p, m: f"file read with a repair: {d}",
     "monotone_likelihood": lambda d, p, m: (
         "no maximum-likelihood estimate (monotone likelihood: the data separate the windows)"

@@ -10,6 +10,7 @@ from gating.pipeline import gate_sample
 from gating.strategy import load_strategy
 from panels.fcs import read_events
 from panels.resolve import load_panel, resolve_panel
+from reports.names import Names
 from simulate.demo import B_TRUTH, LABELS, T_TRUTH
 from simulate.fcs_writer import write_fcs
 from simulate.second_site import LABEL_NAMES as SITE_LABELS
@@ -66,6 +67,16 @@ def test_no_spillover_keyword_is_flagged(tmp_path):
     d = read_events(bare)
     g = gate_sample(d, resolve_panel(load_panel("bcell"), d.header), load_strategy("bcell"))
     assert "no_spillover_keyword:uncompensated" in g.flags
+    # FlowJo's exports carry compensated parameters named FJComp-<detector> and no keyword.
+    h = d.header
+    fj = [f"FJComp-{n}" if label else n for n, label in zip(h.pnn, h.pns, strict=True)]
+    fj_path = write_fcs(tmp_path / "flowjo.fcs", data.events, fj, data.header.pns)
+    f = read_events(fj_path)
+    g = gate_sample(f, resolve_panel(load_panel("bcell"), f.header), load_strategy("bcell"))
+    assert "no_spillover_keyword:compensated_by_flowjo" in g.flags
+    assert not any(x.endswith(":uncompensated") for x in g.flags)
+    words = Names().flag("BCELL", "no_spillover_keyword:compensated_by_flowjo")
+    assert "compensated in FlowJo" in words
 
 
 def test_worker_writes_qc_report_for_flagged_samples_only(tmp_path):
