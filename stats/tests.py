@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -39,13 +40,15 @@ class PairedResult:
     n: int
     statistic: float
     p_value: float
-    effect: float  # median of (after - before)
+    # Hodges-Lehmann estimate of the shift after - before: the median of the Walsh averages
+    # (pairwise means, each difference with itself included) of the n paired differences.
+    effect: float
     method: str
     test: str = ""  # which test ran: signed_rank_exact, signed_rank_permutation, ...
     # all_one_sign: every non-zero difference has one sign, so p is the smallest the test
-    # can give with this many pairs (the effect still exists: a median difference).
+    # can give with this many pairs (the effect still exists).
     flag: str = ""
-    # The distribution-free 95% interval of the median difference (``median_interval``).
+    # The 95% interval of the shift that inverts this signed-rank test (``shift_interval``).
     ci_low: float = float("nan")
     ci_high: float = float("nan")
 
@@ -71,29 +74,73 @@ class SignedRankRule:
         if not 1 <= self.enumerate_up_to <= 24:  # 2^24 sign patterns is the memory limit
             raise ValueError("enumerate_up_to must be between 1 and 24")
 
+    def test(self, m: int, has_ties: bool, zeros: int) -> str:
+        """The test this rule runs on ``m`` non-zero pairs (ties among them or not, ``zeros``
+        zero differences)."""
+        if not has_ties and not zeros and m < self.exact_below:
+            return "signed_rank_exact"
+        if m <= self.enumerate_up_to:
+            return "signed_rank_permutation"
+        return "signed_rank_normal_cc"
+
+
+TEST_WORDS = {
+    "signed_rank_exact": "exact signed-rank distribution",
+    "signed_rank_permutation": "exact permutation test (all 2^{m} sign patterns)",
+    "signed_rank_normal_cc": "normal approximation, continuity and tie corrected",
+}
+
+
+def _midranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties given the mean of the ranks they share (as scipy's rankdata, which
+    costs a millisecond a call: too slow for inverting a test at every Walsh average)."""
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], ordered.size]
+    ranks = np.empty(values.size)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
+def _signed_ranks(diff: np.ndarray, zero_method: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ranks of the non-zero |differences|, their signs): mid-ranks for ties; 'wilcox' drops
+    the zeros before ranking, 'pratt' ranks them and then drops them."""
+    keep = diff != 0
+    if zero_method == "wilcox":
+        ranks = _midranks(np.abs(diff[keep]))
+    else:
+        ranks = _midranks(np.abs(diff))[keep]
+    return ranks, np.sign(diff[keep])
+
+
+def _signed_rank_p(ranks: np.ndarray, signs: np.ndarray, test: str) -> float:
+    """Two-sided p of V+ (the sum of the positive differences' ranks) under random signs."""
+    v_plus = float(ranks[signs > 0].sum())
+    if test == "signed_rank_normal_cc":
+        return _normal_p(ranks, v_plus)
+    return _exact_p(ranks, v_plus)
+
 
 def paired_wilcoxon(
     before: np.ndarray, after: np.ndarray, rule: SignedRankRule = SignedRankRule()
 ) -> PairedResult:
     """Two-sided Wilcoxon signed-rank test of after - before, computed as ``rule`` says and
-    labelled with what ran. ``statistic`` is min(V+, V-), V+ being R's V."""
-    from scipy import stats
-
+    labelled with what ran. ``statistic`` is min(V+, V-), V+ being R's V. The effect is the
+    Hodges-Lehmann shift with the 95% interval that inverts the same test
+    (``shift_interval``), so the interval excludes 0 when p < 0.05 and not otherwise (up to
+    the zeros the test drops: see ``shift_interval``)."""
     before, after = np.asarray(before, float), np.asarray(after, float)
     ok = np.isfinite(before) & np.isfinite(after)
     diff = after[ok] - before[ok]
     n = int(diff.size)
-    effect = float(np.median(diff)) if n else float("nan")
+    effect = hodges_lehmann(diff)
     zeros = int((diff == 0).sum())
     if n - zeros < 1:
         return PairedResult(
             n, float("nan"), float("nan"), effect, "not tested: no non-zero pairs", "not_tested"
         )
-    if rule.zero_method == "wilcox":
-        ranks = stats.rankdata(np.abs(diff[diff != 0]))
-    else:
-        ranks = stats.rankdata(np.abs(diff))[diff != 0]
-    signs = np.sign(diff[diff != 0])
+    ranks, signs = _signed_ranks(diff, rule.zero_method)
     m = ranks.size
     has_ties = np.unique(ranks).size < m
     v_plus = float(ranks[signs > 0].sum())
@@ -102,65 +149,109 @@ def paired_wilcoxon(
     notes = [f"{zeros} zero difference(s) {dropped}"] if zeros else []
     if has_ties:
         notes.append("tied |differences| given mid-ranks")
-    if not has_ties and not zeros and m < rule.exact_below:
-        p = float(stats.wilcoxon(diff, method="exact").pvalue)
-        test, kind = "signed_rank_exact", "exact signed-rank distribution"
-    elif m <= rule.enumerate_up_to:
-        p = _permutation_p(ranks, v_plus)
-        test, kind = "signed_rank_permutation", f"exact permutation test (all 2^{m} sign patterns)"
-    else:
-        p = _normal_p(ranks, v_plus)
-        test, kind = "signed_rank_normal_cc", "normal approximation, continuity and tie corrected"
+    test = rule.test(m, has_ties, zeros)
+    p = _signed_rank_p(ranks, signs, test)
     one_sign = bool(np.all(signs > 0) or np.all(signs < 0))
     if one_sign:
         notes.append(f"all {m} non-zero differences of one sign: p is the smallest possible")
     detail = f" ({'; '.join(notes)})" if notes else ""
-    low, high = median_interval(diff)
+    low, high = shift_interval(diff, rule)
     interval = (
-        "; 95% CI of the median difference from its order statistics (binomial, distribution-free)"
+        "; effect = Hodges-Lehmann shift (median of the Walsh averages of the differences), "
+        "95% CI inverting this signed-rank test (Walsh averages as its ends)"
         if np.isfinite(low)
-        else f"; no 95% CI of the median difference with {n} pairs (at least 6 needed)"
+        else "; effect = Hodges-Lehmann shift (median of the Walsh averages of the differences); "
+        f"no 95% CI: with {n} pairs no shift is rejected at 5% (at least 6 needed)"
     )
-    method = f"Wilcoxon signed-rank, two-sided, {kind}{detail}{interval}"
+    method = f"Wilcoxon signed-rank, two-sided, {TEST_WORDS[test].format(m=m)}{detail}{interval}"
     flag = "all_one_sign" if one_sign else ""
     return PairedResult(n, statistic, p, effect, method, test, flag, low, high)
 
 
-def median_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """The distribution-free confidence interval of a median from order statistics: the
-    k-th smallest and k-th largest value, k the largest rank with P(Binomial(n, 1/2) < k) <=
-    (1 - level) / 2, so the coverage is at least ``level`` (Conover, Practical Nonparametric
-    Statistics, 3rd ed., section 3.2; n = 10 gives the 2nd and 9th values). NaN when n is
-    too small for any interval to reach ``level`` (n < 6 at 95%)."""
-    from scipy import stats
+def walsh_averages(values: np.ndarray) -> np.ndarray:
+    """The n(n+1)/2 pairwise means (x_i + x_j)/2, i <= j, sorted (Hollander & Wolfe 3.2)."""
+    x = np.asarray(values, float)
+    i, j = np.triu_indices(x.size)
+    return np.sort((x[i] + x[j]) / 2.0)
 
-    x = np.sort(np.asarray(values, float)[np.isfinite(values)])
-    n = x.size
-    if n == 0:
+
+def hodges_lehmann(diff: np.ndarray) -> float:
+    """The Hodges-Lehmann estimate of the centre of the paired differences: the median of
+    their Walsh averages (R's wilcox.test(conf.int = TRUE) '(pseudo)median'); NaN if none."""
+    diff = np.asarray(diff, float)
+    return float(np.median(walsh_averages(diff))) if diff.size else float("nan")
+
+
+def shift_interval(
+    diff: np.ndarray, rule: SignedRankRule = SignedRankRule(), level: float = 0.95
+) -> tuple[float, float]:
+    """The confidence interval of the shift d that inverts the signed-rank test: every d at
+    which the test of (diff - d), run as ``rule`` says, has two-sided p >= 1 - level.
+
+    V+(d) changes only where d is a Walsh average, so the test is run once inside each gap
+    between neighbouring Walsh averages (there no difference is 0 and two |diff - d| tie only
+    if two differences are equal) and the interval runs from the lower end of the first gap
+    not rejected to the upper end of the last one. Without tied differences this is the
+    exact interval of R's wilcox.test(conf.int = TRUE): the k-th smallest and largest Walsh
+    averages, k from the signed-rank distribution (Hollander & Wolfe 3.3); with ties it is
+    the exact permutation test's (mid-ranks) inverted the same way (as R's asht::wsrTest).
+    It excludes 0 exactly when the test's p < 1 - level, except where zero differences
+    (dropped by the test at d = 0, counted as tiny shifts beside it) or a Walsh average at 0
+    sit on the boundary. NaN when no shift is rejected (n < 6 at 95%)."""
+    diff = np.asarray(diff, float)
+    diff = diff[np.isfinite(diff)]
+    if diff.size == 0:
         return float("nan"), float("nan")
-    # P(B <= k - 1) <= alpha/2  <=>  k - 1 <= ppf; binom.ppf gives the smallest q with cdf >= p.
-    alpha = (1.0 - level) / 2.0
-    k = int(stats.binom.ppf(alpha, n, 0.5))
-    if stats.binom.cdf(k, n, 0.5) > alpha:
-        k -= 1
-    k += 1  # 1-based rank of the lower end
-    if k < 1:
-        return float("nan"), float("nan")
-    return float(x[k - 1]), float(x[n - k])
+    walsh = np.unique(walsh_averages(diff))
+    # One point inside each gap, and one beyond either end (every difference of one sign).
+    span = max(1.0, float(np.abs(walsh).max()))
+    points = np.concatenate([[walsh[0] - span], (walsh[:-1] + walsh[1:]) / 2.0, [walsh[-1] + span]])
+    alpha = 1.0 - level
+    if np.unique(diff).size == diff.size:
+        # No tied differences: every gap ranks 1..n, and V+ there is the number of Walsh
+        # averages above it (Tukey), so all gaps are tested at once.
+        ranks = np.arange(1.0, diff.size + 1)
+        test = rule.test(diff.size, False, 0)
+        every = walsh_averages(diff)
+        v_plus = every.size - np.searchsorted(every, points, side="right")
+        p = _normal_p(ranks, v_plus) if test == "signed_rank_normal_cc" else _exact_p(ranks, v_plus)
+    else:
+        p = np.empty(points.size)
+        for gap, d in enumerate(points):
+            ranks, signs = _signed_ranks(diff - d, rule.zero_method)
+            test = rule.test(ranks.size, np.unique(ranks).size < ranks.size, 0)
+            p[gap] = _signed_rank_p(ranks, signs, test)
+    kept = np.flatnonzero(p >= alpha * (1 - 1e-9))
+    if kept.size == 0 or kept[0] == 0 or kept[-1] == points.size - 1:
+        return float("nan"), float("nan")  # a shift beyond every difference is not rejected
+    return float(walsh[kept[0] - 1]), float(walsh[kept[-1]])
 
 
-def _permutation_p(ranks: np.ndarray, v_plus: float) -> float:
-    """Two-sided exact p of V+ under random signs: 2 x the smaller tail, at most 1."""
-    m = ranks.size
-    patterns = (np.arange(2**m)[:, None] >> np.arange(m)) & 1
-    null = patterns @ ranks
-    eps = 1e-9 * max(1.0, float(ranks.sum()))  # mid-ranks are halves: compare with a margin
-    low = np.mean(null <= v_plus + eps)
-    high = np.mean(null >= v_plus - eps)
-    return float(min(1.0, 2.0 * min(low, high)))
+@lru_cache(maxsize=256)
+def _null_counts(doubled_ranks: tuple[int, ...]) -> np.ndarray:
+    """How many of the 2^m sign patterns give each value of 2 V+ (ranks doubled so that
+    mid-ranks are integers): the exact null distribution, by convolution."""
+    counts = np.ones(1)
+    for r in doubled_ranks:
+        counts = np.concatenate([counts, np.zeros(r)]) + np.concatenate([np.zeros(r), counts])
+    return counts
 
 
-def _normal_p(ranks: np.ndarray, v_plus: float) -> float:
+def _exact_p(ranks: np.ndarray, v_plus):
+    """Two-sided exact p of V+ (a number or an array of them) under random signs: 2 x the
+    smaller tail, at most 1. Without ties this is the exact signed-rank distribution; with
+    mid-ranks, the permutation test over all 2^m sign patterns (the same counts, by
+    convolution rather than listing)."""
+    doubled = np.rint(2 * ranks).astype(int)
+    counts = _null_counts(tuple(sorted(doubled.tolist())))
+    below = np.concatenate([[0.0], np.cumsum(counts)]) / counts.sum()  # P(2V+ < index)
+    v = np.rint(2 * np.asarray(v_plus, float)).astype(int)
+    low, high = below[v + 1], 1.0 - below[v]
+    p = np.minimum(1.0, 2.0 * np.minimum(low, high))
+    return float(p) if p.ndim == 0 else p
+
+
+def _normal_p(ranks: np.ndarray, v_plus):
     """Normal approximation of V+ with continuity correction (R's), its mean and variance
     those of V+ under random signs given the ranks: sum(r)/2 and sum(r^2)/4. With ranks 1..m
     that is m(m+1)/4 and R's tie-corrected m(m+1)(2m+1)/24 - sum(t^3 - t)/48; with Pratt's
@@ -169,9 +260,10 @@ def _normal_p(ranks: np.ndarray, v_plus: float) -> float:
 
     mean = float(ranks.sum()) / 2.0
     var = float((ranks**2).sum()) / 4.0
-    z = v_plus - mean
+    z = np.asarray(v_plus, float) - mean
     z = (z - np.sign(z) * 0.5) / np.sqrt(var)
-    return float(min(1.0, 2.0 * stats.norm.sf(abs(z))))
+    p = np.minimum(1.0, 2.0 * stats.norm.sf(np.abs(z)))
+    return float(p) if p.ndim == 0 else p
 
 
 def mcnemar_exact(before: np.ndarray, after: np.ndarray) -> tuple[int, int, float]:

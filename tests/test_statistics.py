@@ -24,7 +24,10 @@ def test_wilcoxon_hollander_wolfe_reference():
     assert abs(res.p_value - 20 / 512) < 1e-12
     assert res.statistic == 45 - 40  # scipy reports min(V+, V-); R reports V+ = 40
     assert "exact" in res.method
-    assert abs(res.effect - np.median(np.array(HW_Y) - np.array(HW_X))) < 1e-12
+    # R: wilcox.test(x, y, paired = TRUE, conf.int = TRUE): (pseudo)median 0.46, 95 percent
+    # confidence interval 0.010 0.786 (x - y; here after - before = y - x, so negated).
+    assert abs(res.effect - -0.46) < 1e-12
+    assert abs(res.ci_low - -0.786) < 1e-12 and abs(res.ci_high - -0.01) < 1e-12
 
 
 def test_wilcoxon_with_zero_differences_is_an_exact_permutation_test_and_says_so():
@@ -107,24 +110,67 @@ def test_wilcoxon_vs_baseline_pairs_only_patients_with_both_visits():
     assert children.n == 5
 
 
-def test_median_interval_is_the_order_statistics_of_the_published_tables():
-    """The distribution-free 95% interval of a median (Conover, Practical Nonparametric
-    Statistics, 3rd ed., 3.2; Nair 1940's table): n = 9 and 10 take the 2nd value from each
-    end, n = 20 the 6th, n = 6 the extremes (coverage 96.9%); n = 5 has none (93.8% < 95%).
-    The Wilcoxon rows carry it as the interval of their effect, the median difference."""
-    from stats.tests import median_interval
+def test_shift_interval_is_the_walsh_average_order_statistics_of_rs_exact_interval():
+    """Without ties, the interval that inverts the exact signed-rank test is R's
+    wilcox.test(conf.int = TRUE) one (Hollander & Wolfe 3.3): the k-th smallest and k-th
+    largest of the n(n+1)/2 Walsh averages, k = qsignrank(0.025, n) (R's own rule; n = 9
+    gives 6, n = 16 gives 30, n = 6 gives 1: the extremes); n = 5 has none (2/32 > 0.05).
+    The estimate is the Walsh averages' median, R's '(pseudo)median'."""
+    from stats.tests import hodges_lehmann, shift_interval
 
-    for n, rank in ((6, 1), (9, 2), (10, 2), (16, 4), (20, 6)):
-        values = np.random.default_rng(n).permutation(np.arange(1.0, n + 1))
-        assert median_interval(values) == (rank, n + 1 - rank), n
-        # The coverage the rank gives is the table's: at least 95%, one rank inwards less.
-        assert 1 - 2 * stats.binom.cdf(rank - 1, n, 0.5) >= 0.95
-        assert 1 - 2 * stats.binom.cdf(rank, n, 0.5) < 0.95
-    assert all(np.isnan(median_interval(np.arange(5.0))))
-    diff = np.sort(np.array(HW_Y) - np.array(HW_X))
-    res = paired_wilcoxon(before=np.array(HW_X), after=np.array(HW_Y))
-    assert (res.ci_low, res.ci_high) == (diff[1], diff[7])
-    assert "95% CI of the median difference" in res.method
+    for n, k in ((6, 1), (9, 6), (10, 9), (16, 30), (20, 53)):
+        # qsignrank(0.025, n): the smallest q with P(V <= q) >= 0.025, by SciPy's exact law.
+        q = int(np.argmax(np.cumsum(np.bincount(_signed_rank_sums(n))) / 2**n >= 0.025))
+        assert q == k, n
+        diff = np.random.default_rng(n).normal(0.3, 1.0, n)
+        i, j = np.triu_indices(n)
+        walsh = np.sort((diff[i] + diff[j]) / 2)
+        assert shift_interval(diff) == (walsh[k - 1], walsh[walsh.size - k]), n
+        assert hodges_lehmann(diff) == np.median(walsh)
+    assert all(np.isnan(shift_interval(np.arange(1.0, 6.0))))
+
+
+def _signed_rank_sums(n: int) -> np.ndarray:
+    """V+ of every one of the 2^n sign patterns of ranks 1..n, by listing them."""
+    patterns = (np.arange(2**n)[:, None] >> np.arange(n)) & 1
+    return patterns @ np.arange(1, n + 1)
+
+
+def test_shift_interval_with_ties_is_the_set_scipys_permutation_test_does_not_reject():
+    """With tied and zero differences the interval is every shift d at which SciPy's exact
+    permutation test of diff - d (mid-ranks) gives p >= 0.05: checked at shifts between the
+    Walsh averages across the whole range, with SciPy's own test, not ours."""
+    from stats.tests import shift_interval
+
+    diff = np.array([2, 2, -1, 4, 2, -1, 0, 3, 1.0])
+    low, high = shift_interval(diff)
+    i, j = np.triu_indices(diff.size)
+    walsh = np.unique((diff[i] + diff[j]) / 2)
+    at_low, at_high = np.searchsorted(walsh, [low, high])
+    # The gaps just outside and just inside either end, and the one holding 0.
+    outside = [(walsh[at_low - 1] + low) / 2, (high + walsh[at_high + 1]) / 2]
+    inside = [(low + walsh[at_low + 1]) / 2, (walsh[at_high - 1] + high) / 2, 0.01]
+    for d in outside + inside:
+        p = stats.wilcoxon(diff - d, method=stats.PermutationMethod(n_resamples=np.inf)).pvalue
+        assert (p >= 0.05) == (d in inside), (d, p)
+    assert (low, high) == (0.0, 3.0)
+
+
+def test_wilcoxon_interval_agrees_with_its_p():
+    """The interval is the test's own: it excludes 0 when p < 0.05 and holds it otherwise
+    (the median of the differences with the sign test's order-statistic interval, printed
+    before, disagreed: [-6.26, 0.152] beside p = 0.0076 on the demo)."""
+    rng = np.random.default_rng(7)
+    checked = 0
+    for _ in range(300):
+        n = int(rng.integers(6, 17))
+        diff = rng.normal(rng.uniform(-1, 1), 1.0, n).round(2)  # ties and zeros happen
+        res = paired_wilcoxon(np.zeros(n), diff)
+        if 0 in diff or np.isclose(np.abs(np.add.outer(diff, diff)), 0).any():
+            continue  # a zero or a Walsh average at 0 sits on the boundary (documented)
+        assert (res.ci_low > 0 or res.ci_high < 0) == (res.p_value < 0.05), (diff, res)
+        checked += 1
+    assert checked > 100
 
 
 def test_wilcoxon_pratt_with_ties_and_zeros_matches_scipys_permutation_test():
