@@ -650,7 +650,9 @@ def _clinical_table(pdf, statistics: pd.DataFrame, ctx: ReportContext | None = N
         "analysis: primary_p; Methods). Clinical p-values are not adjusted. p to 2, "
         "estimates to 3 significant digits; full precision in results/statistics.csv. "
         "-: no test (a median, or a model that could not be fitted: its method says why).",
-        "Estimates: Wilcoxon rows the median of the paired differences (after - before); the "
+        "Estimates: Wilcoxon rows the Hodges-Lehmann shift after - before (median of the "
+        "Walsh averages of the paired differences) with the 95% CI that inverts the same "
+        "signed-rank test (so it excludes 0 exactly when p < 0.05, zeros aside); the "
         "conditional Poisson row the rate ratio of every relapse, after vs before (exact CI); Cox "
         "rows the hazard ratio after vs before (interval: Wald on the Wald row, profile "
         "likelihood on the likelihood-ratio row, penalised profile on Firth's, Clopper-Pearson "
@@ -746,11 +748,20 @@ def _population_page(pdf, ctx: ReportContext, block: pd.DataFrame, tests: pd.Dat
     plt.close(fig)
 
 
+# The signed-rank tests as the Wilcoxon table's 'test' column abbreviates them.
+WILCOXON_TEST_SHORT = {
+    "signed_rank_exact": "exact",
+    "signed_rank_permutation": "perm",
+    "signed_rank_normal_cc": "norm",
+    "not_tested": "-",
+}
+
+
 def _wilcoxon_tables(pdf, ctx: ReportContext, data: pd.DataFrame, wilcox: pd.DataFrame) -> None:
     header = (
         f"{'group':12} {'panel':6} {'population':20} {'measure':18} {'visit':5} "
         f"{'n':>3} {'baseline median [IQR]':>24} {'visit median [IQR]':>24} "
-        f"{'median diff':>11} {'95% CI':>18} {'p':>9} {'p (BH)':>9}"
+        f"{'HL shift':>11} {'95% CI':>18} {'V':>5} {'test':5} {'p':>9} {'p (BH)':>9}"
     )
     lines = [header, "-" * len(header)]
     for r in wilcox.itertuples():
@@ -774,15 +785,22 @@ def _wilcoxon_tables(pdf, ctx: ReportContext, data: pd.DataFrame, wilcox: pd.Dat
             f"{ctx.names.measure(r.measure, r.panel, r.population)[:18]:18} {r.visit:5} {r.n:>3} "
             f"{summary(pairs[ctx.baseline]):>24} {summary(pairs[r.visit]):>24} "
             f"{format_estimate(r.effect):>11} {format_interval(r.ci_low, r.ci_high) or '-':>18} "
+            f"{_statistic(r.statistic):>5} {WILCOXON_TEST_SHORT.get(r.test, r.test)[:5]:5} "
             f"{_fmt_p(r.p_value):>9} {_fmt_p(r.p_adjusted):>9}"
         )
     lines += [
         "",
-        "Medians [IQR] over the n patients with both visits (the test's pairs); median diff: "
-        "median of the paired differences (visit - baseline), with its distribution-free 95% "
-        "CI from the order statistics (-: fewer than 6 pairs). p (BH): Benjamini-Hochberg "
-        "within the row's family (statistics.csv family column). Populations are defined on "
-        "the page 'Populations: gate definitions'.",
+        "Medians [IQR] over the n patients with both visits (the test's pairs; n counts zero "
+        "differences, which the test drops). HL shift: the Hodges-Lehmann estimate of the "
+        "change visit - baseline (median of the Walsh averages of the paired differences), "
+        "with the 95% CI that inverts the same signed-rank test (it excludes 0 exactly when "
+        "p < 0.05, a zero difference aside; -: fewer than 6 pairs, where no shift can be "
+        "rejected). V: the signed-rank statistic min(V+, V-). test: exact = exact signed-rank "
+        "distribution (no ties, no zeros); perm = exact permutation test over all sign "
+        "patterns with mid-ranks (ties or zeros); norm = normal approximation with continuity "
+        "and tie correction. p: two-sided, unadjusted. p (BH): Benjamini-Hochberg within the "
+        "row's family (statistics.csv family column); the tests are exploratory. Populations "
+        "are defined on the page 'Populations: gate definitions'.",
     ]
     _text_pages(
         pdf,

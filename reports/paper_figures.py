@@ -258,12 +258,12 @@ def figure_2b(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Dat
 
 
 def paired_test_text(row) -> str:
-    """A paired Wilcoxon row as Figure 3 prints it: the median difference with its 95%
-    interval, and p (primary marked); why not, where there is no test."""
+    """A paired Wilcoxon row as Figure 3 prints it: the Hodges-Lehmann shift with the 95%
+    interval that inverts the test, and p (primary marked); why not, where there is no test."""
     if row is None:
         return "not tested"
     ci = format_interval(row.ci_low, row.ci_high)
-    estimate = f"median {format_estimate(row.effect)}" + (f" {ci}" if ci else " (n < 6: no CI)")
+    estimate = f"HL shift {format_estimate(row.effect)}" + (f" {ci}" if ci else " (n < 6: no CI)")
     if not np.isfinite(row.p_value):  # the signed-rank test needs a non-zero difference
         return f"{estimate}; no test: no patient changed"
     return f"{estimate}, Wilcoxon {_p_text(row)}"
@@ -374,7 +374,9 @@ def _figure_3_page(pdf, ctx, windows, statistics, subgroups, page: int, n_pages:
             f"; 'd only' over a bar{', hatched,' if hatched else ''}: after-window shortened "
             f"by loss to follow-up: {lost_text}" * bool(lost_text)
         )
-        + ". Drug counts: patients not followed to +12 months are left out of the test.",
+        + ". Drug counts: patients not followed to +12 months are left out of the test. HL "
+        "shift: Hodges-Lehmann estimate of the paired change (median of the Walsh averages of "
+        "the differences) with the 95% CI that inverts the Wilcoxon test.",
         y=0.03,
     )
     pdf.savefig(fig)

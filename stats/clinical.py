@@ -151,7 +151,7 @@ def paired_before_after(
                     primary=np.isfinite(res.p_value),
                     method=f"{res.method}; {what}"
                     + (_not_followed_note(block) if at_12m else _shortened_note(block))
-                    + "; effect = median(after - before)",
+                    + "; differences = after - before",
                 )
             )
             if analysis == "relapses_before_after":
@@ -569,7 +569,8 @@ def _fisher_row(
         estimate_exists=bool(np.isfinite(odds) and 0 < odds),
         flag="zero_cell" if zero_cell else "",
         primary=plan.primary_p.drug_use == "fisher",
-        method="Fisher's exact test, two-sided (scipy), table [[on, off] at baseline, [on, "
+        method="Fisher's exact test, two-sided (scipy; the tables no more probable than the "
+        "observed, not mid-p), table [[on, off] at baseline, [on, "
         f"off] at +12 months] = {table}, the two dates taken as independent groups; effect = "
         "conditional maximum-likelihood odds ratio (on the drug, baseline vs +12 months) "
         "with its exact conditional 95% CI (as R's fisher.test); statistic = sample odds "
@@ -602,8 +603,8 @@ def _mcnemar_rows(
         effect=change,
         primary=plan.primary_p.drug_use == "mcnemar",
         method="exact McNemar test, two-sided (binomial on the discordant pairs, 1/2; 2 x the "
-        f"smaller tail): {counts}; statistic = the smaller count; effect = change in the share "
-        "of patients on the drug (no interval: see the paired odds ratio row)",
+        f"smaller tail; not mid-p): {counts}; statistic = the smaller count; effect = change "
+        "in the share of patients on the drug (no interval: see the paired odds ratio row)",
     )
     est = binomial_odds_estimate(stopped, stopped + started)
     if stopped + started == 0:

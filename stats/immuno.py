@@ -66,7 +66,7 @@ def wilcoxon_vs_baseline(
                             "estimate_exists": bool(np.isfinite(res.effect)),
                             "flag": res.flag,
                             "primary": True,
-                            "method": f"{res.method}; effect = median({visit} - {baseline})",
+                            "method": f"{res.method}; differences = {visit} - {baseline}",
                         }
                     )
     table = pd.DataFrame(rows, columns=STATISTICS_COLUMNS)

@@ -226,6 +226,11 @@ class AnalysisPlan(BaseModel):
             + "; ".join(f"{g.name} = {g.title} ({', '.join(g.patients)})" for g in self.groups),
             f"Endpoints: every population but {', '.join(self.not_endpoints) or 'none'} "
             f"(QC gates), as {', '.join(self.measures)}.",
+            "Design: a single-arm phase I trial; every comparison is within patients (each "
+            "visit against baseline, each patient's 12 months after infusion against the 12 "
+            "before), with no control group, so a change cannot be told from the natural "
+            "course or from regression to the mean (patients are enrolled while relapsing "
+            "often); every p-value is exploratory and descriptive, none confirmatory.",
             f"Multiplicity: the visit-vs-baseline tests are exploratory (the plan names no "
             f"primary immunological endpoint); each is printed with its unadjusted p and its "
             f"Benjamini-Hochberg adjusted p (false discovery rate) within its family, the tests "
@@ -238,9 +243,13 @@ class AnalysisPlan(BaseModel):
             f"({'dropped' if rule.zero_method == 'wilcox' else 'ranked, then dropped'}). "
             "n: the patients with both values (a patient missing either visit, e.g. lost to "
             "follow-up, is left out of that comparison; nothing is imputed); zero differences "
-            "count in n and in the estimate but not in the ranks. Estimate: the median of the "
-            "paired differences, with its distribution-free 95% interval from their order "
-            "statistics (binomial ranks; none below 6 pairs).",
+            "count in n and in the estimate but not in the test's ranks. Estimate: the Hodges-"
+            "Lehmann shift (median of the Walsh averages of the paired differences, R's "
+            "wilcox.test '(pseudo)median'), with the 95% interval that inverts the same signed-"
+            "rank test: every shift d at which the test of (differences - d) gives p >= 0.05 "
+            "(without ties R's exact interval, from the Walsh averages' order statistics; with "
+            "ties the permutation test's); so it excludes 0 exactly when p < 0.05 (a zero "
+            "difference on the boundary aside) and none exists below 6 pairs.",
             "Clinical analyses: " + ", ".join(self.clinical) + ".",
             "Cox models (after vs before infusion, Efron ties): whether the ordinary maximum-"
             "likelihood estimate exists is checked first (a linear programme finds any "
@@ -252,7 +261,11 @@ class AnalysisPlan(BaseModel):
             "coxphf) with its profile penalised-likelihood 95% interval and penalised "
             "likelihood-ratio p; the stratified model gets the exact conditional analysis of "
             "the informative pairs (binomial, 1/2): median-unbiased hazard ratio, Clopper-"
-            "Pearson 95% interval, two-sided exact p.",
+            "Pearson 95% interval, two-sided exact p. The unmatched model takes a patient's "
+            "two windows as independent, so its standard errors and p ignore the pairing (no "
+            "robust, patient-clustered variance: with 16 clusters the sandwich estimate is "
+            "itself unreliable); the stratified model is the paired analysis. Each window "
+            "contributes its first relapse only.",
             f"Primary p: unmatched Cox {self.primary_p.cox_unmatched}; stratified Cox "
             f"{self.primary_p.cox_stratified}"
             + (
@@ -264,7 +277,10 @@ class AnalysisPlan(BaseModel):
             )
             + f"; drug use {self.primary_p.drug_use} (McNemar is the paired test: the same "
             "patients at both dates; Fisher's test, as the trial's report, treats the dates as "
-            "independent groups); each signed-rank test its own p. Odds ratios (Fisher) are "
+            "independent groups); each signed-rank test its own p. Fisher's and McNemar's "
+            "p are two-sided exact conditional p-values, not mid-p (Fisher: the sum of the "
+            "tables no more probable than the one observed, as R's fisher.test; McNemar: 2 x "
+            "the smaller binomial tail of the discordant pairs). Odds ratios (Fisher) are "
             "conditional maximum-likelihood estimates with exact conditional 95% intervals "
             "(as R's fisher.test); with a zero cell the estimate is 0 or infinite and the row "
             "is flagged. McNemar's paired odds ratio b/c (stopped/started) is exact conditional "

@@ -243,7 +243,14 @@ def test_every_wilcoxon_p_value_and_its_adjustment_reproduced(demo_run):
         wide = sel.pivot_table(index="patient_id", columns="visit", values=r.measure)
         pair = wide[["BL", r.visit]].dropna()
         assert len(pair) == r.n
-        expected.append(_signed_rank_p((pair[r.visit] - pair["BL"]).to_numpy()))
+        d = (pair[r.visit] - pair["BL"]).to_numpy()
+        expected.append(_signed_rank_p(d))
+        # The estimate is the Hodges-Lehmann shift, and its interval agrees with the p
+        # (where no zero difference or Walsh average at 0 sits on the boundary).
+        walsh = np.add.outer(d, d)[np.triu_indices(d.size)] / 2
+        assert abs(r.effect - np.median(walsh)) < 1e-9, r
+        if np.isfinite(r.ci_low) and not np.isclose(walsh, 0).any():
+            assert (r.ci_low > 0 or r.ci_high < 0) == (r.p_value < 0.05), r
     wilcox["expected"] = expected
     assert np.allclose(wilcox.p_value, wilcox.expected, atol=1e-6, equal_nan=True)
     for (group, panel, measure), block in wilcox.groupby(["group", "panel", "measure"]):
