@@ -68,7 +68,9 @@ def boxplot_by_visit(
     colour: str,
 ) -> None:
     """Box-and-whisker per visit (median, quartiles, whiskers to the range), the n under each
-    box, each patient as a faint line, and stars against baseline."""
+    box, each patient as a faint line through a dot per measured value (so a box of five
+    shows its five patients, and a value with no measured neighbour is still seen), and
+    stars against baseline."""
     data = [values.loc[values.visit == v, measure].dropna().to_numpy() for v in visits]
     positions = np.arange(len(visits))
     wide = values.pivot_table(index="patient_id", columns="visit", values=measure)
@@ -77,7 +79,10 @@ def boxplot_by_visit(
         # All patients as one line broken by NaN: one artist per panel instead of one each.
         gap = np.full((lines.shape[0], 1), np.nan)
         xs = np.hstack([np.tile(positions, (lines.shape[0], 1)), gap]).ravel()
-        ax.plot(xs, np.hstack([lines, gap]).ravel(), color="0.75", lw=0.5, zorder=1)
+        ys = np.hstack([lines, gap]).ravel()
+        ax.plot(xs, ys, color="0.75", lw=0.5, zorder=1)
+        # The values themselves, over the boxes: a line needs two visits, a dot one.
+        ax.plot(xs, ys, ls="none", marker="o", ms=2.2, color="0.35", mec="none", zorder=3)
     non_empty = [i for i, d in enumerate(data) if d.size]
     if non_empty:
         ax.boxplot(

@@ -424,7 +424,8 @@ def figure_4(
         ax.set_xlabel("visit")
     _note(
         fig,
-        "Boxes: median and quartiles; whiskers: range; grey lines: patients; (n) under each "
+        "Boxes: median and quartiles; whiskers: range; dots: each patient's value, grey lines "
+        "joining a patient's visits; (n) under each "
         "visit: patients measured. * p<0.05, ** p<0.01: paired Wilcoxon signed-rank test "
         "against baseline "
         "(unadjusted, as the paper; BH-adjusted p in results/statistics.csv).",

@@ -289,3 +289,28 @@ def test_no_deviation_page_states_the_windows_it_checked_beside_the_missing_samp
     assert "within +/-14 days of its scheduled day" in text and "at most 60 days before" in text
     assert "Every dated visit of every patient is within its window." in text
     assert "(none)" not in text
+
+
+def test_box_plots_show_every_patients_value_as_a_dot_with_n_under_each_box():
+    """A box of five is read by its five dots; a value whose neighbouring visits are missing
+    has no line through it, so only its dot shows it (P3 at M3 here)."""
+    import numpy as np
+
+    from reports.figures import boxplot_by_visit, plt
+
+    rows = [("P1", "BL", 10.0), ("P1", "M1", 12.0), ("P1", "M3", 11.0), ("P2", "BL", 8.0)]
+    rows += [("P2", "M1", 9.0), ("P3", "M3", 14.0), ("P4", "BL", 7.0), ("P4", "M1", 6.0)]
+    values = pd.DataFrame(rows, columns=["patient_id", "visit", "pct_parent"])
+    fig, ax = plt.subplots()
+    boxplot_by_visit(ax, values, ["BL", "M1", "M3"], "pct_parent", {"M1": 0.03}, "%", "#E69F00")
+    dots = [line for line in ax.lines if line.get_marker() == "o" and line.get_zorder() == 3]
+    assert len(dots) == 1
+    x, y = dots[0].get_xdata(), dots[0].get_ydata()
+    keep = np.isfinite(y)
+    shown = sorted(zip(x[keep].tolist(), y[keep].tolist(), strict=True))
+    visit_x = {"BL": 0, "M1": 1, "M3": 2}
+    assert shown == sorted((visit_x[v], value) for _, v, value in rows)  # every value, once
+    assert dots[0].get_zorder() > 2  # over the boxes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["BL\n(3)", "M1\n(3)", "M3\n(2)"]
+    assert [t.get_text() for t in ax.texts] == ["*"]
+    plt.close(fig)
