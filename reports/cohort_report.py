@@ -657,7 +657,8 @@ def _clinical_table(pdf, statistics: pd.DataFrame, ctx: ReportContext | None = N
         "rows the hazard ratio after vs before (interval: Wald on the Wald row, profile "
         "likelihood on the likelihood-ratio row, penalised profile on Firth's, Clopper-Pearson "
         "on the exact row); Fisher the conditional odds ratio; McNemar "
-        "the change in the share of patients on the drug, and on its paired-OR row the odds "
+        "the change in the share of patients on the drug (+12 months - baseline, Newcombe's "
+        "paired score CI), and on its paired-OR row the odds "
         "ratio b/c (stopped/started: on the drug at baseline vs +12 months), median-unbiased "
         "with its Clopper-Pearson CI; Kaplan-Meier the median in days with its Brookmeyer-"
         "Crowley CI.",

@@ -178,7 +178,8 @@ def _drug_counts(block: pd.DataFrame, drugs: list[str]) -> tuple[dict, dict]:
 
 def drug_test_lines(fisher, mcnemar) -> str:
     """Figure 2B's text over one drug: Fisher's odds ratio with its exact interval and p,
-    McNemar's change in the share on the drug and p; the plan's primary p marked."""
+    McNemar's change in the share on the drug with its 95% interval (Newcombe's) and p; the
+    plan's primary p marked."""
     lines = []
     if fisher is not None:
         ci = format_interval(fisher.ci_low, fisher.ci_high, infinite="inf")
@@ -191,7 +192,10 @@ def drug_test_lines(fisher, mcnemar) -> str:
         lines += [f"Fisher {estimate}", f"  {_p_text(fisher)}"]
     if mcnemar is not None:
         change = f"{100 * mcnemar.effect:+.0f}%" if np.isfinite(mcnemar.effect) else "NA"
-        lines += [f"McNemar change {change}", f"  {_p_text(mcnemar)}"]
+        lines.append(f"McNemar change {change}")
+        if np.isfinite(mcnemar.ci_low) and np.isfinite(mcnemar.ci_high):
+            lines.append(f"  [{100 * mcnemar.ci_low:+.0f}%, {100 * mcnemar.ci_high:+.0f}%]")
+        lines.append(f"  {_p_text(mcnemar)}")
     return "\n".join(lines)
 
 
@@ -248,7 +252,8 @@ def figure_2b(pdf, ctx: ReportContext, windows: pd.DataFrame, statistics: pd.Dat
         "being on the drug at baseline vs +12 months, with its exact conditional 95% CI (as "
         "R's fisher.test); † a zero cell, so the odds ratio is 0 or infinite. McNemar's exact "
         "test is the paired test of the same patients at both dates; change: the share of "
-        "patients on the drug at +12 months minus at baseline. (primary): the p the analysis "
+        "patients on the drug at +12 months minus at baseline, with Newcombe's hybrid score "
+        "95% CI for paired proportions. (primary): the p the analysis "
         "plan names primary. Patients not followed to +12 months are left out at both dates"
         + (f" ({', '.join(lost.patient_id)})." if len(lost) else "."),
         y=0.05,

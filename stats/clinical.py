@@ -30,6 +30,7 @@ from stats.tests import (
     OddsEstimate,
     binomial_odds_estimate,
     mcnemar_exact,
+    paired_difference_interval,
     paired_wilcoxon,
 )
 
@@ -582,12 +583,17 @@ def _fisher_row(
 def _mcnemar_rows(
     group: str, drug: str, on_bl: np.ndarray, on_12: np.ndarray, change: float, plan: AnalysisPlan
 ) -> list[dict]:
-    """The exact McNemar test of one drug (effect: the change in the share on it, which has
-    no exact interval here) and the paired odds ratio it tests, b / c (stopped / started),
+    """The exact McNemar test of one drug (effect: the change in the share on it, with
+    Newcombe's paired score interval) and the paired odds ratio it tests, b / c (stopped / started),
     with its exact conditional estimate and Clopper-Pearson interval: given the b + c
     discordant patients, b is binomial with p = OR / (1 + OR) (Breslow & Day 1980, 5.2)."""
     n = len(on_bl)
     stopped, started, p = mcnemar_exact(on_bl, on_12)
+    on_both = int((on_bl & on_12).sum())
+    # The change, +12 months - baseline, is first - second with +12 months first.
+    low, high = paired_difference_interval(
+        on_both, started, stopped, n - on_both - stopped - started
+    )
     counts = (
         f"{stopped} stopped, {started} started between baseline and +12 months "
         f"(discordant pairs b = {stopped}, c = {started}); patients followed to +12 months"
@@ -601,10 +607,14 @@ def _mcnemar_rows(
         p_value=p,
         test="mcnemar_exact",
         effect=change,
+        ci_low=low,
+        ci_high=high,
         primary=plan.primary_p.drug_use == "mcnemar",
         method="exact McNemar test, two-sided (binomial on the discordant pairs, 1/2; 2 x the "
         f"smaller tail; not mid-p): {counts}; statistic = the smaller count; effect = change "
-        "in the share of patients on the drug (no interval: see the paired odds ratio row)",
+        "in the share of patients on the drug (+12 months - baseline), 95% CI Newcombe's "
+        "hybrid score interval for paired proportions (Newcombe 1998, method 10; "
+        "approximate, so at the edge it need not agree with the exact p)",
     )
     est = binomial_odds_estimate(stopped, stopped + started)
     if stopped + started == 0:

@@ -285,5 +285,7 @@ class AnalysisPlan(BaseModel):
             "(as R's fisher.test); with a zero cell the estimate is 0 or infinite and the row "
             "is flagged. McNemar's paired odds ratio b/c (stopped/started) is exact conditional "
             "on the discordant patients: median-unbiased estimate, Clopper-Pearson 95% "
-            "interval (which excludes 1 exactly when McNemar's p < 0.05).",
+            "interval (which excludes 1 exactly when McNemar's p < 0.05). The change in the "
+            "share of patients on a drug has Newcombe's hybrid score 95% interval for paired "
+            "proportions (Newcombe 1998, method 10; approximate).",
         ]

@@ -337,3 +337,45 @@ def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
     if ok.any():
         out[ok] = stats.false_discovery_control(p[ok], method="bh")
     return out
+
+
+def paired_difference_interval(
+    both: int, first_only: int, second_only: int, neither: int, level: float = 0.95
+) -> tuple[float, float]:
+    """The 95% interval of the difference of two paired proportions, first - second =
+    (first_only - second_only) / n: Newcombe's hybrid score interval (Newcombe 1998, Stat Med
+    17:2635, method 10: the Wilson intervals of the two marginal proportions, squared and
+    added, corrected for their correlation phi). Approximate, never outside [-1, 1]; NaN
+    when n = 0."""
+    from scipy import stats
+
+    n = both + first_only + second_only + neither
+    if n == 0:
+        return float("nan"), float("nan")
+    z = float(stats.norm.isf((1.0 - level) / 2.0))
+
+    def wilson(k: int) -> tuple[float, float, float]:
+        p = k / n
+        centre, half = p + z * z / (2 * n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        return p, (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+    p1, l1, u1 = wilson(both + first_only)
+    p2, l2, u2 = wilson(both + second_only)
+    margins = (
+        (both + first_only)
+        * (second_only + neither)
+        * (both + second_only)
+        * (first_only + neither)
+    )
+    cross = both * neither - first_only * second_only
+    # Newcombe's continuity-corrected correlation: 0 for 0 <= cross <= n/2.
+    corrected = cross - n / 2 if cross > n / 2 else (cross if cross < 0 else 0.0)
+    phi = corrected / np.sqrt(margins) if margins > 0 else 0.0
+    diff = p1 - p2
+    low = diff - np.sqrt(
+        max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2)
+    )
+    high = diff + np.sqrt(
+        max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2)
+    )
+    return float(max(-1.0, low)), float(min(1.0, high))

@@ -248,3 +248,20 @@ def test_wilcoxon_normal_approximation_with_zeros_and_ties_matches_scipy(zero_me
         assert res.test == "signed_rank_normal_cc" and res.n == 40
         assert res.statistic == ref.statistic
         assert abs(res.p_value - ref.pvalue) < 1e-12, seed
+
+
+def test_paired_difference_interval_is_newcombes_as_r_contingencytables_prints_it():
+    """Newcombe's hybrid score interval for paired proportions (method 10), as R's
+    contingencytables::Newcombe_square_and_add_CI_paired_2x2 prints it for the paired table
+    [[59, 6], [16, 80]] (its test suite): estimate -0.0621, 95% CI -0.1186 to -0.0046."""
+    from stats.tests import paired_difference_interval
+
+    low, high = paired_difference_interval(59, 6, 16, 80)
+    assert abs(low - -0.1186) < 5e-5 and abs(high - -0.0046) < 5e-5
+    # Swapping which date is first mirrors the interval; it stays inside [-1, 1] and holds
+    # the estimate, even when every discordant patient changed one way.
+    assert np.allclose(paired_difference_interval(59, 16, 6, 80), (-high, -low))
+    for table in ((0, 0, 7, 8), (3, 0, 7, 5), (0, 10, 0, 0), (5, 0, 0, 5)):
+        low, high = paired_difference_interval(*table)
+        estimate = (table[1] - table[2]) / sum(table)
+        assert -1 <= low <= estimate <= high <= 1, table
