@@ -263,9 +263,9 @@ class AnalysisPlan(BaseModel):
             "the informative pairs (binomial, 1/2): median-unbiased hazard ratio, Clopper-"
             "Pearson 95% interval, two-sided exact p. The unmatched model takes a patient's "
             "two windows as independent, so its standard errors and p ignore the pairing (no "
-            "robust, patient-clustered variance: with 16 clusters the sandwich estimate is "
-            "itself unreliable); the stratified model is the paired analysis. Each window "
-            "contributes its first relapse only.",
+            "robust, patient-clustered variance: with a phase I trial's few patients as "
+            "clusters the sandwich estimate is itself unreliable); the stratified model is "
+            "the paired analysis. Each window contributes its first relapse only.",
             f"Primary p: unmatched Cox {self.primary_p.cox_unmatched}; stratified Cox "
             f"{self.primary_p.cox_stratified}"
             + (
