@@ -392,6 +392,12 @@ def test_mcnemar_rows_give_the_paired_odds_ratio_with_its_exact_interval():
     assert list(cni.index) == ["mcnemar_exact", "mcnemar_conditional_or"]
     test, odds = cni.loc["mcnemar_exact"], cni.loc["mcnemar_conditional_or"]
     assert test.p_value == 2 / 2**7 and abs(test.effect - (-7 / 15)) < 1e-12 and test.primary
+    # The change, +12 months - baseline, with Newcombe's paired interval (3 on cni at both
+    # dates, 0 started, 7 stopped, 5 never): below 0, as the exact McNemar p < 0.05 says.
+    from stats.tests import paired_difference_interval
+
+    assert (test.ci_low, test.ci_high) == paired_difference_interval(3, 0, 7, 5)
+    assert test.ci_low < test.effect < test.ci_high < 0 and "Newcombe" in test.method
     assert odds.p_value == test.p_value and not odds.primary and odds.statistic == 7
     p_mue, p_low = 0.5 ** (1 / 7), 0.025 ** (1 / 7)
     assert abs(odds.effect - p_mue / (1 - p_mue)) < 1e-9
