@@ -740,10 +740,9 @@ def _population_page(pdf, ctx: ReportContext, block: pd.DataFrame, tests: pd.Dat
     fig.text(
         0.07,
         0.03,
-        "Boxes: median and quartiles; whiskers: range; dots: each patient's value, grey lines "
-        "joining a patient's visits; (n) under each visit: patients measured. * p<0.05, "
-        "** p<0.01, paired Wilcoxon signed-rank vs baseline "
-        "(unadjusted; adjusted p in the table).",
+        "Boxes: median, quartiles; whiskers: range; dots, grey lines: patients. * p<0.05, "
+        "** p<0.01, paired Wilcoxon signed-rank vs baseline (unadjusted; adjusted p in the "
+        "table).",
         fontsize=7,
     )
     pdf.savefig(fig)
