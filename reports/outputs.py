@@ -21,10 +21,11 @@ from cohort.exports import mfi_table, populations_table, samples_table, write_cs
 from cohort.review import (
     REVIEW_ACTIONS,
     ReviewStatus,
+    TrailVerdict,
     current_review_states,
     describe_override,
     status_frame,
-    trail_problem,
+    study_trail_verdict,
     undone,
 )
 from cohort.store import Store, stored_strategy
@@ -91,6 +92,7 @@ class CohortResults:
     review: pd.DataFrame  # review_status and overridden_gates per current sample
     excluded: dict[str, str]  # sample_id -> the reason given, for samples excluded in review
     broken_inputs: dict[str, str] = field(default_factory=dict)
+    trail_problem: str = ""  # the audit trail does not verify: no approval is in force
 
 
 # The clinical analyses (statistics.csv ``analysis``) and window columns each file feeds.
@@ -180,26 +182,35 @@ def update_outputs(
     ``executor`` the report's pages are drawn in ``parts`` runs on it.
 
     Returns the clinical error(s) that stopped all or part of the cohort step, else ''."""
-    inputs = output_inputs(study, store)
+    trail = study_trail_verdict(study.root, store.conn)  # once for the whole write
+    inputs = output_inputs(study, store, trail)
     forget_written_from(study.root)
-    results, error = write_results(study, store)
+    results, error = write_results(study, store, trail)
     if results is not None:
         write_report(study, store, results, executor, parts)
-        anchor_head(study.root, store.conn, "cohort report written")  # outside the database
+        # Outside the database; never a trail that does not verify: anchoring a forged last
+        # entry would vouch for it, and the next check would pass.
+        if not study_trail_verdict(study.root, store.conn, trail).problem:
+            anchor_head(study.root, store.conn, "cohort report written")
     if results is not None and not error:
         record_written_from(study.root, inputs)  # a pass after this leaves them as they are
     return error
 
 
-def write_results(study: Study, store: Store) -> tuple[CohortResults | None, str]:
+def write_results(
+    study: Study, store: Store, trail: TrailVerdict | None = None
+) -> tuple[CohortResults | None, str]:
     """results/samples.csv, populations.csv, mfi.csv, and, while patients.csv is usable,
-    clinical_windows.csv and statistics.csv.
+    clinical_windows.csv and statistics.csv. ``trail``: the audit trail's verification made
+    for this write (``cohort.review.study_trail_verdict``; made here when not given); the
+    results carry its problem to the report.
 
     A broken clinical file blanks only what it feeds (``cohort.clinical.FEEDS``); the tables
     are returned with the errors, or None (nothing grouped: statistics.csv and the report are
     left as the last pass wrote them) when patients.csv itself is broken."""
     study.ensure_output_folders()
-    states = current_review_states(study, store)
+    trail = study_trail_verdict(study.root, store.conn, trail)
+    states = current_review_states(study, store, trail)
     review = review_table(states, store)
     samples = samples_table(store, study).merge(review, on="sample_id", how="left")
     not_sample = samples.status != "processed"
@@ -242,7 +253,16 @@ def write_results(study: Study, store: Store) -> tuple[CohortResults | None, str
     write_csv(statistics, study.results_dir / "statistics.csv")
     excluded = {s: state.reason for s, state in states.items() if state.status == "excluded"}
     results = CohortResults(
-        clinical, populations, statistics, groups, windows, curves, review, excluded, loaded.broken
+        clinical,
+        populations,
+        statistics,
+        groups,
+        windows,
+        curves,
+        review,
+        excluded,
+        loaded.broken,
+        trail.problem,
     )
     return results, error
 
@@ -364,7 +384,7 @@ def report_context(study: Study, store: Store, results: CohortResults) -> Report
         methods=methods_text(study),
         broken_inputs=results.broken_inputs,
         preliminary=int(review.review_status.isin(["to_review", "overridden"]).sum()),
-        trail_problem=trail_problem(study.root, store.conn),
+        trail_problem=results.trail_problem,  # as the results' review states were judged
         review_lines=review_lines(study, store, review),
         groups=cfg.analysis.group_titles,
         group_patients={g.name: g.patients for g in cfg.analysis.groups},
@@ -472,13 +492,14 @@ def code_digest(root: Path = CODE_ROOT) -> str:
     return digest.hexdigest()
 
 
-def output_inputs(study: Study, store: Store) -> dict[str, str]:
+def output_inputs(study: Study, store: Store, trail: TrailVerdict | None = None) -> dict[str, str]:
     """Everything the results and the cohort report are made from, each part as a sha256:
     the store's content (samples, their gates and QC, the review trail), every input file
     (study.yaml with its analysis plan, the clinical CSVs, panels, strategies, references)
     and the code (``code_digest``), and whether the audit trail verifies (a trail edited by hand,
-    even in a pass's entry, voids every approval the report counts)."""
-    check = trail_problem(study.root, store.conn)
+    even in a pass's entry, voids every approval the report counts). ``trail``: the trail's
+    verification made for this write (made here when not given)."""
+    check = study_trail_verdict(study.root, store.conn, trail).problem
     return {
         **store.content_digests(),
         **input_hashes(study),

@@ -39,7 +39,7 @@ class CountingWriters:
     def __init__(self, error: str = ""):
         self.calls, self.error = 0, error
 
-    def results(self, study, store):
+    def results(self, study, store, trail=None):
         self.calls += 1
         for name in COHORT_OUTPUTS:
             if name.startswith("results/"):
