@@ -571,6 +571,18 @@ def methods_text(study: Study) -> list[str]:
     return lines
 
 
+def strategy_gated_with(study: Study, store: Store, sample: dict):
+    """The strategy a stored result (``sample``: a ``Store.current_sample`` row) was gated
+    with: its panel's current one when their sha256 agree, else the one stored with it (an
+    older version, or with a study template or overrides), so its gates are replayed with
+    their own placement. A result stored before strategies were kept: the current one."""
+    current = study.strategies[sample["panel"]]
+    if sample["strategy_sha256"] == current.sha256:
+        return current
+    document = store.strategy_document(sample["strategy_sha256"])
+    return stored_strategy(document, sample["strategy_sha256"]) if document else current
+
+
 def replay_current(study: Study, store: Store, sample_id: str):
     """A sample's current result replayed on its events: (sample row, gates, masks, gating
     space, events). Nothing is placed anew."""
@@ -581,7 +593,7 @@ def replay_current(study: Study, store: Store, sample_id: str):
     if sample is None:
         raise LookupError(f"no processed sample {sample_id!r} in {study.db_path}")
     gates = store.applied_gates(sample["sample_key"])
-    strategy = study.strategies[sample["panel"]]
+    strategy = strategy_gated_with(study, store, sample)
     if not gates:
         raise LookupError(
             f"{sample_id} was gated with the FlowJo workspace {strategy.source}: no gates"

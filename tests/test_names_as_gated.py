@@ -1,7 +1,8 @@
 """A sample's flags and drift items in words, named from the strategy it was gated with.
 
 A result gated under an older strategy version keeps that version's threshold markers and
-population titles until the next pass re-gates it; the review pages print drift items in
+population titles until the next pass re-gates it, and its QC page and review plots replay
+its gates with that version's placement (``within``); the review pages print drift items in
 words (``reports.names``) as they print the other flags."""
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ CURRENT = "P01_BL_BCELL"
 
 def _older_bcell(folder: Path) -> Path:
     """bcell as it was before: version 3, its plasmablast threshold named t_cd38 and the
-    plasmablasts titled otherwise; neither exists in the current strategy."""
+    plasmablasts titled otherwise, neither of which exists in the current strategy, and its
+    transitional tip placed on its parent's cloud (all CD19+ B cells), not the CD27- B's."""
     text = (Path(__file__).parents[1] / "gating" / "strategies" / "bcell.yaml").read_text()
     text = re.sub(r"^version: \d+", "version: 3", text, flags=re.M)
+    assert "    within: cd27neg_b " in text
+    text = re.sub(r"^    within: cd27neg_b .*\n", "", text, flags=re.M)
     text = text.replace("t_cd38_plasmablast", "t_cd38")
     text = text.replace("Plasmablasts (CD27+ CD38hi)", "Antibody-secreting cells (CD27+ CD38++)")
     path = folder / "bcell_v3.yaml"
@@ -250,3 +254,31 @@ def test_the_report_counts_each_sample_s_flags_in_the_words_of_its_own_strategy(
         "1 samples" in completeness
     )
     assert not any("boundary t_cd38 " in line for line in completeness + lines)
+
+
+def test_a_sample_is_replayed_with_the_placement_of_the_strategy_it_was_gated_with(gated):
+    """The bug: the QC page (``immunomon report --sample``) and the review's scatter replayed
+    every sample with the current strategy's ``within``, so a transitional tip placed on all
+    CD19+ B cells (bcell v3) was drawn and counted over the CD27- B cells it never saw."""
+    from reports.outputs import replay_current
+    from reports.qc_report import gate_plot
+
+    study, store = Study(gated), Store(gated / "immunomon.db")
+    try:
+        old = replay_current(study, store, OLD)
+        current = replay_current(study, store, CURRENT)
+    finally:
+        store.close()
+
+    def tip(replayed):
+        return next(g for g in replayed[1] if g.name == "transitional_tip")
+
+    assert tip(current).within == "cd27neg_b"
+    assert tip(old).within is None  # placed on its parent's events, as v3 says
+    _, gates, masks, space, data = old
+    plot = gate_plot(tip(old), space, masks, data.channel)
+    among = int(masks["cd19_b"].sum())
+    assert f"/{among} (" in plot.title and "of cd27neg_b" not in plot.title
+    assert among > int(masks["cd27neg_b"].sum())  # the two really differ on this sample
+    plot = gate_plot(tip(current), current[3], current[2], current[4].channel)
+    assert f"/{int(current[2]['cd27neg_b'].sum())} (" in plot.title and "of cd27neg_b" in plot.title
