@@ -282,3 +282,36 @@ def test_a_sample_is_replayed_with_the_placement_of_the_strategy_it_was_gated_wi
     assert among > int(masks["cd27neg_b"].sum())  # the two really differ on this sample
     plot = gate_plot(tip(current), current[3], current[2], current[4].channel)
     assert f"/{int(current[2]['cd27neg_b'].sum())} (" in plot.title and "of cd27neg_b" in plot.title
+
+
+def _row(page: str, table: str, label: str) -> str:
+    """The row of the patient page's ``table`` whose first cell is ``label``."""
+    section = page.split(f'<table id="{table}">')[1].split("</table>")[0]
+    rows = [r for r in section.split("<tr>") if r.startswith(f"<td>{label}</td>")]
+    assert len(rows) == 1, (label, section[:2000])
+    return re.sub(r"\s+", " ", rows[0])
+
+
+def test_the_patient_page_names_its_rows_and_drift_items_in_words(study):
+    """The bug: the patient page's rows were drift keys ('t_cd27', 'naive_b IgD') and its
+    drift items bare numbers, while the today list printed the same items in words. Now both
+    take them from ``reports.names`` (each visit's from the strategy it was gated with)."""
+    _move_threshold(study, "t_cd27", dict(zip(DRIFTING, (0.45, 0.46, 0.44, 0.90), strict=True)))
+    patient, older = _pages(study, "/patient/P01?panel=BCELL", "/patient/P02?panel=BCELL")
+    row = _row(patient, "thresholds", "CD27 boundary (t_cd27)")
+    chip = re.search(
+        r'<span class="drift" title="([^"]+)">moved \+0\.45 \(z \+\d+\.\d\)</span>', row
+    )
+    assert chip, row
+    assert chip[1].startswith(
+        "drift: CD27 boundary (t_cd27) moved +0.45 from this patient's other visits (z +"
+    )
+    assert row.count('class="drift"') == 1  # M6 only
+    _row(patient, "populations", "Naive B, % of CD19+ B cells")
+    _row(patient, "mfi", "IgD median of Naive B")
+    cells = re.findall(r"<tr><td>([^<]*)</td>", patient)
+    assert len(cells) > 20
+    assert not [c for c in cells if re.fullmatch(r"[a-z0-9_]+( [A-Za-z0-9]+)?", c)], cells
+    # P02's visit was gated with bcell v3: its plasmablast boundary by that version's names.
+    _row(older, "thresholds", "CD38 boundary (t_cd38)")
+    _row(older, "populations", "Antibody-secreting cells, % of CD19+ B cells")
