@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from importlib import metadata
@@ -45,7 +46,12 @@ from reports.monitor_pages import (
 )
 from reports.names import Names
 from reports.qc_report import write_sample_qc_report
-from reports.written_from import forget_written_from, record_written_from, sha256_of_file
+from reports.written_from import (
+    changed_inputs,
+    forget_written_from,
+    record_written_from,
+    sha256_of_file,
+)
 from stats.clinical import (
     COX_ANALYSES,
     clinical_statistics,
@@ -178,23 +184,12 @@ def review_lines(study: Study, store: Store, review: pd.DataFrame) -> list[str]:
 def update_outputs(
     study: Study, store: Store, executor: Executor | None = None, parts: int = 1
 ) -> str:
-    """Write results/*.csv, statistics and the cohort report from the store; with a process
-    ``executor`` the report's pages are drawn in ``parts`` runs on it.
+    """Write results/*.csv, statistics and the cohort report from the store (``write_outputs``,
+    whether or not anything changed); with a process ``executor`` the report's pages are drawn
+    in ``parts`` runs on it.
 
     Returns the clinical error(s) that stopped all or part of the cohort step, else ''."""
-    trail = study_trail_verdict(study.root, store.conn)  # once for the whole write
-    inputs = output_inputs(study, store, trail)
-    forget_written_from(study.root)
-    results, error = write_results(study, store, trail)
-    if results is not None:
-        write_report(study, store, results, executor, parts)
-        # Outside the database; never a trail that does not verify: anchoring a forged last
-        # entry would vouch for it, and the next check would pass.
-        if not study_trail_verdict(study.root, store.conn, trail).problem:
-            anchor_head(study.root, store.conn, "cohort report written")
-    if results is not None and not error:
-        record_written_from(study.root, inputs)  # a pass after this leaves them as they are
-    return error
+    return write_outputs(study, store, report_arguments=(executor, parts)).error
 
 
 def write_results(
@@ -302,6 +297,59 @@ def write_report(
         executor=executor,
         parts=parts,
     )
+
+
+@dataclass(frozen=True)
+class OutputsWrite:
+    """What ``write_outputs`` did: ``written`` False when it left the outputs as they were;
+    the results it wrote (None: patients.csv is broken, statistics and report kept as the
+    last write left them) and the clinical error(s), '' when nothing was left out."""
+
+    written: bool
+    results: CohortResults | None = None
+    error: str = ""
+
+
+def write_outputs(
+    study: Study,
+    store: Store,
+    results_writer: Callable | None = None,
+    report_writer: Callable | None = None,
+    *,
+    only_if_changed: bool = False,
+    after_results: Callable[[], None] = lambda: None,
+    report_arguments: tuple = (),
+    log: Callable[[str], None] = lambda line: None,
+) -> OutputsWrite:
+    """The results and the cohort report written from the store: the one write every writer
+    (a pass, ``immunomon report``, the review's publish) makes. With ``only_if_changed`` they
+    are left as they are when nothing they are made from changed since their last complete
+    write (``changed_inputs``; ``log`` is told what changed). The audit trail is verified
+    once for the write and its verdict passed on: ``results_writer`` (default
+    ``write_results``; the flow passes its task) is called as (study, store, verdict),
+    ``report_writer`` (default ``write_report``) as (study, store, results,
+    *report_arguments). A complete write records its inputs in results/written_from.json;
+    a written report anchors the trail's last entry outside the database, unless the trail
+    does not verify (anchoring a forged last entry would vouch for it)."""
+    results_writer = results_writer or write_results
+    report_writer = report_writer or write_report
+    trail = study_trail_verdict(study.root, store.conn)
+    inputs = output_inputs(study, store, trail)
+    changed = changed_inputs(study.root, inputs)
+    if only_if_changed and not changed:
+        return OutputsWrite(written=False)
+    if only_if_changed:
+        log(f"writing the results and the report: changed since last written: {', '.join(changed)}")
+    forget_written_from(study.root)
+    results, error = results_writer(study, store, trail)
+    after_results()
+    if results is not None:
+        report_writer(study, store, results, *report_arguments)
+        if not study_trail_verdict(study.root, store.conn, trail).problem:
+            anchor_head(study.root, store.conn, "cohort report written")
+    if results is not None and not error:
+        record_written_from(study.root, inputs)  # a pass after this leaves them as they are
+    return OutputsWrite(True, results, error)
 
 
 def monitor_tables(study: Study, store: Store, results: CohortResults) -> MonitorTables:

@@ -170,6 +170,26 @@ def test_a_changed_input_or_output_writes_them_again(study, change, named):
     assert _write(study, writers).startswith("left") and writers.calls == 2  # recorded again
 
 
+def test_every_writer_anchors_the_report_it_writes(study):
+    """The pass's and the report command's writer (``write_cohort_outputs``) and the
+    review's publish (``update_outputs``) were two copies of one write, and only the publish
+    anchored the trail beside the study as a report was written; now both are one write,
+    and the pass's report is anchored too (README: every cohort report is)."""
+    from cohort.audit import anchors_path, read_anchors, verify_study_trail
+
+    _audit(study, "approve", "P01_BL_BCELL")
+    _write(study, CountingWriters())
+    anchors, bad = read_anchors(anchors_path(study))
+    store = Store(study / "immunomon.db")
+    try:
+        head = AuditLog(store.conn).entries()[-1]
+        check = verify_study_trail(store.conn, study)
+    finally:
+        store.close()
+    assert bad == [] and [(a.seq, a.hash) for a in anchors] == [(head.seq, head.hash)]
+    assert check.problems == [] and check.warnings == []
+
+
 def test_a_write_that_left_something_out_is_written_again_next_pass(study):
     """A broken clinical file: what it feeds is left out, so no record is kept and the next
     pass writes everything again (and says again what it leaves out)."""
