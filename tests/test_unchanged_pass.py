@@ -238,3 +238,42 @@ def test_the_real_writers_outputs_are_those_recorded_and_a_publish_is_recorded(s
     }
     assert written == set(COHORT_OUTPUTS)
     assert changed_inputs(study, inputs) == []
+
+
+def test_cohort_scale_bench_counts_processing_and_writing_apart():
+    """bench/cohort_scale.py counted a first pass minus an unchanged second as processing;
+    since an unchanged pass writes nothing, that took the results and the report in too. Now
+    each is its stages' CPU, and the QC PDFs' cost is a difference of processing alone (a
+    slower start-up of one run does not enter it)."""
+    from bench.cohort_scale import cost_lines
+
+    def measure(startup, intake, processing, results, report, total):
+        stages = {
+            "start-up": startup,
+            "intake": intake,
+            "processing": processing,
+            "results and statistics": results,
+            "cohort report": report,
+            "stopping": 1.0,
+        }
+        return {"cpu_by_stage": stages, "cpu_by_process": {"flow process": total}}
+
+    results = [
+        {
+            "scale": 1,
+            "qc_reports": "none",
+            "first": measure(30.0, 2.0, 18.0, 5.0, 20.0, 76.0),
+            "second": measure(29.0, 2.0, 0.5, 0.0, 0.0, 32.5),
+        },
+        {"scale": 1, "qc_reports": "all", "first": measure(60.0, 2.0, 23.0, 5.0, 20.0, 111.0)},
+    ]
+    lines = cost_lines(results)
+    assert lines[1] == (
+        "1x, QC PDFs none, first pass: processing 20.0 CPU-s, writing 25.0, start-up and "
+        "stopping 31.0; unchanged second pass 32.5 CPU-s, of it writing 0.0"
+    )
+    assert lines[0].startswith("1x, QC PDFs all, first pass: processing 25.0 CPU-s")
+    assert lines[2] == (
+        "1x: QC PDFs for every sample add 5.0 CPU-s to processing's 20.0 = 0.25x "
+        "(goal: at most 0.5x)"
+    )
