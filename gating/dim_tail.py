@@ -42,9 +42,9 @@ from gating.adaptive import SEPARATION_FLOOR, Placement, ashman_d, place_thresho
 from gating.cloud_tip import (
     TAIL_DF,
     TMixture,
-    _t_log_pdf,
     balanced_t_boundary,
     best_t_mixture,
+    t_log_pdf,
 )
 
 # A normal half with this scale has the t half's quartile distance: t(4)'s 0.7407 over 0.6745.
@@ -90,7 +90,7 @@ class DimTailMixture:
 
 def _log_pdf(x: np.ndarray, locations: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """log density of dim-tailed components (columns) at the values (rows)."""
-    heavy = _t_log_pdf(x, locations, scales, TAIL_DF)
+    heavy = t_log_pdf(x, locations, scales, TAIL_DF)
     light_scale = scales * LIGHT_SIDE_SCALE
     z = (x[:, None] - locations[None, :]) / light_scale[None, :]
     light = -0.5 * z * z - np.log(light_scale)[None, :] - 0.5 * np.log(2 * np.pi)
