@@ -189,10 +189,24 @@ def place_threshold_by_dim_tail_mixture(
             f"< {SEPARATION_FLOOR:g})"
         )
         return Placement(default, False, note, "default", d)
+    # Balanced among the populations only: a component too small to be one (a spike the fit
+    # put on a few events between the two, weight 1%) would count wholly on one side and drag
+    # the cut into the other population (9.4 points off on one demo tube).
+    keep, split = np.array(usable), usable.index(b)
     if use_dim:
-        cut = balanced_dim_tail_boundary(dim, b)
+        kept = DimTailMixture(
+            dim.weights[keep], dim.locations[keep], dim.scales[keep], dim.log_likelihood
+        )
+        cut = balanced_dim_tail_boundary(kept, split)
     else:
-        cut = balanced_t_boundary(symmetric, b)
+        kept = TMixture(
+            symmetric.weights[keep],
+            symmetric.locations[keep],
+            symmetric.scales[keep],
+            symmetric.df,
+            symmetric.log_likelihood,
+        )
+        cut = balanced_t_boundary(kept, split)
     lo, hi = bounds
     if not lo <= cut <= hi:
         note = f"{law} mixture boundary {cut:.3f} outside [{lo:.2f}, {hi:.2f}]"

@@ -74,3 +74,17 @@ def test_too_few_events_or_one_population_fall_back_to_the_usual_placement():
     one = _dim_tailed(rng, 0.5, 0.05, 3000)
     alone = place_threshold_by_dim_tail_mixture(one, (0.22, 0.68), 0.45)
     assert not alone.from_data and alone.value == 0.45
+
+
+def test_a_spike_between_the_populations_does_not_drag_the_cut():
+    """A few events on one value between the populations (a demo tube: 1.3% of its memory B
+    on one IgD bin) fit as a component of weight ~1% and no spread; counted on the lower side
+    it pulled the balanced cut to 0.62, inside the IgD+ cells (IgM memory B -9.4 points)."""
+    rng = np.random.default_rng(11)
+    lower = _dim_tailed(rng, 0.28, 0.065, 1500)
+    upper = 0.667 + 0.04 * rng.standard_t(4, 1500)
+    values = np.concatenate([lower, upper, np.full(40, 0.581)])
+    place = place_threshold_by_dim_tail_mixture(values, (0.22, 0.68), 0.45)
+    assert place.from_data
+    assert 0.4 < place.value < 0.56, place.note  # below the spike, short of the IgD+ cells
+    assert abs(100 * ((values >= place.value).mean() - 1540 / 3040)) < 1.5
