@@ -85,6 +85,18 @@ def rights(roles: Iterable[str]) -> set[str]:
     return set().union(*(GRANTS.get(r, set()) for r in roles))
 
 
+def role_refusal(name: str, held: Iterable[str], role: str) -> str:
+    """Why ``name``, holding ``held``, may not do what needs ``role`` ('' when they may)."""
+    held = tuple(held)
+    if role in rights(held):
+        return ""
+    return (
+        f"{name} is {' and '.join(held) or 'without a role'}: this needs the {role} role (the "
+        f"study's administrator grants it: immunomon users remove {name}, then users add "
+        f"{name} --role {role})"
+    )
+
+
 def row_fingerprint(name: str, salt: bytes, digest: bytes, created_at: str, roles: str) -> str:
     """sha256 of an account row as ``add_user`` wrote it: what its audit entry binds."""
     payload = json.dumps([name, bytes(salt).hex(), bytes(digest).hex(), created_at, roles])

@@ -303,7 +303,7 @@ def _check_signer(study, who: str, role: str) -> None:
         AccountError,
         account_problem,
         check_password,
-        rights,
+        role_refusal,
         user_names,
         user_roles,
     )
@@ -320,13 +320,9 @@ def _check_signer(study, who: str, role: str) -> None:
         problem = account_problem(store.conn, study.root, who)
         if problem:
             raise AccountError(f"{problem}; nothing was changed")
-        held = user_roles(store.conn, who)
-        if role not in rights(held):
-            raise AccountError(
-                f"{who} is {' and '.join(held)}: this needs the {role} role (the study's "
-                f"administrator grants it: immunomon users remove {who}, then users add "
-                f"{who} --role {role}); nothing was changed"
-            )
+        refusal = role_refusal(who, user_roles(store.conn, who), role)
+        if refusal:
+            raise AccountError(f"{refusal}; nothing was changed")
         if sys.stdin.isatty():
             password = getpass.getpass(f"password of {who} (signs this change): ")
         else:

@@ -30,6 +30,7 @@ from cohort.accounts import (
     account_problem,
     check_password,
     record_failed_sign_in,
+    rights,
     user_roles,
     vouched_accounts,
 )
@@ -53,7 +54,7 @@ from cohort.review import (
 from cohort.store import Store
 from cohort.study import Study
 from cohort.templates import POOLED
-from flows.review_security import ReviewGuard, Site, local_path, page_of
+from flows.review_security import ROUTE_ROLES, ReviewGuard, Site, local_path, page_of
 from gating.gates import Gate
 from gating.strategy import override_record
 from panels.errors import ImmunomonError
@@ -498,6 +499,8 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
                 "study": server.study.config.study,
                 "who": who(request),
                 "roles": guard.session_roles(request),
+                # What the forms offer (the routes check it again): all without accounts.
+                "may": rights(guard.session_roles(request)) if accounts else set(ROUTE_ROLES),
                 "csrf": guard.csrf_token(request),
                 "nonce": request.state.csp_nonce,
                 "accounts": accounts,

@@ -24,7 +24,7 @@ from fastapi.responses import PlainTextResponse, Response
 from itsdangerous import BadSignature, URLSafeSerializer
 from starlette.middleware.sessions import SessionMiddleware
 
-from cohort.accounts import rights
+from cohort.accounts import role_refusal
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -213,14 +213,9 @@ class ReviewGuard:
             def allowed(request: Request, name: str = Depends(person)) -> str:
                 """The signed-in person, when their roles allow ``role`` (always in loopback
                 mode: no accounts, no roles)."""
-                held = self.session_roles(request)
-                if self.accounts and role not in rights(held):
-                    raise HTTPException(
-                        403,
-                        f"{name} is {' and '.join(held) or 'without a role'}: this needs the "
-                        f"{role} role (the study's administrator grants it with `immunomon "
-                        f"users add {name} --role {role}` after `users remove {name}`)",
-                    )
+                refusal = role_refusal(name, self.session_roles(request), role)
+                if self.accounts and refusal:
+                    raise HTTPException(403, refusal)
                 return name
 
             allowed.role = role  # what routes_and_checks reports for the route

@@ -279,6 +279,9 @@ def test_a_monitor_reads_everything_and_changes_nothing(study):
     )
     for page in ("/", f"/sample/{SAMPLE}", "/signoff", "/templates/TREG", "/audit.csv"):
         assert client.get(page, follow_redirects=False).status_code == 200, page
+    page = client.get(f"/sample/{SAMPLE}").text  # no buttons it may not press
+    assert 'id="read-only"' in page and 'id="approve"' not in page and 'id="undo"' not in page
+    assert 'id="publish"' not in client.get("/signoff").text
     signed = {"reason": "x", "password": "a monitor's password", "csrf": token}
     for path, data in [
         (f"/sample/{SAMPLE}/adjust", {"threshold": "t_cd19", "value": "0.6"}),
@@ -303,6 +306,10 @@ def test_a_reviewer_reviews_but_sets_no_template_and_does_not_publish(study):
 
     client = _client(study, accounts=True)
     token = _signed_in(client, "bo", BO)
+    assert 'id="set-template"' not in client.get("/templates/TREG").text
+    page = client.get(f"/sample/{TREG_SAMPLE}").text
+    assert 'id="sample-set-template"' not in page and 'id="approve"' in page
+    assert 'id="publish"' not in client.get("/signoff").text
     response = client.post("/templates/TREG/set", data=_template_form(token, password=BO))
     assert response.status_code == 403 and "needs the expert role" in response.json()["detail"]
     assert client.post("/publish", data={"csrf": token}).status_code == 403
@@ -357,6 +364,8 @@ def test_users_add_records_the_roles_and_defaults_to_reviewer(study, capsys, mon
 def test_whoever_set_a_template_does_not_approve_the_samples_it_gates(study):
     ana, bo = _client(study, accounts=True), _client(study, accounts=True)
     token = _signed_in(ana)
+    assert 'id="set-template"' in ana.get("/templates/TREG").text  # an expert's page
+    assert 'id="publish"' in ana.get("/signoff").text
     ana.post("/templates/TREG/set", data=_template_form(token, password=PASSWORD))
     assert [e.action for e in _trail(study)] == ["template"]
     approve = {"action": "approve", "reason": "fine", "password": PASSWORD, "csrf": token}
