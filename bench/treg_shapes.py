@@ -8,7 +8,7 @@ measured on OUR CD4 T cells, against the Tregs of their truth: FlowJo's Foxp3+ C
 on the real files (replayed by flowkit, ``bench.real_gating``), the simulator's labels on its
 tubes. "Cloud-normalised" is the frame the ``treg`` polygon is built in: the CD4 cloud's
 CD127 and CD25 peak and spread, measured on its CD127-high side
-(``gating.adaptive._cloud_on_far_side``), so a Treg at z_CD127 -1, z_CD25 +2 lies one cloud
+(``gating.adaptive.cloud_on_far_side``), so a Treg at z_CD127 -1, z_CD25 +2 lies one cloud
 SD below the cloud's CD127 peak and two above its CD25 peak.
 
 Per file: Treg % of CD4; the Tregs' CD127 and CD25 offsets (quartiles of z); the share of
@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from bench.real_gating import FOLDER, SCORED, ceiling_f1, f1_score, flowjo_memberships
-from gating.adaptive import _cloud_on_far_side, _half_spread, density_valleys
+from gating.adaptive import cloud_on_far_side, density_valleys, half_spread
 from gating.gates import ThresholdMark
 from gating.pipeline import gate_sample
 from gating.strategy import load_strategy
@@ -69,7 +69,7 @@ def shape_row(gating, treg: np.ndarray) -> dict[str, float]:
     space, masks = gating.space, gating.masks
     cd4, lymph, t_cells = masks["cd4_t"], masks["lymphocytes"], masks["t_cells"]
     cd127, cd25 = space["CD127"], space["CD25"]
-    cloud, problem = _cloud_on_far_side(cd127[cd4], cd25[cd4], (-1, 1))
+    cloud, problem = cloud_on_far_side(cd127[cd4], cd25[cd4], (-1, 1))
     true_treg = treg & cd4
     row: dict[str, float] = {
         "cd4_events": int(cd4.sum()),
@@ -91,10 +91,10 @@ def shape_row(gating, treg: np.ndarray) -> dict[str, float]:
                 **dict(zip(("z25_q1", "z25_med", "z25_q3"), _quartiles(z25), strict=True)),
                 "cd25_low_pct": 100.0 * float(np.mean(z25 < MIN_RISE)),
                 # The cloud's spread on the side towards the arm (conventional CD4 cells).
-                "cloud_cd127_low_sd": _half_spread(
+                "cloud_cd127_low_sd": half_spread(
                     cd127[cd4 & ~treg][cd127[cd4 & ~treg] < x_peak], x_peak
                 ),
-                "cloud_cd25_low_sd": _half_spread(
+                "cloud_cd25_low_sd": half_spread(
                     cd25[cd4 & ~treg & (cd127 >= x_peak)][
                         cd25[cd4 & ~treg & (cd127 >= x_peak)] < y_peak
                     ],

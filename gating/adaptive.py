@@ -489,13 +489,13 @@ class CloudArm:
     method: str
 
 
-def _half_spread(values: np.ndarray, centre: float) -> float:
+def half_spread(values: np.ndarray, centre: float) -> float:
     """The SD of a normal whose one half beyond ``centre`` these values are (1.4826 x the
     median distance): the spread of a cloud measured on its side away from a neighbour."""
     return float(1.4826 * np.median(np.abs(values - centre))) if values.size else float("nan")
 
 
-def _cloud_on_far_side(
+def cloud_on_far_side(
     x: np.ndarray, y: np.ndarray, direction: tuple[int, int]
 ) -> tuple[tuple[float, float, float, float] | None, str]:
     """The main cloud's (x peak, x SD, y peak, y SD), measured where the arm is not.
@@ -518,7 +518,7 @@ def _cloud_on_far_side(
     y_peak = landmark_peak(y_far, toward)
     y_peak = float(np.median(y_far)) if y_peak is None else y_peak
     y_side = y_far[(y_far >= y_peak) if direction[1] > 0 else (y_far <= y_peak)]
-    x_sd, y_sd = _half_spread(x[far], x_peak), _half_spread(y_side, y_peak)
+    x_sd, y_sd = half_spread(x[far], x_peak), half_spread(y_side, y_peak)
     if not (x_sd > 0 and y_sd > 0):
         return None, "the cloud has no spread"
     return (float(x_peak), x_sd, float(y_peak), y_sd), ""
@@ -541,7 +541,7 @@ def place_cloud_arm(
     as experts draw it: Tregs on CD127 x CD25 (-1, +1), transitional B on CD38 x CD24 (+1, +1).
 
     The main cloud is measured on its far side, where the arm does not reach
-    (``_cloud_on_far_side``). In its spreads (z-scores, signed towards the arm), the arm is
+    (``cloud_on_far_side``). In its spreads (z-scores, signed towards the arm), the arm is
     every event at least ``min_rise`` beyond the cloud's peak on y, ``min_fall`` on x, and
     ``min_distance`` from it along the diagonal ((z_x + z_y) / sqrt 2): a polygon with two
     straight edges and the corner between them cut diagonally (the shape of the Lyoplate /
@@ -554,7 +554,7 @@ def place_cloud_arm(
     """
     finite = np.isfinite(x) & np.isfinite(y)
     x, y = x[finite].astype(np.float64), y[finite].astype(np.float64)
-    cloud, problem = _cloud_on_far_side(x, y, direction)
+    cloud, problem = cloud_on_far_side(x, y, direction)
     from_data = cloud is not None
     x_peak, x_sd, y_peak, y_sd = cloud if from_data else default_cloud
     dx, dy = direction

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from gating.adaptive import Placement, _half_spread, place_threshold, refused_by_floor
+from gating.adaptive import Placement, half_spread, place_threshold, refused_by_floor
 from gating.gates import ThresholdMark
 from gating.qc import passed_through, run_qc
 from gating.records import (
@@ -212,7 +212,7 @@ def place_beyond_negatives(
     peak = landmark_peak(values, "low")
     if peak is None:
         return None
-    spread = _half_spread(values[values < peak], peak)
+    spread = half_spread(values[values < peak], peak)
     value = peak + sds * spread
     if not (np.isfinite(value) and bounds[0] <= value <= bounds[1]):
         return None

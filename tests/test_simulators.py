@@ -14,7 +14,7 @@ import pytest
 from bench.gating_accuracy import refusal
 from bench.real_gating import ceiling_f1
 from cohort.study import Study
-from gating.adaptive import _cloud_on_far_side, density_valleys
+from gating.adaptive import cloud_on_far_side, density_valleys
 from gating.compensate import compensated_channels
 from gating.registration import landmark_peak
 from panels.fcs import read_events
@@ -77,7 +77,7 @@ def _cd4_frame(values, kinds):
     ``treg`` polygon measures it (its CD127-high side)."""
     treg = np.isin(kinds, sorted(rs.TRUTH["TREG"]["treg"][1]))
     cd4 = np.isin(kinds, sorted(rs.TRUTH["TREG"]["cd4_t"][1]))
-    cloud, problem = _cloud_on_far_side(values["CD127"][cd4], values["CD25"][cd4], (-1, 1))
+    cloud, problem = cloud_on_far_side(values["CD127"][cd4], values["CD25"][cd4], (-1, 1))
     assert cloud is not None, problem
     return cd4, treg, cloud
 
