@@ -424,7 +424,7 @@ class ReviewGuard:
 def review_site(args) -> tuple:
     """The study, the Site and whether accounts are needed, from ``immunomon review``'s
     options; StudyError (one line, exit 2) for a combination that would be unsafe."""
-    from cohort.accounts import user_names
+    from cohort.accounts import account_problem, user_names, vouched_accounts
     from cohort.store import Store
     from cohort.study import Study, StudyError
 
@@ -432,13 +432,19 @@ def review_site(args) -> tuple:
     loopback = args.host in LOOPBACK
     if not loopback:
         store = Store(study.db_path)
-        names = user_names(store.conn)
-        store.close()
+        try:
+            names = user_names(store.conn)
+            vouched = vouched_accounts(store.conn, study.root)
+            problems = [account_problem(store.conn, study.root, n, vouched) for n in names]
+        finally:
+            store.close()
         if not names:
             raise StudyError(
                 f"--host {args.host} opens the review to the network: add personal accounts "
                 f"first (immunomon users add NAME --study {args.study})"
             )
+        if all(problems):  # nobody could sign in: say why now, not at each sign-in
+            raise StudyError(f"--host {args.host}: no account can sign in: {problems[0]}")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise StudyError("--tls-cert and --tls-key go together: give both files")
     public = args.public_url.rstrip("/")

@@ -188,6 +188,14 @@ def test_an_account_from_before_binding_is_refused_until_added_again(study, caps
     )
     code, err = _verify(old, capsys)
     assert code == 1 and "audit trail broken" not in err  # the trail itself is whole
+    assert main(["-q", "review", "--study", str(old), "--host", "0.0.0.0"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .startswith(
+            "error: --host 0.0.0.0: no account can sign in: account ana has no user_added entry"
+        )
+    )
     assert f"immunomon users remove ana --study {old}" in err
 
     assert main(["-q", "users", "remove", "ana", "--study", str(old)]) == 0
