@@ -428,6 +428,16 @@ def verify_trail(conn: sqlite3.Connection, anchors: list[Anchor]) -> TrailCheck:
     return check
 
 
+def trail_mark(conn: sqlite3.Connection) -> tuple:
+    """The trail's row count and last stored row (as 'seq:hash'): an entry appended or
+    removed since a verification changes it (an entry edited in place does not)."""
+    conn.executescript(AUDIT_SCHEMA)
+    return conn.execute(
+        "SELECT COUNT(*), (SELECT seq || ':' || hash FROM audit ORDER BY rowid DESC LIMIT 1) "
+        "FROM audit"
+    ).fetchone()
+
+
 def verify_study_trail(
     conn: sqlite3.Connection,
     study_root: str | Path,

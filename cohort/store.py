@@ -545,6 +545,14 @@ class Store:
             params=tuple(other_than),
         )
 
+    def strategy_document(self, strategy_sha256: str) -> str:
+        """The content (JSON) of the strategy results were gated with, kept with them; ''
+        for a result stored before documents were kept, or a FlowJo workspace's gates."""
+        row = self.conn.execute(
+            "SELECT document FROM strategies WHERE strategy_sha256=?", (strategy_sha256,)
+        ).fetchone()
+        return row[0] if row else ""
+
     def current_sample(self, sample_id: str) -> dict | None:
         """The current (not superseded) processed result of a sample id, if any."""
         self.conn.row_factory = sqlite3.Row

@@ -110,28 +110,25 @@ def write_cohort_outputs(
     report_arguments: tuple = (),
     log: Callable[[str], None] = lambda line: None,
 ) -> tuple[str, str]:
-    """The results and the cohort report written from the store; with ``only_if_changed``
-    left as they are when nothing they are made from changed since their last complete
-    write (``changed_inputs``; ``log`` is told what changed). A complete write records its
-    inputs in results/written_from.json. Returns the sentence of what was written and left
-    out (``cohort_outputs``) and the error, '' when nothing was left out."""
-    from reports.outputs import output_inputs
-    from reports.written_from import changed_inputs, forget_written_from, record_written_from
+    """The results and the cohort report written from the store (``reports.outputs.
+    write_outputs``: with ``only_if_changed`` left as they are when nothing they are made from
+    changed). Returns the sentence of what was written and left out (``cohort_outputs``) and
+    the error, '' when nothing was left out."""
+    from reports.outputs import write_outputs
 
-    inputs = output_inputs(study, store)
-    changed = changed_inputs(study.root, inputs)
-    if only_if_changed and not changed:
+    done = write_outputs(
+        study,
+        store,
+        write_results,
+        write_report,
+        only_if_changed=only_if_changed,
+        after_results=after_results,
+        report_arguments=report_arguments,
+        log=log,
+    )
+    if not done.written:
         return unchanged_outputs_sentence(study), ""
-    if only_if_changed:
-        log(f"writing the results and the report: changed since last written: {', '.join(changed)}")
-    forget_written_from(study.root)
-    results, error = write_results(study, store)
-    after_results()
-    if results is not None:
-        write_report(study, store, results, *report_arguments)
-    if results is not None and not error:
-        record_written_from(study.root, inputs)
-    return cohort_outputs(study, results, error), error
+    return cohort_outputs(study, done.results, done.error), done.error
 
 
 def unchanged_outputs_sentence(study: Study) -> str:

@@ -1039,20 +1039,31 @@ def patient_context(server: ReviewServer, patient_id: str, panel: str) -> dict:
     drift = drift_table(server)
     mine = drift[drift.patient_id == patient_id]
     mine = mine[mine.sample_id.str.endswith(f"_{panel}")]
+    # Rows and drift items in words as the today list prints them, each visit's from the
+    # strategy it was gated with.
+    names = study_names(server.study, server.store)
 
     def grid(prefix: str, fmt: str) -> list:
         out = []
         for key in dict.fromkeys(k for k in mine.key if k.startswith(prefix)):
-            cells = []
+            cells, label = [], ""
             for v in visits:
                 hit = mine[(mine.key == key) & (mine.visit == v)]
                 if hit.empty:
                     cells.append(None)
                     continue
                 h = hit.iloc[0]
-                flag = f"moved {h.move:+.3g} (z {h.z:+.1f})" if h.flagged else ""
-                cells.append({"text": fmt.format(h.value), "flag": flag})
-            out.append((key.removeprefix(prefix), cells))
+                visit_names = names.of_sample(h.sample_id)
+                label = label or visit_names.drift_subject(panel, key)
+                flagged = bool(h.flagged)
+                cells.append(
+                    {
+                        "text": fmt.format(h.value),
+                        "flag": f"moved {h.move:+.3g} (z {h.z:+.1f})" if flagged else "",
+                        "words": visit_names.drift(panel, key, h.move, h.z) if flagged else "",
+                    }
+                )
+            out.append((label, cells))
         return out
 
     return {

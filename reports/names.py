@@ -125,6 +125,17 @@ class Names:
                     lines.append(f"  {self.definition(panel, population)}  [{panel} {population}]")
         return lines
 
+    def drift_subject(self, panel: str, key: str) -> str:
+        """What a drift key follows, in words (``drift_subject``) with this panel's names:
+        'CD24 boundary (t_cd24)', 'Transitional B, % of CD19+ B cells', 'IgD median of Naive B'
+        (a drift item's subject and a row of the review's patient page)."""
+        return drift_subject(
+            key,
+            population=lambda name: self.short(panel, name),
+            marker=lambda name: self.markers.get((panel, name)),
+            share=lambda name: self.measure("pct_parent", panel, name),
+        )
+
     def flag(self, panel: str, flag: str) -> str:
         """A flag code in words (``flag_words``), populations and markers of ``panel`` named."""
         return flag_words(
@@ -136,12 +147,7 @@ class Names:
     def drift(self, panel: str, key: str, move: float | None = None, z: float | None = None) -> str:
         """A drift item (``stats.drift`` key) in words: 'drift: CD24 boundary (t_cd24) moved
         +0.21 from this patient's other visits (z +4.3)'."""
-        subject = drift_subject(
-            key,
-            population=lambda name: self.short(panel, name),
-            marker=lambda name: self.markers.get((panel, name)),
-            share=lambda name: self.measure("pct_parent", panel, name),
-        )
+        subject = self.drift_subject(panel, key)
         if move is None or z is None:
             return f"drift: {subject} off this patient's other visits"
         return f"drift: {subject} moved {move:+.3g} from this patient's other visits (z {z:+.1f})"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from importlib import metadata
@@ -21,10 +22,11 @@ from cohort.exports import mfi_table, populations_table, samples_table, write_cs
 from cohort.review import (
     REVIEW_ACTIONS,
     ReviewStatus,
+    TrailVerdict,
     current_review_states,
     describe_override,
     status_frame,
-    trail_problem,
+    study_trail_verdict,
     undone,
 )
 from cohort.store import Store, stored_strategy
@@ -44,7 +46,12 @@ from reports.monitor_pages import (
 )
 from reports.names import Names
 from reports.qc_report import write_sample_qc_report
-from reports.written_from import forget_written_from, record_written_from, sha256_of_file
+from reports.written_from import (
+    changed_inputs,
+    forget_written_from,
+    record_written_from,
+    sha256_of_file,
+)
 from stats.clinical import (
     COX_ANALYSES,
     clinical_statistics,
@@ -91,6 +98,7 @@ class CohortResults:
     review: pd.DataFrame  # review_status and overridden_gates per current sample
     excluded: dict[str, str]  # sample_id -> the reason given, for samples excluded in review
     broken_inputs: dict[str, str] = field(default_factory=dict)
+    trail_problem: str = ""  # the audit trail does not verify: no approval is in force
 
 
 # The clinical analyses (statistics.csv ``analysis``) and window columns each file feeds.
@@ -176,30 +184,28 @@ def review_lines(study: Study, store: Store, review: pd.DataFrame) -> list[str]:
 def update_outputs(
     study: Study, store: Store, executor: Executor | None = None, parts: int = 1
 ) -> str:
-    """Write results/*.csv, statistics and the cohort report from the store; with a process
-    ``executor`` the report's pages are drawn in ``parts`` runs on it.
+    """Write results/*.csv, statistics and the cohort report from the store (``write_outputs``,
+    whether or not anything changed); with a process ``executor`` the report's pages are drawn
+    in ``parts`` runs on it.
 
     Returns the clinical error(s) that stopped all or part of the cohort step, else ''."""
-    inputs = output_inputs(study, store)
-    forget_written_from(study.root)
-    results, error = write_results(study, store)
-    if results is not None:
-        write_report(study, store, results, executor, parts)
-        anchor_head(study.root, store.conn, "cohort report written")  # outside the database
-    if results is not None and not error:
-        record_written_from(study.root, inputs)  # a pass after this leaves them as they are
-    return error
+    return write_outputs(study, store, report_arguments=(executor, parts)).error
 
 
-def write_results(study: Study, store: Store) -> tuple[CohortResults | None, str]:
+def write_results(
+    study: Study, store: Store, trail: TrailVerdict | None = None
+) -> tuple[CohortResults | None, str]:
     """results/samples.csv, populations.csv, mfi.csv, and, while patients.csv is usable,
-    clinical_windows.csv and statistics.csv.
+    clinical_windows.csv and statistics.csv. ``trail``: the audit trail's verification made
+    for this write (``cohort.review.study_trail_verdict``; made here when not given); the
+    results carry its problem to the report.
 
     A broken clinical file blanks only what it feeds (``cohort.clinical.FEEDS``); the tables
     are returned with the errors, or None (nothing grouped: statistics.csv and the report are
     left as the last pass wrote them) when patients.csv itself is broken."""
     study.ensure_output_folders()
-    states = current_review_states(study, store)
+    trail = study_trail_verdict(study.root, store.conn, trail)
+    states = current_review_states(study, store, trail)
     review = review_table(states, store)
     samples = samples_table(store, study).merge(review, on="sample_id", how="left")
     not_sample = samples.status != "processed"
@@ -242,7 +248,16 @@ def write_results(study: Study, store: Store) -> tuple[CohortResults | None, str
     write_csv(statistics, study.results_dir / "statistics.csv")
     excluded = {s: state.reason for s, state in states.items() if state.status == "excluded"}
     results = CohortResults(
-        clinical, populations, statistics, groups, windows, curves, review, excluded, loaded.broken
+        clinical,
+        populations,
+        statistics,
+        groups,
+        windows,
+        curves,
+        review,
+        excluded,
+        loaded.broken,
+        trail.problem,
     )
     return results, error
 
@@ -282,6 +297,59 @@ def write_report(
         executor=executor,
         parts=parts,
     )
+
+
+@dataclass(frozen=True)
+class OutputsWrite:
+    """What ``write_outputs`` did: ``written`` False when it left the outputs as they were;
+    the results it wrote (None: patients.csv is broken, statistics and report kept as the
+    last write left them) and the clinical error(s), '' when nothing was left out."""
+
+    written: bool
+    results: CohortResults | None = None
+    error: str = ""
+
+
+def write_outputs(
+    study: Study,
+    store: Store,
+    results_writer: Callable | None = None,
+    report_writer: Callable | None = None,
+    *,
+    only_if_changed: bool = False,
+    after_results: Callable[[], None] = lambda: None,
+    report_arguments: tuple = (),
+    log: Callable[[str], None] = lambda line: None,
+) -> OutputsWrite:
+    """The results and the cohort report written from the store: the one write every writer
+    (a pass, ``immunomon report``, the review's publish) makes. With ``only_if_changed`` they
+    are left as they are when nothing they are made from changed since their last complete
+    write (``changed_inputs``; ``log`` is told what changed). The audit trail is verified
+    once for the write and its verdict passed on: ``results_writer`` (default
+    ``write_results``; the flow passes its task) is called as (study, store, verdict),
+    ``report_writer`` (default ``write_report``) as (study, store, results,
+    *report_arguments). A complete write records its inputs in results/written_from.json;
+    a written report anchors the trail's last entry outside the database, unless the trail
+    does not verify (anchoring a forged last entry would vouch for it)."""
+    results_writer = results_writer or write_results
+    report_writer = report_writer or write_report
+    trail = study_trail_verdict(study.root, store.conn)
+    inputs = output_inputs(study, store, trail)
+    changed = changed_inputs(study.root, inputs)
+    if only_if_changed and not changed:
+        return OutputsWrite(written=False)
+    if only_if_changed:
+        log(f"writing the results and the report: changed since last written: {', '.join(changed)}")
+    forget_written_from(study.root)
+    results, error = results_writer(study, store, trail)
+    after_results()
+    if results is not None:
+        report_writer(study, store, results, *report_arguments)
+        if not study_trail_verdict(study.root, store.conn, trail).problem:
+            anchor_head(study.root, store.conn, "cohort report written")
+    if results is not None and not error:
+        record_written_from(study.root, inputs)  # a pass after this leaves them as they are
+    return OutputsWrite(True, results, error)
 
 
 def monitor_tables(study: Study, store: Store, results: CohortResults) -> MonitorTables:
@@ -364,7 +432,7 @@ def report_context(study: Study, store: Store, results: CohortResults) -> Report
         methods=methods_text(study),
         broken_inputs=results.broken_inputs,
         preliminary=int(review.review_status.isin(["to_review", "overridden"]).sum()),
-        trail_problem=trail_problem(study.root, store.conn),
+        trail_problem=results.trail_problem,  # as the results' review states were judged
         review_lines=review_lines(study, store, review),
         groups=cfg.analysis.group_titles,
         group_patients={g.name: g.patients for g in cfg.analysis.groups},
@@ -472,13 +540,14 @@ def code_digest(root: Path = CODE_ROOT) -> str:
     return digest.hexdigest()
 
 
-def output_inputs(study: Study, store: Store) -> dict[str, str]:
+def output_inputs(study: Study, store: Store, trail: TrailVerdict | None = None) -> dict[str, str]:
     """Everything the results and the cohort report are made from, each part as a sha256:
     the store's content (samples, their gates and QC, the review trail), every input file
     (study.yaml with its analysis plan, the clinical CSVs, panels, strategies, references)
     and the code (``code_digest``), and whether the audit trail verifies (a trail edited by hand,
-    even in a pass's entry, voids every approval the report counts)."""
-    check = trail_problem(study.root, store.conn)
+    even in a pass's entry, voids every approval the report counts). ``trail``: the trail's
+    verification made for this write (made here when not given)."""
+    check = study_trail_verdict(study.root, store.conn, trail).problem
     return {
         **store.content_digests(),
         **input_hashes(study),
@@ -550,6 +619,18 @@ def methods_text(study: Study) -> list[str]:
     return lines
 
 
+def strategy_gated_with(study: Study, store: Store, sample: dict):
+    """The strategy a stored result (``sample``: a ``Store.current_sample`` row) was gated
+    with: its panel's current one when their sha256 agree, else the one stored with it (an
+    older version, or with a study template or overrides), so its gates are replayed with
+    their own placement. A result stored before strategies were kept: the current one."""
+    current = study.strategies[sample["panel"]]
+    if sample["strategy_sha256"] == current.sha256:
+        return current
+    document = store.strategy_document(sample["strategy_sha256"])
+    return stored_strategy(document, sample["strategy_sha256"]) if document else current
+
+
 def replay_current(study: Study, store: Store, sample_id: str):
     """A sample's current result replayed on its events: (sample row, gates, masks, gating
     space, events). Nothing is placed anew."""
@@ -560,7 +641,7 @@ def replay_current(study: Study, store: Store, sample_id: str):
     if sample is None:
         raise LookupError(f"no processed sample {sample_id!r} in {study.db_path}")
     gates = store.applied_gates(sample["sample_key"])
-    strategy = study.strategies[sample["panel"]]
+    strategy = strategy_gated_with(study, store, sample)
     if not gates:
         raise LookupError(
             f"{sample_id} was gated with the FlowJo workspace {strategy.source}: no gates"

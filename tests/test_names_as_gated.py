@@ -1,7 +1,8 @@
 """A sample's flags and drift items in words, named from the strategy it was gated with.
 
 A result gated under an older strategy version keeps that version's threshold markers and
-population titles until the next pass re-gates it; the review pages print drift items in
+population titles until the next pass re-gates it, and its QC page and review plots replay
+its gates with that version's placement (``within``); the review pages print drift items in
 words (``reports.names``) as they print the other flags."""
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ CURRENT = "P01_BL_BCELL"
 
 def _older_bcell(folder: Path) -> Path:
     """bcell as it was before: version 3, its plasmablast threshold named t_cd38 and the
-    plasmablasts titled otherwise; neither exists in the current strategy."""
+    plasmablasts titled otherwise, neither of which exists in the current strategy, and its
+    transitional tip placed on its parent's cloud (all CD19+ B cells), not the CD27- B's."""
     text = (Path(__file__).parents[1] / "gating" / "strategies" / "bcell.yaml").read_text()
     text = re.sub(r"^version: \d+", "version: 3", text, flags=re.M)
+    assert "    within: cd27neg_b " in text
+    text = re.sub(r"^    within: cd27neg_b .*\n", "", text, flags=re.M)
     text = text.replace("t_cd38_plasmablast", "t_cd38")
     text = text.replace("Plasmablasts (CD27+ CD38hi)", "Antibody-secreting cells (CD27+ CD38++)")
     path = folder / "bcell_v3.yaml"
@@ -250,3 +254,64 @@ def test_the_report_counts_each_sample_s_flags_in_the_words_of_its_own_strategy(
         "1 samples" in completeness
     )
     assert not any("boundary t_cd38 " in line for line in completeness + lines)
+
+
+def test_a_sample_is_replayed_with_the_placement_of_the_strategy_it_was_gated_with(gated):
+    """The bug: the QC page (``immunomon report --sample``) and the review's scatter replayed
+    every sample with the current strategy's ``within``, so a transitional tip placed on all
+    CD19+ B cells (bcell v3) was drawn and counted over the CD27- B cells it never saw."""
+    from reports.outputs import replay_current
+    from reports.qc_report import gate_plot
+
+    study, store = Study(gated), Store(gated / "immunomon.db")
+    try:
+        old = replay_current(study, store, OLD)
+        current = replay_current(study, store, CURRENT)
+    finally:
+        store.close()
+
+    def tip(replayed):
+        return next(g for g in replayed[1] if g.name == "transitional_tip")
+
+    assert tip(current).within == "cd27neg_b"
+    assert tip(old).within is None  # placed on its parent's events, as v3 says
+    _, gates, masks, space, data = old
+    plot = gate_plot(tip(old), space, masks, data.channel)
+    among = int(masks["cd19_b"].sum())
+    assert f"/{among} (" in plot.title and "of cd27neg_b" not in plot.title
+    assert among > int(masks["cd27neg_b"].sum())  # the two really differ on this sample
+    plot = gate_plot(tip(current), current[3], current[2], current[4].channel)
+    assert f"/{int(current[2]['cd27neg_b'].sum())} (" in plot.title and "of cd27neg_b" in plot.title
+
+
+def _row(page: str, table: str, label: str) -> str:
+    """The row of the patient page's ``table`` whose first cell is ``label``."""
+    section = page.split(f'<table id="{table}">')[1].split("</table>")[0]
+    rows = [r for r in section.split("<tr>") if r.startswith(f"<td>{label}</td>")]
+    assert len(rows) == 1, (label, section[:2000])
+    return re.sub(r"\s+", " ", rows[0])
+
+
+def test_the_patient_page_names_its_rows_and_drift_items_in_words(study):
+    """The bug: the patient page's rows were drift keys ('t_cd27', 'naive_b IgD') and its
+    drift items bare numbers, while the today list printed the same items in words. Now both
+    take them from ``reports.names`` (each visit's from the strategy it was gated with)."""
+    _move_threshold(study, "t_cd27", dict(zip(DRIFTING, (0.45, 0.46, 0.44, 0.90), strict=True)))
+    patient, older = _pages(study, "/patient/P01?panel=BCELL", "/patient/P02?panel=BCELL")
+    row = _row(patient, "thresholds", "CD27 boundary (t_cd27)")
+    chip = re.search(
+        r'<span class="drift" title="([^"]+)">moved \+0\.45 \(z \+\d+\.\d\)</span>', row
+    )
+    assert chip, row
+    assert chip[1].startswith(
+        "drift: CD27 boundary (t_cd27) moved +0.45 from this patient's other visits (z +"
+    )
+    assert row.count('class="drift"') == 1  # M6 only
+    _row(patient, "populations", "Naive B, % of CD19+ B cells")
+    _row(patient, "mfi", "IgD median of Naive B")
+    cells = re.findall(r"<tr><td>([^<]*)</td>", patient)
+    assert len(cells) > 20
+    assert not [c for c in cells if re.fullmatch(r"[a-z0-9_]+( [A-Za-z0-9]+)?", c)], cells
+    # P02's visit was gated with bcell v3: its plasmablast boundary by that version's names.
+    _row(older, "thresholds", "CD38 boundary (t_cd38)")
+    _row(older, "populations", "Antibody-secreting cells, % of CD19+ B cells")

@@ -222,7 +222,8 @@ def test_pages_show_files_patient_sample_and_signoff(reviewed):
     pages = reviewed["pages"]
     assert "P04_M1_BCELL" in pages["today"] and "to_review" in pages["today"]
     assert "t_cd19" in pages["patient"] and "M12" in pages["patient"]
-    assert "cd19_b CD19" in pages["patient_mfi"] and "transitional_b CD24" in pages["patient_mfi"]
+    assert "CD19 median of CD19+ B cells" in pages["patient_mfi"]
+    assert "CD24 median of Transitional B" in pages["patient_mfi"]
     for name in ("today", "patient", "sample", "signoff", "templates", "publish"):
         assert (reviewed["shots"] / f"{name}.png").stat().st_size > 20_000, name
     assert pages["publish_first_state"] in ("running", "done")  # the page did not wait

@@ -349,3 +349,96 @@ def test_another_studys_account_or_cookie_does_nothing_here(study, tmp_path):
     assert here.get("/signoff", follow_redirects=False).status_code == 303
     response = _approve(here, there_token, password=PASSWORD)
     assert response.status_code in (401, 403) and _trail(study) == []
+
+
+class _CountingVerifier:
+    """cohort.review's trail verifier, counted."""
+
+    def __init__(self, monkeypatch):
+        import cohort.review
+
+        self.calls, real = 0, cohort.review.verify_study_trail
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(cohort.review, "verify_study_trail", counted)
+
+
+def _report_contexts(monkeypatch) -> list:
+    """The cohort report's context of each write, its pages left undrawn (seconds saved)."""
+    import reports.outputs
+
+    contexts = []
+
+    def capture(path, context, sections, **_):
+        contexts.append(context)
+        return path
+
+    monkeypatch.setattr(reports.outputs, "write_cohort_report", capture)
+    return contexts
+
+
+def test_a_write_verifies_the_trail_once_and_a_broken_trail_still_voids_its_approvals(
+    study, monkeypatch
+):
+    """The trail was verified three times per results-and-report write (the written-from
+    inputs, the review states, the report's first page); once now, its verdict passed to
+    each part: a forged approval still voids the real one in samples.csv and is named on the
+    report's first page, by both writers (the review's publish and the flow's). The publish
+    no longer anchors a trail that does not verify: it anchored the forged last entry, and
+    the flow's write after it found the trail whole."""
+    import hashlib
+    import json
+
+    from flows.outcome import write_cohort_outputs
+    from reports.outputs import update_outputs, write_report, write_results
+
+    client = _client(study)
+    _approve(client, _named(client))
+    _forge_approval(study, "P01_M1_BCELL")
+    contexts = _report_contexts(monkeypatch)
+    verifier = _CountingVerifier(monkeypatch)
+    st = Study(study)
+    store = Store(st.db_path)
+    try:
+        update_outputs(st, store)
+        assert verifier.calls == 1
+        write_cohort_outputs(st, store, write_results, write_report, only_if_changed=False)
+        assert verifier.calls == 2
+    finally:
+        store.close()
+    assert len(contexts) == 2
+    for ctx in contexts:
+        assert "entry 2 (approve P01_M1_BCELL by ana" in ctx.trail_problem
+        assert "has no anchor" in ctx.trail_problem
+    samples = pd.read_csv(study / "results" / "samples.csv").set_index("sample_id")
+    assert samples.at[SAMPLE, "review_status"] == "to_review"
+    recorded = json.loads((study / "results" / "written_from.json").read_text())
+    assert recorded["inputs"]["audit trail check"] == (
+        hashlib.sha256(contexts[-1].trail_problem.encode()).hexdigest()
+    )
+
+
+def test_a_verdict_is_not_reused_once_the_trail_has_changed(study):
+    """A verdict stands for the trail it was made of: an entry added since (by hand, while a
+    write ran) is verified, not waved through."""
+    from cohort.review import study_trail_verdict
+
+    store = Store(study / "immunomon.db")
+    try:
+        whole = study_trail_verdict(study, store.conn)
+        assert whole.problem == ""
+        assert study_trail_verdict(study, store.conn, whole) is whole
+    finally:
+        store.close()
+    client = _client(study)
+    _approve(client, _named(client))
+    _forge_approval(study, "P01_M1_BCELL")
+    store = Store(study / "immunomon.db")
+    try:
+        again = study_trail_verdict(study, store.conn, whole)
+    finally:
+        store.close()
+    assert "has no anchor" in again.problem and again.mark != whole.mark

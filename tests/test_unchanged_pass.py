@@ -39,7 +39,7 @@ class CountingWriters:
     def __init__(self, error: str = ""):
         self.calls, self.error = 0, error
 
-    def results(self, study, store):
+    def results(self, study, store, trail=None):
         self.calls += 1
         for name in COHORT_OUTPUTS:
             if name.startswith("results/"):
@@ -170,6 +170,26 @@ def test_a_changed_input_or_output_writes_them_again(study, change, named):
     assert _write(study, writers).startswith("left") and writers.calls == 2  # recorded again
 
 
+def test_every_writer_anchors_the_report_it_writes(study):
+    """The pass's and the report command's writer (``write_cohort_outputs``) and the
+    review's publish (``update_outputs``) were two copies of one write, and only the publish
+    anchored the trail beside the study as a report was written; now both are one write,
+    and the pass's report is anchored too (README: every cohort report is)."""
+    from cohort.audit import anchors_path, read_anchors, verify_study_trail
+
+    _audit(study, "approve", "P01_BL_BCELL")
+    _write(study, CountingWriters())
+    anchors, bad = read_anchors(anchors_path(study))
+    store = Store(study / "immunomon.db")
+    try:
+        head = AuditLog(store.conn).entries()[-1]
+        check = verify_study_trail(store.conn, study)
+    finally:
+        store.close()
+    assert bad == [] and [(a.seq, a.hash) for a in anchors] == [(head.seq, head.hash)]
+    assert check.problems == [] and check.warnings == []
+
+
 def test_a_write_that_left_something_out_is_written_again_next_pass(study):
     """A broken clinical file: what it feeds is left out, so no record is kept and the next
     pass writes everything again (and says again what it leaves out)."""
@@ -218,3 +238,42 @@ def test_the_real_writers_outputs_are_those_recorded_and_a_publish_is_recorded(s
     }
     assert written == set(COHORT_OUTPUTS)
     assert changed_inputs(study, inputs) == []
+
+
+def test_cohort_scale_bench_counts_processing_and_writing_apart():
+    """bench/cohort_scale.py counted a first pass minus an unchanged second as processing;
+    since an unchanged pass writes nothing, that took the results and the report in too. Now
+    each is its stages' CPU, and the QC PDFs' cost is a difference of processing alone (a
+    slower start-up of one run does not enter it)."""
+    from bench.cohort_scale import cost_lines
+
+    def measure(startup, intake, processing, results, report, total):
+        stages = {
+            "start-up": startup,
+            "intake": intake,
+            "processing": processing,
+            "results and statistics": results,
+            "cohort report": report,
+            "stopping": 1.0,
+        }
+        return {"cpu_by_stage": stages, "cpu_by_process": {"flow process": total}}
+
+    results = [
+        {
+            "scale": 1,
+            "qc_reports": "none",
+            "first": measure(30.0, 2.0, 18.0, 5.0, 20.0, 76.0),
+            "second": measure(29.0, 2.0, 0.5, 0.0, 0.0, 32.5),
+        },
+        {"scale": 1, "qc_reports": "all", "first": measure(60.0, 2.0, 23.0, 5.0, 20.0, 111.0)},
+    ]
+    lines = cost_lines(results)
+    assert lines[1] == (
+        "1x, QC PDFs none, first pass: processing 20.0 CPU-s, writing 25.0, start-up and "
+        "stopping 31.0; unchanged second pass 32.5 CPU-s, of it writing 0.0"
+    )
+    assert lines[0].startswith("1x, QC PDFs all, first pass: processing 25.0 CPU-s")
+    assert lines[2] == (
+        "1x: QC PDFs for every sample add 5.0 CPU-s to processing's 20.0 = 0.25x "
+        "(goal: at most 0.5x)"
+    )
