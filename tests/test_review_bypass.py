@@ -411,7 +411,7 @@ def test_a_write_verifies_the_trail_once_and_a_broken_trail_still_voids_its_appr
         store.close()
     assert len(contexts) == 2
     for ctx in contexts:
-        assert "entry 2 (approve P01_M1_BCELL by ana" in ctx.trail_problem
+        assert "entry 4 (approve P01_M1_BCELL by ana" in ctx.trail_problem  # 1, 2: accounts
         assert "has no anchor" in ctx.trail_problem
     samples = pd.read_csv(study / "results" / "samples.csv").set_index("sample_id")
     assert samples.at[SAMPLE, "review_status"] == "to_review"
