@@ -115,7 +115,8 @@ def build_reference(
 
     ``landmarks``: per sample, its id and ``sample_landmarks(strategy, gating)``.
     """
-    from gating.adaptive import place_threshold  # scikit-learn: only when building
+    # scikit-learn: only when building
+    from gating.adaptive import place_threshold, place_threshold_where_populations_meet
 
     collected: dict[str, list[tuple[float, np.ndarray]]] = {}
     sample_ids = []
@@ -139,6 +140,11 @@ def build_reference(
                 f"reference for {strategy.name}: {name}: no boundary in the pooled data of "
                 f"{len(found)} samples ({place.note})"
             )
+        # Tens of thousands of pooled events can measure the two populations' flanks where
+        # they meet: the count-balanced cut is taken from those, not from a mixture of the
+        # whole range, whose components understate a skewed population's tail
+        # (``place_threshold_where_populations_meet``; memory Tregs smearing down CD45RA).
+        place = place_threshold_where_populations_meet(pooled, place, spec.bounds) or place
         thresholds[name] = RegisteredThreshold(
             round(place.value - reference, 6),
             round(reference, 6),
