@@ -56,6 +56,9 @@ ACTIONS = (
 )
 # Each one is anchored as it is written.
 PERSON_ACTIONS = ("override", "approve", "exclude", "undo", "template", "reference")
+# Accounts added or removed (cohort.accounts) are anchored too once they name the account
+# (entries of earlier versions do not, bind nothing and were never anchored).
+ACCOUNT_ACTIONS = ("user_added", "user_removed")
 ANCHORS_FILE = "audit_anchors.jsonl"
 MAX_FIELD = 4000  # characters of a name or reason: a trail entry is read by a person
 EXPORT_COLUMNS = [
@@ -330,6 +333,18 @@ def _malformed(row: tuple) -> str:
     return ""
 
 
+def _named(detail: str) -> str:
+    """The account an account entry names ('' for any other)."""
+    item = json.loads(detail)
+    return str(item.get("name", "")) if isinstance(item, dict) else ""
+
+
+def _anchored(action: str, detail: str) -> bool:
+    """Whether an entry of ``action`` is anchored as it is written (so one without its own
+    anchor after the first was added outside immunomon)."""
+    return action in PERSON_ACTIONS or (action in ACCOUNT_ACTIONS and bool(_named(detail)))
+
+
 def verify_trail(conn: sqlite3.Connection, anchors: list[Anchor]) -> TrailCheck:
     """Recompute the chain and check it against ``anchors``: each names an entry that must
     exist with that hash (so a cut end or a rewritten, re-hashed trail is found), and each
@@ -353,8 +368,10 @@ def verify_trail(conn: sqlite3.Connection, anchors: list[Anchor]) -> TrailCheck:
         seq, at, who, action, sample_id, detail, reason, software, prev_hash, digest = row
         hashes[seq] = digest
         check.head_seq, check.head_hash = seq, digest
-        if action in PERSON_ACTIONS:
-            person.append((seq, f"{action} {sample_id} by {who[:60]} at {at[:19]}"))
+        if _anchored(action, detail):
+            person.append(
+                (seq, f"{action} {sample_id or _named(detail)} by {who[:60]} at {at[:19]}")
+            )
         if chain_ok:
             if seq != expected_seq:
                 check.problems.append(f"entry {expected_seq} is missing (the next entry is {seq})")
@@ -404,8 +421,9 @@ def verify_trail(conn: sqlite3.Connection, anchors: list[Anchor]) -> TrailCheck:
         for seq, what in person:
             if seq > first and seq not in anchored:
                 check.problems.append(
-                    f"entry {seq} ({what}) has no anchor: every action taken in review writes "
-                    "one, so it was added outside immunomon (or anchor lines were removed)"
+                    f"entry {seq} ({what}) has no anchor: every action taken in review or on "
+                    "accounts writes one, so it was added outside immunomon (or anchor lines "
+                    "were removed)"
                 )
     return check
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from cohort.audit import AuditEntry, AuditError, AuditLog, trail_mark, verify_study_trail
+from cohort.templates import AUDIT_ACTION as TEMPLATE_ACTION
 from gating.gates import MAX_DRAWN_VERTICES, EllipseGate, Gate, PolygonGate
 from gating.strategy import override_from_record
 
@@ -394,6 +395,22 @@ def own_overrides(state: ReviewStatus, who: str, strategy_sha256: str) -> list[O
     return [
         o for o in state.overrides.values() if o.who == who and o.strategy_sha256 == strategy_sha256
     ]
+
+
+def own_templates(
+    entries: list[AuditEntry], panel: str, in_force: Mapping[str, str], who: str
+) -> list[str]:
+    """The thresholds of ``panel`` whose study template in force (``in_force``: threshold ->
+    who the reference file says set it) ``who`` set, as the file says or as the trail's latest
+    ``template`` entry for it says. A template is its setter's change, like an override: with
+    personal accounts they approve none of the panel's samples while it is in force (every
+    result the panel's strategy gives now carries it; a result from before it is re-gated by
+    the next pass, which voids an approval of it)."""
+    latest = {}
+    for e in entries:
+        if e.action == TEMPLATE_ACTION and e.detail.get("panel") == panel:
+            latest[e.detail.get("threshold")] = e.who
+    return sorted(t for t, named in in_force.items() if who in (named, latest.get(t)))
 
 
 def record_decision(

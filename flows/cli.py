@@ -292,14 +292,21 @@ def _audit_reference_build(study, panel: str, path: Path, samples: int, visits) 
         )
 
 
-def _check_signer(study, who: str) -> None:
+def _check_signer(study, who: str, role: str) -> None:
     """With personal accounts in the study, a study-wide change from the command line is
-    signed as in review: ``--who`` is an account and its password is asked (first line of
-    stdin from a script); without accounts the machine's users are trusted, as in loopback
-    review."""
+    signed as in review: ``--who`` is an account the audit trail vouches for, whose roles
+    give ``role``, and its password is asked (first line of stdin from a script); without
+    accounts the machine's users are trusted, as in loopback review."""
     import getpass
 
-    from cohort.accounts import AccountError, check_password, user_names
+    from cohort.accounts import (
+        AccountError,
+        account_problem,
+        check_password,
+        role_refusal,
+        user_names,
+        user_roles,
+    )
     from flows.outcome import study_store
 
     with study_store(study) as store:
@@ -310,6 +317,12 @@ def _check_signer(study, who: str) -> None:
                 f"--who {who!r} is not an account of this study: give your own user name "
                 "(a change is signed by the person who makes it)"
             )
+        problem = account_problem(store.conn, study.root, who)
+        if problem:
+            raise AccountError(f"{problem}; nothing was changed")
+        refusal = role_refusal(who, user_roles(store.conn, who), role)
+        if refusal:
+            raise AccountError(f"{refusal}; nothing was changed")
         if sys.stdin.isatty():
             password = getpass.getpass(f"password of {who} (signs this change): ")
         else:
@@ -334,7 +347,7 @@ def _cmd_reference_set(args: argparse.Namespace) -> int:
     if args.sample_group or args.template_sample:
         raise TemplateError("--sample-group and --template-sample go with --from-wsp")
     study = Study(args.study)
-    _check_signer(study, args.who)
+    _check_signer(study, args.who, "expert")
     with study_store(study, exclusive=True) as store:  # not while a run writes results
         change = set_template(
             study,
@@ -372,7 +385,7 @@ def _reference_from_workspace(args: argparse.Namespace) -> int:
             "--value and --sample (use --template-sample for the workspace's sample)"
         )
     study = Study(args.study)
-    _check_signer(study, args.who)
+    _check_signer(study, args.who, "expert")
     with study_store(study, exclusive=True) as store:  # not while a run writes results
         seeding = seed_from_workspace(
             study,
@@ -423,17 +436,29 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
     anchors = [parse_anchor(text) for text in args.anchor or []]
     with study_store(study) as store:
         check = verify_study_trail(store.conn, study.root, anchors, args.anchors)
+        unbound = [] if check.problems else _unbound_accounts(store.conn, study.root)
     for warning in check.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for problem in check.problems:
         print(f"{study.db_path}: audit trail broken: {problem}", file=sys.stderr)
-    if check.problems:
+    for problem in unbound:
+        print(f"{study.db_path}: {problem}", file=sys.stderr)
+    if check.problems or unbound:
         return 1
     print(
         f"audit trail intact: {check.entries} entries, head #{check.head_seq} sha256 "
         f"{check.head_hash}; {check.anchors} anchor(s) checked"
     )
     return 0
+
+
+def _unbound_accounts(conn, study_root: Path) -> list[str]:
+    """Why each account of the store that the trail does not vouch for cannot sign in."""
+    from cohort.accounts import account_problem, user_names, vouched_accounts
+
+    vouched = vouched_accounts(conn, study_root)
+    problems = [account_problem(conn, study_root, name, vouched) for name in user_names(conn)]
+    return [f"{p}; until then it cannot sign in or sign" for p in problems if p]
 
 
 def _cmd_audit_export(args: argparse.Namespace) -> int:
@@ -450,10 +475,11 @@ def _cmd_audit_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _change_account(study_dir: str, change, action: str, summary: str) -> Path:
-    """Apply ``change(conn)`` to the study's accounts and audit it as ``action`` in one
-    place, so adding and removing a person are recorded alike; returns the store's path."""
-    from cohort.audit import AuditLog
+def _change_account(study_dir: str, change) -> Path:
+    """Apply ``change(conn, by=..., software=..., anchors=...)`` (``cohort.accounts.add_user``
+    or ``remove_user``, which audit and anchor it) under the login name; returns the store's
+    path."""
+    from cohort.audit import anchors_path
     from cohort.review import reviewer_name
     from cohort.study import Study
     from flows.outcome import study_store
@@ -461,18 +487,23 @@ def _change_account(study_dir: str, change, action: str, summary: str) -> Path:
 
     study = Study(study_dir)
     with study_store(study) as store:
-        change(store.conn)
-        AuditLog(store.conn).append(reviewer_name(), action, summary, software_version())
+        change(
+            store.conn,
+            by=reviewer_name(),
+            software=software_version(),
+            anchors=anchors_path(study.root),
+        )
     return study.db_path
 
 
 def _cmd_users_add(args: argparse.Namespace) -> int:
     import getpass
 
-    from cohort.accounts import AccountError, add_user
+    from cohort.accounts import DEFAULT_ROLES, AccountError, add_user, checked_roles
     from cohort.study import Study
 
     Study(args.study)  # a wrong study folder is named before a password is asked for
+    roles = checked_roles(args.role or DEFAULT_ROLES)  # and a wrong role
     if sys.stdin.isatty():
         password = getpass.getpass(f"password for {args.name}: ")
         if getpass.getpass("again: ") != password:
@@ -480,24 +511,16 @@ def _cmd_users_add(args: argparse.Namespace) -> int:
     else:  # from a script: the password on the first line of stdin
         password = sys.stdin.readline().rstrip("\n")
     db = _change_account(
-        args.study,
-        lambda conn: add_user(conn, args.name, password),
-        "user_added",
-        f"account {args.name} added",
+        args.study, lambda conn, **audit: add_user(conn, args.name, password, roles, **audit)
     )
-    print(f"account {args.name} added to {db}")
+    print(f"account {args.name} ({', '.join(roles)}) added to {db}")
     return 0
 
 
 def _cmd_users_remove(args: argparse.Namespace) -> int:
     from cohort.accounts import remove_user
 
-    db = _change_account(
-        args.study,
-        lambda conn: remove_user(conn, args.name),
-        "user_removed",
-        f"account {args.name} removed",
-    )
+    db = _change_account(args.study, lambda conn, **audit: remove_user(conn, args.name, **audit))
     print(f"account {args.name} removed from {db}; its review sessions have ended")
     return 0
 
@@ -829,9 +852,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     users = sub.add_parser("users", help="personal accounts for review from another machine")
     users_sub = users.add_subparsers(dest="users_command", required=True)
-    add = users_sub.add_parser("add", help="add an account (the password is asked twice)")
+    add = users_sub.add_parser(
+        "add",
+        help="add an account (the password is asked twice; audited, anchored): its roles "
+        "say what it may do",
+    )
     add.add_argument("name", help="the person's user name, e.g. jdupont")
     add.add_argument("--study", required=True, help="study folder")
+    add.add_argument(
+        "--role",
+        action="append",
+        metavar="ROLE",
+        help="reviewer: adjust, redraw, approve, exclude, undo, sign off; expert: also study "
+        "templates (review pages, 'reference set') and publishing; monitor: read only "
+        "(pages, audit trail, report). Repeat for several; default: reviewer. To change "
+        "roles, remove the account and add it again",
+    )
     add.set_defaults(func=_cmd_users_add)
     remove = users_sub.add_parser("remove", help="remove an account (its sessions end)")
     remove.add_argument("name", help="the person's user name")

@@ -25,7 +25,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from cohort.accounts import account_fingerprint, check_password, record_failed_sign_in
+from cohort.accounts import (
+    account_fingerprint,
+    account_problem,
+    check_password,
+    record_failed_sign_in,
+    rights,
+    user_roles,
+    vouched_accounts,
+)
 from cohort.audit import AuditError, AuditLog, anchor_head, anchors_path
 from cohort.exports import samples_table
 from cohort.review import (
@@ -36,6 +44,7 @@ from cohort.review import (
     describe_override,
     drawn_gate,
     own_overrides,
+    own_templates,
     record_decision,
     record_override,
     record_undo,
@@ -45,7 +54,7 @@ from cohort.review import (
 from cohort.store import Store
 from cohort.study import Study
 from cohort.templates import POOLED
-from flows.review_security import ReviewGuard, Site, local_path, page_of
+from flows.review_security import ROUTE_ROLES, ReviewGuard, Site, local_path, page_of
 from gating.gates import Gate
 from gating.strategy import override_record
 from panels.errors import ImmunomonError
@@ -96,6 +105,7 @@ class ReviewServer:
         self.software = software_version()
         self.job = PublishJob()
         self.job_lock = threading.Lock()  # the job's state only: pages read it while it runs
+        self._vouched: tuple[tuple, tuple[str, dict]] | None = None
 
     # state ---------------------------------------------------------------------------------
     def states(self) -> dict[str, ReviewStatus]:
@@ -114,11 +124,39 @@ class ReviewServer:
         )
 
     # accounts ------------------------------------------------------------------------------
+    def vouched(self) -> tuple[str, dict]:
+        """``cohort.accounts.vouched_accounts``, recomputed only when the store (any
+        connection's commit) or the anchor file has changed since: asked on every request."""
+        conn = self.store.conn
+        anchors = anchors_path(self.study.root)
+        stat = anchors.stat() if anchors.exists() else None
+        key = (
+            conn.execute("PRAGMA data_version").fetchone()[0],
+            conn.total_changes,
+            (stat.st_size, stat.st_mtime_ns) if stat else None,
+        )
+        if self._vouched is None or self._vouched[0] != key:
+            self._vouched = (key, vouched_accounts(conn, self.study.root))
+        return self._vouched[1]
+
+    def account_problem(self, name: str) -> str:
+        """Why ``name``'s account is not vouched for by the audit trail ('' when it is)."""
+        with self.lock:
+            return account_problem(self.store.conn, self.study.root, name, self.vouched())
+
     def fingerprint(self, name: str) -> str | None:
+        """The account's fingerprint while the trail vouches for it, else None."""
         if not self.accounts:
             return None
         with self.lock:
-            return account_fingerprint(self.store.conn, name)
+            fingerprint = account_fingerprint(self.store.conn, name)
+            if fingerprint is None or self.account_problem(name):
+                return None
+            return fingerprint
+
+    def roles(self, name: str) -> tuple[str, ...]:
+        with self.lock:
+            return user_roles(self.store.conn, name)
 
     def password_ok(self, name: str, password: str) -> bool:
         with self.lock:
@@ -291,13 +329,28 @@ class ReviewServer:
             return len(sample_ids)
 
     def own_changes(self, states: dict[str, ReviewStatus], sample: dict, who: str) -> str:
-        """The overrides in force on ``sample`` that ``who`` made ('' when none, and always
-        without accounts: a name typed in loopback mode proves nobody's identity)."""
-        state = states.get(sample["sample_id"])
-        if not self.accounts or state is None:
+        """The changes in force on ``sample`` that ``who`` made: overrides of it, study
+        templates of its panel ('' when none, and always without accounts: a name typed in
+        loopback mode proves nobody's identity)."""
+        if not self.accounts:
             return ""
+        state = states.get(sample["sample_id"])
         strategy = self.study.strategies[sample["panel"]]
-        return ", ".join(o.name for o in own_overrides(state, who, strategy.sha256))
+        mine = [o.name for o in own_overrides(state, who, strategy.sha256)] if state else []
+        panel = sample["panel"]
+        templates = own_templates(self.log.entries(), panel, self.templates_in_force(panel), who)
+        mine += [f"{t}'s study template" for t in templates]
+        return ", ".join(mine)
+
+    def templates_in_force(self, panel: str) -> dict[str, str]:
+        """Threshold -> who the reference file says set the panel's study template in force
+        (none for a FlowJo-gated panel)."""
+        from cohort.templates import panel_templates
+        from gating.strategy import Strategy
+
+        if not isinstance(self.study.strategies.get(panel), Strategy):
+            return {}
+        return {t: template.set_by for t, template in panel_templates(self.study, panel).items()}
 
     def set_template(
         self,
@@ -425,13 +478,16 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
         fingerprint=server.fingerprint,
         password_ok=server.password_ok,
         failure_log=server.sign_in_failed,
+        roles=server.roles,
+        account_problem=server.account_problem,
     )
     app = FastAPI(title="immunomon review", docs_url=None, redoc_url=None, openapi_url=None)
     guard.install(app)
     app.state.server = server
     app.state.guard = guard
-    pages = guard.router(signed_in=False)  # reading, signing in and out
-    actions = guard.router(signed_in=True)  # changing the study: a person signed in
+    pages = guard.router()  # reading, signing in and out
+    actions = guard.router("reviewer")  # a sample's review: a reviewer (or an expert)
+    study_wide = guard.router("expert")  # the study's templates, publishing: an expert
     who = guard.who
 
     def render(request: Request, template: str, **context) -> HTMLResponse:
@@ -442,6 +498,9 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
             {
                 "study": server.study.config.study,
                 "who": who(request),
+                "roles": guard.session_roles(request),
+                # What the forms offer (the routes check it again): all without accounts.
+                "may": rights(guard.session_roles(request)) if accounts else set(ROUTE_ROLES),
                 "csrf": guard.csrf_token(request),
                 "nonce": request.state.csp_nonce,
                 "accounts": accounts,
@@ -710,7 +769,7 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
             **context,
         )
 
-    @actions.post("/templates/{panel}/set")
+    @study_wide.post("/templates/{panel}/set")
     def set_study_template(
         request: Request,
         panel: str,
@@ -746,7 +805,7 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
         )
         return RedirectResponse(f"/templates/{quote(panel)}", status_code=303)
 
-    @actions.post("/templates/{panel}/from-wsp")
+    @study_wide.post("/templates/{panel}/from-wsp")
     async def seed_study_template(
         request: Request,
         panel: str,
@@ -796,7 +855,7 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
         request.session["not_used"] = [list(item) for item in seeding.not_used]
         return RedirectResponse(back, status_code=303)
 
-    @actions.post("/publish")
+    @study_wide.post("/publish")
     def publish(request: Request, person: str = Depends(guard.person)):
         server.start_publish(person)
         return RedirectResponse("/publish", status_code=303)
@@ -859,6 +918,7 @@ def create_app(study_root: str | Path, accounts: bool = False, site: Site | None
 
     app.include_router(pages)
     app.include_router(actions)
+    app.include_router(study_wide)
     return app
 
 

@@ -1,8 +1,9 @@
 """The review server's one gate: every request is checked against the address it is served
 at, and every state-changing route goes through ``ReviewGuard.check_form`` (Origin, the
-session's form token) and, where a person acts, ``ReviewGuard.person`` (a live session of an
-account that still exists). Routers made by ``ReviewGuard.router`` get both for free, and a
-test enumerates the application's routes to prove none is missed.
+session's form token) and, where a person acts, ``ReviewGuard.requires[ROLE]`` (a live
+session of an account the audit trail vouches for, ``ReviewGuard.person``, whose roles give
+ROLE). Routers made by ``ReviewGuard.router(ROLE)`` get all of it for free, and a test
+enumerates the application's routes to prove none is missed and each declares its role.
 
 Also here: sign-in and signature (re-authentication) limits that slow a guesser without
 letting a stranger lock a person out, security headers, and redirects to local paths only."""
@@ -15,6 +16,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Depends, Form, Header, HTTPException, Request
@@ -22,12 +24,17 @@ from fastapi.responses import PlainTextResponse, Response
 from itsdangerous import BadSignature, URLSafeSerializer
 from starlette.middleware.sessions import SessionMiddleware
 
+from cohort.accounts import role_refusal
+
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SESSION_HOURS = 12
 MAX_SIGNATURE_FAILURES = 5  # wrong passwords on signed actions before the session ends
 DEVICE_COOKIE = "immunomon_device"
 MAX_SESSIONS = 10_000
+# The rights a route may require (cohort.accounts.GRANTS): reviewing samples, and the
+# study-wide changes an expert makes (templates, publishing). Reading needs a session only.
+ROUTE_ROLES = ("reviewer", "expert")
 
 
 @dataclass(frozen=True)
@@ -154,14 +161,16 @@ class SessionRecord:
     fingerprint: str | None  # the account as it was at sign-in (None without accounts)
     started: float
     signature_failures: int = 0
+    roles: tuple[str, ...] = ()  # the account's (its fingerprint covers them)
 
 
 class ReviewGuard:
     """Sessions, the form token, the site checks and the limits of one review application.
 
-    ``fingerprint(name)``: the account's current token (None: no such account);
-    ``password_ok(name, password)``; ``failure_log(name, address)``: keep a failed sign-in
-    in the bounded log."""
+    ``fingerprint(name)``: the account's current token (None: no such account, or one the
+    audit trail does not vouch for); ``password_ok(name, password)``; ``failure_log(name,
+    address)``: keep a failed sign-in in the bounded log; ``roles(name)``: the account's
+    roles; ``account_problem(name)``: why an account with a row is not vouched for."""
 
     def __init__(
         self,
@@ -171,12 +180,16 @@ class ReviewGuard:
         password_ok: Callable[[str, str], bool],
         failure_log: Callable[[str, str], None],
         clock: Callable[[], float] = time.monotonic,
+        roles: Callable[[str], tuple[str, ...]] = lambda name: (),
+        account_problem: Callable[[str], str] = lambda name: "",
     ):
         self.site = site
         self.accounts = accounts
         self.fingerprint = fingerprint
         self.password_ok = password_ok
         self.failure_log = failure_log
+        self.roles = roles
+        self.account_problem = account_problem
         self.clock = clock
         self.limiter = SignInLimiter(clock=clock)
         self.sessions: dict[str, SessionRecord] = {}
@@ -196,8 +209,22 @@ class ReviewGuard:
                 raise HTTPException(401, "sign in first: every change is recorded under a name")
             return name
 
+        def requiring(role: str) -> Callable:
+            def allowed(request: Request, name: str = Depends(person)) -> str:
+                """The signed-in person, when their roles allow ``role`` (always in loopback
+                mode: no accounts, no roles)."""
+                refusal = role_refusal(name, self.session_roles(request), role)
+                if self.accounts and refusal:
+                    raise HTTPException(403, refusal)
+                return name
+
+            allowed.role = role  # what routes_and_checks reports for the route
+            return allowed
+
         self.check_form = check_form
         self.person = person
+        # One dependency per role, made once: a route's role is found by identity.
+        self.requires = {role: requiring(role) for role in ROUTE_ROLES}
 
     # wiring ----------------------------------------------------------------------------------
     def install(self, app) -> None:
@@ -239,10 +266,13 @@ class ReviewGuard:
         if self.site.secure_cookies:
             headers["Strict-Transport-Security"] = "max-age=31536000"
 
-    def router(self, signed_in: bool = True) -> APIRouter:
-        """A router whose every route passes the site and token check and, when
-        ``signed_in``, needs a person signed in: later pages get the checks for free."""
-        return APIRouter(dependencies=[Depends(self.person if signed_in else self.check_form)])
+    def router(self, role: str = "") -> APIRouter:
+        """A router whose every route passes the site and token check and, given a ``role``
+        (one of ROUTE_ROLES), needs a person signed in whose roles allow it: later pages get
+        the checks for free. Without one: reading, signing in and out."""
+        if role and role not in self.requires:
+            raise ValueError(f"no route role {role!r} (roles: {', '.join(ROUTE_ROLES)})")
+        return APIRouter(dependencies=[Depends(self.requires[role] if role else self.check_form)])
 
     # the checks ----------------------------------------------------------------------------
     def check_site_and_token(self, request: Request, given: str) -> None:
@@ -279,6 +309,11 @@ class ReviewGuard:
             return None
         return record.who
 
+    def session_roles(self, request: Request) -> tuple[str, ...]:
+        """The roles of the session's account (() without a session or without accounts)."""
+        record = self.sessions.get(request.session.get("sid", ""))
+        return record.roles if record is not None else ()
+
     def csrf_token(self, request: Request) -> str:
         """The session's form token, made on first use; every page's forms carry it."""
         token = request.session.get("csrf")
@@ -296,7 +331,8 @@ class ReviewGuard:
             del self.sessions[next(iter(self.sessions))]
         sid = secrets.token_urlsafe(32)
         fingerprint = self.fingerprint(name) if self.accounts else None
-        self.sessions[sid] = SessionRecord(name, fingerprint, now)
+        roles = tuple(self.roles(name)) if self.accounts else ()
+        self.sessions[sid] = SessionRecord(name, fingerprint, now, roles=roles)
         request.session["sid"] = sid
         request.session["csrf"] = secrets.token_urlsafe(32)
 
@@ -320,18 +356,21 @@ class ReviewGuard:
 
     def sign_in(self, request: Request, response: Response, name: str, password: str) -> str:
         """Check a sign-in; '' when it succeeded (session started, this browser remembered
-        as one of the person's), else why not (HTTPException 429 while limited)."""
+        as one of the person's), else why not (HTTPException 429 while limited). An account
+        the audit trail does not vouch for is refused, saying why, once its password is
+        given (nobody learns from this which names have a row)."""
         account = name if self.fingerprint(name) is not None else None
         address, device = self.address(request), self.device(request, name)
         refusal = self.limiter.refusal(account, address, device)
         if refusal:
             raise HTTPException(429, refusal)
-        if account is None or not self.password_ok(name, password):
-            if account is None:
-                self.password_ok("", password)  # same cost: timing tells no names apart
+        # Checked for every name, known or not: the same cost, so timing tells no names apart.
+        matches = self.password_ok(name, password)
+        if account is None or not matches:
             self.limiter.failed(account, address, device)
             self.failure_log(name, address)
-            return "name or password wrong"
+            unbound = self.account_problem(name) if matches else ""
+            return unbound or "name or password wrong"
         self.limiter.succeeded(name)
         self.start_session(request, name)
         self._remember_device(request, response, name)
@@ -360,6 +399,9 @@ class ReviewGuard:
         MAX_SIGNATURE_FAILURES the session ends (429)."""
         if not self.accounts:
             return
+        unbound = self.account_problem(person) if self.fingerprint(person) is None else ""
+        if unbound:
+            raise HTTPException(403, f"nothing was signed: {unbound}")
         record = self.sessions.get(request.session.get("sid", ""))
         if record is not None and self.password_ok(person, password or ""):
             record.signature_failures = 0
@@ -382,7 +424,7 @@ class ReviewGuard:
 def review_site(args) -> tuple:
     """The study, the Site and whether accounts are needed, from ``immunomon review``'s
     options; StudyError (one line, exit 2) for a combination that would be unsafe."""
-    from cohort.accounts import user_names
+    from cohort.accounts import account_problem, user_names, vouched_accounts
     from cohort.store import Store
     from cohort.study import Study, StudyError
 
@@ -390,13 +432,19 @@ def review_site(args) -> tuple:
     loopback = args.host in LOOPBACK
     if not loopback:
         store = Store(study.db_path)
-        names = user_names(store.conn)
-        store.close()
+        try:
+            names = user_names(store.conn)
+            vouched = vouched_accounts(store.conn, study.root)
+            problems = [account_problem(store.conn, study.root, n, vouched) for n in names]
+        finally:
+            store.close()
         if not names:
             raise StudyError(
                 f"--host {args.host} opens the review to the network: add personal accounts "
                 f"first (immunomon users add NAME --study {args.study})"
             )
+        if all(problems):  # nobody could sign in: say why now, not at each sign-in
+            raise StudyError(f"--host {args.host}: no account can sign in: {problems[0]}")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise StudyError("--tls-cert and --tls-key go together: give both files")
     public = args.public_url.rstrip("/")
@@ -419,9 +467,19 @@ def review_site(args) -> tuple:
     return study, site, not loopback
 
 
-def routes_and_checks(app) -> list[tuple[set[str], str, list]]:
-    """Each route of ``app`` with its methods, path and every dependency it runs (the
-    callables, flattened), routers included: what the route-enumerating test inspects."""
+class RouteChecks(NamedTuple):
+    """A route, every dependency it runs (the callables, flattened) and the role it requires
+    ('' when none: reading, signing in and out)."""
+
+    methods: set[str]
+    path: str
+    calls: list
+    role: str
+
+
+def routes_and_checks(app) -> list[RouteChecks]:
+    """Each route of ``app`` with its methods, path, checks and role, routers included: what
+    the route-enumerating test inspects and the README's route table shows."""
 
     def calls(dependant) -> list:
         out = []
@@ -443,7 +501,11 @@ def routes_and_checks(app) -> list[tuple[set[str], str, list]]:
                 found.append((set(getattr(route, "methods", None) or {"*"}), route.path, []))
         return found
 
-    return walk(app.routes)
+    def checked(methods, path, called) -> RouteChecks:
+        role = next((c.role for c in called if hasattr(c, "role")), "")
+        return RouteChecks(methods, path, called, role)
+
+    return [checked(*found) for found in walk(app.routes)]
 
 
 def server_options(site: Site, tls_cert: str | None = None, tls_key: str | None = None) -> dict:

@@ -86,7 +86,7 @@ class TMixture:
         return -2.0 * self.log_likelihood + (3 * self.weights.size - 1) * np.log(n)
 
 
-def _t_log_pdf(x: np.ndarray, location: np.ndarray, scale: np.ndarray, df: float) -> np.ndarray:
+def t_log_pdf(x: np.ndarray, location: np.ndarray, scale: np.ndarray, df: float) -> np.ndarray:
     """log density of t components (columns) at the values (rows)."""
     z2 = ((x[:, None] - location[None, :]) / scale[None, :]) ** 2
     const = gammaln((df + 1) / 2) - gammaln(df / 2) - 0.5 * np.log(df * np.pi)
@@ -113,7 +113,7 @@ def fit_t_mixture(
     previous = -np.inf
     log_likelihood = -np.inf
     for _ in range(iterations):
-        joint = np.log(weights)[None, :] + _t_log_pdf(x, locations, scales, df)
+        joint = np.log(weights)[None, :] + t_log_pdf(x, locations, scales, df)
         top = joint.max(axis=1, keepdims=True)
         total = top[:, 0] + np.log(np.exp(joint - top).sum(axis=1))
         log_likelihood = float(c @ total)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from gating.adaptive import Placement, half_spread, place_threshold, refused_by_floor
+from gating.dim_tail import place_dim_tailed_threshold
 from gating.gates import ThresholdMark
 from gating.qc import passed_through, run_qc
 from gating.records import (
@@ -88,6 +89,10 @@ def gate_sample(data: FcsData, resolved: ResolvedPanel, strategy: Strategy) -> S
                     spec.registration.peak,
                     strategy.offsets[ref],
                     spec.bounds,
+                )
+            if place is None and spec.placement == "dim_tail_mixture":
+                place = place_dim_tailed_threshold(
+                    space[spec.dimension][within], spec.bounds, spec.default
                 )
             place = place or place_threshold(
                 space[spec.dimension][within],

@@ -114,10 +114,13 @@ class NegativeTail(_Spec):
 class ThresholdSpec(BoundedPlacement):
     """A 1-D threshold on ``dimension`` among the events of gate ``within``, placed per sample
     by ``gating.adaptive.place_threshold`` (a mixture on ``pair`` where given, a valley, a 1-D
-    mixture; ``default`` otherwise)."""
+    mixture; ``default`` otherwise). ``placement: dim_tail_mixture`` places it first at the
+    balanced boundary of a mixture heavy-tailed towards dim (``gating.dim_tail``), between
+    populations whose dim tails reach far below them (IgD of the memory B)."""
 
     dimension: str
     within: str
+    placement: Literal["auto", "dim_tail_mixture"] = "auto"
     pair: MarkerPair | None = None
     registration: Registration | None = None
     tail: NegativeTail | None = None
@@ -526,6 +529,8 @@ class Strategy:
             how += f"{spec.bounds[1]:g}], default {spec.default:g}"
             if spec.pair is not None:
                 how += f", by a 2-D mixture with {spec.pair.dimension}"
+            if spec.placement == "dim_tail_mixture":
+                how += ", by a dim-tailed mixture's balanced boundary"
             if name in self.offsets:
                 how += f"; registered: study offset {self.offsets[name]:+.3f} from the landmark"
             lines.append(f"  {name}: {spec.dimension} threshold (logicle), {how}")

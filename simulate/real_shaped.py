@@ -35,6 +35,20 @@ Real observations each shape comes from:
   the CD27 cut into the CD27+ IgD+ quadrant, 5x more cells than memory B, diluting the
   memory B: switched memory B -2.5 points of memory B vs the truth, 1.8 of them that leak
   (12 tubes, 20,000 events, seed 7).
+- **IgM-only and IgD-only memory B** (published blood B-cell compartments; there is no real
+  B tube with expert gates here): besides IgM memory B (CD27+ IgD+ IgM+, ~15% of adult
+  blood B cells) and switched memory B (CD27+ IgD- IgM-), blood holds CD27+ B cells with
+  one heavy chain on their surface. Klein, Rajewsky & Kuppers 1998 (J Exp Med 188:1679):
+  IgM+ IgD+ CD27+ ~15% of blood B cells and "a very small population (<1% of PB B cells)"
+  of IgD-only B cells; Seifert & Kuppers 2009 (J Exp Med 206:2659): IgM+ CD27+ B cells,
+  IgM+ IgD+ and "IgM+ IgD-/low" together, ~20% of blood B cells, so IgM-only ~5%, a third
+  of the IgM memory B (Klein et al. 1997, Blood 89:1288, for IgM-only as memory cells).
+  Here IgM-only memory B are 1.5-3.5% of the B cells (a third of the simulator's IgM memory
+  B, 5-9%: the trial is mostly children), IgM as bright as the IgM memory B's, IgD negative
+  to low (0.24, the IgM memory B's 0.55); IgD-only 0.2-0.8%, IgD 0.62, IgM negative. Both
+  are memory B and neither IgM memory nor switched memory B, as EUROclass and the strategy
+  define those. Without them (before 2026-12-01) the IgM memory B's dim tails crossing the
+  IgD cut had no cells to meet in the IgD- IgM+ quadrant.
 - **Treg tube**, measured on the six ``flowatlas_tissues`` files with >= 100 FlowJo Tregs
   (390C lung, 403C lung, 412C BM, 412C mLN, 423 lung, 428 lung; ``python -m
   bench.treg_shapes``, 2026-12-01): FlowJo 10.7.1's Treg gate (Foxp3+ CD127lo, replayed by
@@ -202,6 +216,33 @@ B_CELLS: dict[str, tuple[str, dict[str, tuple[float, float]]]] = {
             "CD38": (0.36, 0.05),
         },
     ),
+    # Memory B with one heavy chain only (module docstring: **IgM-only and IgD-only memory
+    # B**): IgM-only as bright on IgM as the IgM memory B and IgD-negative to low; IgD-only
+    # IgD-positive, IgM-negative.
+    "igm_only_memory": (
+        "lymph",
+        {
+            "CD19": (0.61, 0.035),
+            "CD20": (0.70, 0.04),
+            "CD27": (0.58, 0.05),
+            "IgD": (0.24, 0.05),
+            "IgM": (0.66, 0.06),
+            "CD24": (0.66, 0.05),
+            "CD38": (0.36, 0.05),
+        },
+    ),
+    "igd_only_memory": (
+        "lymph",
+        {
+            "CD19": (0.61, 0.035),
+            "CD20": (0.70, 0.04),
+            "CD27": (0.60, 0.05),
+            "IgD": (0.62, 0.06),
+            "IgM": (0.20, 0.05),
+            "CD24": (0.60, 0.05),
+            "CD38": (0.45, 0.06),
+        },
+    ),
     "switched_memory": (
         "lymph",
         {
@@ -249,6 +290,9 @@ LABEL_NAMES = [*NON_CELLS, *sorted(set(B_CELLS) | set(T_CELLS))]
 NOT_LYMPHOCYTES = {"monocyte", "granulocyte"}
 
 _B_SUBSETS = set(B_CELLS) - {"t_cell", "nk_cell", *NOT_LYMPHOCYTES}
+# Every CD27+ non-plasmablast B cell; IgM memory B (CD27+ IgD+ IgM+) and switched memory B
+# (CD27+ IgD- IgM-) are two of its four kinds, as EUROclass and the strategy define them.
+_MEMORY_B = {"igm_memory", "igm_only_memory", "igd_only_memory", "switched_memory"}
 _CD4_TYPES = {"cd4_naive", "cd4_memory", "cd4_cd127_down"}
 _TREGS = {"treg_naive", "treg_memory", "treg_memory_hladr"}
 TRUTH: dict[str, dict[str, tuple[str, set[str]]]] = {
@@ -257,7 +301,7 @@ TRUTH: dict[str, dict[str, tuple[str, set[str]]]] = {
         "cd19_b": ("lymphocytes", _B_SUBSETS),
         "transitional_b": ("cd19_b", {"transitional"}),
         "naive_b": ("cd19_b", {"naive"}),
-        "memory_b": ("cd19_b", {"igm_memory", "switched_memory"}),
+        "memory_b": ("cd19_b", _MEMORY_B),
         "igm_memory_b": ("memory_b", {"igm_memory"}),
         "switched_memory_b": ("memory_b", {"switched_memory"}),
         "plasmablasts": ("cd19_b", {"plasmablast"}),
@@ -374,6 +418,8 @@ def sample_shares(tube: str, child: bool, rng: np.random.Generator) -> dict[str,
             "double_negative": rng.uniform(0.02, 0.04),
             "igm_memory": rng.uniform(0.05, 0.09),
             "switched_memory": rng.uniform(0.06, 0.11),
+            "igm_only_memory": rng.uniform(0.015, 0.035),
+            "igd_only_memory": rng.uniform(0.002, 0.008),
             "plasmablast": rng.uniform(0.008, 0.02),
         }
         within["naive"] = 1 - sum(within.values())

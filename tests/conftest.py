@@ -148,9 +148,11 @@ REVIEW_PASSWORD = "a long enough password"  # ana's; bo's is this + " too"
 @pytest.fixture(scope="session")
 def reviewable(tmp_path_factory):
     """A small study with three processed B-cell samples, one Treg sample (its t_cd45ra has a
-    landmark: it can take a study template) and two accounts (ana, bo), built once for the
-    review modules; each test works on a copy."""
+    landmark: it can take a study template) and two accounts (ana, an expert; bo, a
+    reviewer), added as `users add` does (audit entries 1 and 2, anchored), built once for
+    the review modules; each test works on a copy."""
     from cohort.accounts import add_user
+    from cohort.audit import anchors_path
     from cohort.store import Store
 
     root = processed_demo_samples(
@@ -159,7 +161,8 @@ def reviewable(tmp_path_factory):
         ("P01_BL_BCELL", "P01_M1_BCELL", "P02_BL_BCELL", "P01_BL_TREG"),
     )
     store = Store(root / "immunomon.db")
-    add_user(store.conn, "ana", REVIEW_PASSWORD)
-    add_user(store.conn, "bo", REVIEW_PASSWORD + " too")
+    audit = {"by": "admin", "software": "test", "anchors": anchors_path(root)}
+    add_user(store.conn, "ana", REVIEW_PASSWORD, ("expert",), **audit)  # she also sets templates
+    add_user(store.conn, "bo", REVIEW_PASSWORD + " too", ("reviewer",), **audit)
     store.close()
     return root

@@ -416,13 +416,16 @@ def test_real_shaped_transitional_b_floor(tmp_path):
     median +9.45 and -11.25 points), the tip gate's placement recorded and the sample sent to
     review because the tip is below the separation floor; flowkit counts the polygon alike.
     Switched memory B within a point (symmetric t tails on every B marker: -2.55 points, the
-    naive B's CD27 tail diluting the memory B; the real files' bright tails are light)."""
+    naive B's CD27 tail diluting the memory B; the real files' bright tails are light), and
+    IgM memory B within 1.5 points: on these three tubes bcell v4's IgD cut among all B
+    (~0.42) gave -2.11, -2.53, -2.55, their heavy dim IgD tail below it; v5's dim-tailed
+    boundary among the memory B (~0.33-0.38) -0.06, -1.24, -1.73 (~200 IgM memory B each)."""
     import flowkit as fk
 
     from gating.export import to_flowkit_strategy
     from simulate.real_shaped import LABEL_NAMES, TRUTH, sample_shares, simulate_tube, write_tube
 
-    bounds = {"transitional_b": 3.0, "naive_b": 3.0, "switched_memory_b": 1.0}
+    bounds = {"transitional_b": 3.0, "naive_b": 3.0, "switched_memory_b": 1.0, "igm_memory_b": 1.5}
     errors = {population: [] for population in bounds}
     for seed in (1, 2, 3):
         rng = np.random.default_rng(seed)

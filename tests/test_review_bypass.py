@@ -216,7 +216,7 @@ def test_a_hand_edited_trail_voids_every_approval_and_the_report_says_so(study, 
     store = Store(study / "immunomon.db")
     problem = trail_problem(study, store.conn)
     store.close()
-    assert "entry 2 (approve P01_M1_BCELL by ana" in problem and "has no anchor" in problem
+    assert "entry 4 (approve P01_M1_BCELL by ana" in problem and "has no anchor" in problem
     samples = pd.DataFrame(columns=["status"])
     ctx = _context(trail_problem=problem, preliminary=3)
     path = write_cohort_report(
@@ -225,7 +225,7 @@ def test_a_hand_edited_trail_voids_every_approval_and_the_report_says_so(study, 
         [(0.1, lambda pdf: _title_page(pdf, ctx=ctx, samples=samples, monitor=None))],
     )
     text = " ".join(PdfReader(path).pages[0].extract_text().split())
-    assert "AUDIT TRAIL BROKEN: entry 2 (approve P01_M1_BCELL" in text
+    assert "AUDIT TRAIL BROKEN: entry 4 (approve P01_M1_BCELL" in text
     assert "No approval is in force" in text
 
 
@@ -241,10 +241,10 @@ def test_an_exclusion_deleted_from_the_store_is_named_on_the_report(study):
     _approve(client, token, sample="P01_M1_BCELL")
     store = Store(study / "immunomon.db")
     with store.conn:
-        store.conn.execute("DELETE FROM audit WHERE seq = 1")
+        store.conn.execute("DELETE FROM audit WHERE seq = 3")  # 1, 2: the accounts
     problem = trail_problem(study, store.conn)
     store.close()
-    assert "entry 1" in problem and "missing" in problem
+    assert "entry 3" in problem and "missing" in problem
     assert _states(study)["P01_M1_BCELL"].status == "to_review"
 
 
@@ -336,7 +336,7 @@ def test_another_studys_account_or_cookie_does_nothing_here(study, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(study, other)
     store = Store(other / "immunomon.db")
-    add_user(store.conn, "eve", PASSWORD)
+    add_user(store.conn, "eve", PASSWORD, by="admin", anchors=other / "audit_anchors.jsonl")
     store.close()
     here = _client(study, accounts=True)
     token = _token(here.get("/signin"))
@@ -411,7 +411,7 @@ def test_a_write_verifies_the_trail_once_and_a_broken_trail_still_voids_its_appr
         store.close()
     assert len(contexts) == 2
     for ctx in contexts:
-        assert "entry 2 (approve P01_M1_BCELL by ana" in ctx.trail_problem
+        assert "entry 4 (approve P01_M1_BCELL by ana" in ctx.trail_problem  # 1, 2: accounts
         assert "has no anchor" in ctx.trail_problem
     samples = pd.read_csv(study / "results" / "samples.csv").set_index("sample_id")
     assert samples.at[SAMPLE, "review_status"] == "to_review"

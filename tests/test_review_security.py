@@ -77,8 +77,8 @@ def test_deleting_an_entry_breaks_the_chain(log):
 
 def test_accounts_store_a_salted_hash_not_the_password(tmp_path):
     store = Store(tmp_path / "immunomon.db")
-    add_user(store.conn, "ana.silva", "correct horse battery")
-    add_user(store.conn, "bo", "correct horse battery")
+    add_user(store.conn, "ana.silva", "correct horse battery", by="admin")
+    add_user(store.conn, "bo", "correct horse battery", by="admin")
     rows = store.conn.execute("SELECT name, salt, hash FROM users").fetchall()
     assert rows[0][1] != rows[1][1] and rows[0][2] != rows[1][2]  # salted
     assert b"correct horse" not in b"".join(r[2] for r in rows)
@@ -86,7 +86,7 @@ def test_accounts_store_a_salted_hash_not_the_password(tmp_path):
     assert not check_password(store.conn, "ana.silva", "correct horse batterY")
     assert not check_password(store.conn, "nobody", "correct horse battery")
     with pytest.raises(AccountError, match="at least"):
-        add_user(store.conn, "cy", "short")
+        add_user(store.conn, "cy", "short", by="admin")
     store.close()
 
 
@@ -130,12 +130,17 @@ def _signed_in(client, name="ana", password=PASSWORD) -> str:
     return _token(client.get("/signoff"))
 
 
-def _trail(study) -> list:
+def _trail(study, accounts: bool = False) -> list:
+    """The study's audit entries; without ``accounts``, those after the accounts were made
+    (the fixture's `user_added` entries and any account entry left out)."""
+    from cohort.audit import ACCOUNT_ACTIONS
+
     store = Store(study / "immunomon.db")
     try:
-        return AuditLog(store.conn).entries()
+        entries = AuditLog(store.conn).entries()
     finally:
         store.close()
+    return [e for e in entries if accounts or e.action not in ACCOUNT_ACTIONS]
 
 
 def _status(study, sample_id=SAMPLE) -> str:
@@ -221,20 +226,20 @@ def test_every_state_changing_route_goes_through_the_guard(study):
         guard = app.state.guard
         return [
             path
-            for methods, path, calls in routes_and_checks(app)
+            for methods, path, calls, _ in routes_and_checks(app)
             if methods - {"GET", "HEAD"} and guard.check_form not in calls
         ]
 
     app = create_app(study)
     routes = routes_and_checks(app)
-    posts = {path for methods, path, _ in routes if "POST" in methods}
+    posts = {r.path for r in routes if "POST" in r.methods}
     assert {"/whoami", "/signin", "/signout", "/publish", "/signoff/approve"} <= posts
     assert {f"/sample/{{sample_id}}/{a}" for a in ("adjust", "decide", "undo")} <= posts
     assert unguarded(app) == []
-    acting = [p for m, p, calls in routes if app.state.guard.person in calls]
+    acting = [r.path for r in routes if app.state.guard.person in r.calls]
     assert set(acting) == posts - {"/whoami", "/signin", "/signout"}
 
-    later = app.state.guard.router()  # what the next engineer's router gets for free
+    later = app.state.guard.router("reviewer")  # what the next engineer's router gets free
 
     @later.post("/sample/{sample_id}/drag")
     def drag(sample_id: str):
@@ -273,8 +278,9 @@ def test_a_removed_account_has_no_session(study):
     token = _signed_in(client, "bo", PASSWORD + " too")
     assert "bo" in client.get("/signoff").text
     store = Store(study / "immunomon.db")
-    remove_user(store.conn, "bo")
-    add_user(store.conn, "bo", "another long password")  # the same name again: not the same
+    audit = {"by": "admin", "anchors": study / "audit_anchors.jsonl"}
+    remove_user(store.conn, "bo", **audit)
+    add_user(store.conn, "bo", "another long password", **audit)  # the same name: not the same
     store.close()
     assert client.get("/signoff", follow_redirects=False).headers["location"].startswith("/signin")
     response = client.post(
@@ -297,25 +303,30 @@ def test_users_remove_from_the_command_line(study, capsys):
     assert "sessions have ended" in capsys.readouterr().out
     assert main(["-q", "users", "remove", "bo", "--study", str(study)]) == 2
     assert capsys.readouterr().err.strip() == "error: no user 'bo' in this study"
-    assert [e.action for e in _trail(study)] == ["user_removed"]
+    assert [e.action for e in _trail(study, accounts=True)] == [
+        "user_added",
+        "user_added",
+        "user_removed",
+    ]
 
 
 def test_users_add_from_a_script_is_audited_and_signs_in(study, capsys, monkeypatch):
     import io
 
-    from cohort.accounts import check_password
+    from cohort.accounts import account_problem, check_password
     from cohort.store import Store
     from flows.cli import main
 
     monkeypatch.setattr("sys.stdin", io.StringIO("a long enough password\n"))
     assert main(["-q", "users", "add", "cy", "--study", str(study)]) == 0
-    assert "account cy added" in capsys.readouterr().out
+    assert "account cy (reviewer) added" in capsys.readouterr().out
     store = Store(study / "immunomon.db")
     try:
         assert check_password(store.conn, "cy", "a long enough password")
+        assert account_problem(store.conn, study, "cy") == ""  # the trail vouches for it
     finally:
         store.close()
-    assert [e.action for e in _trail(study)] == ["user_added"]
+    assert [e.action for e in _trail(study, accounts=True)][-1] == "user_added"
 
 
 def test_headers_tls_cookies_and_local_redirects_only(study):
@@ -452,14 +463,14 @@ def test_an_unsigned_adjust_cannot_cancel_a_signed_exclusion(study):
     adjust = {"threshold": "t_cd19", "value": "0.6", "reason": "tail", "csrf": token}
     response = client.post(f"/sample/{SAMPLE}/adjust", data=adjust)
     assert response.status_code == 403
-    assert "changes #1 (exclude by ana)" in response.json()["detail"]
+    assert "changes #3 (exclude by ana)" in response.json()["detail"]  # 1, 2: the accounts
     assert _status(study) == "excluded" and len(_trail(study)) == 1
     client.post(f"/sample/{SAMPLE}/adjust", data=adjust | {"password": PASSWORD})
     trail = _trail(study)
     assert trail[-1].action == "override"
-    assert trail[-1].detail["supersedes"] == {"seq": 1, "action": "exclude", "who": "ana"}
+    assert trail[-1].detail["supersedes"] == {"seq": 3, "action": "exclude", "who": "ana"}
     assert _status(study) == "excluded"  # re-gated, still out of the statistics
-    assert "supersedes #1 (exclude by ana)" in client.get(f"/sample/{SAMPLE}").text
+    assert "supersedes #3 (exclude by ana)" in client.get(f"/sample/{SAMPLE}").text
 
 
 def test_undo_of_a_signed_decision_needs_a_signature_even_of_another_person(study):
@@ -472,7 +483,7 @@ def test_undo_of_a_signed_decision_needs_a_signature_even_of_another_person(stud
     )
     response = bo.post(f"/sample/{SAMPLE}/undo", data={"reason": "no", "csrf": bo_token})
     assert (
-        response.status_code == 403 and "changes #1 (approve by ana)" in response.json()["detail"]
+        response.status_code == 403 and "changes #3 (approve by ana)" in response.json()["detail"]
     )
     response = bo.post(
         f"/sample/{SAMPLE}/undo", data={"reason": "no", "password": PASSWORD, "csrf": bo_token}
@@ -484,8 +495,8 @@ def test_undo_of_a_signed_decision_needs_a_signature_even_of_another_person(stud
         data={"reason": "wrong sample", "password": PASSWORD + " too", "csrf": bo_token},
     )
     undo = _trail(study)[-1]
-    assert undo.action == "undo" and undo.who == "bo" and undo.detail["undoes"] == 1
-    assert undo.detail["supersedes"] == {"seq": 1, "action": "approve", "who": "ana"}
+    assert undo.action == "undo" and undo.who == "bo" and undo.detail["undoes"] == 3
+    assert undo.detail["supersedes"] == {"seq": 3, "action": "approve", "who": "ana"}
     assert _status(study) == "to_review"
 
 
@@ -731,7 +742,7 @@ def test_a_study_template_is_signed_audited_and_stored(study):
     assert _trail(study) == [] and panel_templates(Study(study), "TREG") == {}
     done = client.post(path, data=_template_form(token, password=PASSWORD))
     assert done.status_code == 200 and done.url.path == "/templates/TREG"
-    assert "audit entry #1" in done.text and "re-gates the panel" in done.text
+    assert "audit entry #3" in done.text and "re-gates the panel" in done.text
     (entry,) = _trail(study)
     assert (entry.who, entry.action, entry.reason) == (
         "ana",
@@ -747,7 +758,7 @@ def test_a_study_template_is_signed_audited_and_stored(study):
     listed = client.get("/templates/TREG").text  # the page shows who set it and why
     assert "0.500 on P01_BL_TREG" in listed and "naive peak is clear" in listed
     anchors = (study / "audit_anchors.jsonl").read_text()
-    assert '"seq": 1,' in anchors and '"why": "template' in anchors  # the entry is anchored
+    assert '"seq": 3,' in anchors and '"why": "template' in anchors  # the entry is anchored
 
 
 def test_a_study_template_is_refused_with_a_reason_while_a_pass_runs(study):

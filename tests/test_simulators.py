@@ -180,7 +180,7 @@ def test_b_cell_markers_are_heavy_tailed_towards_dim_and_light_towards_bright(tm
     # CD27-negative naive B (5x the memory B) stay below the memory B's CD27.
     naive_cd27 = values["CD27"][kinds == "naive"]
     assert _beyond(naive_cd27, 4)[0] < 0.0005
-    memory = np.isin(kinds, ["igm_memory", "switched_memory"])
+    memory = np.isin(kinds, sorted(rs.TRUTH["BCELL"]["memory_b"][1]))
     assert (naive_cd27 > np.percentile(values["CD27"][memory], 2)).mean() < 0.002
 
 
@@ -224,3 +224,32 @@ def test_study_files_with_and_without_scatter(tmp_path):
         assert not set(names) & {"debris", "doublet", "monocyte", "granulocyte"}
         assert (data.events < 0).any()  # compensated values, negatives kept
         assert "scatter" in refusal(study, path)
+
+
+def test_memory_b_include_igm_only_and_igd_only_cells_as_blood_does(tmp_path):
+    """Blood memory B hold IgM-only (CD27+ IgM+ IgD-/low, ~5% of adult B cells: IgM+ CD27+
+    ~20% less IgM+ IgD+ CD27+ ~15%) and IgD-only cells (<1% of B cells) beside IgM memory and
+    switched memory B (Klein et al. 1998; Seifert & Kuppers 2009). Here IgM-only are 1.5-3.5%
+    of the B cells, CD27+, as bright on IgM as the IgM memory B and IgD-negative to low;
+    IgD-only 0.2-0.8%, IgD+ IgM-; both memory B in the truth, neither IgM nor switched memory."""
+    values, kinds = _tube_values(tmp_path, "BCELL", False, 11, n_events=40000)
+    b_cells = np.isin(kinds, sorted(rs.TRUTH["BCELL"]["cd19_b"][1]))
+    igm_only, igd_only = kinds == "igm_only_memory", kinds == "igd_only_memory"
+    igm_memory, switched = kinds == "igm_memory", kinds == "switched_memory"
+    assert 0.01 < igm_only.sum() / b_cells.sum() < 0.04
+    assert 0.001 < igd_only.sum() / b_cells.sum() < 0.01
+    cd27_naive = np.median(values["CD27"][kinds == "naive"])
+    for cells in (igm_only, igd_only):
+        assert np.median(values["CD27"][cells]) > cd27_naive + 0.3
+    igd, igm = values["IgD"], values["IgM"]
+    # IgM-only: IgM like the IgM memory B's, IgD near the switched cells', well below the IgM
+    # memory B's; IgD-only: IgD like the IgM memory B's, IgM like the switched cells'.
+    assert abs(np.median(igm[igm_only]) - np.median(igm[igm_memory])) < 0.05
+    assert np.median(igd[igm_only]) < np.median(igd[switched]) + 0.08
+    assert np.median(igd[igm_only]) < np.median(igd[igm_memory]) - 0.25
+    assert np.median(igd[igd_only]) > np.median(igd[igm_memory])
+    assert np.median(igm[igd_only]) < np.median(igm[switched]) + 0.05
+    truth = rs.TRUTH["BCELL"]
+    assert {"igm_only_memory", "igd_only_memory"} <= truth["memory_b"][1]
+    for population in ("igm_memory_b", "switched_memory_b"):
+        assert not {"igm_only_memory", "igd_only_memory"} & truth[population][1]

@@ -58,6 +58,11 @@ def _strategy(tmp_path, text):
             "default: 0.4, tail: {within: cd4}}}\n" + GOOD_GATES,
             r"thresholds.t.tail.within: unknown gate 'cd4'",
         ),
+        (
+            "name: s\nthresholds: {t: {dimension: IgD, within: qc_passed, bounds: [0.2, 0.6], "
+            "default: 0.4, placement: skewed}}\n" + GOOD_GATES,
+            r"thresholds.t.placement: .*'auto' or 'dim_tail_mixture'",
+        ),
         ("name: s\ngates: [\n", r"s.yaml: line \d+ not valid YAML"),
     ],
 )
@@ -115,3 +120,22 @@ def test_a_population_is_defined_on_the_markers_of_the_gates_it_keeps():
     assert bcell.defining_markers("naive_b") == {"CD27", "IgD"}  # not the tip's CD24/CD38
     assert bcell.defining_markers("lymphocytes") == set()  # scatter only
     assert load_strategy("treg").defining_markers("treg") == {"CD127", "CD25"}
+
+
+def test_memory_b_split_among_the_memory_b_by_a_dim_tailed_mixture():
+    """bcell v5: IgM memory and switched memory B are cut on IgD among the memory B (not all
+    B, whose IgD cut serves the naive B), both cuts by the dim-tailed mixture, and the
+    definitions the report prints say so."""
+    strategy = load_strategy("bcell")
+    assert strategy.version == 5
+    memory = {t: strategy.thresholds[t] for t in ("t_igd_memory", "t_igm")}
+    assert all(
+        t.within == "memory_b" and t.placement == "dim_tail_mixture" for t in memory.values()
+    )
+    assert strategy.thresholds["t_igd"].placement == "auto"
+    split = ("igm_memory_b", "switched_memory_b")
+    limits = {g.name: g.limits for g in strategy.gates if g.name in split}
+    assert limits["igm_memory_b"]["IgD"] == ("t_igd_memory", None)
+    assert limits["switched_memory_b"]["IgD"] == (None, "t_igd_memory")
+    lines = [line for line in strategy.definitions() if "t_igd_memory:" in line]
+    assert lines and "dim-tailed mixture" in lines[0] and "among memory_b" in lines[0]
