@@ -6,9 +6,23 @@ import io
 
 from cohort.store import Store
 from cohort.study import Study
+from gating.qc import QC_STEPS
+from gating.records import AppliedGate
+from gating.strategy import QC_ROOT
 from reports.figures import plt
 from reports.outputs import replay_current
 from reports.qc_report import draw_gate, drawable
+
+# Compact plots leave out the acquisition checks (margins, time, doublets): they are the
+# instrument's, not the sample's populations, and the full plot shows them.
+_ACQUISITION_CHECKS = frozenset(QC_STEPS) - {QC_ROOT}
+
+
+def shown_gates(gates: list[AppliedGate], compact: bool) -> list[AppliedGate]:
+    """The gates a sample's plot draws: every drawable gate, or (compact) the debris cut and
+    every population gate whatever its kind (the Treg arm and the transitional tip are
+    polygons)."""
+    return [g for g in drawable(gates) if not (compact and g.name in _ACQUISITION_CHECKS)]
 
 
 def gate_grid_png(study: Study, store: Store, sample_id: str, compact: bool = False) -> bytes:
@@ -16,9 +30,7 @@ def gate_grid_png(study: Study, store: Store, sample_id: str, compact: bool = Fa
     the population gates only, on fixed axes (logicle and scatter 0-1), so visits placed side
     by side compare by eye."""
     sample, gates, masks, space, data = replay_current(study, store, sample_id)
-    shown = [g for g in drawable(gates) if not compact or g.parent not in ("root",)]
-    if compact:
-        shown = [g for g in shown if type(g.gate).__name__ in ("RectangleGate", "EllipseGate")]
+    shown = shown_gates(gates, compact)
     columns = 4 if compact else 5
     rows = max(1, -(-len(shown) // columns))
     size = (8.0, 2.0 * rows) if compact else (15.0, 3.0 * rows)

@@ -342,3 +342,25 @@ def test_redrawing_after_an_approval_must_be_signed_and_says_what_it_supersedes(
     assert review_states(_current(study)[3])[SAMPLE].status == "overridden"
     with pytest.raises(AuditError, match="reason"):
         server.redraw(SAMPLE, "lymphocytes", drawn, "ana", "  ", signed=True)
+
+
+def test_the_patient_pages_compact_plots_draw_the_polygon_populations(processed):
+    """The patient page compares visits by their compact plots: the Treg arm and the
+    transitional tip (polygons) must be among them, the acquisition checks not."""
+    from cohort.study import Study
+    from reports.outputs import replay_current
+    from reports.review_plots import gate_grid_png, shown_gates
+
+    study = Study(processed)
+    store = Store(study.db_path)
+    try:
+        for sample_id, polygon in ((TREG, "treg"), (SAMPLE, "transitional_tip")):
+            gates = replay_current(study, store, sample_id)[1]
+            compact = [g.name for g in shown_gates(gates, compact=True)]
+            assert polygon in compact, compact
+            assert not {"in_range", "stable_flow", "singlets"} & set(compact), compact
+            assert "qc_passed" in compact and "lymphocytes" in compact
+            assert len(shown_gates(gates, compact=False)) == len(compact) + 2  # time, doublets
+        assert gate_grid_png(study, store, TREG, compact=True).startswith(b"\x89PNG")
+    finally:
+        store.close()
