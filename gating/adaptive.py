@@ -8,6 +8,7 @@ the sample, so a reviewer knows which gates were not data-driven.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -183,6 +184,15 @@ def _fit_mixture(points: np.ndarray, max_components: int, seed: int) -> Mixture:
     return fitted
 
 
+def balanced_cut(excess: Callable[[float], float], start: float, stop: float) -> float:
+    """The root in [``start``, ``stop``] of ``excess`` (the lower group's share above a cut
+    minus the upper group's share below it, whatever their laws): the count on either side
+    is then unbiased. The midpoint where ``excess`` does not change sign between them."""
+    if not excess(start) > 0 > excess(stop):
+        return float((start + stop) / 2)
+    return float(brentq(excess, start, stop))
+
+
 def _balanced_boundary(
     below: list[tuple[float, float, float]], above: list[tuple[float, float, float]]
 ) -> float:
@@ -190,16 +200,13 @@ def _balanced_boundary(
     many events of the lower group lie above it as of the upper group below it: the count on
     either side is then unbiased, which is what a frequency endpoint needs. (A skewed
     population is fitted by several components, so each side is a group.)"""
-    start, stop = max(m for _, m, _ in below), min(m for _, m, _ in above)
 
     def excess(t: float) -> float:
         return sum(w * norm.sf(t, m, s) for w, m, s in below) - sum(
             w * norm.cdf(t, m, s) for w, m, s in above
         )
 
-    if not excess(start) > 0 > excess(stop):
-        return (start + stop) / 2
-    return float(brentq(excess, start, stop))
+    return balanced_cut(excess, max(m for _, m, _ in below), min(m for _, m, _ in above))
 
 
 def _balanced_corner(gmm: Mixture, population: int, rival: int, target: tuple[int, int]) -> float:

@@ -51,11 +51,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import brentq
 from scipy.special import gammaln
 from scipy.stats import t as student_t
 
-from gating.adaptive import DEEP_VALLEY, SEPARATION_FLOOR, ashman_d, density_valleys
+from gating.adaptive import (
+    DEEP_VALLEY,
+    SEPARATION_FLOOR,
+    ashman_d,
+    balanced_cut,
+    density_valleys,
+)
 
 TAIL_DF = 4.0  # degrees of freedom of every t component (flowClust's default)
 LIGHT_TAIL_DF = 30.0  # the alternative: tails as a normal law's
@@ -210,9 +215,7 @@ def balanced_t_boundary(mixture: TMixture, split: int) -> float:
         below = sum(w[i] * student_t.cdf(t, df, m[i], s[i]) for i in upper)
         return above - below
 
-    if not excess(start) > 0 > excess(stop):
-        return float((start + stop) / 2)
-    return float(brentq(excess, start, stop))
+    return balanced_cut(excess, start, stop)
 
 
 @dataclass(frozen=True)

@@ -33,12 +33,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy.optimize import brentq
 from scipy.special import gammaln
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
-from gating.adaptive import SEPARATION_FLOOR, Placement, ashman_d, place_threshold
+from gating.adaptive import SEPARATION_FLOOR, Placement, ashman_d, balanced_cut, place_threshold
 from gating.cloud_tip import (
     TAIL_DF,
     TMixture,
@@ -151,10 +150,7 @@ def balanced_dim_tail_boundary(mixture: DimTailMixture, split: int) -> float:
         below = mixture.below(cut)
         return float(w[lower] @ (1 - below[lower]) - w[~lower] @ below[~lower])
 
-    start, stop = m[split - 1], m[split]
-    if not excess(start) > 0 > excess(stop):
-        return float((start + stop) / 2)
-    return float(brentq(excess, start, stop))
+    return balanced_cut(excess, m[split - 1], m[split])
 
 
 def place_threshold_by_dim_tail_mixture(
