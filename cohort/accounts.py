@@ -18,7 +18,7 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +103,32 @@ def row_fingerprint(name: str, salt: bytes, digest: bytes, created_at: str, role
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def _audited_change(
+    conn: sqlite3.Connection,
+    change: Callable[[], None],
+    action: str,
+    summary: str,
+    detail: dict,
+    by: str,
+    software: str,
+    anchors: str | Path | None,
+) -> AuditEntry:
+    """``change()`` to the users table and its ``action`` audit entry in one immediate
+    transaction (both or neither), then the entry anchored in ``anchors`` once committed."""
+    log = AuditLog(conn)  # before the transaction: its schema script would commit it
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        change()
+        entry = log.append(by, action, summary, software, detail=detail)
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    if anchors is not None:
+        write_anchor(anchors, entry.seq, entry.hash, f"{action} {detail['name']} by {by}")
+    return entry
+
+
 def add_user(
     conn: sqlite3.Connection,
     name: str,
@@ -133,20 +159,14 @@ def add_user(
         "roles": granted.split(","),
         "fingerprint": row_fingerprint(name, salt, digest, now, granted),
     }
-    log = AuditLog(conn)  # before the transaction: its schema script would commit it
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+
+    def insert() -> None:
         if conn.execute("SELECT 1 FROM users WHERE name=?", (name,)).fetchone():
             raise AccountError(f"user {name!r} exists already")
         conn.execute("INSERT INTO users VALUES (?,?,?,?,?)", (name, salt, digest, now, granted))
-        entry = log.append(by, ADDED, f"account {name} added ({granted})", software, detail=detail)
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    if anchors is not None:
-        write_anchor(anchors, entry.seq, entry.hash, f"{ADDED} {name} by {by}")
-    return entry
+
+    summary = f"account {name} added ({granted})"
+    return _audited_change(conn, insert, ADDED, summary, detail, by, software, anchors)
 
 
 def remove_user(
@@ -160,19 +180,13 @@ def remove_user(
     """Delete a person's account and record it (``user_removed``, anchored); their review
     sessions end at their next request."""
     _schema(conn)
-    log = AuditLog(conn)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+
+    def delete() -> None:
         if not conn.execute("DELETE FROM users WHERE name=?", (name,)).rowcount:
             raise AccountError(f"no user {name!r} in this study")
-        entry = log.append(by, REMOVED, f"account {name} removed", software, detail={"name": name})
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    if anchors is not None:
-        write_anchor(anchors, entry.seq, entry.hash, f"{REMOVED} {name} by {by}")
-    return entry
+
+    summary = f"account {name} removed"
+    return _audited_change(conn, delete, REMOVED, summary, {"name": name}, by, software, anchors)
 
 
 def check_password(conn: sqlite3.Connection, name: str, password: str) -> bool:
