@@ -859,3 +859,23 @@ def test_the_review_pages_print_flags_in_words_as_the_report_does(study):
         assert "CD27 boundary (t_cd27) at its default" in text, page
         assert "Plasmablasts: fewer than 50 events" in text, page
         assert "default_threshold:t_cd27" not in text and "low_count:" not in text, page
+
+
+@pytest.mark.parametrize("name", ["ana$x", "<b>ana</b>", "role=expert", "ana\nbo", "../ana", "a"])
+def test_a_hostile_account_name_is_refused_and_nothing_is_written(tmp_path, name):
+    """A name is text for people and the trail, never markup, a key=value or a path: refused
+    in one line, and neither a users row nor an audit entry is left behind; a second add of
+    an existing name is refused the same way (the row and its entry are both or neither)."""
+    from cohort.audit import AuditLog
+
+    store = Store(tmp_path / "immunomon.db")
+    with pytest.raises(AccountError, match="a user name is 2-64 letters"):
+        add_user(store.conn, name, "correct horse battery", by="admin")
+    add_user(store.conn, "ana", "correct horse battery", by="admin")
+    with pytest.raises(AccountError, match="exists already"):
+        add_user(store.conn, "ana", "another long password", by="admin")
+    assert store.conn.execute("SELECT name FROM users").fetchall() == [("ana",)]
+    assert [(e.action, e.detail["name"]) for e in AuditLog(store.conn).entries()] == [
+        ("user_added", "ana")
+    ]
+    store.close()
